@@ -1,0 +1,3 @@
+"""handnerf: animatable per-subject hand avatars from multi-view captures."""
+
+__version__ = "0.1.0"
