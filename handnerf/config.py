@@ -1,0 +1,80 @@
+"""Typed configs filled from YAML files and ``key=value`` overrides.
+
+Each component owns a nested ``Config`` dataclass (threestudio style); a run's config is
+a tree of them. :func:`load_config` merges, in order: the dataclass defaults, a YAML file,
+then command-line overrides such as ``field.hidden_dim=128``. Unknown keys and values of
+the wrong type raise :class:`~handnerf.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from handnerf.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> T:
+    """Build ``cls`` from its defaults, an optional YAML file and ``key=value`` overrides."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = OmegaConf.structured(cls)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as exc:  # yaml errors come in many types
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got: {', '.join(bad)}")
+    if overrides:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = OmegaConf.merge(base, *layers)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        where = f" (in {path})" if path is not None else ""
+        raise ConfigError(f"invalid config{where}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+    assert isinstance(obj, cls)
+    return obj
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, JSON-serialisable dict of a config dataclass (paths become strings)."""
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, dict):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return convert(cfg)
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a config dataclass from :func:`config_to_dict` output (e.g. a checkpoint)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"stored config does not match {cls.__name__}: {exc}") from exc
+    assert isinstance(obj, cls)
+    return obj

@@ -1,0 +1,1 @@
+"""handnerf.render"""
