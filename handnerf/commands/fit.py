@@ -1,17 +1,49 @@
-"""Placeholder for `handnerf fit` (being built)."""
+"""Fit a per-subject hand avatar to a multi-view capture.
+
+Reads an InterHand2.6M root (real, or written by 'handnerf synth'), fits the avatar to the
+training cameras of the training sequence, and writes RUN/: config.yaml, run.json,
+metrics.jsonl, checkpoints/latest.pt and validation renders. Ctrl-C or SIGTERM finishes the
+current step and saves a checkpoint; '--resume' continues from it with the same config.
+
+Examples:
+  handnerf fit --data demo_out/capture --config configs/demo.yaml --out runs/demo
+  handnerf fit --data ROOT --config configs/interhand.yaml --out runs/s0 train.steps=20000
+  handnerf fit --data ROOT --out runs/s0 --resume
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from handnerf.errors import HandnerfError
-
-HELP = "(not built yet)"
+HELP = "fit a per-subject avatar to a capture (resumable)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--data", type=Path, required=True, help="InterHand2.6M root folder")
+    parser.add_argument("--out", type=Path, required=True, help="run folder to write")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue RUN/checkpoints/latest.pt")
+    parser.add_argument("--mano-dir", type=Path, default=None,
+                        help="your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); default: procedural hand")
+    parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases "
+                        "(set WANDB_MODE=offline to log locally)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.steps=3000 data.crop_size=192")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HandnerfError("handnerf fit is not built yet")
+    from handnerf.train.fit_job import run_fit
+
+    overrides = list(args.overrides)
+    if args.mano_dir is not None:
+        overrides.append(f"data.mano_dir={args.mano_dir}")
+    result = run_fit(
+        data_root=args.data, out_dir=args.out, config_path=args.config, overrides=overrides,
+        resume=args.resume, use_wandb=args.wandb, progress=not args.no_progress,
+    )
+    print(f"fit {result.stopped_by} at step {result.step}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"metrics:    {result.metrics}")
+    return 0 if result.stopped_by != "signal" else 130

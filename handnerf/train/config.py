@@ -1,0 +1,78 @@
+"""The configuration tree of a fit (filled from ``configs/*.yaml`` + ``key=value``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from handnerf.model.avatar import AvatarConfig
+from handnerf.train.losses import LossConfig
+
+
+@dataclass
+class DataConfig:
+    """Which part of a capture to fit, and how its images are prepared."""
+
+    split: str = "test"
+    capture: int = 0
+    train_seq: str = "ROM04_RT_Occlusion"
+    #: Sequence used for novel-pose evaluation (None: none).
+    novel_pose_seq: str | None = "ROM03_RT_No_Occlusion"
+    hand: str = "right"
+    #: Cameras kept out of training for novel-view evaluation; empty: every ``holdout_every``-th.
+    holdout_cameras: list[str] = field(default_factory=list)
+    holdout_every: int = 6
+    #: Cameras to drop entirely (e.g. grayscale ones).
+    exclude_cameras: list[str] = field(default_factory=list)
+    stride: int = 1
+    novel_pose_stride: int = 1
+    #: Square crop around the hand: side = crop_scale * bbox, resized to crop_size px.
+    crop_scale: float = 1.3
+    crop_size: int = 128
+    #: "mano": silhouettes rendered from MANO (what real data has); "gt": synthetic GT masks.
+    mask_source: str = "mano"
+    #: A user's MANO folder (MANO_RIGHT.pkl / MANO_LEFT.pkl); None: the procedural hand.
+    mano_dir: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    lr_grid: float = 1e-2
+    lr_mlp: float = 2e-3
+    lr_camera: float = 5e-4
+    weight_decay_mlp: float = 1e-6
+    #: Learning rates decay exponentially to ``final_lr_factor`` of their start at the end.
+    final_lr_factor: float = 0.05
+    warmup_steps: int = 50
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_rays: int = 2048
+    #: LPIPS patches per step (0 disables the perceptual loss) and their side in px.
+    lpips_patches: int = 1
+    lpips_patch_size: int = 32
+    background: str = "random"  # random | black
+    fg_fraction: float = 0.7
+    occupancy_every: int = 16
+    log_every: int = 10
+    val_every: int = 500
+    val_views: int = 4
+    checkpoint_every: int = 250
+    #: Wall-clock budget in minutes (0: none): the fit stops cleanly with a checkpoint.
+    max_minutes: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    #: Mixed precision on CUDA (ignored on CPU).
+    amp: bool = True
+    #: Non-finite losses tolerated (skipped steps with LR back-off) before stopping.
+    max_bad_steps: int = 20
+
+
+@dataclass
+class FitConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: AvatarConfig = field(default_factory=AvatarConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

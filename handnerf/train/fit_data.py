@@ -1,0 +1,218 @@
+"""Everything a fit (and its evaluation) reads from a capture, prepared once.
+
+Selects the training sequence's frames, splits cameras into training and held-out ones,
+crops every view around the hand (K adjusted), attaches masks, and stacks them as tensors.
+The novel-pose sequence is prepared the same way for evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from handnerf.data.interhand import FrameView, InterHandCapture
+from handnerf.errors import DataError, SelectionError
+from handnerf.hand.hand_model import HandModel, ManoParams
+from handnerf.train.config import DataConfig
+from handnerf.train.rays import ViewStack
+
+
+@dataclass
+class ViewSet:
+    """Views of one sequence prepared for fitting or evaluation."""
+
+    stack: ViewStack
+    views: list[FrameView]
+    frame_keys: list[tuple[str, int]]  # (seq_name, frame_idx) per frame id
+    mano: ManoParams  # one row per frame id
+
+
+@dataclass
+class FitData:
+    hand_model: HandModel
+    betas: torch.Tensor  # (10,)
+    camera_names: list[str]  # camera id per camera index
+    train_cameras: list[str]
+    holdout_cameras: list[str]
+    train: ViewSet
+    val: ViewSet | None  # held-out cameras, training frames
+    novel_pose: ViewSet | None  # novel-pose sequence, all cameras
+    fingerprint: str
+    hand_identity: dict[str, str]
+    selection: str
+
+    @property
+    def train_views(self) -> ViewStack:
+        return self.train.stack
+
+    @property
+    def val_views(self) -> ViewStack | None:
+        return None if self.val is None else self.val.stack
+
+    @property
+    def train_mano(self) -> ManoParams:
+        return self.train.mano
+
+
+def choose_holdout(cameras: list[str], cfg: DataConfig) -> list[str]:
+    if cfg.holdout_cameras:
+        unknown = sorted(set(cfg.holdout_cameras) - set(cameras))
+        if unknown:
+            raise SelectionError(
+                f"data.holdout_cameras: unknown camera(s) {unknown}; the capture has {sorted(cameras)}"
+            )
+        return list(cfg.holdout_cameras)
+    if cfg.holdout_every <= 0:
+        return []
+    ordered = sorted(cameras)
+    return ordered[cfg.holdout_every // 2 :: cfg.holdout_every]
+
+
+def load_fit_data(root: Path, cfg: DataConfig, mask_cache: Path | None = None,
+                  progress: bool = True) -> FitData:
+    """Read and prepare the capture at ``root`` for a fit."""
+    hand_model = HandModel.from_folder(Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand)
+    train_cap = InterHandCapture(
+        root, split=cfg.split, capture=cfg.capture, seqs=[cfg.train_seq], hand=cfg.hand,
+        exclude_cameras=cfg.exclude_cameras or None, stride=cfg.stride,
+    )
+    if not train_cap.views:
+        raise DataError(f"{root}: no usable views for {cfg.train_seq}:\n{train_cap.selection_report}")
+    cameras = sorted({v.camera_id for v in train_cap.views})
+    holdout = choose_holdout(cameras, cfg)
+    train_cams = [c for c in cameras if c not in holdout]
+    if not train_cams:
+        raise SelectionError("data: every camera is held out; nothing left to train on")
+    camera_index = {c: i for i, c in enumerate(cameras)}
+
+    train = prepare_view_set(
+        [v for v in train_cap.views if v.camera_id in train_cams], train_cap, hand_model, cfg,
+        camera_index, mask_cache, progress, "train views",
+    )
+    val_views = [v for v in train_cap.views if v.camera_id in holdout]
+    val = (
+        prepare_view_set(val_views, train_cap, hand_model, cfg, camera_index, mask_cache, progress,
+                         "held-out views", frame_keys=train.frame_keys, mano=train.mano)
+        if val_views else None
+    )
+    novel = None
+    selection = str(train_cap.selection_report)
+    if cfg.novel_pose_seq:
+        novel_cap = InterHandCapture(
+            root, split=cfg.split, capture=cfg.capture, seqs=[cfg.novel_pose_seq], hand=cfg.hand,
+            exclude_cameras=cfg.exclude_cameras or None, stride=cfg.novel_pose_stride,
+        )
+        known = [v for v in novel_cap.views if v.camera_id in camera_index]
+        if known:
+            novel = prepare_view_set(known, novel_cap, hand_model, cfg, camera_index, mask_cache,
+                                     progress, "novel-pose views")
+        selection += "\n" + str(novel_cap.selection_report)
+    # One subject per fit: betas of the first training frame (InterHand fits are per subject).
+    betas = train.mano.betas[0].clone()
+    fingerprint = _fingerprint(root, cfg, train.views)
+    return FitData(
+        hand_model=hand_model, betas=betas, camera_names=cameras, train_cameras=train_cams,
+        holdout_cameras=holdout, train=train, val=val, novel_pose=novel, fingerprint=fingerprint,
+        hand_identity=hand_identity(hand_model), selection=selection,
+    )
+
+
+def hand_identity(hand_model: HandModel) -> dict[str, str]:
+    data = hand_model.data
+    return {
+        "side": str(data.side),
+        "sha256": str(data.sha256),
+        "kind": "procedural" if data.procedural else "mano",
+    }
+
+
+def prepare_view_set(
+    views: list[FrameView],
+    capture: InterHandCapture,
+    hand_model: HandModel,
+    cfg: DataConfig,
+    camera_index: dict[str, int],
+    mask_cache: Path | None,
+    progress: bool,
+    desc: str,
+    frame_keys: list[tuple[str, int]] | None = None,
+    mano: ManoParams | None = None,
+) -> ViewSet:
+    """Crop, mask and stack ``views``; frames get ids in order of first appearance."""
+    from handnerf.data.crops import crop_view
+    from handnerf.data.masks import MaskCache, render_mano_mask
+
+    if frame_keys is None:
+        frame_keys = sorted({(v.seq_name, v.frame_idx) for v in views})
+        params = [ManoParams.from_interhand(_mano_of(views, k), where=f"frame {k}") for k in frame_keys]
+        mano = ManoParams.stack(params)
+    assert mano is not None
+    frame_id = {k: i for i, k in enumerate(frame_keys)}
+    with torch.no_grad():
+        posed = hand_model(mano).vertices.cpu().numpy()
+    masks_cache = MaskCache(mask_cache) if mask_cache is not None else None
+
+    images, masks, Ks, Rs, ts, fids, cids = [], [], [], [], [], [], []
+    for view in tqdm(views, desc=desc, disable=not progress, leave=False):
+        fid = frame_id[(view.seq_name, view.frame_idx)]
+        image = capture.load_image(view)
+        if cfg.mask_source == "gt":
+            mask = _gt_mask(capture.root, view)
+        elif cfg.mask_source == "mano":
+            if masks_cache is not None:
+                mask = masks_cache.get_or_render(view, hand_model, posed[fid])
+            else:
+                mask = render_mano_mask(posed[fid], hand_model.faces.cpu().numpy(), view.camera)
+        else:
+            raise DataError(f"data.mask_source must be 'mano' or 'gt', got {cfg.mask_source!r}")
+        crop = crop_view(image, mask, view.camera, scale=cfg.crop_scale, size=cfg.crop_size,
+                         points=posed[fid])
+        images.append(torch.from_numpy(crop.image).float() / 255.0)
+        masks.append(torch.from_numpy(crop.mask.astype(bool)))
+        Ks.append(torch.from_numpy(crop.camera.K).float())
+        Rs.append(torch.from_numpy(crop.camera.R).float())
+        ts.append(torch.from_numpy(crop.camera.t).float())
+        fids.append(fid)
+        cids.append(camera_index[view.camera_id])
+    stack = ViewStack(
+        images=torch.stack(images), masks=torch.stack(masks), K=torch.stack(Ks), R=torch.stack(Rs),
+        t=torch.stack(ts), frame_ids=torch.tensor(fids), camera_ids=torch.tensor(cids),
+    )
+    return ViewSet(stack=stack, views=list(views), frame_keys=frame_keys, mano=mano)
+
+
+def _mano_of(views: list[FrameView], key: tuple[str, int]) -> dict[str, np.ndarray]:
+    for v in views:
+        if (v.seq_name, v.frame_idx) == key:
+            return v.mano
+    raise KeyError(key)
+
+
+def _gt_mask(root: Path, view: FrameView) -> np.ndarray:
+    import imageio.v3 as iio
+
+    rel = view.image_path.relative_to(Path(root) / "images")
+    path = Path(root) / "gt_masks" / rel.with_suffix(".png")
+    if not path.is_file():
+        raise DataError(f"data.mask_source=gt but {path} is missing (only synthetic captures have it)")
+    mask = iio.imread(path)
+    return (mask[..., 0] if mask.ndim == 3 else mask) > 127
+
+
+def _fingerprint(root: Path, cfg: DataConfig, views: list[FrameView]) -> str:
+    """Identifies the training data: selection, annotation files (size, mtime), views."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([cfg.split, cfg.capture, cfg.train_seq, cfg.hand, cfg.stride]).encode())
+    ann = Path(root) / "annotations"
+    for path in sorted(ann.rglob("*.json")) if ann.is_dir() else []:
+        st = path.stat()
+        digest.update(f"{path.relative_to(root)}:{st.st_size}".encode())
+    for v in views:
+        digest.update(f"{v.seq_name}/{v.camera_id}/{v.frame_idx}".encode())
+    return digest.hexdigest()[:16]

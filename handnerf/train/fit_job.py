@@ -1,0 +1,86 @@
+"""``handnerf fit`` as a library call: config, data, run folder, trainer, logger."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from handnerf.config import config_to_dict, load_config
+from handnerf.errors import CheckpointError, ConfigError
+from handnerf.train.checkpoint import LATEST, atomic_write_bytes
+from handnerf.train.config import FitConfig
+from handnerf.train.fit_data import load_fit_data
+from handnerf.train.trainer import FitResult, Trainer, machine_info
+
+
+def run_fit(
+    data_root: Path,
+    out_dir: Path,
+    config_path: Path | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    use_wandb: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    cfg = load_config(FitConfig, config_path, overrides or [])
+    out_dir = Path(out_dir)
+    latest = out_dir / "checkpoints" / LATEST
+    if latest.exists() and not resume:
+        raise CheckpointError(
+            f"{out_dir} already holds a fit ({latest}); pass --resume to continue it or choose "
+            "another --out"
+        )
+    if resume and not latest.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {latest}")
+    data = load_fit_data(Path(data_root), cfg.data, mask_cache=out_dir / "mask_cache",
+                         progress=progress)
+    wandb_run = _start_wandb(cfg, out_dir) if use_wandb else None
+    trainer = Trainer(cfg, data, out_dir, wandb_run=wandb_run)
+    if resume:
+        step = trainer.resume()
+        print(f"resuming at step {step} from {latest}")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from omegaconf import OmegaConf
+
+        atomic_write_bytes(out_dir / "config.yaml",
+                           OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))).encode())
+        atomic_write_bytes(out_dir / "run.json", json.dumps(run_info(cfg, data_root, data, trainer),
+                                                            indent=2).encode())
+    try:
+        return trainer.fit(progress=progress)
+    finally:
+        if wandb_run is not None:
+            wandb_run.finish()
+
+
+def run_info(cfg: FitConfig, data_root: Path, data: Any, trainer: Trainer) -> dict[str, Any]:
+    return {
+        "data_root": str(Path(data_root).resolve()),
+        "hand": data.hand_identity,
+        "data_fingerprint": data.fingerprint,
+        "cameras": data.camera_names,
+        "train_cameras": data.train_cameras,
+        "holdout_cameras": data.holdout_cameras,
+        "n_train_views": len(data.train.views),
+        "n_train_frames": len(data.train.frame_keys),
+        "selection": data.selection,
+        "backends": trainer.avatar.backends(),
+        "lpips_loss_net": None if trainer.perceptual is None else trainer.perceptual.net_name,
+        "machine": machine_info(),
+    }
+
+
+def _start_wandb(cfg: FitConfig, out_dir: Path) -> Any:
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ConfigError("--wandb needs the wandb package: pip install 'handnerf[wandb]'") from exc
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "handnerf"),
+        dir=str(out_dir),
+        config=config_to_dict(cfg),
+        mode=os.environ.get("WANDB_MODE", "online"),
+    )

@@ -1,0 +1,134 @@
+"""Ray batches drawn from training views, biased towards the hand.
+
+Most pixels of a hand capture are background; drawing every ray uniformly would spend the
+step on black. A fixed share of each batch is drawn from inside the (dilated) hand mask,
+the rest uniformly so the background stays empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ViewStack:
+    """All training views of a fit, cropped to one size and stacked.
+
+    images (N,H,W,3) float in [0,1]; masks (N,H,W) bool; K (N,3,3); R (N,3,3); t (N,3) world->camera
+    in metres; frame_ids (N,) index into the fit's frames; camera_ids (N,) index into its cameras.
+    """
+
+    images: Tensor
+    masks: Tensor
+    K: Tensor
+    R: Tensor
+    t: Tensor
+    frame_ids: Tensor
+    camera_ids: Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.images.shape[2])
+
+
+@dataclass
+class RayBatch:
+    """origins/dirs (R,3) world, unit dirs; rgb (R,3); mask (R,); frame_ids, camera_ids (R,)."""
+
+    origins: Tensor
+    dirs: Tensor
+    rgb: Tensor
+    mask: Tensor
+    frame_ids: Tensor
+    camera_ids: Tensor
+
+    def __len__(self) -> int:
+        return int(self.origins.shape[0])
+
+
+def pixel_rays(K: Tensor, R: Tensor, t: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """World rays through pixel centres ``(u + 0.5, v + 0.5)``.
+
+    K, R (R,3,3), t (R,3), u, v (R,) integer pixel coordinates -> origins, unit dirs (R,3).
+    Camera convention: X_cam = R X_world + t, OpenCV axes.
+    """
+    pix = torch.stack([u.to(K.dtype) + 0.5, v.to(K.dtype) + 0.5, torch.ones_like(u, dtype=K.dtype)], -1)
+    d_cam = torch.linalg.solve(K, pix.unsqueeze(-1)).squeeze(-1)
+    d_world = (R.transpose(-1, -2) @ d_cam.unsqueeze(-1)).squeeze(-1)
+    origins = -(R.transpose(-1, -2) @ t.unsqueeze(-1)).squeeze(-1)
+    return origins, torch.nn.functional.normalize(d_world, dim=-1)
+
+
+def image_rays(K: Tensor, R: Tensor, t: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """All rays of one view, row-major: K, R (3,3), t (3,) -> origins, dirs (H*W,3)."""
+    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    u, v = u.reshape(-1), v.reshape(-1)
+    n = u.shape[0]
+    return pixel_rays(K.expand(n, 3, 3), R.expand(n, 3, 3), t.expand(n, 3), u, v)
+
+
+class RaySampler:
+    """Draws :class:`RayBatch` es from a :class:`ViewStack` (``fg_fraction`` from the hand)."""
+
+    def __init__(self, views: ViewStack, fg_fraction: float = 0.7, dilate: int = 4, seed: int = 0):
+        self.views = views
+        self.fg_fraction = fg_fraction
+        self.generator = torch.Generator().manual_seed(seed)
+        masks = views.masks.float().unsqueeze(1)
+        if dilate > 0:
+            masks = torch.nn.functional.max_pool2d(masks, 2 * dilate + 1, stride=1, padding=dilate)
+        # Flat indices (view * H * W + pixel) of every pixel near the hand.
+        self.fg_index = torch.nonzero(masks.reshape(-1) > 0.5).squeeze(1)
+
+    def sample(self, n_rays: int) -> RayBatch:
+        views, g = self.views, self.generator
+        hw = views.height * views.width
+        n_fg = int(round(n_rays * self.fg_fraction)) if self.fg_index.numel() else 0
+        fg = self.fg_index[torch.randint(self.fg_index.numel(), (n_fg,), generator=g)] if n_fg else None
+        uni = torch.randint(len(views) * hw, (n_rays - n_fg,), generator=g)
+        flat = uni if fg is None else torch.cat([fg, uni])
+        return self.gather(flat)
+
+    def gather(self, flat: Tensor) -> RayBatch:
+        """Rays of the given flat pixel indices (view * H * W + row * W + col)."""
+        views = self.views
+        hw = views.height * views.width
+        view = flat // hw
+        pix = flat % hw
+        v, u = pix // views.width, pix % views.width
+        origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v)
+        return RayBatch(
+            origins=origins,
+            dirs=dirs,
+            rgb=views.images[view, v, u],
+            mask=views.masks[view, v, u],
+            frame_ids=views.frame_ids[view],
+            camera_ids=views.camera_ids[view],
+        )
+
+    def sample_patches(self, n_patches: int, size: int) -> tuple[RayBatch, int]:
+        """``n_patches`` square patches of ``size`` px centred on hand pixels (for LPIPS).
+
+        Returns rays ordered patch-major then row-major, and the patch size.
+        """
+        views, g = self.views, self.generator
+        hw = views.height * views.width
+        centre = self.fg_index[torch.randint(self.fg_index.numel(), (n_patches,), generator=g)]
+        view = centre // hw
+        cy = ((centre % hw) // views.width).clamp(size // 2, views.height - size + size // 2)
+        cx = ((centre % hw) % views.width).clamp(size // 2, views.width - size + size // 2)
+        dy, dx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        rows = (cy - size // 2)[:, None, None] + dy
+        cols = (cx - size // 2)[:, None, None] + dx
+        flat = view[:, None, None] * hw + rows * views.width + cols
+        return self.gather(flat.reshape(-1)), size

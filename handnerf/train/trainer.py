@@ -1,0 +1,421 @@
+"""The fit: one readable training step, checkpoints, validation, logging.
+
+Run folder layout::
+
+    RUN/config.yaml        resolved config (what --resume must match)
+    RUN/run.json           data root, selection, hand identity, backends
+    RUN/metrics.jsonl      one JSON object per logged step / validation
+    RUN/checkpoints/latest.pt   atomic, weights_only-loadable
+    RUN/val/step{N}_*.png  validation renders (held-out cameras)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from handnerf.config import config_to_dict
+from handnerf.errors import CheckpointError, TrainingDivergedError
+from handnerf.model.avatar import HandAvatar, PosedFrames
+from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from handnerf.train.config import FitConfig
+from handnerf.train.fit_data import FitData
+from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
+from handnerf.train.rays import RayBatch, RaySampler, image_rays
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def psnr_from_mse(mse: float) -> float:
+    return float(-10.0 * math.log10(max(mse, 1e-12)))
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so the step in flight finishes
+    and a checkpoint is written before exit."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is not None:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class FitResult:
+    step: int
+    stopped_by: str  # "done" | "signal" | "time"
+    checkpoint: Path
+    metrics: Path
+
+
+class Trainer:
+    """Fits a :class:`HandAvatar` to the training views of :class:`FitData`."""
+
+    def __init__(self, cfg: FitConfig, data: FitData, out_dir: Path, wandb_run: Any = None):
+        self.cfg = cfg
+        self.data = data
+        self.out = Path(out_dir)
+        self.device = pick_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)
+        self.avatar = HandAvatar(
+            cfg.model, data.hand_model, data.betas, n_cameras=len(data.camera_names)
+        ).to(self.device)
+        self.train_frames: PosedFrames = self.avatar.pose_frames(data.train_mano.to(self.device))
+        self.rays = RaySampler(data.train_views, fg_fraction=cfg.train.fg_fraction, seed=cfg.train.seed)
+        groups = self.avatar.param_groups()
+        o = cfg.optim
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": groups["grid"], "lr": o.lr_grid, "name": "grid"},
+                {"params": groups["mlp"], "lr": o.lr_mlp, "weight_decay": o.weight_decay_mlp, "name": "mlp"},
+                {"params": groups["camera"], "lr": o.lr_camera, "name": "camera"},
+            ],
+            eps=1e-15,
+        )
+        steps = max(cfg.train.steps, 1)
+        gamma = o.final_lr_factor ** (1.0 / steps)
+
+        def schedule(step: int) -> float:
+            warm = min(1.0, (step + 1) / max(o.warmup_steps, 1))
+            return warm * gamma**step
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.perceptual = None
+        if cfg.loss.w_lpips > 0 and cfg.train.lpips_patches > 0:
+            from handnerf.evaluation.perceptual import PerceptualMetric
+
+            self.perceptual = PerceptualMetric(net=cfg.loss.lpips_net, device=self.device)
+        self.step = 0
+        self.bad_steps = 0
+        self.lr_backoff = 1.0
+        self.wandb = wandb_run
+        self.ckpt_dir = self.out / "checkpoints"
+        self.metrics_path = self.out / "metrics.jsonl"
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": config_to_dict(self.cfg),
+            "hand_identity": self.data.hand_identity,
+            "data_fingerprint": self.data.fingerprint,
+            "camera_names": list(self.data.camera_names),
+            "betas": self.data.betas.detach().cpu(),
+            "model": self.avatar.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ray_rng": self.rays.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "bad_steps": self.bad_steps,
+            "lr_backoff": self.lr_backoff,
+        }
+
+    def save(self) -> Path:
+        path = self.ckpt_dir / LATEST
+        save_checkpoint(path, self.state_dict())
+        return path
+
+    def resume(self) -> int:
+        """Restore the latest checkpoint of this run; it must match config, hand and data."""
+        path = self.ckpt_dir / LATEST
+        state = load_checkpoint(path)
+        mine = config_to_dict(self.cfg)
+        if state.get("config") != mine:
+            diff = _dict_diff(state.get("config") or {}, mine)
+            raise CheckpointError(
+                f"{path}: saved with a different config; resume needs the same one. Differences: {diff}"
+            )
+        if state.get("hand_identity") != self.data.hand_identity:
+            raise CheckpointError(f"{path}: trained with another hand model ({state.get('hand_identity')})")
+        if state.get("data_fingerprint") != self.data.fingerprint:
+            raise CheckpointError(f"{path}: trained on different data (fingerprint mismatch)")
+        try:
+            self.avatar.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.rays.generator.set_state(state["ray_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: incompatible checkpoint contents ({exc})") from exc
+        self.step = int(state["step"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        self.lr_backoff = float(state.get("lr_backoff", 1.0))
+        return self.step
+
+    # ------------------------------------------------------------------ one step
+    def background(self, n: int) -> Tensor:
+        if self.cfg.train.background == "random":
+            return torch.rand(n, 3, device=self.device)
+        return torch.zeros(n, 3, device=self.device)
+
+    def training_step(self) -> dict[str, float]:
+        """Draw rays (and LPIPS patches), render, compute losses, step the optimiser."""
+        cfg = self.cfg
+        batch = self.rays.sample(cfg.train.batch_rays)
+        n_patch_rays, patch = 0, cfg.train.lpips_patch_size
+        use_lpips = self.perceptual is not None and self.step >= cfg.loss.lpips_start_step
+        if use_lpips:
+            patches, patch = self.rays.sample_patches(cfg.train.lpips_patches, patch)
+            n_patch_rays = len(patches)
+            batch = _concat(batch, patches)
+        batch = _to(batch, self.device)
+        bg = self.background(len(batch))
+        if n_patch_rays:  # one background colour per patch keeps LPIPS from judging noise
+            bg[-n_patch_rays:] = bg[-n_patch_rays:].reshape(-1, patch * patch, 3)[:, :1].expand(
+                -1, patch * patch, 3
+            ).reshape(-1, 3)
+        m = batch.mask.float().unsqueeze(-1)
+        target = batch.rgb * m + bg * (1 - m)
+
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            out = self.avatar.render_rays(
+                self.train_frames, batch.origins, batch.dirs, batch.frame_ids, batch.camera_ids, bg,
+                training=True,
+            )
+        rgb = out["rgb"].float()
+        opacity = out["opacity"].float()
+        losses: dict[str, Tensor] = {}
+        losses["photometric"] = cfg.loss.w_photometric * photometric_loss(
+            rgb, target, cfg.loss.photometric, cfg.loss.huber_delta
+        )
+        if cfg.loss.w_mask > 0:
+            losses["mask"] = cfg.loss.w_mask * mask_loss(opacity, batch.mask)
+        if cfg.loss.w_sharpen > 0:
+            losses["sharpen"] = cfg.loss.w_sharpen * sharpen_loss(opacity)
+        if use_lpips and self.perceptual is not None:
+            pred_p = rgb[-n_patch_rays:].reshape(-1, patch, patch, 3).permute(0, 3, 1, 2)
+            gt_p = target[-n_patch_rays:].reshape(-1, patch, patch, 3).permute(0, 3, 1, 2)
+            losses["lpips"] = cfg.loss.w_lpips * self.perceptual(pred_p, gt_p).mean()
+        loss = sum(losses.values())
+        assert isinstance(loss, Tensor)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self._bad_step("loss", losses)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grads_ok = all(
+            p.grad is None or bool(torch.isfinite(p.grad).all())
+            for g in self.optimizer.param_groups
+            for p in g["params"]
+        )
+        if not grads_ok and not self.use_amp:  # with AMP the scaler skips such steps itself
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._bad_step("gradient", losses)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self._apply_backoff()
+        if cfg.train.occupancy_every > 0 and self.step % cfg.train.occupancy_every == 0:
+            self.avatar.update_occupancy(self.step)
+        with torch.no_grad():
+            mse = float(((rgb[: cfg.train.batch_rays] - target[: cfg.train.batch_rays]) ** 2).mean())
+        stats = {k: float(v) for k, v in losses.items()}
+        stats.update(loss=float(loss), psnr=psnr_from_mse(mse))
+        return stats
+
+    def _apply_backoff(self) -> None:
+        if self.lr_backoff != 1.0:
+            for g in self.optimizer.param_groups:
+                g["lr"] *= self.lr_backoff
+
+    def _bad_step(self, what: str, losses: dict[str, Tensor]) -> dict[str, float]:
+        """A non-finite loss/gradient: skip the step, halve the learning rate, count it."""
+        self.bad_steps += 1
+        self.lr_backoff *= 0.5
+        self._apply_backoff()
+        if self.bad_steps > self.cfg.train.max_bad_steps:
+            raise TrainingDivergedError(
+                f"training diverged: {self.bad_steps} steps with a non-finite {what} "
+                f"(last losses: { {k: float(v) for k, v in losses.items()} }). "
+                f"The last good checkpoint is {self.ckpt_dir / LATEST}; try lower learning rates."
+            )
+        return {"skipped": 1.0, "bad_steps": float(self.bad_steps)}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, max_views: int | None = None) -> dict[str, Any]:
+        """Render held-out-camera views of training frames on black; PSNR inside the crop."""
+        views = self.data.val_views
+        if views is None or len(views) == 0:
+            return {}
+        n = len(views) if max_views is None else min(len(views), max_views)
+        idx = torch.linspace(0, len(views) - 1, n).round().long().unique()
+        psnrs = []
+        out_dir = self.out / "val"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i in idx.tolist():
+            img = self.render_view(self.train_frames, views, i)
+            gt = views.images[i]
+            psnrs.append(psnr_from_mse(float(((img - gt) ** 2).mean())))
+            if i == int(idx[0]):
+                _save_png(out_dir / f"step{self.step:06d}_view{i}.png", torch.cat([gt, img], 1))
+        return {"val_psnr": float(np.mean(psnrs)), "val_views": len(psnrs)}
+
+    @torch.no_grad()
+    def render_view(self, frames: PosedFrames, views: Any, i: int) -> Tensor:
+        was_training = self.avatar.training
+        self.avatar.eval()
+        img = render_image(
+            self.avatar, frames, views.K[i], views.R[i], views.t[i], views.height, views.width,
+            int(views.frame_ids[i]), int(views.camera_ids[i]), self.device,
+        )
+        self.avatar.train(was_training)
+        return img
+
+    # ------------------------------------------------------------------ loop
+    def log(self, record: dict[str, Any]) -> None:
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record, step=record.get("step"))
+
+    def fit(self, progress: bool = True) -> FitResult:
+        from tqdm import tqdm
+
+        cfg = self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        start_time = time.monotonic()
+        stopped_by = "done"
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="fit", unit="step",
+                   dynamic_ncols=True)
+        last_t, last_step = time.monotonic(), self.step
+        with _StopRequest() as stop:
+            while self.step < cfg.steps:
+                stats = self.training_step()
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.monotonic()
+                    rays_s = (self.step - last_step) * cfg.batch_rays / max(now - last_t, 1e-9)
+                    last_t, last_step = now, self.step
+                    record = {"step": self.step, "time": now - start_time, "rays_per_s": rays_s,
+                              "lr_grid": self.optimizer.param_groups[0]["lr"], **stats}
+                    self.log(record)
+                    if "psnr" in stats:
+                        bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}",
+                                        rays_s=f"{rays_s:.0f}")
+                if cfg.val_every > 0 and self.step % cfg.val_every == 0 and self.step < cfg.steps:
+                    self.log({"step": self.step, **self.validate(cfg.val_views)})
+                if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if stop.signal is not None:
+                    stopped_by = "signal"
+                    break
+                if cfg.max_minutes > 0 and time.monotonic() - start_time > cfg.max_minutes * 60:
+                    stopped_by = "time"
+                    break
+        bar.close()
+        ckpt = self.save()
+        if stopped_by != "signal":
+            self.log({"step": self.step, "final": True, **self.validate()})
+        return FitResult(step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path)
+
+
+@torch.no_grad()
+def render_image(
+    avatar: HandAvatar,
+    frames: PosedFrames,
+    K: Tensor,
+    R: Tensor,
+    t: Tensor,
+    height: int,
+    width: int,
+    frame_id: int,
+    camera_id: int,
+    device: torch.device,
+    chunk: int = 8192,
+    background: Tensor | None = None,
+) -> Tensor:
+    """Render one (H,W,3) image in ray chunks, so memory stays bounded at any resolution."""
+    origins, dirs = image_rays(K.cpu(), R.cpu(), t.cpu(), height, width)
+    n = origins.shape[0]
+    bg = background if background is not None else torch.zeros(3)
+    out = torch.zeros(n, 3)
+    for s in range(0, n, chunk):
+        o = origins[s : s + chunk].to(device)
+        d = dirs[s : s + chunk].to(device)
+        m = o.shape[0]
+        fid = torch.full((m,), frame_id, dtype=torch.long, device=device)
+        cid = torch.full((m,), camera_id, dtype=torch.long, device=device)
+        res = avatar.render_rays(frames, o, d, fid, cid, bg.to(device).expand(m, 3), training=False)
+        out[s : s + chunk] = res["rgb"].float().clamp(0, 1).cpu()
+    return out.reshape(height, width, 3)
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _concat(a: RayBatch, b: RayBatch) -> RayBatch:
+    return RayBatch(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in
+                      ("origins", "dirs", "rgb", "mask", "frame_ids", "camera_ids")))
+
+
+def _to(batch: RayBatch, device: torch.device) -> RayBatch:
+    return RayBatch(*(getattr(batch, f).to(device, non_blocking=True) for f in
+                      ("origins", "dirs", "rgb", "mask", "frame_ids", "camera_ids")))
+
+
+def _save_png(path: Path, image: Tensor) -> None:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+
+
+def _dict_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            sub = _dict_diff(va, vb, f"{prefix}{key}.")
+            if sub:
+                diffs.append(sub)
+        elif va != vb:
+            diffs.append(f"{prefix}{key}: saved {va!r}, now {vb!r}")
+    return "; ".join(diffs)
