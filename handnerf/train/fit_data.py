@@ -145,8 +145,8 @@ def prepare_view_set(
     mano: ManoParams | None = None,
 ) -> ViewSet:
     """Crop, mask and stack ``views``; frames get ids in order of first appearance."""
-    from handnerf.data.crops import crop_view
-    from handnerf.data.masks import MaskCache, render_mano_mask
+    from handnerf.data.crops import crop_hand
+    from handnerf.data.masks import ManoMasker, MaskCache
 
     if frame_keys is None:
         frame_keys = sorted({(v.seq_name, v.frame_idx) for v in views})
@@ -156,7 +156,7 @@ def prepare_view_set(
     frame_id = {k: i for i, k in enumerate(frame_keys)}
     with torch.no_grad():
         posed = hand_model(mano).vertices.cpu().numpy()
-    masks_cache = MaskCache(mask_cache) if mask_cache is not None else None
+    masker = ManoMasker(hand_model, cache=MaskCache(mask_cache) if mask_cache is not None else None)
 
     images, masks, Ks, Rs, ts, fids, cids = [], [], [], [], [], [], []
     for view in tqdm(views, desc=desc, disable=not progress, leave=False):
@@ -165,14 +165,11 @@ def prepare_view_set(
         if cfg.mask_source == "gt":
             mask = _gt_mask(capture.root, view)
         elif cfg.mask_source == "mano":
-            if masks_cache is not None:
-                mask = masks_cache.get_or_render(view, hand_model, posed[fid])
-            else:
-                mask = render_mano_mask(posed[fid], hand_model.faces.cpu().numpy(), view.camera)
+            mask = masker.mask(view)
         else:
             raise DataError(f"data.mask_source must be 'mano' or 'gt', got {cfg.mask_source!r}")
-        crop = crop_view(image, mask, view.camera, scale=cfg.crop_scale, size=cfg.crop_size,
-                         points=posed[fid])
+        crop = crop_hand(image, view.camera, mask=mask, points=posed[fid], scale=cfg.crop_scale,
+                         out_size=cfg.crop_size)
         images.append(torch.from_numpy(crop.image).float() / 255.0)
         masks.append(torch.from_numpy(crop.mask.astype(bool)))
         Ks.append(torch.from_numpy(crop.camera.K).float())

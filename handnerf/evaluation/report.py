@@ -1,0 +1,535 @@
+"""Evaluation report: ``report.json``, ``report.md`` and a self-contained ``report.html``.
+
+Every render, its ground truth and mask are saved as PNG under ``images/`` next to the
+report (named by set, camera and frame) so that anyone can recompute the metrics. The
+HTML embeds its pictures as base64 PNG: one file to open or mail.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from handnerf.errors import DataError, ParameterError
+from handnerf.evaluation.protocols import EvalProtocol, get_protocol
+
+REQUIRED_ROW_FIELDS = ("split", "camera", "frame", "psnr", "ssim")
+METRIC_FIELDS = ("psnr", "ssim", "lpips")
+IMAGE_KINDS = ("render", "gt", "mask")
+# Fixed scale of the error heat-map (mean absolute RGB error), so that heat-maps of
+# different views compare at a glance.
+ERROR_MAP_MAX = 0.25
+N_EXTREME_VIEWS = 3
+
+
+def image_key(split: str, camera: str | int, frame: int) -> str:
+    """File-name-safe id of one evaluated view, e.g. ``novel_view_cam400002_frame000563``."""
+    safe_split = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(split))
+    safe_camera = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(camera))
+    return f"{safe_split}_cam{safe_camera}_frame{int(frame):06d}"
+
+
+def machine_info() -> dict[str, Any]:
+    """Python, torch, OS and accelerator of this machine, for reproducibility."""
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; non-finite floats become None (strict JSON has no inf/NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _check_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    if len(rows) == 0:
+        raise ParameterError("rows: no evaluated image to report")
+    checked = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ParameterError(f"rows[{index}]: expected a dict, got {type(row).__name__}")
+        missing = [field for field in REQUIRED_ROW_FIELDS if field not in row]
+        if missing:
+            raise ParameterError(f"rows[{index}]: missing field(s) {', '.join(missing)}")
+        row = dict(row)
+        for field in METRIC_FIELDS:
+            value = row.get(field)
+            if value is None and field == "lpips":
+                continue
+            try:
+                row[field] = float(value)
+            except (TypeError, ValueError):
+                raise ParameterError(
+                    f"rows[{index}].{field}: expected a number, got {value!r}"
+                ) from None
+            if math.isnan(row[field]):
+                raise ParameterError(f"rows[{index}].{field}: is NaN")
+        row["frame"] = int(row["frame"])
+        row["camera"] = str(row["camera"])
+        row["split"] = str(row["split"])
+        row["key"] = image_key(row["split"], row["camera"], row["frame"])
+        checked.append(row)
+    keys = [row["key"] for row in checked]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ParameterError(f"rows: the same view is listed twice: {', '.join(duplicates[:3])}")
+    return checked
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    lpips_values = [row["lpips"] for row in rows if row.get("lpips") is not None]
+    return {
+        "n_images": len(rows),
+        "psnr": _mean([row["psnr"] for row in rows]),
+        "ssim": _mean([row["ssim"] for row in rows]),
+        "lpips": _mean(lpips_values),
+    }
+
+
+def _to_uint8(image: Any, label: str) -> np.ndarray:
+    """(H, W, 3) or (H, W) float in [0, 1], bool or uint8 -> uint8 of the same shape."""
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
+        raise ParameterError(f"{label}: expected an (H, W) or (H, W, 3) image, got {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ParameterError(f"{label}: expected float, bool or uint8 pixels, got {array.dtype}")
+    if not np.isfinite(array).all():
+        raise ParameterError(f"{label}: image contains NaN or inf values")
+    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", image, extension=".png")
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _error_heatmap(render: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 colour map of the mean absolute RGB error, 0..ERROR_MAP_MAX."""
+    from matplotlib import colormaps
+
+    error = np.abs(render.astype(np.float64) - gt.astype(np.float64)).mean(axis=2) / 255.0
+    colours = colormaps["inferno"](np.clip(error / ERROR_MAP_MAX, 0.0, 1.0))[..., :3]
+    return np.round(colours * 255.0).astype(np.uint8)
+
+
+def _save_images(
+    out_dir: Path, rows: list[dict[str, Any]], images: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Write each view's PNGs under ``out_dir/images``; returns the uint8 arrays by key."""
+    import imageio.v3 as iio
+
+    known = {row["key"] for row in rows}
+    unknown = sorted(set(images) - known)
+    if unknown:
+        raise ParameterError(
+            f"images: key(s) {', '.join(unknown[:3])} match no row; build keys with "
+            "image_key(split, camera, frame)"
+        )
+    image_dir = out_dir / "images"
+    converted: dict[str, dict[str, np.ndarray]] = {}
+    for row in rows:
+        entry = images.get(row["key"])
+        if entry is None:
+            continue
+        arrays: dict[str, np.ndarray] = {}
+        for kind in IMAGE_KINDS:
+            if entry.get(kind) is None:
+                continue
+            arrays[kind] = _to_uint8(entry[kind], f"images[{row['key']!r}][{kind!r}]")
+        if "render" in arrays and "gt" in arrays:
+            if arrays["render"].shape != arrays["gt"].shape or arrays["render"].ndim != 3:
+                raise ParameterError(
+                    f"images[{row['key']!r}]: render {arrays['render'].shape} and gt "
+                    f"{arrays['gt'].shape} must be (H, W, 3) of one size"
+                )
+        image_dir.mkdir(parents=True, exist_ok=True)
+        for kind, array in arrays.items():
+            name = f"{row['key']}_{kind}.png"
+            iio.imwrite(image_dir / name, array)
+            row[f"{kind}_png"] = f"images/{name}"
+        converted[row["key"]] = arrays
+    return converted
+
+
+def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a training log, one JSON object a line (blank lines skipped)."""
+    records = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the training log: {exc}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: not valid JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object")
+        records.append(record)
+    return records
+
+
+def _curve_series(records: list[dict[str, Any]]) -> tuple[str, dict[str, tuple[list, list]]]:
+    """x-axis name and, per numeric field, its (x, y) points."""
+    x_name = next(
+        (
+            name
+            for name in ("step", "iteration", "iter")
+            if any(name in record for record in records)
+        ),
+        "record",
+    )
+    series: dict[str, tuple[list, list]] = {}
+    for index, record in enumerate(records):
+        x = record.get(x_name, index)
+        for name, value in record.items():
+            if name == x_name or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                continue
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(x)
+            ys.append(value)
+    return x_name, series
+
+
+def plot_training_curves(records: list[dict[str, Any]]) -> bytes | None:
+    """PNG of every numeric field of the training log against the step (None if none)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x_name, series = _curve_series(records)
+    series = {name: points for name, points in series.items() if len(points[0]) >= 1}
+    if not series:
+        return None
+    columns = min(3, len(series))
+    rows = math.ceil(len(series) / columns)
+    figure = Figure(figsize=(4.2 * columns, 2.8 * rows), dpi=100)
+    FigureCanvasAgg(figure)
+    for index, (name, (xs, ys)) in enumerate(sorted(series.items())):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.plot(xs, ys, marker="." if len(xs) < 30 else None, linewidth=1.2)
+        if "loss" in name and min(ys) > 0:
+            axes.set_yscale("log")
+        axes.set_title(name, fontsize=10)
+        axes.set_xlabel(x_name, fontsize=8)
+        axes.tick_params(labelsize=8)
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "∞" if value > 0 else "–"
+    return f"{value:.{digits}f}"
+
+
+def _summary_lines(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    lines = []
+    for name, aggregate in [*report["sets"].items(), ("overall", report["overall"])]:
+        lines.append(
+            (
+                name,
+                str(aggregate["n_images"]),
+                _fmt(aggregate["psnr"], 2),
+                _fmt(aggregate["ssim"], 4),
+                _fmt(aggregate["lpips"], 4),
+            )
+        )
+    return lines
+
+
+def _markdown(report: dict[str, Any], has_curves: bool) -> str:
+    protocol = report["protocol"]
+    out = [
+        "# handnerf evaluation report",
+        "",
+        f"- protocol: **{protocol['name']}**: {protocol['description']}",
+        f"- images: {protocol['image_text']}",
+        f"- metric region: {report['region']}",
+        f"- LPIPS network: **{report['lpips_net']}**",
+        f"- created: {report['created']}",
+        "",
+        "## Metrics",
+        "",
+        "| set | images | PSNR (dB) | SSIM | LPIPS |",
+        "|---|---|---|---|---|",
+    ]
+    out += [f"| {' | '.join(cells)} |" for cells in _summary_lines(report)]
+    out += [
+        "",
+        "## Per image",
+        "",
+        "| set | camera | frame | PSNR | SSIM | LPIPS | render |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["images"]:
+        link = f"[png]({row['render_png']})" if row.get("render_png") else ""
+        out.append(
+            f"| {row['split']} | {row['camera']} | {row['frame']} | {_fmt(row['psnr'], 2)} | "
+            f"{_fmt(row['ssim'], 4)} | {_fmt(row.get('lpips'), 4)} | {link} |"
+        )
+    if has_curves:
+        out += ["", "## Training curves", "", "![training curves](training_curves.png)"]
+    timings = report.get("timings") or {}
+    if timings:
+        out += ["", "## Timings", ""]
+        out += [f"- {name}: {value}" for name, value in timings.items()]
+    out += ["", "## Machine", ""]
+    out += [f"- {name}: {value}" for name, value in (report.get("machine") or {}).items()]
+    return "\n".join(out) + "\n"
+
+
+def _html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
+        for cells in body
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _extreme_views_html(report: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> str:
+    from handnerf.render.video import side_by_side
+
+    with_images = [
+        row
+        for row in report["images"]
+        if "render" in arrays.get(row["key"], {}) and "gt" in arrays.get(row["key"], {})
+    ]
+    if not with_images:
+        return "<p>No images were saved with this report.</p>"
+    # PSNR of an exact match is inf; it sorts as the best view.
+    ranked = sorted(
+        with_images, key=lambda row: row["psnr"] if row["psnr"] is not None else math.inf
+    )
+    count = min(N_EXTREME_VIEWS, math.ceil(len(ranked) / 2))
+    sections = []
+    for title, chosen in (("Worst views", ranked[:count]), ("Best views", ranked[::-1][:count])):
+        figures = []
+        for row in chosen:
+            pair = arrays[row["key"]]
+            triptych = side_by_side(
+                side_by_side(pair["gt"], pair["render"], gap=4),
+                _error_heatmap(pair["render"], pair["gt"]),
+                gap=4,
+            )
+            caption = (
+                f"{row['split']} · camera {row['camera']} · frame {row['frame']} · "
+                f"PSNR {_fmt(row['psnr'], 2)} · SSIM {_fmt(row['ssim'], 4)} · "
+                f"LPIPS {_fmt(row.get('lpips'), 4)}"
+            )
+            figures.append(
+                f'<figure><img src="{_data_uri(_png_bytes(triptych))}" alt="{html.escape(row["key"])}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        sections.append(f"<h3>{title}</h3>" + "".join(figures))
+    legend = (
+        f"<p>Each row: ground truth | render | error heat-map (mean absolute RGB error, "
+        f"black = 0, yellow = {ERROR_MAP_MAX:g} or more).</p>"
+    )
+    return legend + "".join(sections)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0}img{max-width:100%;image-rendering:pixelated}
+figcaption{font-size:0.9em;color:#555}pre{background:#f7f7f7;padding:1em;overflow:auto}
+"""
+
+
+def _html(
+    report: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]], curves_png: bytes | None
+) -> str:
+    protocol = report["protocol"]
+    summary = _html_table(["set", "images", "PSNR (dB)", "SSIM", "LPIPS"], _summary_lines(report))
+    per_image = _html_table(
+        ["set", "camera", "frame", "PSNR", "SSIM", "LPIPS"],
+        [
+            (
+                row["split"],
+                row["camera"],
+                str(row["frame"]),
+                _fmt(row["psnr"], 2),
+                _fmt(row["ssim"], 4),
+                _fmt(row.get("lpips"), 4),
+            )
+            for row in report["images"]
+        ],
+    )
+    curves = (
+        f'<img src="{_data_uri(curves_png)}" alt="training curves">'
+        if curves_png
+        else "<p>No training log was given.</p>"
+    )
+    run = {name: report.get(name) for name in ("config", "backends", "timings", "machine")}
+    escape = html.escape
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>handnerf evaluation</title>
+<style>{_CSS}</style></head><body>
+<h1>handnerf evaluation report</h1>
+<ul>
+<li>protocol: <b>{escape(protocol["name"])}</b>: {escape(protocol["description"])}</li>
+<li>images: {escape(protocol["image_text"])}</li>
+<li>metric region: {escape(report["region"])}</li>
+<li>LPIPS network: <b>{escape(str(report["lpips_net"]))}</b></li>
+<li>created: {escape(report["created"])}</li>
+</ul>
+<h2>Metrics</h2>{summary}
+<h2>Worst and best views</h2>{_extreme_views_html(report, arrays)}
+<h2>Training curves</h2>{curves}
+<h2>Per image</h2>{per_image}
+<h2>Run</h2><pre>{escape(json.dumps(_jsonable(run), indent=2))}</pre>
+</body></html>
+"""
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    protocol: EvalProtocol | str,
+    rows: Sequence[Mapping[str, Any]],
+    images: Mapping[str, Mapping[str, Any]],
+    run_info: Mapping[str, Any],
+    metrics_jsonl: str | Path | None = None,
+    lpips_net: str | None = None,
+) -> dict[str, Any]:
+    """Write ``report.json``, ``report.md``, ``report.html`` and the images to ``out_dir``.
+
+    Args:
+        out_dir: folder to write (created).
+        protocol: the :class:`EvalProtocol` used, or its preset name.
+        rows: one dict per evaluated image with ``split`` (e.g. ``"novel_view"`` or
+            ``"novel_pose"``), ``camera``, ``frame``, ``psnr``, ``ssim`` and optionally
+            ``lpips`` (None when not computed); extra fields are kept.
+        images: by :func:`image_key` of a row: ``{"render": (H, W, 3), "gt": (H, W, 3),
+            "mask": (H, W)}`` (float in [0, 1], bool or uint8; any may be left out).
+        run_info: ``config`` (the run's config dict), ``backends`` (e.g. renderer and
+            encoding backends), ``timings`` (seconds by name), optionally ``machine``
+            (filled from this machine otherwise) and ``lpips_net``; other keys are
+            kept under ``run``.
+        metrics_jsonl: the training log to plot (one JSON object a line), if any.
+        lpips_net: name of the network behind the LPIPS scores
+            (:attr:`PerceptualMetric.net_name`); required when a row has ``lpips``.
+
+    Returns:
+        The report as written to ``report.json``.
+    """
+    if isinstance(protocol, str):
+        protocol = get_protocol(protocol)
+    if not isinstance(protocol, EvalProtocol):
+        raise ParameterError(
+            f"protocol: expected an EvalProtocol or a preset name, got {type(protocol).__name__}"
+        )
+    if not isinstance(run_info, Mapping):
+        raise ParameterError(f"run_info: expected a dict, got {type(run_info).__name__}")
+    checked = _check_rows(rows)
+    lpips_net = lpips_net or run_info.get("lpips_net")
+    if lpips_net is None and any(row.get("lpips") is not None for row in checked):
+        raise ParameterError(
+            "lpips_net: rows carry LPIPS scores but the network behind them is not named "
+            "(pass PerceptualMetric.net_name)"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = _save_images(out_dir, checked, images)
+
+    records = read_metrics_jsonl(Path(metrics_jsonl)) if metrics_jsonl is not None else []
+    curves_png = plot_training_curves(records) if records else None
+    if curves_png is not None:
+        (out_dir / "training_curves.png").write_bytes(curves_png)
+
+    splits = list(dict.fromkeys(row["split"] for row in checked))
+    overall = _aggregate(checked)
+    extra_run = {
+        name: value
+        for name, value in run_info.items()
+        if name not in ("config", "backends", "timings", "machine", "lpips_net")
+    }
+    report: dict[str, Any] = {
+        "protocol": protocol.to_dict(),
+        "region": protocol.region_text,
+        "lpips_net": lpips_net if lpips_net is not None else "not computed",
+        "n_images": overall["n_images"],
+        "psnr": overall["psnr"],
+        "ssim": overall["ssim"],
+        "lpips": overall["lpips"],
+        "overall": overall,
+        "sets": {
+            split: _aggregate([r for r in checked if r["split"] == split]) for split in splits
+        },
+        "images": checked,
+        "config": run_info.get("config"),
+        "backends": run_info.get("backends"),
+        "timings": run_info.get("timings"),
+        "machine": run_info.get("machine") or machine_info(),
+        "run": extra_run,
+        "training_log": str(metrics_jsonl) if metrics_jsonl is not None else None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    report = _jsonable(report)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (out_dir / "report.md").write_text(_markdown(report, curves_png is not None))
+    (out_dir / "report.html").write_text(_html(report, arrays, curves_png))
+    return report

@@ -1,0 +1,577 @@
+"""Inverse linear blend skinning: posed-space samples → canonical space.
+
+A sample ``x`` in posed world space gets skinning weights from the ``k`` nearest posed
+mesh vertices; the blended bone transform ``A = sum_b w_b T_b`` (canonical → posed) is then
+inverted to find the canonical position ``A^{-1} x``. A blend of rigid transforms is not
+rigid, so the inverse is the true inverse of the 3x4 affine part (closed-form 3x3
+adjugate), not the transpose of the rotation.
+
+Because skinning is linear in the weights, the per-vertex blended transforms
+``A_v = sum_b W[v, b] T_b`` are precomputed once per frame; a sample then only blends the
+``k`` gathered 3x4 matrices of its neighbours, and a batch mixing frames needs no loop over
+frames in that step.
+
+Three lookup backends find the neighbours (all are measured by ``tools/bench_deformer.py``):
+
+- ``kdtree``: scipy ``cKDTree`` per frame on the CPU (multi-threaded queries).
+- ``cdist``: chunked ``torch.cdist`` + ``topk``; pure torch, so it runs on the GPU.
+- ``grid``: the blended transform, bone-rotation quaternion and nearest-vertex distance
+  precomputed on a voxel grid over each frame's posed bounding box (with the exact kNN
+  lookup above) and trilinearly interpolated per sample. Expensive to prepare, cheapest to
+  query; less accurate near joints because it interpolates across them.
+
+The lookup needs no autograd (MANO parameters are fixed during fitting): all outputs are
+plain tensors without a graph, usable as inputs of a downstream field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from handnerf.errors import ConfigError, ParameterError
+
+BACKENDS = ("auto", "kdtree", "cdist", "grid")
+BLEND_SCHEMES = ("inverse_distance", "gaussian", "nearest")
+
+# Elements of one chunk's (points x vertices) distance matrix in the cdist backend: big
+# enough to keep the GPU busy, small enough (64 MiB of float32) not to spike memory.
+_CDIST_CHUNK_ELEMENTS = 1 << 24
+# A blended 3x3 part with a smaller |det| has no trustworthy inverse (bones blended
+# against each other); such samples are marked invalid.
+_MIN_DETERMINANT = 1e-6
+
+
+@dataclass
+class DeformResult:
+    """Canonical positions of posed samples.
+
+    Attributes:
+        canonical: (N, 3) canonical-space positions (meaningless where ``valid`` is false).
+        valid: (N,) bool, the sample lies within ``max_distance`` of the posed surface and
+            its blended transform is invertible.
+        rotation: (N, 3, 3) blended bone rotation, canonical → posed (orthonormal).
+        distance: (N,) distance in metres to the nearest posed vertex (``inf`` outside the
+            grid backend's box).
+    """
+
+    canonical: torch.Tensor
+    valid: torch.Tensor
+    rotation: torch.Tensor
+    distance: torch.Tensor
+
+
+@dataclass
+class _GridField:
+    """Per-frame voxel grids of the deformation, flattened for one gather.
+
+    ``values``: (F * X * Y * Z, 17) = 12 affine entries, 4 quaternion entries, distance.
+    ``origin``: (F, 3) world position of node (0, 0, 0) per frame; ``dims``: (X, Y, Z).
+    """
+
+    values: torch.Tensor
+    origin: torch.Tensor
+    voxel_size: float
+    dims: tuple[int, int, int]
+
+
+@dataclass
+class FrameDeformation:
+    """The per-frame lookup structures of a batch of ``F`` frames (see ``prepare_frames``).
+
+    Attributes:
+        posed_vertices: (F, V, 3) posed vertices.
+        vertex_affine: (F * V, 12) row-major 3x4 blended transform of each vertex.
+        vertex_quaternion: (F * V, 4) unit quaternion (w, x, y, z) of each vertex's blended
+            bone rotation.
+        backend: the resolved lookup backend.
+        trees: one ``cKDTree`` per frame (``kdtree`` backend), else ``None``.
+        grid: the voxel grids (``grid`` backend), else ``None``.
+    """
+
+    posed_vertices: torch.Tensor
+    vertex_affine: torch.Tensor
+    vertex_quaternion: torch.Tensor
+    backend: str
+    trees: list | None = None
+    grid: _GridField | None = None
+    config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.posed_vertices.shape[0])
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.posed_vertices.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.posed_vertices.device
+
+    def deform(self, points: torch.Tensor, frame_ids: torch.Tensor | None = None) -> DeformResult:
+        """Map posed samples to canonical space.
+
+        Args:
+            points: (N, 3) posed world positions (metres), on this structure's device.
+            frame_ids: (N,) integer index into the prepared frames; may be ``None`` when
+                a single frame was prepared.
+        """
+        points, frame_ids = self._check_query(points, frame_ids)
+        if points.shape[0] == 0:
+            return _empty_result(points)
+        with torch.no_grad():
+            if self.backend == "grid":
+                return self._deform_grid(points, frame_ids)
+            return self._deform_knn(points, frame_ids)
+
+    def _check_query(
+        self, points: torch.Tensor, frame_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(points, torch.Tensor) or points.ndim != 2 or points.shape[1] != 3:
+            shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points)
+            raise ParameterError(f"deform: points must be an (N, 3) tensor, got {shape}")
+        if points.device != self.device:
+            raise ParameterError(
+                f"deform: points are on {points.device} but the frames were prepared on "
+                f"{self.device}"
+            )
+        points = points.detach().to(self.posed_vertices.dtype)
+        n = points.shape[0]
+        if frame_ids is None:
+            if self.num_frames != 1:
+                raise ParameterError(
+                    f"deform: frame_ids is required when {self.num_frames} frames are prepared"
+                )
+            frame_ids = torch.zeros(n, dtype=torch.long, device=self.device)
+        if (
+            not isinstance(frame_ids, torch.Tensor)
+            or frame_ids.shape != (n,)
+            or frame_ids.dtype.is_floating_point
+        ):
+            shape = (
+                tuple(frame_ids.shape) if isinstance(frame_ids, torch.Tensor) else type(frame_ids)
+            )
+            raise ParameterError(
+                f"deform: frame_ids must be an integer tensor of shape ({n},), got {shape}"
+            )
+        frame_ids = frame_ids.to(device=self.device, dtype=torch.long)
+        if n and (int(frame_ids.min()) < 0 or int(frame_ids.max()) >= self.num_frames):
+            raise ParameterError(
+                f"deform: frame_ids must lie in [0, {self.num_frames}), got range "
+                f"[{int(frame_ids.min())}, {int(frame_ids.max())}]"
+            )
+        return points, frame_ids
+
+    def _deform_knn(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
+        cfg = self.config
+        distances, ids = _knn(self, points, frame_ids)
+        weights = _blend_weights(distances, cfg)
+        global_ids = frame_ids[:, None] * self.num_vertices + ids  # (N, k)
+        affine = (weights[..., None] * self.vertex_affine[global_ids]).sum(dim=1)  # (N, 12)
+        quaternion = _blend_quaternions(self.vertex_quaternion[global_ids], weights)
+        return _finish(points, affine, quaternion, distances[:, 0], cfg.max_distance)
+
+    def _deform_grid(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
+        grid = self.grid
+        assert grid is not None
+        dims = torch.tensor(grid.dims, device=points.device)
+        local = (points - grid.origin[frame_ids]) / grid.voxel_size  # (N, 3) in voxel units
+        inside = ((local >= 0) & (local <= (dims - 1).to(local.dtype))).all(dim=1)
+        base = local.floor().long().clamp(min=torch.zeros_like(dims), max=dims - 2)
+        frac = (local - base.to(local.dtype)).clamp(0.0, 1.0)
+        strides = (dims[1] * dims[2], dims[2], 1)
+        frame_offset = frame_ids * int(dims.prod())
+        values = torch.zeros(points.shape[0], 17, dtype=points.dtype, device=points.device)
+        reference_quaternion: torch.Tensor | None = None
+        for corner in range(8):
+            offset = [(corner >> axis) & 1 for axis in (2, 1, 0)]
+            index = frame_offset.clone()
+            corner_weight = torch.ones_like(frac[:, 0])
+            for axis in range(3):
+                index += (base[:, axis] + offset[axis]) * strides[axis]
+                corner_weight *= frac[:, axis] if offset[axis] else 1.0 - frac[:, axis]
+            corner_values = grid.values[index]
+            # Quaternions q and -q are one rotation: align every corner to the first so
+            # that interpolation does not cancel them.
+            if reference_quaternion is None:
+                reference_quaternion = corner_values[:, 12:16]
+            else:
+                sign = torch.sign((corner_values[:, 12:16] * reference_quaternion).sum(dim=1))
+                corner_values[:, 12:16] *= torch.where(sign == 0, 1.0, sign)[:, None]
+            values += corner_weight[:, None] * corner_values
+        distance = torch.where(inside, values[:, 16], torch.full_like(values[:, 16], torch.inf))
+        return _finish(points, values[:, :12], values[:, 12:16], distance, self.config.max_distance)
+
+
+class InverseLBSDeformer(nn.Module):
+    """Posed-space samples → canonical space by inverse linear blend skinning.
+
+    Usage::
+
+        deformer = InverseLBSDeformer(InverseLBSDeformer.Config())
+        frames = deformer.prepare_frames(posed_vertices, bone_transforms, skinning_weights)
+        result = frames.deform(points, frame_ids)  # or deformer(frames, points, frame_ids)
+    """
+
+    @dataclass
+    class Config:
+        k_neighbors: int = 4
+        """Posed vertices whose skinning weights are blended per sample."""
+        max_distance: float = 0.015
+        """Samples farther than this (metres) from the nearest posed vertex are empty."""
+        blend: str = "inverse_distance"
+        """Neighbour weighting: ``inverse_distance``, ``gaussian`` or ``nearest``."""
+        idw_power: float = 2.0
+        """Exponent p of inverse-distance weights 1 / d^p."""
+        gaussian_sigma: float = 0.004
+        """Standard deviation (metres) of Gaussian neighbour weights."""
+        backend: str = "auto"
+        """Neighbour lookup: ``auto``, ``kdtree`` (CPU), ``cdist`` or ``grid``."""
+        grid_voxel_size: float = 0.002
+        """Voxel edge (metres) of the ``grid`` backend."""
+        kdtree_workers: int = -1
+        """Threads of scipy's cKDTree queries (-1: all cores)."""
+
+    def __init__(self, config: InverseLBSDeformer.Config | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else InverseLBSDeformer.Config()
+        _check_config(self.config)
+
+    def resolve_backend(self, device: torch.device) -> str:
+        """The lookup backend used for frames on ``device`` (``auto`` chosen by measurement)."""
+        if self.config.backend != "auto":
+            return self.config.backend
+        # tools/bench_deformer.py: on the CPU the kd-tree queries fastest for a fresh
+        # frame; on CUDA the chunked cdist is fast and exact (no CPU round trip).
+        return "cdist" if device.type == "cuda" else "kdtree"
+
+    def prepare_frame(
+        self,
+        posed_vertices: torch.Tensor,
+        bone_transforms: torch.Tensor,
+        skinning_weights: torch.Tensor,
+    ) -> FrameDeformation:
+        """``prepare_frames`` for one frame: (V, 3), (16, 4, 4) and (V, 16) inputs."""
+        if posed_vertices.ndim != 2 or bone_transforms.ndim != 3:
+            raise ParameterError(
+                "prepare_frame: posed_vertices must be (V, 3) and bone_transforms (J, 4, 4), "
+                f"got {tuple(posed_vertices.shape)} and {tuple(bone_transforms.shape)}"
+            )
+        return self.prepare_frames(posed_vertices[None], bone_transforms[None], skinning_weights)
+
+    def prepare_frames(
+        self,
+        posed_vertices: torch.Tensor,
+        bone_transforms: torch.Tensor,
+        skinning_weights: torch.Tensor,
+    ) -> FrameDeformation:
+        """Build the lookup structures of ``F`` frames.
+
+        Args:
+            posed_vertices: (F, V, 3) posed world vertices (metres).
+            bone_transforms: (F, J, 4, 4) canonical → posed bone transforms (J = 16 for
+                MANO): ``x_posed = sum_b w_b T_b x_canonical``.
+            skinning_weights: (V, J) or (F, V, J) per-vertex skinning weights.
+
+        Returns:
+            a :class:`FrameDeformation` on the device of ``posed_vertices``.
+        """
+        posed_vertices, bone_transforms, skinning_weights = _check_frames(
+            posed_vertices, bone_transforms, skinning_weights
+        )
+        backend = self.resolve_backend(posed_vertices.device)
+        with torch.no_grad():
+            num_frames, num_vertices = posed_vertices.shape[:2]
+            affine_bones = bone_transforms[:, :, :3, :].reshape(num_frames, -1, 12)  # (F, J, 12)
+            vertex_affine = torch.einsum("fvj,fjc->fvc", skinning_weights, affine_bones)
+            bone_quaternions = _matrix_to_quaternion(bone_transforms[:, :, :3, :3])  # (F, J, 4)
+            vertex_quaternion = _blend_bone_quaternions(bone_quaternions, skinning_weights)
+            frames = FrameDeformation(
+                posed_vertices=posed_vertices.contiguous(),
+                vertex_affine=vertex_affine.reshape(num_frames * num_vertices, 12).contiguous(),
+                vertex_quaternion=vertex_quaternion.reshape(num_frames * num_vertices, 4),
+                backend=backend,
+                config=self.config,
+            )
+            if backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
+                frames.trees = _build_trees(posed_vertices)
+            if backend == "grid":
+                frames.grid = _build_grid(frames)
+        return frames
+
+    def deform(
+        self, frames: FrameDeformation, points: torch.Tensor, frame_ids: torch.Tensor | None = None
+    ) -> DeformResult:
+        """``frames.deform(points, frame_ids)``; see :meth:`FrameDeformation.deform`."""
+        return frames.deform(points, frame_ids)
+
+    def forward(
+        self, frames: FrameDeformation, points: torch.Tensor, frame_ids: torch.Tensor | None = None
+    ) -> DeformResult:
+        return frames.deform(points, frame_ids)
+
+
+def _check_config(cfg: InverseLBSDeformer.Config) -> None:
+    where = "deformer config"
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"{where}: backend must be one of {BACKENDS}, got {cfg.backend!r}")
+    if cfg.blend not in BLEND_SCHEMES:
+        raise ConfigError(f"{where}: blend must be one of {BLEND_SCHEMES}, got {cfg.blend!r}")
+    if cfg.k_neighbors < 1:
+        raise ConfigError(f"{where}: k_neighbors must be >= 1, got {cfg.k_neighbors}")
+    for name in ("max_distance", "gaussian_sigma", "grid_voxel_size", "idw_power"):
+        value = getattr(cfg, name)
+        if not np.isfinite(value) or value <= 0:
+            raise ConfigError(f"{where}: {name} must be a positive number, got {value}")
+
+
+def _check_frames(
+    posed_vertices: torch.Tensor, bone_transforms: torch.Tensor, skinning_weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    where = "prepare_frames"
+    for name, tensor in (
+        ("posed_vertices", posed_vertices),
+        ("bone_transforms", bone_transforms),
+        ("skinning_weights", skinning_weights),
+    ):
+        if not isinstance(tensor, torch.Tensor):
+            raise ParameterError(f"{where}: {name} must be a torch.Tensor, got {type(tensor)}")
+        if not tensor.dtype.is_floating_point:
+            raise ParameterError(f"{where}: {name} must be floating point, got {tensor.dtype}")
+    if posed_vertices.ndim != 3 or posed_vertices.shape[2] != 3 or posed_vertices.shape[1] == 0:
+        raise ParameterError(
+            f"{where}: posed_vertices must be (F, V, 3) with V > 0, got {tuple(posed_vertices.shape)}"
+        )
+    num_frames, num_vertices = posed_vertices.shape[:2]
+    if (
+        bone_transforms.ndim != 4
+        or bone_transforms.shape[0] != num_frames
+        or bone_transforms.shape[2:] != (4, 4)
+    ):
+        raise ParameterError(
+            f"{where}: bone_transforms must be ({num_frames}, J, 4, 4), got "
+            f"{tuple(bone_transforms.shape)}"
+        )
+    num_bones = bone_transforms.shape[1]
+    if skinning_weights.ndim == 2:
+        skinning_weights = skinning_weights[None].expand(num_frames, -1, -1)
+    if skinning_weights.shape != (num_frames, num_vertices, num_bones):
+        raise ParameterError(
+            f"{where}: skinning_weights must be ({num_vertices}, {num_bones}) or "
+            f"({num_frames}, {num_vertices}, {num_bones}), got {tuple(skinning_weights.shape)}"
+        )
+    for name, tensor in (
+        ("posed_vertices", posed_vertices),
+        ("bone_transforms", bone_transforms),
+        ("skinning_weights", skinning_weights),
+    ):
+        if not bool(torch.isfinite(tensor).all()):
+            raise ParameterError(f"{where}: {name} contains NaN or inf")
+    device, dtype = posed_vertices.device, posed_vertices.dtype
+    return (
+        posed_vertices.detach(),
+        bone_transforms.detach().to(device=device, dtype=dtype),
+        skinning_weights.detach().to(device=device, dtype=dtype),
+    )
+
+
+def _empty_result(points: torch.Tensor) -> DeformResult:
+    return DeformResult(
+        canonical=points.new_zeros(0, 3),
+        valid=torch.zeros(0, dtype=torch.bool, device=points.device),
+        rotation=points.new_zeros(0, 3, 3),
+        distance=points.new_zeros(0),
+    )
+
+
+def _build_trees(posed_vertices: torch.Tensor) -> list:
+    from scipy.spatial import cKDTree
+
+    return [cKDTree(v) for v in posed_vertices.cpu().double().numpy()]
+
+
+def _knn(
+    frames: FrameDeformation, points: torch.Tensor, frame_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances (N, k), ascending, and ids (N, k) of each sample's nearest frame vertices."""
+    k = min(frames.config.k_neighbors, frames.num_vertices)
+    if frames.config.blend == "nearest":
+        k = 1
+    distances = points.new_empty(points.shape[0], k)
+    ids = torch.empty(points.shape[0], k, dtype=torch.long, device=points.device)
+    single_frame = frames.num_frames == 1
+    use_trees = frames.trees is not None and frames.backend != "cdist"
+    for frame in range(frames.num_frames):
+        if single_frame:
+            selection: torch.Tensor | slice = slice(None)
+            frame_points = points
+        else:
+            selection = torch.nonzero(frame_ids == frame).squeeze(1)
+            if selection.numel() == 0:
+                continue
+            frame_points = points[selection]
+        if use_trees:
+            d, i = _knn_kdtree(frames, frame, frame_points, k)
+        else:
+            d, i = _knn_cdist(frames.posed_vertices[frame], frame_points, k)
+        distances[selection] = d
+        ids[selection] = i
+    return distances, ids
+
+
+def _knn_kdtree(
+    frames: FrameDeformation, frame: int, points: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    assert frames.trees is not None
+    query = points.cpu().numpy()
+    d, i = frames.trees[frame].query(query, k=k, workers=frames.config.kdtree_workers)
+    d = torch.from_numpy(np.asarray(d, dtype=np.float64).reshape(len(query), k))
+    i = torch.from_numpy(np.asarray(i, dtype=np.int64).reshape(len(query), k))
+    return d.to(device=points.device, dtype=points.dtype), i.to(points.device)
+
+
+def _knn_cdist(
+    vertices: torch.Tensor, points: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Centring first keeps the matmul form of cdist (|x|² + |v|² - 2 x·v) accurate; the
+    # selected neighbours' distances are then recomputed exactly from differences.
+    centre = vertices.mean(dim=0)
+    vertices_c = vertices - centre
+    points_c = points - centre
+    chunk = max(1, _CDIST_CHUNK_ELEMENTS // vertices.shape[0])
+    ids = torch.empty(points.shape[0], k, dtype=torch.long, device=points.device)
+    for start in range(0, points.shape[0], chunk):
+        block = torch.cdist(points_c[start : start + chunk], vertices_c)
+        ids[start : start + chunk] = torch.topk(block, k, dim=1, largest=False, sorted=True).indices
+    distances = (points_c[:, None, :] - vertices_c[ids]).norm(dim=2)
+    # Exact distances may reorder near-ties; keep the nearest first (validity uses it).
+    distances, order = distances.sort(dim=1)
+    return distances, torch.gather(ids, 1, order)
+
+
+def _blend_weights(distances: torch.Tensor, cfg: InverseLBSDeformer.Config) -> torch.Tensor:
+    """Normalised (N, k) neighbour weights from ascending distances (N, k)."""
+    if distances.shape[1] == 1:
+        return torch.ones_like(distances)
+    if cfg.blend == "gaussian":
+        # Shifting by the nearest distance keeps far samples from underflowing to 0/0.
+        shifted = distances.square() - distances[:, :1].square()
+        weights = torch.exp(-shifted / (2.0 * cfg.gaussian_sigma**2))
+    else:
+        # The epsilon makes a sample on a vertex take that vertex's weights (1/0 avoided).
+        weights = (distances + 1e-7).pow(-cfg.idw_power)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def _matrix_to_quaternion(rotations: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) rotation matrices → (..., 4) unit quaternions (w, x, y, z)."""
+    from scipy.spatial.transform import Rotation
+
+    flat = rotations.reshape(-1, 3, 3).cpu().double().numpy()
+    xyzw = Rotation.from_matrix(flat).as_quat() if len(flat) else np.zeros((0, 4))
+    wxyz = np.concatenate([xyzw[:, 3:], xyzw[:, :3]], axis=1)
+    return torch.from_numpy(wxyz).to(rotations).reshape(*rotations.shape[:-2], 4)
+
+
+def _quaternion_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
+    """(N, 4) unit quaternions (w, x, y, z) → (N, 3, 3) rotation matrices.
+
+    Written out rather than imported: kornia's equivalent costs seconds of import time
+    for a dozen multiply-adds.
+    """
+    w, x, y, z = quaternions.unbind(dim=1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=1,
+    ).reshape(-1, 3, 3)
+
+
+def _blend_bone_quaternions(bone_quaternions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-vertex blended rotation (F, V, 4) from bone quaternions (F, J, 4), weights (F, V, J)."""
+    dominant = weights.argmax(dim=2)  # (F, V)
+    reference = torch.gather(bone_quaternions, 1, dominant[..., None].expand(-1, -1, 4))
+    sign = torch.sign(torch.einsum("fvc,fjc->fvj", reference, bone_quaternions))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    blended = torch.einsum("fvj,fjc->fvc", weights * sign, bone_quaternions)
+    return blended / blended.norm(dim=2, keepdim=True).clamp_min(1e-12)
+
+
+def _blend_quaternions(quaternions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, 4) blend of neighbour quaternions (N, k, 4) with weights (N, k)."""
+    sign = torch.sign((quaternions * quaternions[:, :1]).sum(dim=2))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return ((weights * sign)[..., None] * quaternions).sum(dim=1)
+
+
+def _finish(
+    points: torch.Tensor,
+    affine: torch.Tensor,
+    quaternion: torch.Tensor,
+    distance: torch.Tensor,
+    max_distance: float,
+) -> DeformResult:
+    """Invert the blended (N, 12) affine transforms and assemble the result."""
+    matrix = affine.reshape(-1, 3, 4)
+    linear, translation = matrix[:, :, :3], matrix[:, :, 3]
+    # Closed-form 3x3 inverse (adjugate / determinant): one fused pass per sample, much
+    # cheaper than a batched LU on the CPU and exact for a non-rigid blend.
+    c0 = torch.cross(linear[:, 1], linear[:, 2], dim=1)
+    c1 = torch.cross(linear[:, 2], linear[:, 0], dim=1)
+    c2 = torch.cross(linear[:, 0], linear[:, 1], dim=1)
+    determinant = (linear[:, 0] * c0).sum(dim=1)
+    invertible = determinant.abs() > _MIN_DETERMINANT
+    safe_det = torch.where(invertible, determinant, torch.ones_like(determinant))
+    inverse = torch.stack([c0, c1, c2], dim=2) / safe_det[:, None, None]
+    canonical = torch.einsum("nij,nj->ni", inverse, points - translation)
+    valid = invertible & (distance <= max_distance)
+    canonical = torch.where(invertible[:, None], canonical, points)
+    quaternion_norm = quaternion.norm(dim=1, keepdim=True)
+    identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=points.dtype, device=points.device)
+    quaternion = torch.where(quaternion_norm > 1e-8, quaternion, identity)
+    rotation = _quaternion_to_matrix(quaternion / quaternion.norm(dim=1, keepdim=True))
+    return DeformResult(canonical=canonical, valid=valid, rotation=rotation, distance=distance)
+
+
+def _build_grid(frames: FrameDeformation) -> _GridField:
+    """Sample the exact kNN deformation on a voxel grid over each frame's padded box."""
+    cfg = frames.config
+    voxel = cfg.grid_voxel_size
+    vertices = frames.posed_vertices
+    # Padding by max_distance plus a voxel keeps every valid sample strictly inside.
+    pad = cfg.max_distance + voxel
+    lower = vertices.amin(dim=1) - pad  # (F, 3)
+    extent = (vertices.amax(dim=1) + pad - lower).amax(dim=0)  # (3,) common to all frames
+    dims = tuple(int(d) for d in (torch.ceil(extent / voxel).long() + 1).tolist())
+    axes = [torch.arange(d, dtype=vertices.dtype, device=vertices.device) * voxel for d in dims]
+    offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    nodes_per_frame = offsets.shape[0]
+    values = vertices.new_empty(frames.num_frames * nodes_per_frame, 17)
+    k = 1 if cfg.blend == "nearest" else min(cfg.k_neighbors, frames.num_vertices)
+    for frame in range(frames.num_frames):
+        nodes = lower[frame] + offsets
+        if frames.trees is not None:
+            distances, ids = _knn_kdtree(frames, frame, nodes, k)
+        else:
+            distances, ids = _knn_cdist(vertices[frame], nodes, k)
+        weights = _blend_weights(distances, cfg)
+        global_ids = frame * frames.num_vertices + ids
+        rows = slice(frame * nodes_per_frame, (frame + 1) * nodes_per_frame)
+        values[rows, :12] = (weights[..., None] * frames.vertex_affine[global_ids]).sum(dim=1)
+        quaternion = _blend_quaternions(frames.vertex_quaternion[global_ids], weights)
+        values[rows, 12:16] = quaternion / quaternion.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        values[rows, 16] = distances[:, 0]
+    return _GridField(values=values, origin=lower, voxel_size=voxel, dims=dims)  # type: ignore[arg-type]

@@ -1,0 +1,532 @@
+"""Multiresolution hash-grid encoding (Instant-NGP), compatible with tiny-cuda-nn.
+
+:class:`HashGridEncoding` maps points ``x`` of shape ``(N, D)`` in ``[0, 1]^D`` to features
+of shape ``(N, n_levels * n_features_per_level)`` (float32, level 0 first). Two backends
+share one flat parameter vector ``params`` with tiny-cuda-nn's layout, so a state dict
+trained with one loads into the other:
+
+* ``"torch"``: a pure-PyTorch twin of tiny-cuda-nn's ``GridEncodingTemplated`` (hash grid,
+  linear interpolation, ``CoherentPrime`` hash), vectorised over levels and corners, with a
+  custom autograd function whose backward scatters into the flat gradient with
+  ``index_add_``. It runs on CPU and GPU.
+* ``"tcnn"``: ``tinycudann.Encoding`` (CUDA only, imported lazily, never required).
+
+``"auto"`` picks ``tcnn`` when CUDA is available and ``tinycudann`` imports, else ``torch``.
+
+The grid scheme (per level ``l``, ``D`` input dimensions, ``F`` features per level)
+-----------------------------------------------------------------------------------
+* ``scale_l = exp2f(l * log2f(per_level_scale)) * base_resolution - 1`` (float32 arithmetic),
+  ``resolution_l = ceilf(scale_l) + 1``.
+* ``pos = fmaf(scale_l, x, 0.5)``, ``cell = floor(pos)``, ``frac = pos - cell``; the
+  ``2^D`` corners ``cell + b`` (bit ``d`` of the corner number ``c`` selects ``+1`` along
+  dimension ``d``) get the weight ``prod_d (b_d ? frac_d : 1 - frac_d)``.
+* Table size ``params_l = min(next_multiple(resolution_l^D, 8), 2^log2_hashmap_size)``
+  entries; level offsets are the running sum of ``params_l``.
+* Corner index: dense ``sum_d c_d * resolution_l^d`` when ``resolution_l^D <= params_l``
+  (that is, when the dense grid fits the level's table), otherwise the coherent prime hash
+  ``xor_d (c_d * prime_d)`` in uint32 arithmetic with primes
+  ``(1, 2654435761, 805459861, 3674653429, ...)``; then ``% params_l``. The ``+0.5``
+  offset lets a corner reach ``resolution_l`` along a dimension; tiny-cuda-nn lets such
+  indices wrap around through the modulo and so do we.
+* ``params[(offset_l + index) * F + f]`` is feature ``f`` of entry ``index`` of level
+  ``l``. Initialisation: uniform(-1e-4, 1e-4) (tiny-cuda-nn draws these from its own pcg32
+  generator, so the initial values themselves differ between backends).
+
+Inputs outside ``[0, 1]`` are clamped into it, so points off the unit cube read the
+features of the nearest boundary point and get no gradient with respect to ``x`` along the
+clamped dimensions (tiny-cuda-nn does not clamp; it is only defined on ``[0, 1]``).
+
+``per_level_scale`` defaults to 1.5: 16 levels from resolution 16 up to about 7000 (the
+finest cell is ~1/7000 of the box); levels 0-3 are dense, 4-15 hashed with the defaults.
+
+Verified against tiny-cuda-nn's source (read with the search tool, no GPU here)
+-------------------------------------------------------------------------------
+From ``include/tiny-cuda-nn/encodings/grid.h`` (current master and an older 2022 version)
+and ``include/tiny-cuda-nn/common_device.h`` (``grid_scale``, ``grid_resolution``,
+``grid_index``, ``coherent_prime_hash``, ``pos_fract``):
+
+* ``grid_scale = exp2f(level * log2_per_level_scale) * base_resolution - 1.0f`` and
+  ``grid_resolution = (uint32_t)ceilf(scale) + 1``; the table size uses ``resolution``
+  while ``pos`` uses ``scale``; the dense stride is ``resolution``, not ``scale``.
+* Table sizes are computed per level in the constructor, ``next_multiple(.., 8u)`` is
+  applied BEFORE ``min(.., 1u << log2_hashmap_size)``; no padding between levels beyond
+  that; ``n_params = offset_total * N_FEATURES_PER_LEVEL``; values per entry are
+  contiguous (``grid_index(...) * N_FEATURES_PER_LEVEL + feature``).
+* Dense indexing is decided per level: master computes the dense index when
+  ``resolution <= MAX_BASES[D]`` (0x659 for D = 3) and hashes iff
+  ``hashmap_size < stride`` (``stride = resolution^D``, or ``0xFFFFFFFF`` beyond
+  ``MAX_BASES``); the older version's early-exit loop gives the same decision.
+* Hash ``CoherentPrime`` (the default ``"hash"``) uses primes in the order
+  ``1, 2654435761, 805459861, ...`` for dimensions ``0, 1, 2, ...`` combined by xor in
+  uint32; the older ``fast_hash`` uses the same primes.
+* ``pos_fract``: ``pos = fmaf(scale, input, 0.5f)``, ``pos_grid = (uint32_t)(int)floorf(pos)``;
+  the corner loop's weight product runs over dimensions in order ``0..D-1``.
+* JSON defaults: ``n_levels`` 16, ``n_features_per_level`` 2 (1, 2, 4 or 8 allowed),
+  ``log2_hashmap_size`` 19, ``base_resolution`` 16, ``per_level_scale`` 2.0 (so we always
+  write it explicitly), ``interpolation`` ``"Linear"``.
+
+Could not verify (no GPU, ``tinycudann`` not installed): the numbers tiny-cuda-nn really
+produces. In particular the PyTorch bindings compile with ``--use_fast_math``, so the
+device's ``exp2f`` may differ in the last bit from the host's; the layout (host) and the
+dense stride (device) only depend on it where ``scale_l`` is an exact integer in exact
+arithmetic. With ``per_level_scale = 1.5`` and ``base_resolution = 16`` that is the case
+at levels 1-4 (scales 23, 35, 53, 80); we reproduce the host's correctly rounded float32
+arithmetic (resolutions 24, 36, 54, 81). ``pos`` is computed as a float64 fma rounded to
+float32 (equal to ``fmaf`` except at rare double-rounding ties); the corner sum is
+accumulated in a different order than the CUDA kernel (differences of a few float32 ulp),
+and tiny-cuda-nn usually stores parameters and outputs in float16. The CUDA test
+``test_tcnn_matches_torch`` checks all of this where ``tinycudann`` exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from handnerf.errors import ConfigError, ParameterError
+
+BACKENDS = ("auto", "torch", "tcnn")
+
+# common_device.h coherent_prime_hash: dimension d is multiplied by COHERENT_PRIMES[d].
+COHERENT_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+# common_device.h grid_index: the largest resolution per D whose dense stride fits uint32.
+_MAX_DENSE_BASES = (0x0, 0xFFFFFFFF, 0xFFFF, 0x659, 0xFF, 0x54, 0x28, 0x17, 0xF, 0xB, 0x9)
+_UINT32_MASK = 0xFFFFFFFF
+_MAX_N_LEVELS = 128  # multi_level_interface.h MAX_N_LEVELS
+_TCNN_FEATURES_PER_LEVEL = (1, 2, 4, 8)
+_TCNN_INPUT_DIMS = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class GridLevel:
+    """Geometry of one level of the grid, as tiny-cuda-nn computes it.
+
+    Attributes:
+        scale: ``exp2f(l * log2f(per_level_scale)) * base_resolution - 1`` (a float32 value).
+        resolution: ``ceilf(scale) + 1`` grid vertices per dimension.
+        n_entries: table entries of the level (``params_l``); each holds F features.
+        offset: index of the level's first entry in the flat table.
+        dense: whether corners index the table densely (else by the prime hash).
+    """
+
+    scale: float
+    resolution: int
+    n_entries: int
+    offset: int
+    dense: bool
+
+
+def _next_multiple(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple
+
+
+def grid_levels(
+    n_levels: int,
+    log2_hashmap_size: int,
+    base_resolution: int,
+    per_level_scale: float,
+    n_input_dims: int = 3,
+) -> list[GridLevel]:
+    """Per-level scale, resolution, table size, offset and indexing mode (tiny-cuda-nn's)."""
+    f32 = np.float32
+    # tcnn computes these in float32 on the host (log2f, exp2f of a float32 argument);
+    # float64 results rounded to float32 reproduce the correctly rounded float32 functions.
+    log2_scale = f32(math.log2(float(f32(per_level_scale))))
+    max_params = (2**32 - 1) // 2
+    max_base = _MAX_DENSE_BASES[n_input_dims] if n_input_dims < len(_MAX_DENSE_BASES) else 0
+    levels: list[GridLevel] = []
+    offset = 0
+    for level in range(n_levels):
+        exponent = f32(level) * log2_scale
+        scale = f32(f32(2.0 ** float(exponent)) * f32(base_resolution)) - f32(1.0)
+        resolution = int(math.ceil(float(scale))) + 1
+        dense_params = (
+            max_params
+            if float(resolution) ** n_input_dims > float(max_params)
+            else resolution**n_input_dims
+        )
+        n_entries = min(_next_multiple(dense_params, 8), 1 << log2_hashmap_size)
+        stride = resolution**n_input_dims if resolution <= max_base else _UINT32_MASK
+        levels.append(
+            GridLevel(
+                scale=float(scale),
+                resolution=resolution,
+                n_entries=n_entries,
+                offset=offset,
+                dense=not n_entries < stride,
+            )
+        )
+        offset += n_entries
+    return levels
+
+
+class _GridFunction(torch.autograd.Function):
+    """Multilinear lookup in the flat grid table; backward scatters with ``index_add_``.
+
+    Autograd of a plain gather would build a dense ``(n_entries, F)`` gradient per use and
+    keep every intermediate alive; this function keeps only the corner rows and weights.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, params: torch.Tensor, grid: _GridTables
+    ) -> torch.Tensor:
+        table = params.view(-1, grid.n_features)
+        rows, weights, factors = grid.corners(x, params.dtype)  # (L, N, C), (L, N, C)
+        n_levels, n_points, n_corners = rows.shape
+        values = table.index_select(0, rows.view(-1)).view(n_levels * n_points, n_corners, -1)
+        # (L*N, 1, C) @ (L*N, C, F): one batched contraction over the corners.
+        out = torch.bmm(weights.view(n_levels * n_points, 1, n_corners), values)
+        out = out.view(n_levels, n_points, -1).permute(1, 0, 2).reshape(n_points, -1)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(rows, weights, params, *factors)
+        else:
+            ctx.save_for_backward(rows, weights)
+        ctx.grid = grid
+        ctx.n_params = params.numel()
+        return out
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        rows, weights = ctx.saved_tensors[:2]
+        grid: _GridTables = ctx.grid
+        n_levels, n_points, n_corners = rows.shape
+        n_features = grid.n_features
+        # (N, L*F) -> (L, N, F), the layout of rows/weights.
+        grad_levels = grad_out.reshape(n_points, n_levels, n_features).permute(1, 0, 2)
+        grad_params = None
+        if ctx.needs_input_grad[1]:
+            contrib = weights.unsqueeze(-1) * grad_levels.unsqueeze(2)  # (L, N, C, F)
+            grad_table = torch.zeros(
+                ctx.n_params // n_features, n_features, dtype=contrib.dtype, device=contrib.device
+            )
+            grad_table.index_add_(0, rows.view(-1), contrib.view(-1, n_features))
+            grad_params = grad_table.view(-1)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            params, *factors = ctx.saved_tensors[2:]
+            table = params.view(-1, n_features)
+            values = table.index_select(0, rows.view(-1)).view(n_levels, n_points, n_corners, -1)
+            # dL/dw_c for every corner: (L, N, C)
+            grad_w = (values * grad_levels.unsqueeze(2).to(values.dtype)).sum(-1)
+            grad_x = grid.input_gradient(grad_w, factors)
+        return grad_x, grad_params, None
+
+
+class _GridTables:
+    """Per-level constants of the torch backend, as tensors on one device."""
+
+    def __init__(self, levels: list[GridLevel], n_input_dims: int, n_features: int,
+                 device: torch.device) -> None:
+        self.n_input_dims = n_input_dims
+        self.n_features = n_features
+        self.device = device
+        n_levels = len(levels)
+        self.n_levels = n_levels
+        n_dense = sum(level.dense for level in levels)
+        # Resolutions never decrease with the level (per_level_scale >= 1), so the dense
+        # levels are a prefix; each group then needs one kind of index arithmetic.
+        if any(level.dense for level in levels[n_dense:]):
+            raise ConfigError("hash grid: dense levels must precede hashed ones")
+        self.n_dense = n_dense
+        total_entries = levels[-1].offset + levels[-1].n_entries
+        self.index_dtype = torch.int32 if total_entries < 2**31 else torch.int64
+        f32 = torch.float32
+        self.scale32 = torch.tensor([lv.scale for lv in levels], dtype=f32, device=device)
+        self.scale64 = self.scale32.double()
+        self.offsets = torch.tensor([lv.offset for lv in levels], dtype=torch.int64, device=device)
+        self.n_entries = torch.tensor(
+            [lv.n_entries for lv in levels], dtype=torch.int64, device=device
+        )
+        # Dense strides resolution^d; hash primes per dimension. Shape (L, 1, D).
+        strides = [[lv.resolution**d for d in range(n_input_dims)] for lv in levels[:n_dense]]
+        self.dense_strides = torch.tensor(strides, dtype=torch.int64, device=device).view(
+            n_dense, 1, n_input_dims
+        )
+        self.primes = torch.tensor(
+            COHERENT_PRIMES[:n_input_dims], dtype=torch.int64, device=device
+        ).view(1, 1, n_input_dims)
+        hashed = levels[n_dense:]
+        # Hashed tables are 2^k entries (k = min(log2_hashmap_size, 31)), so the modulo of
+        # the uint32 hash is a mask of its low bits.
+        sizes = {lv.n_entries for lv in hashed}
+        self.hash_mask = (hashed[0].n_entries - 1) if hashed else 0
+        if hashed and (len(sizes) != 1 or self.hash_mask & (self.hash_mask + 1)):
+            raise ConfigError("hash grid: hashed levels must share a power-of-two table size")
+        # The corner number c has bit d set when it takes cell + 1 along dimension d; the
+        # (2,)*D corner block is ordered (b_{D-1}, ..., b_0) so that its flat index is c.
+        self.n_corners = 1 << n_input_dims
+
+    def _axis_view(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """(L, N, 2) -> (L, N, 1, .., 2, .., 1): the pair along dimension ``dim``'s bit axis."""
+        shape = [t.shape[0], t.shape[1]] + [1] * self.n_input_dims
+        shape[2 + self.n_input_dims - 1 - dim] = 2
+        return t.view(shape)
+
+    def corners(
+        self, x: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Flat table rows and weights of every level's corners.
+
+        Args:
+            x: (N, D) points, already clamped into [0, 1].
+            dtype: the parameters' dtype; float32 reproduces tiny-cuda-nn's arithmetic.
+        Returns:
+            rows: (L, N, 2^D) entry index in the flat table (``offset_l + index``).
+            weights: (L, N, 2^D) interpolation weights.
+            factors: D tensors (L, N, 2) of the per-dimension weight pairs (1 - frac, frac).
+        """
+        n_dims = self.n_input_dims
+        xt = x.detach().t().unsqueeze(0)  # (1, D, N)
+        if dtype == torch.float32:
+            # fmaf(scale, x, 0.5f): the float64 product of two float32 values is exact.
+            pos = torch.addcmul(
+                torch.full((), 0.5, dtype=torch.float64, device=x.device),
+                self.scale64.view(-1, 1, 1),
+                xt.to(torch.float32).to(torch.float64),
+            ).to(torch.float32)
+        else:
+            pos = self.scale64.to(dtype).view(-1, 1, 1) * xt.to(dtype) + 0.5
+        cell_f = torch.floor(pos)
+        frac = pos - cell_f  # (L, D, N)
+        cell = cell_f.to(torch.int64)
+        factors = [torch.stack((1 - frac[:, d], frac[:, d]), dim=-1) for d in range(n_dims)]
+        # Weight products in dimension order 0..D-1, as the CUDA kernel multiplies them.
+        weights = self._axis_view(factors[0], 0)
+        for d in range(1, n_dims):
+            weights = weights * self._axis_view(factors[d], d)
+        weights = weights.reshape(self.n_levels, -1, self.n_corners)
+
+        index_parts = []
+        nd = self.n_dense
+        if nd > 0:
+            c = cell[:nd]  # (Ld, D, N)
+            # index = sum_d (cell_d + b_d) * stride_d, built corner-block-wise.
+            base = (c * self.dense_strides.view(nd, n_dims, 1)).sum(1)  # (Ld, N)
+            idx = base.view([nd, -1] + [1] * n_dims)
+            for d in range(n_dims):
+                step = self.dense_strides[:, 0, d].view(nd, 1, 1)
+                pair = torch.cat((torch.zeros_like(step), step), dim=-1)  # (Ld, 1, 2)
+                idx = idx + self._axis_view(pair, d)
+            idx = idx.reshape(nd, -1, self.n_corners) & _UINT32_MASK
+            idx = torch.remainder(idx, self.n_entries[:nd].view(nd, 1, 1))
+            index_parts.append(idx)
+        if nd < self.n_levels:
+            c = cell[nd:]  # (Lh, D, N)
+            idx = None
+            for d in range(n_dims):
+                prime = COHERENT_PRIMES[d]
+                lo = c[:, d] * prime
+                pair = torch.stack((lo, lo + prime), dim=-1) & self.hash_mask  # (Lh, N, 2)
+                part = self._axis_view(pair, d)
+                idx = part if idx is None else torch.bitwise_xor(idx, part)
+            assert idx is not None
+            index_parts.append(idx.reshape(self.n_levels - nd, -1, self.n_corners))
+        index = index_parts[0] if len(index_parts) == 1 else torch.cat(index_parts, dim=0)
+        rows = (index + self.offsets.view(-1, 1, 1)).to(self.index_dtype)
+        return rows, weights, factors
+
+    def input_gradient(self, grad_w: torch.Tensor, factors: list[torch.Tensor]) -> torch.Tensor:
+        """dL/dx (N, D) from dL/dweight (L, N, 2^D) and the per-dimension weight pairs."""
+        n_dims = self.n_input_dims
+        block = grad_w.view([grad_w.shape[0], grad_w.shape[1]] + [2] * n_dims)
+        grads = []
+        for d in range(n_dims):
+            # d weight / d frac_d = (+1 for b_d = 1, -1 for b_d = 0) * the other factors.
+            axis = 2 + n_dims - 1 - d
+            diff = block.select(axis, 1) - block.select(axis, 0)
+            for other in range(n_dims):
+                if other == d:
+                    continue
+                shape = [diff.shape[0], diff.shape[1]] + [1] * (n_dims - 1)
+                other_axis = n_dims - 1 - other - (1 if other < d else 0)
+                shape[2 + other_axis] = 2
+                diff = diff * factors[other].view(shape)
+            dfrac = diff.reshape(diff.shape[0], diff.shape[1], -1).sum(-1)  # (L, N)
+            grads.append((dfrac * self.scale64.to(dfrac.dtype).view(-1, 1)).sum(0))
+        return torch.stack(grads, dim=-1)
+
+
+class HashGridEncoding(nn.Module):
+    """tiny-cuda-nn-compatible multiresolution hash grid (torch twin + lazy ``tcnn``).
+
+    ``forward(x)``: ``x`` (N, D) in [0, 1]^D (clamped) -> (N, n_levels * F) float32.
+    The single parameter ``params`` (``n_params``,) has ``tcnn.Encoding(...).params``'s
+    layout, so state dicts move between backends.
+    """
+
+    @dataclass
+    class Config:
+        n_levels: int = 16
+        n_features_per_level: int = 2
+        log2_hashmap_size: int = 19
+        base_resolution: int = 16
+        # Growth of the resolution per level; 1.5 spans 16 .. ~7000 over 16 levels.
+        per_level_scale: float = 1.5
+        backend: str = "auto"  # auto|torch|tcnn
+
+    def __init__(self, cfg: HashGridEncoding.Config | None = None, n_input_dims: int = 3) -> None:
+        super().__init__()
+        cfg = cfg if cfg is not None else HashGridEncoding.Config()
+        _validate(cfg, n_input_dims)
+        self.cfg = cfg
+        self.n_input_dims = n_input_dims
+        self.levels = grid_levels(
+            cfg.n_levels,
+            cfg.log2_hashmap_size,
+            cfg.base_resolution,
+            cfg.per_level_scale,
+            n_input_dims,
+        )
+        self.n_params = (self.levels[-1].offset + self.levels[-1].n_entries) * (
+            cfg.n_features_per_level
+        )
+        self.n_output_dims = cfg.n_levels * cfg.n_features_per_level
+        self.backend_name = _select_backend(cfg.backend)
+        self._tables: _GridTables | None = None
+        # Kept out of nn.Module's registry so the state dict key is "params" for both
+        # backends; forward hands it our Parameter.
+        self._tcnn_module: list[Any] = []
+        if self.backend_name == "tcnn":
+            module = _make_tcnn_encoding(n_input_dims, self.encoding_config())
+            if module.params.numel() != self.n_params:
+                raise ConfigError(
+                    f"hash grid: tinycudann allocated {module.params.numel()} parameters for "
+                    f"{self.encoding_config()}, the torch layout expects {self.n_params}; "
+                    "this tinycudann version is not layout-compatible"
+                )
+            self.params = nn.Parameter(module.params.detach().float().clone())
+            module.params = self.params
+            self._tcnn_module.append(module)
+        else:
+            init = torch.empty(self.n_params, dtype=torch.float32).uniform_(-1e-4, 1e-4)
+            self.params = nn.Parameter(init)
+
+    def encoding_config(self) -> dict[str, Any]:
+        """tiny-cuda-nn's JSON encoding config for this grid."""
+        return {
+            "otype": "HashGrid",
+            "n_levels": self.cfg.n_levels,
+            "n_features_per_level": self.cfg.n_features_per_level,
+            "log2_hashmap_size": self.cfg.log2_hashmap_size,
+            "base_resolution": self.cfg.base_resolution,
+            "per_level_scale": float(self.cfg.per_level_scale),
+            "interpolation": "Linear",
+            "hash": "CoherentPrime",
+        }
+
+    def extra_repr(self) -> str:
+        res = [lv.resolution for lv in self.levels]
+        n_dense = sum(lv.dense for lv in self.levels)
+        return (
+            f"backend={self.backend_name}, n_params={self.n_params}, "
+            f"resolutions={res[0]}..{res[-1]}, dense_levels={n_dense}/{len(res)}"
+        )
+
+    def _grid_tables(self, device: torch.device) -> _GridTables:
+        if self._tables is None or self._tables.device != device:
+            self._tables = _GridTables(
+                self.levels, self.n_input_dims, self.cfg.n_features_per_level, device
+            )
+        return self._tables
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode points.
+
+        Args:
+            x: (N, D) positions in [0, 1]^D; values outside are clamped.
+        Returns:
+            (N, n_levels * n_features_per_level) float32 features, level 0 first
+            (float64 if the parameters were converted to float64).
+        """
+        if x.ndim != 2 or x.shape[1] != self.n_input_dims:
+            raise ParameterError(
+                f"hash grid input: expected shape (N, {self.n_input_dims}), got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ParameterError(f"hash grid input: expected floating point, got {x.dtype}")
+        x = x.clamp(0.0, 1.0)
+        if self.backend_name == "tcnn":
+            module = self._tcnn_module[0]
+            if module.params is not self.params:  # after load_state_dict(assign=True), .to()
+                module.params = self.params
+            return module(x.float().contiguous()).float()
+        if x.shape[0] == 0:
+            return x.new_zeros((0, self.n_output_dims), dtype=self.params.dtype)
+        tables = self._grid_tables(x.device)
+        return _GridFunction.apply(x.to(self.params.dtype), self.params, tables)
+
+
+def make_hash_grid(cfg: HashGridEncoding.Config, n_input_dims: int = 3) -> HashGridEncoding:
+    """Build the encoding for ``cfg`` (see :class:`HashGridEncoding`)."""
+    return HashGridEncoding(cfg, n_input_dims=n_input_dims)
+
+
+def _validate(cfg: HashGridEncoding.Config, n_input_dims: int) -> None:
+    def bad(field: str, rule: str, value: Any) -> ConfigError:
+        return ConfigError(f"hash grid config: '{field}' {rule}, got {value!r}")
+
+    if not 1 <= cfg.n_levels <= _MAX_N_LEVELS:
+        raise bad("n_levels", f"must be in [1, {_MAX_N_LEVELS}]", cfg.n_levels)
+    if cfg.n_features_per_level not in _TCNN_FEATURES_PER_LEVEL:
+        raise bad("n_features_per_level", "must be 1, 2, 4 or 8", cfg.n_features_per_level)
+    if not 1 <= cfg.log2_hashmap_size <= 31:
+        raise bad("log2_hashmap_size", "must be in [1, 31]", cfg.log2_hashmap_size)
+    if cfg.base_resolution < 1:
+        raise bad("base_resolution", "must be >= 1", cfg.base_resolution)
+    if not (math.isfinite(cfg.per_level_scale) and cfg.per_level_scale >= 1.0):
+        raise bad("per_level_scale", "must be a finite number >= 1", cfg.per_level_scale)
+    if cfg.backend not in BACKENDS:
+        raise bad("backend", f"must be one of {', '.join(BACKENDS)}", cfg.backend)
+    if not 1 <= n_input_dims <= 7:
+        raise bad("n_input_dims", "must be in [1, 7]", n_input_dims)
+    if cfg.backend == "tcnn" and n_input_dims not in _TCNN_INPUT_DIMS:
+        raise bad("n_input_dims", "must be 2, 3 or 4 for the tcnn backend", n_input_dims)
+
+
+def tcnn_available() -> bool:
+    """Whether the ``tcnn`` backend can run here (CUDA and an importable ``tinycudann``)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        importlib.import_module("tinycudann")
+    except Exception:  # a broken CUDA extension raises more than ImportError
+        return False
+    return True
+
+
+def _select_backend(backend: str) -> str:
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        return "tcnn" if tcnn_available() else "torch"
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "hash grid config: 'backend' is 'tcnn' but CUDA is not available; "
+            "use backend=torch or backend=auto"
+        )
+    try:
+        importlib.import_module("tinycudann")
+    except Exception as exc:
+        raise ConfigError(
+            "hash grid config: 'backend' is 'tcnn' but tinycudann cannot be imported "
+            f"({exc}); install it with `pip install git+https://github.com/NVlabs/"
+            "tiny-cuda-nn/#subdirectory=bindings/torch` or use backend=torch"
+        ) from exc
+    return "tcnn"
+
+
+def _make_tcnn_encoding(n_input_dims: int, config: dict[str, Any]) -> Any:
+    tcnn = importlib.import_module("tinycudann")
+    try:
+        return tcnn.Encoding(n_input_dims, config)
+    except Exception as exc:
+        raise ConfigError(f"hash grid config: tinycudann rejected {config}: {exc}") from exc

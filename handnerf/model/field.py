@@ -1,0 +1,255 @@
+"""The canonical radiance field: a hash grid for density, a small MLP for colour.
+
+Density lives in the canonical (flat-pose) hand and does not depend on pose. Colour does:
+a light fixed in the world shades a finger differently once it has turned, so the colour
+MLP sees the sample's blended bone rotation (canonical -> posed world; its columns are the
+world-space images of the canonical axes) next to the geometry features, and optionally
+the world-space view direction in spherical harmonics.
+
+A per-camera affine colour correction (:class:`CameraColorAffine`) absorbs what the field
+cannot: the cameras of a real rig differ in white balance, gain and response, so one
+radiance cannot match all of them at once; without a per-camera correction the field bakes
+the disagreement into view-dependent colour and floaters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from handnerf.errors import ConfigError, ParameterError
+from handnerf.model.encoding import HashGridEncoding, make_hash_grid
+
+#: Above this, trunc_exp's gradient stops growing (exp(15) ~ 3.3e6): keeps early steps stable.
+_TRUNC_EXP_GRAD_LIMIT = 15.0
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose backward clamps x, as in Instant-NGP's density activation."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * torch.exp(x.clamp(max=_TRUNC_EXP_GRAD_LIMIT))
+
+
+def trunc_exp(x: Tensor) -> Tensor:
+    """exp with a clamped gradient; same shape as ``x``."""
+    return _TruncExp.apply(x)
+
+
+def spherical_harmonics(dirs: Tensor, degree: int) -> Tensor:
+    """Real spherical harmonics of unit directions, tiny-cuda-nn ordering.
+
+    dirs (N,3) unit -> (N, degree**2); ``degree`` in 1..4 (bands 0..degree-1).
+    """
+    if not 1 <= degree <= 4:
+        raise ConfigError(f"field.view_sh_degree must be 0 (off) or 1..4, got {degree}")
+    x, y, z = dirs.unbind(-1)
+    out = [torch.full_like(x, 0.28209479177387814)]
+    if degree > 1:
+        out += [-0.48860251190291987 * y, 0.48860251190291987 * z, -0.48860251190291987 * x]
+    if degree > 2:
+        xx, yy, zz = x * x, y * y, z * z
+        out += [
+            1.0925484305920792 * x * y,
+            -1.0925484305920792 * y * z,
+            0.94617469575755997 * zz - 0.31539156525251999,
+            -1.0925484305920792 * x * z,
+            0.54627421529603959 * (xx - yy),
+        ]
+    if degree > 3:
+        out += [
+            0.59004358992664352 * y * (-3.0 * xx + yy),
+            2.8906114426405538 * x * y * z,
+            0.45704579946446572 * y * (1.0 - 5.0 * zz),
+            0.3731763325901154 * z * (5.0 * zz - 3.0),
+            0.45704579946446572 * x * (1.0 - 5.0 * zz),
+            1.4453057213202769 * z * (xx - yy),
+            0.59004358992664352 * x * (-xx + 3.0 * yy),
+        ]
+    return torch.stack(out, dim=-1)
+
+
+def _mlp(n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> nn.Sequential:
+    """Linear-ReLU stack: n_in -> hidden (x n_hidden_layers) -> n_out, no output activation."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(n_hidden_layers):
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+class CameraColorAffine(nn.Module):
+    """Per-camera 3x3 colour matrix + bias, initialised to the identity.
+
+    Applied to a ray's *premultiplied* rendered colour before the background is composited:
+    ``M_c @ rgb + b_c * opacity``. Since the map is affine and the weights sum to the
+    opacity, this equals correcting every sample's radiance, so the background (which the
+    camera saw through its own pipeline in the ground truth, or which is synthetic) is left
+    alone and an empty ray stays empty.
+    """
+
+    def __init__(self, n_cameras: int) -> None:
+        super().__init__()
+        if n_cameras < 1:
+            raise ConfigError(f"field.n_cameras must be >= 1, got {n_cameras}")
+        self.n_cameras = n_cameras
+        self.matrix = nn.Parameter(torch.eye(3).repeat(n_cameras, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(n_cameras, 3))
+
+    def forward(self, rgb: Tensor, opacity: Tensor, camera_ids: Tensor | None) -> Tensor:
+        """rgb (R,3) premultiplied, opacity (R,), camera_ids (R,) long or None -> (R,3).
+
+        ``camera_ids=None`` (a camera never seen in training) leaves the colour unchanged.
+        """
+        if camera_ids is None:
+            return rgb
+        camera_ids = camera_ids.long()
+        if camera_ids.numel() and (
+            int(camera_ids.min()) < 0 or int(camera_ids.max()) >= self.n_cameras
+        ):
+            raise ParameterError(
+                f"camera_ids must lie in [0, {self.n_cameras}) (field.n_cameras), "
+                f"got range [{int(camera_ids.min())}, {int(camera_ids.max())}]"
+            )
+        matrix = self.matrix[camera_ids]
+        return (matrix @ rgb.unsqueeze(-1)).squeeze(-1) + self.bias[camera_ids] * opacity[:, None]
+
+
+class HashGridField(nn.Module):
+    """Canonical density + pose-, view- and camera-aware colour.
+
+    ``forward(x_canon (N,3) m, rot (N,3,3)|(N,9), view_dir (N,3)) -> sigma (N,), rgb (N,3)``.
+    """
+
+    @dataclass
+    class Config:
+        encoding: HashGridEncoding.Config = field(default_factory=HashGridEncoding.Config)
+        hidden_dim: int = 64
+        n_hidden_layers: int = 1
+        geo_feat_dim: int = 15
+        #: Initial pre-activation density: trunc_exp(-1) ~ 0.37 /m, i.e. alpha ~ 1e-3 per
+        #: mm-sized step, so training starts from nearly empty space, not from fog.
+        density_bias_init: float = -1.0
+        color_hidden_dim: int = 64
+        n_color_hidden_layers: int = 2
+        #: Colour sees the blended bone rotation (9 numbers): pose-dependent shading.
+        use_pose_rotation: bool = True
+        #: SH degree of the view direction (tcnn convention, degree**2 terms); 0 = off.
+        view_sh_degree: int = 4
+        n_cameras: int = 1
+        use_camera_affine: bool = True
+        #: Canonical AABB [xmin, ymin, zmin, xmax, ymax, zmax] in metres; normally set from
+        #: the canonical hand mesh by the caller (``aabb=`` argument or :meth:`set_aabb`).
+        aabb: list[float] = field(default_factory=lambda: [-0.15, -0.15, -0.15, 0.15, 0.15, 0.15])
+
+    def __init__(
+        self, cfg: Config | None = None, aabb: Tensor | Sequence[float] | None = None
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg if cfg is not None else HashGridField.Config()
+        if cfg.view_sh_degree < 0 or cfg.view_sh_degree > 4:
+            raise ConfigError(f"field.view_sh_degree must be 0..4, got {cfg.view_sh_degree}")
+        if cfg.geo_feat_dim < 0 or cfg.hidden_dim < 1 or cfg.color_hidden_dim < 1:
+            raise ConfigError("field.hidden_dim, color_hidden_dim must be >= 1, geo_feat_dim >= 0")
+        self.register_buffer("aabb", torch.zeros(6))
+        self.set_aabb(aabb if aabb is not None else cfg.aabb)
+
+        self.encoding = make_hash_grid(cfg.encoding, n_input_dims=3)
+        n_enc = int(self.encoding.n_output_dims)
+        self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1 + cfg.geo_feat_dim)
+        with torch.no_grad():
+            last = self.density_mlp[-1]
+            assert isinstance(last, nn.Linear)
+            last.bias[0] = cfg.density_bias_init
+
+        n_color_in = cfg.geo_feat_dim + (9 if cfg.use_pose_rotation else 0) + cfg.view_sh_degree**2
+        if n_color_in == 0:
+            raise ConfigError("field: colour has no inputs (geo_feat_dim=0, no pose, no view)")
+        self.color_mlp = _mlp(n_color_in, cfg.color_hidden_dim, cfg.n_color_hidden_layers, 3)
+        self.camera_affine: CameraColorAffine | None = (
+            CameraColorAffine(cfg.n_cameras) if cfg.use_camera_affine else None
+        )
+
+    @torch.no_grad()
+    def set_aabb(self, aabb: Tensor | Sequence[float]) -> None:
+        """Set the canonical AABB (6,) ``[min xyz, max xyz]`` in metres."""
+        box = torch.as_tensor(aabb, dtype=torch.float32).reshape(-1)
+        if box.shape != (6,) or not torch.isfinite(box).all() or not (box[3:] > box[:3]).all():
+            raise ParameterError(
+                f"field.aabb must be 6 finite numbers [min xyz, max xyz] with max > min, got {box.tolist()}"
+            )
+        self.aabb.copy_(box.to(self.aabb.device))
+
+    def normalize(self, x_canon: Tensor) -> tuple[Tensor, Tensor]:
+        """Canonical metres (N,3) -> positions in [0,1]^3 (N,3) (clamped) and inside mask (N,)."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        u = (x_canon - lo) / (hi - lo)
+        inside = ((u >= 0) & (u <= 1)).all(dim=-1)
+        return u.clamp(0.0, 1.0), inside
+
+    def _density_and_features(self, x_canon: Tensor) -> tuple[Tensor, Tensor]:
+        if x_canon.ndim != 2 or x_canon.shape[-1] != 3:
+            raise ParameterError(
+                f"field: x_canon must have shape (N,3), got {tuple(x_canon.shape)}"
+            )
+        u, inside = self.normalize(x_canon.float())
+        h = self.density_mlp(self.encoding(u).float())
+        # Outside the canonical box there is no hand: zero density, not a clamped copy of
+        # the boundary cell that would smear the border across space.
+        sigma = torch.where(inside, trunc_exp(h[:, 0]), torch.zeros_like(h[:, 0]))
+        return sigma, h[:, 1:]
+
+    def density(self, x_canon: Tensor) -> Tensor:
+        """x_canon (N,3) metres -> sigma (N,) >= 0 (per metre)."""
+        return self._density_and_features(x_canon)[0]
+
+    def forward(self, x_canon: Tensor, rot: Tensor, view_dir: Tensor) -> tuple[Tensor, Tensor]:
+        """x_canon (N,3) m, rot (N,3,3) or (N,9) canonical->posed, view_dir (N,3) world.
+
+        Returns sigma (N,) >= 0 and rgb (N,3) in [0,1].
+        """
+        n = x_canon.shape[0]
+        sigma, geo = self._density_and_features(x_canon)
+        inputs = [geo]
+        if self.cfg.use_pose_rotation:
+            if rot.shape not in ((n, 3, 3), (n, 9)):
+                raise ParameterError(
+                    f"field: rot must have shape ({n},3,3) or ({n},9), got {tuple(rot.shape)}"
+                )
+            inputs.append(rot.reshape(n, 9).float())
+        if self.cfg.view_sh_degree > 0:
+            if view_dir.shape != (n, 3):
+                raise ParameterError(
+                    f"field: view_dir must have shape ({n},3), got {tuple(view_dir.shape)}"
+                )
+            dirs = torch.nn.functional.normalize(view_dir.float(), dim=-1)
+            inputs.append(spherical_harmonics(dirs, self.cfg.view_sh_degree))
+        rgb = torch.sigmoid(self.color_mlp(torch.cat(inputs, dim=-1)))
+        return sigma, rgb
+
+    def apply_camera_affine(
+        self, rgb: Tensor, opacity: Tensor, camera_ids: Tensor | None
+    ) -> Tensor:
+        """Per-ray colour correction of premultiplied rgb (R,3) with opacity (R,) -> (R,3)."""
+        if self.camera_affine is None:
+            return rgb
+        return self.camera_affine(rgb, opacity, camera_ids)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by learning-rate group: 'grid' (encoding), 'mlp', 'camera'."""
+        grid = list(self.encoding.parameters())
+        mlp = list(self.density_mlp.parameters()) + list(self.color_mlp.parameters())
+        camera = list(self.camera_affine.parameters()) if self.camera_affine is not None else []
+        return {"grid": grid, "mlp": mlp, "camera": camera}

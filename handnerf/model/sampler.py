@@ -1,0 +1,370 @@
+"""Placing samples along posed-space rays, skipping space the canonical hand does not fill.
+
+Two samplers share one interface, :meth:`sample`, and one result type,
+:class:`SampleBatch`; :func:`make_sampler` picks one:
+
+- :class:`TorchSampler` (CPU and CUDA): near/far from the ray's intersection with its
+  frame's posed AABB, ``n_samples`` stratified samples per ray in a dense ``(R,S)`` layout
+  and a mask of the samples worth evaluating (``occupied_fn``). The field runs only
+  under the mask; the others count as empty.
+- :class:`NerfaccSampler` (CUDA, nerfacc's compiled kernels): the canonical occupancy is
+  carried into each frame's posed space on a coarse grid (cached per frame), then
+  ``nerfacc.traverse_grids`` marches every ray through it with a fixed step, giving packed
+  samples ``(ray_indices, t_starts, t_ends)`` in occupied cells only.
+
+``occupied_fn(points (M,3) posed metres, ray_ids (M,) long) -> (M,) bool`` is given by the
+caller (deform the points with the ray's frame, then query the canonical occupancy grid);
+``ray_ids`` index the batch, so the caller finds each point's frame as ``frame_ids[ray_ids]``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from handnerf.errors import ConfigError, ParameterError
+
+OccupiedFn = Callable[[Tensor, Tensor], Tensor]
+
+#: Points per occupied_fn call when filling a posed grid (bounds peak memory).
+_OCCUPIED_CHUNK = 1 << 18
+
+
+@dataclass
+class SampleBatch:
+    """Samples along R rays, either batched or packed.
+
+    Batched (torch sampler): t_starts, t_ends, mask (R,S); ``mask`` marks the samples to
+    evaluate. Packed (nerfacc sampler): t_starts, t_ends, ray_indices (M,), sorted by ray,
+    every sample to be evaluated. Distances are metres along unit directions.
+    """
+
+    t_starts: Tensor
+    t_ends: Tensor
+    n_rays: int
+    mask: Tensor | None = None
+    ray_indices: Tensor | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.ray_indices is not None
+
+    @property
+    def n_evaluated(self) -> int:
+        """How many samples the field will be asked about."""
+        if self.mask is not None:
+            return int(self.mask.sum())
+        return int(self.t_starts.shape[0])
+
+    def eval_points(self, origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
+        """Midpoints of the samples to evaluate (M,3) posed metres and their ray ids (M,)."""
+        mid = 0.5 * (self.t_starts + self.t_ends)
+        if self.ray_indices is not None:
+            ray_ids = self.ray_indices.long()
+            return origins[ray_ids] + dirs[ray_ids] * mid[:, None], ray_ids
+        assert self.mask is not None
+        ray_ids, sample_ids = torch.nonzero(self.mask, as_tuple=True)
+        return origins[ray_ids] + dirs[ray_ids] * mid[ray_ids, sample_ids, None], ray_ids
+
+
+def ray_aabb_intersect(
+    origins: Tensor, dirs: Tensor, aabbs: Tensor, near_plane: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Slab test of rays against boxes.
+
+    origins, dirs (R,3); aabbs (R,6) or (6,) ``[min xyz, max xyz]``. Returns t_near, t_far
+    (R,) (t_near clamped to ``near_plane``; both 0 for a miss) and hit (R,) bool. A
+    direction component of 0 is treated as a tiny one of the same sign, which keeps rays
+    parallel to a slab well defined (inside: unbounded, outside: miss).
+    """
+    eps = 1e-12
+    safe = torch.where(dirs >= 0, dirs.clamp(min=eps), dirs.clamp(max=-eps))
+    lo = (aabbs[..., :3] - origins) / safe
+    hi = (aabbs[..., 3:] - origins) / safe
+    t_near = torch.minimum(lo, hi).amax(dim=-1).clamp(min=near_plane)
+    t_far = torch.maximum(lo, hi).amin(dim=-1)
+    hit = t_far > t_near
+    zero = torch.zeros_like(t_near)
+    return torch.where(hit, t_near, zero), torch.where(hit, t_far, zero), hit
+
+
+def _check_rays(origins: Tensor, dirs: Tensor, frame_ids: Tensor, frame_aabbs: Tensor) -> None:
+    n = origins.shape[0]
+    if origins.ndim != 2 or origins.shape[-1] != 3 or dirs.shape != origins.shape:
+        raise ParameterError(
+            f"sampler: origins and dirs must both have shape (R,3), got {tuple(origins.shape)}, {tuple(dirs.shape)}"
+        )
+    if frame_ids.shape != (n,):
+        raise ParameterError(
+            f"sampler: frame_ids must have shape ({n},), got {tuple(frame_ids.shape)}"
+        )
+    if frame_aabbs.ndim != 2 or frame_aabbs.shape[-1] != 6:
+        raise ParameterError(
+            f"sampler: frame_aabbs must have shape (F,6), got {tuple(frame_aabbs.shape)}"
+        )
+    if n and (int(frame_ids.min()) < 0 or int(frame_ids.max()) >= frame_aabbs.shape[0]):
+        raise ParameterError(
+            f"sampler: frame_ids must lie in [0, {frame_aabbs.shape[0]}) (rows of frame_aabbs)"
+        )
+
+
+def _call_occupied(occupied_fn: OccupiedFn, points: Tensor, ray_ids: Tensor) -> Tensor:
+    occupied = occupied_fn(points, ray_ids)
+    if occupied.shape != (points.shape[0],):
+        raise ParameterError(
+            f"sampler: occupied_fn must return shape ({points.shape[0]},), got {tuple(occupied.shape)}"
+        )
+    return occupied.to(torch.bool)
+
+
+class TorchSampler:
+    """Stratified samples between each ray's entry and exit of its frame's posed AABB."""
+
+    def __init__(self, n_samples: int = 64) -> None:
+        if n_samples < 1:
+            raise ConfigError(f"sampler.n_samples must be >= 1, got {n_samples}")
+        self.n_samples = n_samples
+
+    @torch.no_grad()
+    def sample(
+        self,
+        origins: Tensor,
+        dirs: Tensor,
+        frame_ids: Tensor,
+        frame_aabbs: Tensor,
+        occupied_fn: OccupiedFn | None = None,
+        stratified: bool = True,
+        cache_key: Hashable | None = None,
+    ) -> SampleBatch:
+        """origins, dirs (R,3) posed world (unit dirs); frame_ids (R,) long; frame_aabbs (F,6).
+
+        Training (``stratified``): each interior bin edge jitters within half a bin, so
+        the samples cover [near, far] without gaps; evaluation: bin centres. Rays missing
+        their box get zero-length intervals and an all-false mask. ``cache_key`` is unused
+        (interface parity with :class:`NerfaccSampler`).
+        """
+        del cache_key
+        _check_rays(origins, dirs, frame_ids, frame_aabbs)
+        n_rays, n_samples = origins.shape[0], self.n_samples
+        near, far, hit = ray_aabb_intersect(origins, dirs, frame_aabbs[frame_ids.long()])
+        u = torch.linspace(0.0, 1.0, n_samples + 1, device=origins.device, dtype=origins.dtype)
+        u = u.expand(n_rays, n_samples + 1)
+        if stratified and n_samples > 1:
+            jitter = (
+                torch.rand(n_rays, n_samples - 1, device=u.device, dtype=u.dtype) - 0.5
+            ) / n_samples
+            u = torch.cat([u[:, :1], u[:, 1:-1] + jitter, u[:, -1:]], dim=1)
+        edges = near[:, None] + (far - near)[:, None] * u
+        t_starts, t_ends = edges[:, :-1].contiguous(), edges[:, 1:].contiguous()
+        mask = hit[:, None].expand(n_rays, n_samples).clone()
+        if occupied_fn is not None and bool(mask.any()):
+            batch = SampleBatch(t_starts, t_ends, n_rays, mask=mask)
+            points, ray_ids = batch.eval_points(origins, dirs)
+            mask[mask.clone()] = _call_occupied(occupied_fn, points, ray_ids)
+        return SampleBatch(t_starts, t_ends, n_rays, mask=mask)
+
+
+@lru_cache(maxsize=8)
+def _nerfacc_cuda_works(device_index: int) -> bool:
+    """Whether nerfacc's CUDA kernels build and run on this device (first call compiles)."""
+    import nerfacc
+
+    try:
+        o = torch.zeros(1, 3, device=f"cuda:{device_index}")
+        d = torch.tensor([[0.0, 0.0, 1.0]], device=o.device)
+        box = torch.tensor([[-1.0, -1.0, 1.0, 1.0, 1.0, 2.0]], device=o.device)
+        nerfacc.ray_aabb_intersect(o, d, box)
+    except Exception as exc:  # build errors come as OSError, RuntimeError, ImportError...
+        warnings.warn(
+            f"nerfacc's CUDA kernels are unusable ({type(exc).__name__}: {exc}); "
+            "falling back to the pure-PyTorch sampler",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def nerfacc_available(device: torch.device | str) -> bool:
+    """True when ``device`` is CUDA and nerfacc's kernels work there."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _nerfacc_cuda_works(index)
+
+
+class NerfaccSampler:
+    """Occupancy-guided ray marching with ``nerfacc.traverse_grids`` (CUDA only).
+
+    Per frame, a ``posed_resolution**3`` binary grid over the frame's posed AABB marks the
+    cells whose centre ``occupied_fn`` accepts (dilated by one cell, so thin parts between
+    centres are not lost). It is cached per frame id until ``cache_key`` changes (pass the
+    occupancy grid's ``version``). With ``refine`` the packed samples are filtered once more
+    by ``occupied_fn`` itself, so both samplers evaluate the field on the same set.
+    """
+
+    def __init__(
+        self,
+        step_size: float = 2e-3,
+        posed_resolution: int = 64,
+        dilate: bool = True,
+        refine: bool = True,
+        near_plane: float = 0.0,
+    ) -> None:
+        if step_size <= 0:
+            raise ConfigError(f"sampler.step_size must be > 0, got {step_size}")
+        if posed_resolution < 2:
+            raise ConfigError(f"sampler.posed_resolution must be >= 2, got {posed_resolution}")
+        self.step_size = step_size
+        self.posed_resolution = posed_resolution
+        self.dilate = dilate
+        self.refine = refine
+        self.near_plane = near_plane
+        self._cache: dict[int, tuple[Tensor, Tensor]] = {}
+        self._cache_key: Hashable | None = None
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.no_grad()
+    def posed_binary(
+        self, frame_id: int, aabb: Tensor, occupied_fn: OccupiedFn, proxy_ray: int
+    ) -> Tensor:
+        """(res,res,res) bool grid over ``aabb`` (6,), indexed [x,y,z] like nerfacc's.
+
+        ``occupied_fn`` is called with ``ray_ids = proxy_ray`` (a ray of this frame in the
+        current batch) so the caller's frame lookup still works for cell centres.
+        """
+        cached = self._cache.get(frame_id)
+        if cached is not None and torch.equal(cached[1], aabb):
+            return cached[0]
+        res = self.posed_resolution
+        axis = torch.arange(res, device=aabb.device, dtype=aabb.dtype)
+        coords = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+        centres = aabb[:3] + (coords + 0.5) * ((aabb[3:] - aabb[:3]) / res)
+        occupied = torch.cat(
+            [
+                _call_occupied(
+                    occupied_fn,
+                    chunk,
+                    torch.full((chunk.shape[0],), proxy_ray, device=aabb.device, dtype=torch.long),
+                )
+                for chunk in centres.split(_OCCUPIED_CHUNK)
+            ]
+        ).reshape(res, res, res)
+        if self.dilate:
+            occupied = (
+                torch.nn.functional.max_pool3d(
+                    occupied[None, None].float(), 3, stride=1, padding=1
+                )[0, 0]
+                > 0
+            )
+        self._cache[frame_id] = (occupied, aabb.clone())
+        return occupied
+
+    @torch.no_grad()
+    def sample(
+        self,
+        origins: Tensor,
+        dirs: Tensor,
+        frame_ids: Tensor,
+        frame_aabbs: Tensor,
+        occupied_fn: OccupiedFn | None = None,
+        stratified: bool = True,
+        cache_key: Hashable | None = None,
+    ) -> SampleBatch:
+        """Same arguments as :meth:`TorchSampler.sample`; returns packed samples sorted by ray."""
+        import nerfacc
+
+        _check_rays(origins, dirs, frame_ids, frame_aabbs)
+        if origins.device.type != "cuda":
+            raise ParameterError("NerfaccSampler needs CUDA tensors; use TorchSampler on CPU")
+        if cache_key != self._cache_key:
+            self._cache.clear()
+            self._cache_key = cache_key
+        origins, dirs = origins.float().contiguous(), dirs.float().contiguous()
+        frame_aabbs = frame_aabbs.float()
+        frame_ids = frame_ids.long()
+        n_rays = origins.shape[0]
+        all_ray_ids, all_starts, all_ends = [], [], []
+        for frame in torch.unique(frame_ids).tolist():
+            rays = torch.nonzero(frame_ids == frame, as_tuple=True)[0]
+            aabb = frame_aabbs[frame]
+            if occupied_fn is None:
+                binary = torch.ones(
+                    (self.posed_resolution,) * 3, dtype=torch.bool, device=origins.device
+                )
+            else:
+                binary = self.posed_binary(frame, aabb, occupied_fn, int(rays[0]))
+            # March from the box entry rather than the camera: nerfacc steps its lattice
+            # from the near plane one step at a time, even through empty space.
+            near, far, hit = ray_aabb_intersect(
+                origins[rays], dirs[rays], aabb, near_plane=self.near_plane
+            )
+            if stratified:
+                near = near + torch.rand_like(near) * self.step_size
+            intervals, samples, _ = nerfacc.traverse_grids(
+                origins[rays],
+                dirs[rays],
+                binary[None].contiguous(),
+                aabb[None].contiguous(),
+                near_planes=near.contiguous(),
+                far_planes=far.contiguous(),
+                step_size=self.step_size,
+                cone_angle=0.0,
+                rays_mask=hit.contiguous(),
+            )
+            all_starts.append(intervals.vals[intervals.is_left])
+            all_ends.append(intervals.vals[intervals.is_right])
+            all_ray_ids.append(rays[samples.ray_indices.long()])
+        if all_ray_ids:
+            ray_ids = torch.cat(all_ray_ids)
+            # Frames were marched one after another: restore per-ray contiguity (stable
+            # keeps each ray's samples in marching order), which packed rendering needs.
+            order = torch.sort(ray_ids, stable=True).indices
+            ray_ids = ray_ids[order]
+            t_starts = torch.cat(all_starts)[order]
+            t_ends = torch.cat(all_ends)[order]
+        else:
+            ray_ids = torch.zeros(0, dtype=torch.long, device=origins.device)
+            t_starts = t_ends = torch.zeros(0, device=origins.device)
+        batch = SampleBatch(t_starts, t_ends, n_rays, ray_indices=ray_ids)
+        if self.refine and occupied_fn is not None and ray_ids.numel():
+            points, ids = batch.eval_points(origins, dirs)
+            keep = _call_occupied(occupied_fn, points, ids)
+            batch = SampleBatch(t_starts[keep], t_ends[keep], n_rays, ray_indices=ray_ids[keep])
+        return batch
+
+
+Sampler = TorchSampler | NerfaccSampler
+
+
+@dataclass
+class SamplerConfig:
+    #: auto: nerfacc on CUDA when its kernels work, else torch.
+    kind: str = "auto"
+    #: TorchSampler: samples per ray across the posed AABB.
+    n_samples: int = 64
+    #: NerfaccSampler: marching step (m) and posed-space grid resolution.
+    step_size: float = 2e-3
+    posed_resolution: int = 64
+
+
+def make_sampler(cfg: SamplerConfig, device: torch.device | str) -> Sampler:
+    """The sampler ``cfg.kind`` asks for; "auto" prefers nerfacc where it can run."""
+    if cfg.kind not in ("auto", "torch", "nerfacc"):
+        raise ConfigError(f"sampler.kind must be auto, torch or nerfacc, got {cfg.kind!r}")
+    use_nerfacc = cfg.kind == "nerfacc" or (cfg.kind == "auto" and nerfacc_available(device))
+    if cfg.kind == "nerfacc" and not nerfacc_available(device):
+        raise ConfigError(
+            f"sampler.kind=nerfacc needs CUDA and nerfacc's compiled kernels (device {device}); use auto or torch"
+        )
+    if use_nerfacc:
+        return NerfaccSampler(step_size=cfg.step_size, posed_resolution=cfg.posed_resolution)
+    return TorchSampler(n_samples=cfg.n_samples)

@@ -1,0 +1,172 @@
+"""Volume rendering of samples: batched ``(R,S)`` (any device) and packed (nerfacc layout).
+
+Both use nerfacc's ``render_weight_from_density`` (``w_i = T_i (1 - exp(-sigma_i dt_i))``)
+and ``accumulate_along_rays``. nerfacc's packed scans are CUDA kernels; on CPU the packed
+path uses an exact segmented cumulative sum instead, so it can be tested anywhere.
+
+Colour correction (e.g. :class:`~handnerf.model.field.CameraColorAffine`) acts on the
+premultiplied colour before the background is composited:
+``rgb = correct(sum w_i c_i, opacity) + (1 - opacity) * background``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import nerfacc
+import torch
+from torch import Tensor
+
+from handnerf.errors import ParameterError
+from handnerf.model.sampler import SampleBatch
+
+#: (premultiplied rgb (R,3), opacity (R,)) -> corrected premultiplied rgb (R,3).
+ColorCorrection = Callable[[Tensor, Tensor], Tensor]
+#: (points (M,3) posed metres, ray_ids (M,)) -> sigma (M,), rgb (M,3).
+RadianceFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _finish(
+    rgb_premult: Tensor,
+    opacity: Tensor,
+    depth_sum: Tensor,
+    weights: Tensor,
+    background: Tensor | None,
+    color_correction: ColorCorrection | None,
+) -> dict[str, Tensor]:
+    n_rays = rgb_premult.shape[0]
+    if color_correction is not None:
+        rgb_premult = color_correction(rgb_premult, opacity)
+    rgb = rgb_premult
+    if background is not None:
+        if background.shape not in ((3,), (n_rays, 3)):
+            raise ParameterError(
+                f"render: background must have shape (3,) or ({n_rays},3), got {tuple(background.shape)}"
+            )
+        rgb = rgb + (1.0 - opacity)[:, None] * background.to(rgb.dtype)
+    depth = depth_sum / opacity.clamp_min(torch.finfo(opacity.dtype).eps)
+    return {"rgb": rgb, "opacity": opacity, "depth": depth, "weights": weights}
+
+
+def render_batched(
+    sigmas: Tensor,
+    rgbs: Tensor,
+    t_starts: Tensor,
+    t_ends: Tensor,
+    background: Tensor | None = None,
+    color_correction: ColorCorrection | None = None,
+) -> dict[str, Tensor]:
+    """sigmas (R,S), rgbs (R,S,3), t_starts/t_ends (R,S), background (R,3)|(3,)|None (black).
+
+    Returns rgb (R,3) composited, opacity (R,), depth (R,) (expected depth of the hit part,
+    0 for empty rays), weights (R,S).
+    """
+    if sigmas.ndim != 2 or rgbs.shape != (*sigmas.shape, 3):
+        raise ParameterError(
+            f"render_batched: sigmas (R,S) and rgbs (R,S,3) expected, got {tuple(sigmas.shape)}, {tuple(rgbs.shape)}"
+        )
+    if t_starts.shape != sigmas.shape or t_ends.shape != sigmas.shape:
+        raise ParameterError("render_batched: t_starts, t_ends must have the shape of sigmas (R,S)")
+    weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas)
+    rgb = nerfacc.accumulate_along_rays(weights, values=rgbs)
+    opacity = nerfacc.accumulate_along_rays(weights, values=None)[:, 0]
+    mid = 0.5 * (t_starts + t_ends)
+    depth_sum = nerfacc.accumulate_along_rays(weights, values=mid[..., None])[:, 0]
+    return _finish(rgb, opacity, depth_sum, weights, background, color_correction)
+
+
+def _packed_transmittance_cpu(sigmas_dt: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """exp(-exclusive per-ray cumsum) of samples sorted by ray, in float64 for exactness."""
+    total = torch.cumsum(sigmas_dt.double(), dim=0)
+    counts = torch.bincount(ray_indices, minlength=n_rays)
+    ends = torch.cumsum(counts, dim=0)
+    # Sum of everything before each ray's first sample, subtracted per sample.
+    before_ray = torch.cat([total.new_zeros(1), total])[ends - counts]
+    exclusive = total - sigmas_dt.double() - before_ray[ray_indices]
+    return torch.exp(-exclusive).to(sigmas_dt.dtype)
+
+
+def render_packed(
+    sigmas: Tensor,
+    rgbs: Tensor,
+    t_starts: Tensor,
+    t_ends: Tensor,
+    ray_indices: Tensor,
+    n_rays: int,
+    background: Tensor | None = None,
+    color_correction: ColorCorrection | None = None,
+) -> dict[str, Tensor]:
+    """Packed samples sorted by ray: sigmas, t_starts, t_ends, ray_indices (M,), rgbs (M,3).
+
+    Returns rgb (R,3), opacity (R,), depth (R,), weights (M,).
+    """
+    m = sigmas.shape[0]
+    if sigmas.shape != (m,) or rgbs.shape != (m, 3) or ray_indices.shape != (m,):
+        raise ParameterError(
+            "render_packed: sigmas (M,), rgbs (M,3), ray_indices (M,) expected, got "
+            f"{tuple(sigmas.shape)}, {tuple(rgbs.shape)}, {tuple(ray_indices.shape)}"
+        )
+    ray_indices = ray_indices.long()
+    if sigmas.is_cuda:
+        weights, _, _ = nerfacc.render_weight_from_density(
+            t_starts, t_ends, sigmas, ray_indices=ray_indices, n_rays=n_rays
+        )
+    else:
+        sigmas_dt = sigmas * (t_ends - t_starts)
+        alphas = 1.0 - torch.exp(-sigmas_dt)
+        weights = _packed_transmittance_cpu(sigmas_dt, ray_indices, n_rays) * alphas
+    rgb = nerfacc.accumulate_along_rays(
+        weights, values=rgbs, ray_indices=ray_indices, n_rays=n_rays
+    )
+    opacity = nerfacc.accumulate_along_rays(
+        weights, values=None, ray_indices=ray_indices, n_rays=n_rays
+    )[:, 0]
+    mid = 0.5 * (t_starts + t_ends)
+    depth_sum = nerfacc.accumulate_along_rays(
+        weights, values=mid[:, None], ray_indices=ray_indices, n_rays=n_rays
+    )[:, 0]
+    return _finish(rgb, opacity, depth_sum, weights, background, color_correction)
+
+
+def render_samples(
+    samples: SampleBatch,
+    origins: Tensor,
+    dirs: Tensor,
+    radiance_fn: RadianceFn,
+    background: Tensor | None = None,
+    color_correction: ColorCorrection | None = None,
+) -> dict[str, Tensor]:
+    """Evaluate ``radiance_fn`` where ``samples`` need it and render, whatever the layout.
+
+    origins, dirs (R,3). In the batched layout unevaluated samples have sigma 0. Returns
+    the dict of :func:`render_batched` / :func:`render_packed`, plus "n_evaluated".
+    """
+    points, ray_ids = samples.eval_points(origins, dirs)
+    if points.shape[0]:
+        sigma, rgb = radiance_fn(points, ray_ids)
+    else:
+        # No sample to evaluate: skip the field (an empty forward can trip some backends).
+        sigma = points.new_zeros(0)
+        rgb = points.new_zeros(0, 3)
+    if samples.ray_indices is not None:
+        out = render_packed(
+            sigma,
+            rgb,
+            samples.t_starts,
+            samples.t_ends,
+            samples.ray_indices,
+            samples.n_rays,
+            background,
+            color_correction,
+        )
+    else:
+        assert samples.mask is not None
+        sigmas = torch.zeros(samples.mask.shape, dtype=sigma.dtype, device=sigma.device)
+        rgbs = torch.zeros((*samples.mask.shape, 3), dtype=rgb.dtype, device=rgb.device)
+        sigmas = sigmas.masked_scatter(samples.mask, sigma)
+        rgbs = rgbs.masked_scatter(samples.mask[..., None].expand_as(rgbs), rgb)
+        out = render_batched(
+            sigmas, rgbs, samples.t_starts, samples.t_ends, background, color_correction
+        )
+    out["n_evaluated"] = torch.tensor(points.shape[0])
+    return out

@@ -1,0 +1,105 @@
+"""Named sizes of a synthetic capture: how many cameras, frames and pixels to render.
+
+A preset fixes everything about a capture except the seed, so ``(preset, seed)`` names a
+capture exactly. Sequence names, split and capture follow the InterHand2.6M subset that
+the published avatar papers train on (HandAvatar: ``test/Capture0``, train on
+``ROM04_RT_Occlusion``, novel pose on ``ROM03_RT_No_Occlusion``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from handnerf.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SynthPreset:
+    """Everything that sizes a synthetic capture.
+
+    Attributes:
+        name: the preset's name (recorded in ``synth.json``).
+        n_cameras: cameras in the dome.
+        train_frames: frames of the training sequence ``train_seq``.
+        novel_frames: frames of the novel-pose sequence ``novel_seq``.
+        supersample: rays per pixel side (1 = one ray per pixel centre, 2 = 2x2 anti-aliasing).
+        landscape_every: every n-th camera is landscape (512x334), the others portrait (334x512).
+        side: ``"right"`` or ``"left"``: the hand that is captured.
+        split, capture, subject: InterHand2.6M split name, capture number, subject id.
+        train_seq, novel_seq: sequence names.
+        train_first_frame, novel_first_frame, frame_step: frame numbers of the sequences;
+            InterHand numbers frames per capture (not per sequence), so they never overlap.
+        jpeg_quality: JPEG quality of the images.
+        workers: default number of render processes.
+    """
+
+    name: str
+    n_cameras: int
+    train_frames: int
+    novel_frames: int
+    supersample: int = 2
+    landscape_every: int = 3
+    side: str = "right"
+    split: str = "test"
+    capture: int = 0
+    subject: int = 1
+    train_seq: str = "ROM04_RT_Occlusion"
+    novel_seq: str = "ROM03_RT_No_Occlusion"
+    train_first_frame: int = 2403
+    novel_first_frame: int = 563
+    frame_step: int = 6
+    jpeg_quality: int = 95
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.side not in ("right", "left"):
+            raise ConfigError(f"synth preset {self.name!r}: side must be 'right' or 'left', got {self.side!r}")
+        for field in ("n_cameras", "train_frames", "supersample", "landscape_every", "frame_step"):
+            if getattr(self, field) < 1:
+                raise ConfigError(f"synth preset {self.name!r}: {field} must be >= 1")
+        if self.novel_frames < 0:
+            raise ConfigError(f"synth preset {self.name!r}: novel_frames must be >= 0")
+        last_novel = self.novel_first_frame + self.frame_step * max(self.novel_frames - 1, 0)
+        last_train = self.train_first_frame + self.frame_step * (self.train_frames - 1)
+        if self.novel_frames and not (
+            last_novel < self.train_first_frame or last_train < self.novel_first_frame
+        ):
+            raise ConfigError(
+                f"synth preset {self.name!r}: frame numbers of {self.train_seq} and "
+                f"{self.novel_seq} overlap (InterHand numbers frames per capture)"
+            )
+
+    def train_frame_ids(self) -> list[int]:
+        """Frame numbers of the training sequence, in order."""
+        return [self.train_first_frame + self.frame_step * i for i in range(self.train_frames)]
+
+    def novel_frame_ids(self) -> list[int]:
+        """Frame numbers of the novel-pose sequence, in order."""
+        return [self.novel_first_frame + self.frame_step * i for i in range(self.novel_frames)]
+
+    def with_overrides(self, **changes: object) -> SynthPreset:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, SynthPreset] = {
+    # Unit tests: a handful of images in a few seconds.
+    "tiny": SynthPreset(name="tiny", n_cameras=6, train_frames=3, novel_frames=2),
+    # `make demo`: enough views and poses for a CPU fit of a few minutes.
+    "demo": SynthPreset(name="demo", n_cameras=24, train_frames=12, novel_frames=6),
+    # GPU benchmarks: an InterHand-sized rig and sequence (rendered over processes).
+    "fullscale": SynthPreset(
+        name="fullscale", n_cameras=100, train_frames=300, novel_frames=60, workers=8
+    ),
+}
+
+
+def get_preset(name: str) -> SynthPreset:
+    """The preset called ``name``; a :class:`ConfigError` lists the known ones otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown synth preset {name!r}; choose one of: {', '.join(PRESETS)}"
+        ) from None

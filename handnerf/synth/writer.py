@@ -1,0 +1,510 @@
+"""Write a synthetic capture in InterHand2.6M's exact on-disk layout.
+
+::
+
+    OUT/
+      images/{split}/Capture{c}/{seq}/cam{ID}/image{FRAME:04d}.jpg
+      gt_masks/{split}/Capture{c}/{seq}/cam{ID}/image{FRAME:04d}.png   (not in InterHand)
+      annotations/skeleton.txt
+      annotations/{split}/InterHand2.6M_{split}_data.json
+      annotations/{split}/InterHand2.6M_{split}_camera.json            (millimetres)
+      annotations/{split}/InterHand2.6M_{split}_joint_3d.json          (millimetres)
+      annotations/{split}/InterHand2.6M_{split}_MANO_NeuralAnnot.json  (trans in metres)
+      synth.json                                                       (how it was made)
+
+Every file is written to a temporary name and renamed into place, so an interrupted run
+never leaves a truncated image under its final name; ``synth.json`` is written last and
+marks a finished capture. The same ``(preset, seed, hand model)`` gives identical files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from handnerf.errors import DataError
+from handnerf.synth.presets import SynthPreset
+from handnerf.synth.raycast import AlbedoFn, HandScene, Lighting
+from handnerf.synth.rig import RigCamera, make_dome
+
+#: Bumped when the layout or content of a synthetic capture changes.
+SYNTH_FORMAT_VERSION = 1
+NUM_KEYPOINTS = 21
+#: Largest wrist rotation (radians) away from MANO's rest orientation in a sequence.
+GLOBAL_TURN_RAD = 1.3
+
+# InterHand2.6M's skeleton.txt: name, index, parent index; rows 0-20 right, 21-41 left.
+_FINGERS = ("thumb", "index", "middle", "ring", "pinky")
+
+
+def skeleton_lines() -> list[str]:
+    """The lines of InterHand2.6M's ``annotations/skeleton.txt`` (42 joints, two hands)."""
+    lines = ["# keypoint name, keypoint index, parent index"]
+    for prefix, base in (("r", 0), ("l", NUM_KEYPOINTS)):
+        wrist = base + 20
+        for finger_index, finger in enumerate(_FINGERS):
+            for level in range(4):  # tip (4) -> knuckle (1)
+                index = base + 4 * finger_index + level
+                parent = index + 1 if level < 3 else wrist
+                lines.append(f"{prefix}_{finger}{4 - level} {index} {parent}")
+        lines.append(f"{prefix}_wrist {wrist} -1")
+    return lines
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """JSON with sorted-insertion order as given, compact separators, atomically."""
+    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """(H, W, 3) uint8 -> JPEG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """(H, W) bool -> 8-bit PNG bytes (0 / 255)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """One captured frame: its sequence, InterHand frame number and pose kind."""
+
+    seq_name: str
+    frame_idx: int
+    kind: str  # "train" or "novel"
+
+
+@dataclass
+class CapturePaths:
+    """Where each part of a capture goes (see the module docstring)."""
+
+    root: Path
+    split: str
+    capture: int
+
+    @property
+    def annotations(self) -> Path:
+        return self.root / "annotations" / self.split
+
+    def annotation(self, what: str) -> Path:
+        """``what`` is ``data``, ``camera``, ``joint_3d`` or ``MANO_NeuralAnnot``."""
+        return self.annotations / f"InterHand2.6M_{self.split}_{what}.json"
+
+    def file_name(self, seq_name: str, cam_id: str, frame_idx: int) -> str:
+        """data.json's ``file_name``: relative to ``images/{split}``."""
+        return f"Capture{self.capture}/{seq_name}/cam{cam_id}/image{frame_idx:04d}.jpg"
+
+    def image(self, seq_name: str, cam_id: str, frame_idx: int) -> Path:
+        return self.root / "images" / self.split / self.file_name(seq_name, cam_id, frame_idx)
+
+    def mask(self, seq_name: str, cam_id: str, frame_idx: int) -> Path:
+        name = self.file_name(seq_name, cam_id, frame_idx)
+        return (self.root / "gt_masks" / self.split / name).with_suffix(".png")
+
+
+@dataclass
+class SynthSummary:
+    """What :func:`synthesize_capture` produced."""
+
+    root: Path
+    n_cameras: int
+    n_frames: int
+    n_images: int
+    seconds: float
+    hand_source: str
+    sequences: dict[str, int]
+
+
+@dataclass
+class _FrameTask:
+    """Everything a render process needs for one frame (picklable)."""
+
+    plan: FramePlan
+    vertices: np.ndarray  # (V, 3) posed world metres
+    canonical_vertices: np.ndarray  # (V, 3)
+    faces: np.ndarray  # (F, 3)
+    cameras: list[RigCamera]
+    albedo: AlbedoFn
+    lighting: Lighting
+    supersample: int
+    jpeg_quality: int
+    paths: CapturePaths
+
+
+def _render_frame(task: _FrameTask) -> int:
+    """Render and write every camera's image and mask of one frame; returns the image count."""
+    scene = HandScene(
+        task.vertices, task.canonical_vertices, task.faces, task.albedo, task.lighting
+    )
+    plan = task.plan
+    for camera in task.cameras:
+        view = scene.render(camera, task.supersample)
+        atomic_write_bytes(
+            task.paths.image(plan.seq_name, camera.cam_id, plan.frame_idx),
+            encode_jpeg(view.image, task.jpeg_quality),
+        )
+        atomic_write_bytes(
+            task.paths.mask(plan.seq_name, camera.cam_id, plan.frame_idx),
+            encode_mask_png(view.mask),
+        )
+    return len(task.cameras)
+
+
+def _run_tasks(tasks: Sequence[_FrameTask], workers: int) -> Iterator[int]:
+    """Render frames inline (``workers <= 1``) or over a pool of fresh processes."""
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield _render_frame(task)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # "spawn": the parent holds torch state that must not be forked into renderers.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(_render_frame, tasks)
+
+
+# --------------------------------------------------------------------------- hand
+
+
+@dataclass
+class _PosedSequence:
+    """MANO parameters and the posed hand for all frames (``N`` frames, float64 numpy)."""
+
+    global_orient: np.ndarray  # (N, 3)
+    hand_pose_relative: np.ndarray  # (N, 45)
+    betas: np.ndarray  # (10,)
+    transl: np.ndarray  # (N, 3) metres
+    vertices: np.ndarray  # (N, V, 3) metres
+    canonical_vertices: np.ndarray  # (V, 3)
+    keypoints: np.ndarray  # (N, 21, 3) metres, InterHand order
+
+
+def _pose_hand(
+    model: Any,
+    plans: Sequence[FramePlan],
+    preset: SynthPreset,
+    rngs: dict[str, np.random.Generator],
+) -> _PosedSequence:
+    """Sample shape, finger poses and global orientations; centre each hand at the origin."""
+    import torch
+
+    from handnerf.hand import poses
+    from handnerf.hand.hand_model import ManoParams
+
+    hands_mean = np.asarray(model.data.hands_mean, dtype=np.float64)
+    betas = rngs["shape"].uniform(-1.0, 1.0, size=10)
+    n = len(plans)
+    # Sequences are generated on a 30 fps timeline and sampled every `frame_step` frames,
+    # like InterHand's 5 fps release: a short capture still sweeps through many key poses.
+    step = preset.frame_step
+    finger_abs = np.zeros((n, 45))
+    global_orient = np.zeros((n, 3))
+    for kind in ("novel", "train"):
+        rows = [i for i, p in enumerate(plans) if p.kind == kind]
+        if not rows:
+            continue
+        dense = len(rows) * step
+        sequence = poses.rom_sequence(rngs[kind], dense, preset.side, kind=kind)
+        finger_abs[rows] = np.asarray(sequence, dtype=np.float64)[::step]
+        # Wide wrist turns so that over a sequence the rig sees palm, back and sides.
+        orient = poses.global_orient_sequence(
+            rngs["orient"], dense, max_angle=GLOBAL_TURN_RAD, frames_per_key=4 * step
+        )
+        global_orient[rows] = np.asarray(orient, dtype=np.float64)[::step]
+    hand_pose = np.asarray(poses.to_relative(finger_abs, hands_mean), dtype=np.float64)
+
+    def forward(transl: np.ndarray) -> Any:
+        params = ManoParams(
+            global_orient=torch.as_tensor(global_orient),
+            hand_pose=torch.as_tensor(hand_pose),
+            betas=torch.as_tensor(np.repeat(betas[None], n, axis=0)),
+            transl=torch.as_tensor(transl),
+        )
+        with torch.no_grad():
+            return model(params)
+
+    first = forward(np.zeros((n, 3)))
+    verts = first.vertices.numpy()
+    # Centre the hand's bounding box at the world origin (where the rig looks), a few mm off.
+    centre = 0.5 * (verts.min(axis=1) + verts.max(axis=1))
+    transl = -centre + rngs["orient"].normal(0.0, 0.004, size=(n, 3))
+    out = forward(transl)
+    return _PosedSequence(
+        global_orient=global_orient,
+        hand_pose_relative=hand_pose,
+        betas=betas,
+        transl=transl,
+        vertices=out.vertices.numpy().astype(np.float64),
+        canonical_vertices=out.canonical_vertices[0].numpy().astype(np.float64),
+        keypoints=out.keypoints.numpy().astype(np.float64),
+    )
+
+
+def _albedo_for(model: Any, canonical_vertices: np.ndarray) -> AlbedoFn:
+    """The skin albedo of the shaped canonical hand (a picklable function of canonical points)."""
+    from handnerf.hand.appearance import skin_albedo
+
+    data = model.data
+    hand = {
+        "J": np.asarray(data.J_regressor, dtype=np.float64) @ canonical_vertices,
+        "v_template": canonical_vertices,
+        "fingertip_vertex_ids": np.asarray(data.fingertip_vertex_ids, dtype=np.int64),
+        "handnerf_procedural": data.procedural,
+    }
+    return functools.partial(skin_albedo, hand=hand)
+
+
+# --------------------------------------------------------------------------- annotations
+
+
+def _bbox(camera: RigCamera, points: np.ndarray) -> list[float]:
+    """``[x, y, w, h]`` (px) of world points (N, 3) projected by ``camera``, clipped to the image."""
+    uv, _ = camera.project(points)
+    x0, y0 = np.clip(uv.min(axis=0), 0.0, [camera.width, camera.height])
+    x1, y1 = np.clip(uv.max(axis=0), 0.0, [camera.width, camera.height])
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def _camera_json(cameras: Sequence[RigCamera], capture: int) -> dict[str, Any]:
+    return {
+        str(capture): {
+            "campos": {c.cam_id: (c.campos * 1000.0).tolist() for c in cameras},
+            "camrot": {c.cam_id: c.camrot.tolist() for c in cameras},
+            "focal": {c.cam_id: c.focal.tolist() for c in cameras},
+            "princpt": {c.cam_id: c.princpt.tolist() for c in cameras},
+        }
+    }
+
+
+def _joint_rows(keypoints: np.ndarray, side: str) -> tuple[list[list[float]], list[list[int]]]:
+    """42x3 world_coord (mm) and 42x[valid] with the captured hand's rows filled."""
+    world = np.zeros((2 * NUM_KEYPOINTS, 3))
+    valid = np.zeros((2 * NUM_KEYPOINTS, 1), dtype=int)
+    rows = slice(0, NUM_KEYPOINTS) if side == "right" else slice(NUM_KEYPOINTS, 2 * NUM_KEYPOINTS)
+    world[rows] = keypoints * 1000.0
+    valid[rows] = 1
+    return world.tolist(), valid.tolist()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def plan_frames(preset: SynthPreset) -> list[FramePlan]:
+    """The frames of a preset: the novel-pose sequence first (InterHand order), then training."""
+    plans = [FramePlan(preset.novel_seq, f, "novel") for f in preset.novel_frame_ids()]
+    plans += [FramePlan(preset.train_seq, f, "train") for f in preset.train_frame_ids()]
+    return plans
+
+
+def synthesize_capture(
+    out_dir: str | Path,
+    preset: SynthPreset,
+    seed: int = 0,
+    mano_dir: str | Path | None = None,
+    workers: int | None = None,
+    lighting: Lighting | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SynthSummary:
+    """Render and write a synthetic capture under ``out_dir``.
+
+    Args:
+        out_dir: capture root (created; existing files of a previous run are overwritten).
+        preset: sizes of the capture (see :mod:`handnerf.synth.presets`).
+        seed: seeds rig, shape, poses and orientations; same seed, same files.
+        mano_dir: MANO folder (``MANO_RIGHT.pkl``/``MANO_LEFT.pkl``); ``None`` = procedural hand.
+        workers: render processes (``None``: the preset's default).
+        lighting: the world-fixed light (``None``: :class:`Lighting` defaults).
+        progress: called with the number of images finished after each frame.
+
+    Raises:
+        DataError: ``out_dir`` exists and is not a folder.
+        ModelFileError: ``mano_dir`` is not a usable MANO folder.
+    """
+    import torch
+
+    from handnerf import __version__
+    from handnerf.hand.hand_model import HandModel
+
+    start = time.perf_counter()
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: synth output exists and is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    workers = preset.workers if workers is None else workers
+    lighting = lighting or Lighting()
+    paths = CapturePaths(root=root, split=preset.split, capture=preset.capture)
+
+    streams = np.random.SeedSequence(seed).spawn(5)
+    rngs = {
+        name: np.random.default_rng(stream)
+        for name, stream in zip(("rig", "shape", "train", "novel", "orient"), streams, strict=True)
+    }
+    model = HandModel.from_folder(mano_dir, preset.side, dtype=torch.float64)
+    plans = plan_frames(preset)
+    posed = _pose_hand(model, plans, preset, rngs)
+    cameras = make_dome(rngs["rig"], preset.n_cameras, landscape_every=preset.landscape_every)
+    albedo = _albedo_for(model, posed.canonical_vertices)
+    faces = model.faces.numpy().astype(np.int64)
+
+    tasks = [
+        _FrameTask(
+            plan=plan,
+            vertices=posed.vertices[i],
+            canonical_vertices=posed.canonical_vertices,
+            faces=faces,
+            cameras=cameras,
+            albedo=albedo,
+            lighting=lighting,
+            supersample=preset.supersample,
+            jpeg_quality=preset.jpeg_quality,
+            paths=paths,
+        )
+        for i, plan in enumerate(plans)
+    ]
+    n_images = 0
+    for count in _run_tasks(tasks, workers):
+        n_images += count
+        if progress is not None:
+            progress(count)
+
+    _write_annotations(paths, preset, plans, cameras, posed)
+    data = model.data
+    hand_source = "procedural" if data.is_procedural else str(data.source)
+    atomic_write_json(
+        root / "synth.json",
+        {
+            "format_version": SYNTH_FORMAT_VERSION,
+            "handnerf_version": __version__,
+            "preset": dataclasses.asdict(preset),
+            "seed": int(seed),
+            "hand_model": {
+                "source": hand_source,
+                "procedural": data.procedural,
+                "sha256": data.sha256,
+                "side": preset.side,
+            },
+            "betas": posed.betas.tolist(),
+            "lighting": dataclasses.asdict(lighting),
+            "camera_gains": {c.cam_id: c.gain.tolist() for c in cameras},
+            "background": [0, 0, 0],
+            "masks": "gt_masks/{split}/Capture{capture}/{seq}/cam{ID}/image{FRAME:04d}.png",
+        },
+    )
+    sequences: dict[str, int] = {}
+    for plan in plans:
+        sequences[plan.seq_name] = sequences.get(plan.seq_name, 0) + 1
+    return SynthSummary(
+        root=root,
+        n_cameras=len(cameras),
+        n_frames=len(plans),
+        n_images=n_images,
+        seconds=time.perf_counter() - start,
+        hand_source=hand_source,
+        sequences=sequences,
+    )
+
+
+def _write_annotations(
+    paths: CapturePaths,
+    preset: SynthPreset,
+    plans: Sequence[FramePlan],
+    cameras: Sequence[RigCamera],
+    posed: _PosedSequence,
+) -> None:
+    """The four InterHand annotation JSONs and skeleton.txt."""
+    capture = str(preset.capture)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    joints: dict[str, Any] = {}
+    mano: dict[str, Any] = {}
+    other = "left" if preset.side == "right" else "right"
+    for i, plan in enumerate(plans):
+        world_coord, joint_valid = _joint_rows(posed.keypoints[i], preset.side)
+        frame_key = str(plan.frame_idx)
+        joints[frame_key] = {
+            "world_coord": world_coord,
+            "joint_valid": joint_valid,
+            "hand_type": preset.side,
+            "hand_type_valid": 1,
+        }
+        mano[frame_key] = {
+            preset.side: {
+                "pose": np.concatenate([posed.global_orient[i], posed.hand_pose_relative[i]]).tolist(),
+                "shape": posed.betas.tolist(),
+                "trans": posed.transl[i].tolist(),
+            },
+            other: None,
+        }
+        hand_points = np.concatenate([posed.vertices[i], posed.keypoints[i]], axis=0)
+        for camera in cameras:
+            image_id = len(images)
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": paths.file_name(plan.seq_name, camera.cam_id, plan.frame_idx),
+                    "width": camera.width,
+                    "height": camera.height,
+                    "capture": preset.capture,
+                    "subject": preset.subject,
+                    "seq_name": plan.seq_name,
+                    "camera": camera.cam_id,
+                    "frame_idx": plan.frame_idx,
+                }
+            )
+            annotations.append(
+                {
+                    "id": image_id,
+                    "image_id": image_id,
+                    "bbox": _bbox(camera, hand_points),
+                    "joint_valid": joint_valid,
+                    "hand_type": preset.side,
+                    "hand_type_valid": 1,
+                }
+            )
+    atomic_write_json(paths.annotation("data"), {"images": images, "annotations": annotations})
+    atomic_write_json(paths.annotation("camera"), _camera_json(cameras, preset.capture))
+    atomic_write_json(paths.annotation("joint_3d"), {capture: joints})
+    atomic_write_json(paths.annotation("MANO_NeuralAnnot"), {capture: mano})
+    atomic_write_bytes(
+        paths.root / "annotations" / "skeleton.txt", ("\n".join(skeleton_lines()) + "\n").encode()
+    )

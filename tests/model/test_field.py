@@ -1,0 +1,201 @@
+"""HashGridField: shapes, positivity, AABB handling, parameter groups, gradients, state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from handnerf.errors import ConfigError, ParameterError
+from handnerf.model.field import CameraColorAffine, HashGridField, spherical_harmonics, trunc_exp
+from handnerf.model.sampler import TorchSampler
+from handnerf.model.volume import render_samples
+
+AABB = [-0.1, -0.05, -0.02, 0.1, 0.05, 0.02]
+
+
+def small_config(**overrides: object) -> HashGridField.Config:
+    cfg = HashGridField.Config(n_cameras=3, hidden_dim=32, color_hidden_dim=32)
+    cfg.encoding.n_levels = 4
+    cfg.encoding.log2_hashmap_size = 12
+    cfg.encoding.base_resolution = 8
+    cfg.encoding.backend = "torch"
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, 3, 3, generator=generator))
+    return q * torch.sign(torch.linalg.det(q))[:, None, None]
+
+
+def inside_points(n: int, generator: torch.Generator) -> torch.Tensor:
+    lo, hi = torch.tensor(AABB[:3]), torch.tensor(AABB[3:])
+    return lo + (hi - lo) * torch.rand(n, 3, generator=generator)
+
+
+def test_output_shapes_ranges_and_small_initial_density() -> None:
+    gen = torch.Generator().manual_seed(0)
+    field = HashGridField(small_config(), aabb=AABB)
+    x = inside_points(500, gen)
+    with torch.no_grad():
+        sigma, rgb = field(x, random_rotations(500, gen), torch.randn(500, 3, generator=gen))
+    assert sigma.shape == (500,) and rgb.shape == (500, 3)
+    assert sigma.dtype == torch.float32 and rgb.dtype == torch.float32
+    assert (sigma > 0).all() and torch.isfinite(sigma).all()
+    assert ((rgb > 0) & (rgb < 1)).all()
+    # Starts nearly empty: alpha over a 1 cm step is well below 1 %.
+    assert float((sigma * 0.01).max()) < 0.01
+    with torch.no_grad():
+        assert torch.allclose(field.density(x), sigma)
+
+
+def test_density_is_zero_outside_the_canonical_box() -> None:
+    field = HashGridField(small_config(), aabb=AABB)
+    outside = torch.tensor([[0.2, 0.0, 0.0], [0.0, -0.06, 0.0], [0.0, 0.0, 0.03], [1e3, 1e3, 1e3]])
+    assert (field.density(outside) == 0).all()
+    assert (field.density(torch.zeros(1, 3)) > 0).all()
+
+
+def test_rotation_layouts_agree_and_colour_depends_on_pose() -> None:
+    gen = torch.Generator().manual_seed(1)
+    field = HashGridField(small_config(), aabb=AABB)
+    x, view = inside_points(64, gen), torch.randn(64, 3, generator=gen)
+    rot = random_rotations(64, gen)
+    sigma_a, rgb_a = field(x, rot, view)
+    sigma_b, rgb_b = field(x, rot.reshape(64, 9), view)
+    assert torch.equal(rgb_a, rgb_b) and torch.equal(sigma_a, sigma_b)
+    _, rgb_c = field(x, random_rotations(64, gen), view)
+    assert not torch.allclose(rgb_a, rgb_c)
+    # Density ignores pose and view.
+    sigma_d, _ = field(x, random_rotations(64, gen), torch.randn(64, 3, generator=gen))
+    assert torch.equal(sigma_a, sigma_d)
+
+    blind = HashGridField(small_config(use_pose_rotation=False, view_sh_degree=0), aabb=AABB)
+    _, rgb_1 = blind(x, rot, view)
+    _, rgb_2 = blind(x, random_rotations(64, gen), torch.randn(64, 3, generator=gen))
+    assert torch.equal(rgb_1, rgb_2)
+
+
+def test_spherical_harmonics_are_orthonormal() -> None:
+    # A Fibonacci lattice integrates these low-degree polynomials over the sphere closely.
+    n = 20_000
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (3 - math.sqrt(5)) * i
+    r = torch.sqrt(1 - z**2)
+    dirs = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1)
+    for degree in (1, 2, 3, 4):
+        basis = spherical_harmonics(dirs, degree)
+        assert basis.shape == (n, degree**2)
+        gram = basis.T @ basis / n * 4 * math.pi
+        assert torch.allclose(gram, torch.eye(degree**2, dtype=torch.float64), atol=1e-3)
+    with pytest.raises(ConfigError):
+        spherical_harmonics(dirs[:2], 5)
+
+
+def test_trunc_exp_gradient_is_clamped() -> None:
+    x = torch.tensor([0.0, 1.0, 50.0], requires_grad=True)
+    trunc_exp(x).sum().backward()
+    assert x.grad is not None
+    assert torch.allclose(x.grad[:2], torch.exp(x.detach()[:2]))
+    assert torch.isfinite(x.grad).all() and float(x.grad[2]) == pytest.approx(
+        math.exp(15.0), rel=1e-4
+    )
+
+
+def test_camera_affine_starts_as_identity_and_rejects_unknown_cameras() -> None:
+    affine = CameraColorAffine(2)
+    rgb, opacity = torch.rand(5, 3), torch.rand(5)
+    ids = torch.tensor([0, 1, 1, 0, 1])
+    assert torch.equal(affine(rgb, opacity, ids), rgb)
+    with torch.no_grad():
+        affine.bias[1] = torch.tensor([0.1, 0.2, 0.3])
+        affine.matrix[1] = 2 * torch.eye(3)
+    out = affine(rgb, opacity, ids)
+    assert torch.allclose(out[0], rgb[0])
+    assert torch.allclose(out[1], 2 * rgb[1] + opacity[1] * torch.tensor([0.1, 0.2, 0.3]))
+    # An empty ray stays empty: the bias scales with opacity.
+    assert torch.equal(
+        affine(torch.zeros(1, 3), torch.zeros(1), torch.tensor([1])), torch.zeros(1, 3)
+    )
+    assert torch.equal(affine(rgb, opacity, None), rgb)
+    with pytest.raises(ParameterError, match="n_cameras"):
+        affine(rgb, opacity, torch.tensor([0, 1, 2, 0, 1]))
+    with pytest.raises(ConfigError):
+        CameraColorAffine(0)
+
+
+def test_gradients_reach_every_parameter_group_through_rendering() -> None:
+    gen = torch.Generator().manual_seed(3)
+    field = HashGridField(small_config(), aabb=AABB)
+    groups = field.param_groups()
+    assert set(groups) == {"grid", "mlp", "camera"} and all(groups.values())
+    all_ids = {id(p) for p in field.parameters()}
+    grouped = [id(p) for ps in groups.values() for p in ps]
+    assert sorted(grouped) == sorted(all_ids), "every parameter in exactly one group"
+
+    n_rays = 64
+    origins = torch.tensor([0.0, 0.0, -0.5]).expand(n_rays, 3).clone()
+    targets = torch.cat(
+        [torch.rand(n_rays, 2, generator=gen) * 0.1 - 0.05, torch.zeros(n_rays, 1)], -1
+    )
+    dirs = torch.nn.functional.normalize(targets - origins, dim=-1)
+    frame_aabbs = torch.tensor([AABB])
+    samples = TorchSampler(32).sample(
+        origins, dirs, torch.zeros(n_rays, dtype=torch.long), frame_aabbs
+    )
+    rot = random_rotations(1, gen)[0]
+
+    def radiance(points: torch.Tensor, ray_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return field(points, rot.expand(points.shape[0], 3, 3), dirs[ray_ids])
+
+    cams = torch.randint(0, 3, (n_rays,), generator=gen)
+    out = render_samples(
+        samples,
+        origins,
+        dirs,
+        radiance,
+        background=torch.ones(3),
+        color_correction=lambda rgb, op: field.apply_camera_affine(rgb, op, cams),
+    )
+    loss = ((out["rgb"] - 0.3) ** 2).mean() + out["opacity"].mean()
+    loss.backward()
+    for name, params in groups.items():
+        total = sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+        assert total > 0, f"no gradient reached group {name}"
+
+
+def test_state_dict_round_trip_restores_outputs_and_aabb() -> None:
+    gen = torch.Generator().manual_seed(4)
+    cfg = small_config()
+    field = HashGridField(cfg, aabb=AABB)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    clone = HashGridField(cfg)  # default aabb: must come back from the state dict
+    clone.load_state_dict(field.state_dict())
+    assert torch.equal(clone.aabb, torch.tensor(AABB))
+    x, rot, view = (
+        inside_points(32, gen),
+        random_rotations(32, gen),
+        torch.randn(32, 3, generator=gen),
+    )
+    for a, b in zip(field(x, rot, view), clone(x, rot, view), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bad_inputs_raise_handnerf_errors() -> None:
+    field = HashGridField(small_config(), aabb=AABB)
+    with pytest.raises(ParameterError, match="x_canon"):
+        field(torch.zeros(4, 2), torch.eye(3).expand(4, 3, 3), torch.ones(4, 3))
+    with pytest.raises(ParameterError, match="rot"):
+        field(torch.zeros(4, 3), torch.eye(3).expand(5, 3, 3), torch.ones(4, 3))
+    with pytest.raises(ParameterError, match="view_dir"):
+        field(torch.zeros(4, 3), torch.eye(3).expand(4, 3, 3), torch.ones(3))
+    with pytest.raises(ParameterError, match="aabb"):
+        field.set_aabb([0, 0, 0, -1, 1, 1])
+    with pytest.raises(ConfigError, match="view_sh_degree"):
+        HashGridField(small_config(view_sh_degree=7))
