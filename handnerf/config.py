@@ -18,9 +18,7 @@ from handnerf.errors import ConfigError
 T = TypeVar("T")
 
 
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
-) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build ``cls`` from its defaults, an optional YAML file and ``key=value`` overrides."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -45,7 +43,9 @@ def load_config(
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         where = f" (in {path})" if path is not None else ""
-        raise ConfigError(f"invalid config{where}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        raise ConfigError(
+            f"invalid config{where}: {exc.msg if hasattr(exc, 'msg') else exc}"
+        ) from exc
     assert isinstance(obj, cls)
     return obj
 

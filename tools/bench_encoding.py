@@ -68,8 +68,11 @@ def best_time(step: Callable[[], None], repeats: int, device: torch.device) -> f
 
 
 def bench_one(
-    name: str, forward: Callable[[torch.Tensor], torch.Tensor], params: torch.nn.Parameter,
-    x: torch.Tensor, repeats: int,
+    name: str,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    params: torch.nn.Parameter,
+    x: torch.Tensor,
+    repeats: int,
 ) -> dict[str, Any]:
     upstream = torch.randn(x.shape[0], forward(x[:8]).shape[1], device=x.device)
 
@@ -103,8 +106,11 @@ def run(points: int, repeats: int, devices: list[str]) -> dict[str, Any]:
         x = torch.rand(points, 3, device=device)
         enc = HashGridEncoding(cfg).to(device)
         plain = bench_one(
-            "plain reference", lambda pts, e=enc: plain_encode(pts, e.params, e), enc.params,
-            x, repeats,
+            "plain reference",
+            lambda pts, e=enc: plain_encode(pts, e.params, e),
+            enc.params,
+            x,
+            repeats,
         )
         ours = bench_one("handnerf torch grid", enc, enc.params, x, repeats)
         ours["speedup_fwd_bwd_vs_plain"] = (

@@ -24,13 +24,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder to write")
     parser.add_argument("--config", type=Path, default=None, help="YAML config (configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue RUN/checkpoints/latest.pt")
-    parser.add_argument("--mano-dir", type=Path, default=None,
-                        help="your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); default: procedural hand")
-    parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases "
-                        "(set WANDB_MODE=offline to log locally)")
+    parser.add_argument(
+        "--mano-dir",
+        type=Path,
+        default=None,
+        help="your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); default: procedural hand",
+    )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log to Weights & Biases (set WANDB_MODE=offline to log locally)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.steps=3000 data.crop_size=192")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.steps=3000 data.crop_size=192",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +51,13 @@ def run(args: argparse.Namespace) -> int:
     if args.mano_dir is not None:
         overrides.append(f"data.mano_dir={args.mano_dir}")
     result = run_fit(
-        data_root=args.data, out_dir=args.out, config_path=args.config, overrides=overrides,
-        resume=args.resume, use_wandb=args.wandb, progress=not args.no_progress,
+        data_root=args.data,
+        out_dir=args.out,
+        config_path=args.config,
+        overrides=overrides,
+        resume=args.resume,
+        use_wandb=args.wandb,
+        progress=not args.no_progress,
     )
     print(f"fit {result.stopped_by} at step {result.step}")
     print(f"checkpoint: {result.checkpoint}")

@@ -232,7 +232,12 @@ def skin_albedo(points_canonical: np.ndarray, hand: Mapping[str, Any]) -> np.nda
                 + 2 * (1 - curve_t) * curve_t * mid[[0, 2]]
                 + curve_t**2 * end[[0, 2]]
             )
-            gap = np.min(np.linalg.norm(q[:, None, :] - curve[None], axis=2), axis=1)
+            gap = np.concatenate(
+                [  # in chunks: renderers pass millions of hit points
+                    np.min(np.linalg.norm(chunk[:, None, :] - curve[None], axis=2), axis=1)
+                    for chunk in np.array_split(q, max(1, len(q) // 16384))
+                ]
+            )
             palm_dark += 0.4 * np.exp(-((gap / 0.0007) ** 2))
         idx = np.flatnonzero(palm)
         darkness[idx] = np.maximum(darkness[idx], palm_dark * palmar[idx])

@@ -38,7 +38,9 @@ class AvatarConfig:
     deformer: InverseLBSDeformer.Config = dataclasses.field(
         default_factory=lambda: InverseLBSDeformer.Config(max_distance=0.008)
     )
-    occupancy: CanonicalOccupancyGrid.Config = dataclasses.field(default_factory=CanonicalOccupancyGrid.Config)
+    occupancy: CanonicalOccupancyGrid.Config = dataclasses.field(
+        default_factory=CanonicalOccupancyGrid.Config
+    )
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     #: Padding (m) of the canonical box around the canonical mesh and of each posed box.
     canonical_margin: float = 0.02
@@ -75,12 +77,18 @@ class _DeformCache:
     def store(self, points: Tensor, keep: Tensor, result: DeformResult, keep_idx: Tensor) -> None:
         self.points = points[keep]
         self.result = DeformResult(
-            canonical=result.canonical[keep_idx], valid=result.valid[keep_idx],
-            rotation=result.rotation[keep_idx], distance=result.distance[keep_idx],
+            canonical=result.canonical[keep_idx],
+            valid=result.valid[keep_idx],
+            rotation=result.rotation[keep_idx],
+            distance=result.distance[keep_idx],
         )
 
     def lookup(self, points: Tensor) -> DeformResult | None:
-        if self.points is not None and self.points.shape == points.shape and torch.equal(self.points, points):
+        if (
+            self.points is not None
+            and self.points.shape == points.shape
+            and torch.equal(self.points, points)
+        ):
             return self.result
         return None
 
@@ -89,11 +97,15 @@ class HandAvatar(nn.Module):
     def __init__(self, cfg: AvatarConfig, hand_model: HandModel, betas: Tensor, n_cameras: int):
         super().__init__()
         self.cfg = cfg
-        self.hand_model = hand_model
+        # Kept out of the module tree on purpose: a checkpoint must not carry the (licensed)
+        # MANO model, only what was learned. The hand model stays on the CPU.
+        self._hand = (hand_model,)
         self.register_buffer("betas", betas.detach().float().reshape(10).clone())
         with torch.no_grad():
-            canon = hand_model.canonical_vertices(self.betas[None].to(hand_model.faces.device))[0].cpu()
-        self.register_buffer("canonical_vertices", canon)
+            canon = hand_model.canonical_vertices(self.betas[None].to(hand_model.faces.device))[
+                0
+            ].cpu()
+        self.register_buffer("canonical_vertices", canon, persistent=False)
         lo = canon.min(0).values - cfg.canonical_margin
         hi = canon.max(0).values + cfg.canonical_margin
         aabb = torch.cat([lo, hi])
@@ -107,6 +119,10 @@ class HandAvatar(nn.Module):
         self._cache = _DeformCache()
 
     # ------------------------------------------------------------------ parts
+    @property
+    def hand_model(self) -> HandModel:
+        return self._hand[0]
+
     @property
     def sampler(self) -> Any:
         if self._sampler is None:
@@ -129,7 +145,16 @@ class HandAvatar(nn.Module):
     def pose_frames(self, mano: ManoParams) -> PosedFrames:
         """Run MANO for ``mano`` (T frames) and prepare everything rendering them needs."""
         device = self.betas.device
-        out = self.hand_model(mano.to(self.hand_model.faces.device))
+        # Every frame is posed with the subject's shape: the canonical field lives in that
+        # shape's canonical space (per-frame fits of InterHand2.6M jitter their betas).
+        hand_device = self.hand_model.faces.device
+        mano = ManoParams(
+            global_orient=mano.global_orient.to(hand_device),
+            hand_pose=mano.hand_pose.to(hand_device),
+            betas=self.betas.to(hand_device, mano.betas.dtype)[None].expand(len(mano), -1).clone(),
+            transl=mano.transl.to(hand_device),
+        )
+        out = self.hand_model(mano)
         verts = out.vertices.to(device).float()
         bones = out.bone_transforms.to(device).float()
         weights = self.hand_model.skinning_weights.to(device).float()
@@ -148,17 +173,20 @@ class HandAvatar(nn.Module):
         grid = torch.zeros(t, res, res, res, dtype=torch.float32, device=verts.device)
         flat = idx[..., 0] * res * res + idx[..., 1] * res + idx[..., 2]
         grid.view(t, -1).scatter_(1, flat, 1.0)
-        reach = int(torch.ceil(self.cfg.deformer.max_distance / size.min()).item()) + 1
-        # A cube dilation is separable: three 1-D max-pools cost 3k instead of k^3 per voxel.
+        # Dilate by the deformer's reach, per axis (the voxels are not cubes). A cube
+        # dilation is separable: three 1-D max-pools cost 3k instead of k^3 per voxel.
+        reach = torch.ceil(self.cfg.deformer.max_distance / size.amin(0)).long() + 1
         grid = grid[:, None]
-        k = 2 * reach + 1
-        for kernel in ((k, 1, 1), (1, k, 1), (1, 1, k)):
-            pad = tuple(reach if n > 1 else 0 for n in kernel)
-            grid = torch.nn.functional.max_pool3d(grid, kernel, stride=1, padding=pad)
+        for axis in range(3):
+            k = [1, 1, 1]
+            pad = [0, 0, 0]
+            k[axis] = 2 * int(reach[axis]) + 1
+            pad[axis] = int(reach[axis])
+            grid = torch.nn.functional.max_pool3d(grid, tuple(k), stride=1, padding=tuple(pad))
         return grid[:, 0] > 0
 
     # ------------------------------------------------------------------ occupancy
-    def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):  # noqa: ANN202
+    def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):
         res = self.cfg.shell_resolution
 
         def occupied(points: Tensor, ray_ids: Tensor) -> Tensor:
@@ -199,8 +227,13 @@ class HandAvatar(nn.Module):
         """
         occupied_fn = self._occupied_fn(frames, frame_ids)
         samples = self.sampler.sample(
-            origins, dirs, frame_ids, frames.aabbs, occupied_fn=occupied_fn,
-            stratified=training, cache_key=(id(frames), self.occupancy.version),
+            origins,
+            dirs,
+            frame_ids,
+            frames.aabbs,
+            occupied_fn=occupied_fn,
+            stratified=training,
+            cache_key=(id(frames), self.occupancy.version),
         )
 
         def radiance(points: Tensor, ray_ids: Tensor) -> tuple[Tensor, Tensor]:

@@ -40,6 +40,8 @@ BLEND_SCHEMES = ("inverse_distance", "gaussian", "nearest")
 # Elements of one chunk's (points x vertices) distance matrix in the cdist backend: big
 # enough to keep the GPU busy, small enough (64 MiB of float32) not to spike memory.
 _CDIST_CHUNK_ELEMENTS = 1 << 24
+# Queries smaller than this run single-threaded in the kd-tree backend.
+_KDTREE_PARALLEL_MIN_POINTS = 16384
 # A blended 3x3 part with a smaller |det| has no trustworthy inverse (bones blended
 # against each other); such samples are marked invalid.
 _MIN_DETERMINANT = 1e-6
@@ -234,7 +236,7 @@ class InverseLBSDeformer(nn.Module):
         grid_voxel_size: float = 0.002
         """Voxel edge (metres) of the ``grid`` backend."""
         kdtree_workers: int = -1
-        """Threads of scipy's cKDTree queries (-1: all cores)."""
+        """Threads of scipy's cKDTree queries (-1: torch's CPU thread count)."""
 
     def __init__(self, config: InverseLBSDeformer.Config | None = None) -> None:
         super().__init__()
@@ -428,7 +430,14 @@ def _knn_kdtree(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     assert frames.trees is not None
     query = points.cpu().numpy()
-    d, i = frames.trees[frame].query(query, k=k, workers=frames.config.kdtree_workers)
+    workers = frames.config.kdtree_workers
+    if workers < 1:
+        # scipy's -1 means os.cpu_count(), the host's cores rather than this process's
+        # share: follow torch's thread count instead.
+        workers = torch.get_num_threads()
+    if len(query) < _KDTREE_PARALLEL_MIN_POINTS:
+        workers = 1  # starting threads costs more than a small query
+    d, i = frames.trees[frame].query(query, k=k, workers=workers)
     d = torch.from_numpy(np.asarray(d, dtype=np.float64).reshape(len(query), k))
     i = torch.from_numpy(np.asarray(i, dtype=np.int64).reshape(len(query), k))
     return d.to(device=points.device, dtype=points.dtype), i.to(points.device)

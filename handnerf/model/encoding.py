@@ -145,7 +145,7 @@ def grid_levels(
     for level in range(n_levels):
         exponent = f32(level) * log2_scale
         scale = f32(f32(2.0 ** float(exponent)) * f32(base_resolution)) - f32(1.0)
-        resolution = int(math.ceil(float(scale))) + 1
+        resolution = math.ceil(float(scale)) + 1
         dense_params = (
             max_params
             if float(resolution) ** n_input_dims > float(max_params)
@@ -169,21 +169,27 @@ def grid_levels(
 class _GridFunction(torch.autograd.Function):
     """Multilinear lookup in the flat grid table; backward scatters with ``index_add_``.
 
-    Autograd of a plain gather would build a dense ``(n_entries, F)`` gradient per use and
-    keep every intermediate alive; this function keeps only the corner rows and weights.
+    Autograd of a plain gather keeps every per-level, per-corner intermediate alive and
+    accumulates into a dense table gradient once per gather; this function keeps only the
+    corner rows and weights and scatters once. Internally everything is laid out
+    ``(L, C, N)`` (level, corner, point) so elementwise work runs over contiguous points.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: torch.Tensor, params: torch.Tensor, grid: _GridTables
     ) -> torch.Tensor:
-        table = params.view(-1, grid.n_features)
-        rows, weights, factors = grid.corners(x, params.dtype)  # (L, N, C), (L, N, C)
-        n_levels, n_points, n_corners = rows.shape
-        values = table.index_select(0, rows.view(-1)).view(n_levels * n_points, n_corners, -1)
-        # (L*N, 1, C) @ (L*N, C, F): one batched contraction over the corners.
-        out = torch.bmm(weights.view(n_levels * n_points, 1, n_corners), values)
-        out = out.view(n_levels, n_points, -1).permute(1, 0, 2).reshape(n_points, -1)
+        n_features = grid.n_features
+        table = params.view(-1, n_features)
+        rows, weights, factors = grid.corners(x, params.dtype)  # (L, C, N) each
+        n_levels, n_corners, n_points = rows.shape
+        out = torch.empty(n_points, n_levels, n_features, dtype=params.dtype, device=x.device)
+        # One level at a time keeps the (C, N, F) temporaries small enough to be recycled
+        # by the allocator instead of faulting in fresh pages for an (L, C, N, F) block.
+        for level in range(n_levels):
+            values = table.index_select(0, rows[level].view(-1)).view(n_corners, n_points, -1)
+            out[:, level] = (weights[level].unsqueeze(-1) * values).sum(0)
+        out = out.view(n_points, n_levels * n_features)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(rows, weights, params, *factors)
         else:
@@ -198,25 +204,25 @@ class _GridFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         rows, weights = ctx.saved_tensors[:2]
         grid: _GridTables = ctx.grid
-        n_levels, n_points, n_corners = rows.shape
+        n_levels, n_corners, n_points = rows.shape
         n_features = grid.n_features
-        # (N, L*F) -> (L, N, F), the layout of rows/weights.
-        grad_levels = grad_out.reshape(n_points, n_levels, n_features).permute(1, 0, 2)
+        # (N, L*F) -> (L, 1, N, F), broadcast against the (L, C, N) corners.
+        grad_levels = grad_out.reshape(n_points, n_levels, n_features).permute(1, 0, 2).unsqueeze(1)
         grad_params = None
         if ctx.needs_input_grad[1]:
-            contrib = weights.unsqueeze(-1) * grad_levels.unsqueeze(2)  # (L, N, C, F)
             grad_table = torch.zeros(
-                ctx.n_params // n_features, n_features, dtype=contrib.dtype, device=contrib.device
+                ctx.n_params // n_features, n_features, dtype=weights.dtype, device=rows.device
             )
-            grad_table.index_add_(0, rows.view(-1), contrib.view(-1, n_features))
+            for level in range(n_levels):
+                contrib = weights[level].unsqueeze(-1) * grad_levels[level]  # (C, N, F)
+                grad_table.index_add_(0, rows[level].view(-1), contrib.view(-1, n_features))
             grad_params = grad_table.view(-1)
         grad_x = None
         if ctx.needs_input_grad[0]:
             params, *factors = ctx.saved_tensors[2:]
             table = params.view(-1, n_features)
-            values = table.index_select(0, rows.view(-1)).view(n_levels, n_points, n_corners, -1)
-            # dL/dw_c for every corner: (L, N, C)
-            grad_w = (values * grad_levels.unsqueeze(2).to(values.dtype)).sum(-1)
+            values = table.index_select(0, rows.view(-1)).view(n_levels, n_corners, n_points, -1)
+            grad_w = (values * grad_levels.to(values.dtype)).sum(-1)  # dL/dw: (L, C, N)
             grad_x = grid.input_gradient(grad_w, factors)
         return grad_x, grad_params, None
 
@@ -224,8 +230,9 @@ class _GridFunction(torch.autograd.Function):
 class _GridTables:
     """Per-level constants of the torch backend, as tensors on one device."""
 
-    def __init__(self, levels: list[GridLevel], n_input_dims: int, n_features: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, levels: list[GridLevel], n_input_dims: int, n_features: int, device: torch.device
+    ) -> None:
         self.n_input_dims = n_input_dims
         self.n_features = n_features
         self.device = device
@@ -237,23 +244,16 @@ class _GridTables:
         if any(level.dense for level in levels[n_dense:]):
             raise ConfigError("hash grid: dense levels must precede hashed ones")
         self.n_dense = n_dense
-        total_entries = levels[-1].offset + levels[-1].n_entries
-        self.index_dtype = torch.int32 if total_entries < 2**31 else torch.int64
-        f32 = torch.float32
-        self.scale32 = torch.tensor([lv.scale for lv in levels], dtype=f32, device=device)
-        self.scale64 = self.scale32.double()
+        self.scale64 = torch.tensor([lv.scale for lv in levels], dtype=torch.float64, device=device)
         self.offsets = torch.tensor([lv.offset for lv in levels], dtype=torch.int64, device=device)
         self.n_entries = torch.tensor(
             [lv.n_entries for lv in levels], dtype=torch.int64, device=device
         )
-        # Dense strides resolution^d; hash primes per dimension. Shape (L, 1, D).
+        # Dense strides resolution^d, shape (L_dense, D).
         strides = [[lv.resolution**d for d in range(n_input_dims)] for lv in levels[:n_dense]]
         self.dense_strides = torch.tensor(strides, dtype=torch.int64, device=device).view(
-            n_dense, 1, n_input_dims
+            n_dense, n_input_dims
         )
-        self.primes = torch.tensor(
-            COHERENT_PRIMES[:n_input_dims], dtype=torch.int64, device=device
-        ).view(1, 1, n_input_dims)
         hashed = levels[n_dense:]
         # Hashed tables are 2^k entries (k = min(log2_hashmap_size, 31)), so the modulo of
         # the uint32 hash is a mask of its low bits.
@@ -261,15 +261,18 @@ class _GridTables:
         self.hash_mask = (hashed[0].n_entries - 1) if hashed else 0
         if hashed and (len(sizes) != 1 or self.hash_mask & (self.hash_mask + 1)):
             raise ConfigError("hash grid: hashed levels must share a power-of-two table size")
-        # The corner number c has bit d set when it takes cell + 1 along dimension d; the
-        # (2,)*D corner block is ordered (b_{D-1}, ..., b_0) so that its flat index is c.
         self.n_corners = 1 << n_input_dims
 
-    def _axis_view(self, t: torch.Tensor, dim: int) -> torch.Tensor:
-        """(L, N, 2) -> (L, N, 1, .., 2, .., 1): the pair along dimension ``dim``'s bit axis."""
-        shape = [t.shape[0], t.shape[1]] + [1] * self.n_input_dims
-        shape[2 + self.n_input_dims - 1 - dim] = 2
-        return t.view(shape)
+    def _axis_view(self, pair: torch.Tensor, dim: int) -> torch.Tensor:
+        """(L, 2, N) -> (L, 1, .., 2, .., 1, N) with the 2 on dimension ``dim``'s bit axis.
+
+        The ``(2,) * D`` corner block is ordered ``(b_{D-1}, ..., b_0)`` so that its flat
+        index is the corner number ``c = sum_d b_d 2^d`` (bit ``d`` set: ``cell + 1`` along
+        dimension ``d``), the numbering of tiny-cuda-nn's corner loop.
+        """
+        shape = [pair.shape[0]] + [1] * self.n_input_dims + [pair.shape[-1]]
+        shape[1 + self.n_input_dims - 1 - dim] = 2
+        return pair.view(shape)
 
     def corners(
         self, x: torch.Tensor, dtype: torch.dtype
@@ -280,11 +283,11 @@ class _GridTables:
             x: (N, D) points, already clamped into [0, 1].
             dtype: the parameters' dtype; float32 reproduces tiny-cuda-nn's arithmetic.
         Returns:
-            rows: (L, N, 2^D) entry index in the flat table (``offset_l + index``).
-            weights: (L, N, 2^D) interpolation weights.
-            factors: D tensors (L, N, 2) of the per-dimension weight pairs (1 - frac, frac).
+            rows: (L, 2^D, N) int64 entry index in the flat table (``offset_l + index``).
+            weights: (L, 2^D, N) interpolation weights.
+            factors: D tensors (L, 2, N) of the per-dimension weight pairs (1 - frac, frac).
         """
-        n_dims = self.n_input_dims
+        n_dims, n_levels = self.n_input_dims, self.n_levels
         xt = x.detach().t().unsqueeze(0)  # (1, D, N)
         if dtype == torch.float32:
             # fmaf(scale, x, 0.5f): the float64 product of two float32 values is exact.
@@ -298,59 +301,60 @@ class _GridTables:
         cell_f = torch.floor(pos)
         frac = pos - cell_f  # (L, D, N)
         cell = cell_f.to(torch.int64)
-        factors = [torch.stack((1 - frac[:, d], frac[:, d]), dim=-1) for d in range(n_dims)]
+        factors = [torch.stack((1 - frac[:, d], frac[:, d]), dim=1) for d in range(n_dims)]
+        n_points = x.shape[0]
+        block = [n_levels] + [2] * n_dims + [n_points]
+        # Preallocated outputs filled in place: fresh large temporaries (page faults, memory
+        # traffic) cost more than the arithmetic on CPU.
+        weights = torch.empty(block, dtype=frac.dtype, device=x.device)
         # Weight products in dimension order 0..D-1, as the CUDA kernel multiplies them.
-        weights = self._axis_view(factors[0], 0)
+        weights.copy_(self._axis_view(factors[0], 0).expand(block))
         for d in range(1, n_dims):
-            weights = weights * self._axis_view(factors[d], d)
-        weights = weights.reshape(self.n_levels, -1, self.n_corners)
-
-        index_parts = []
+            weights.mul_(self._axis_view(factors[d], d))
+        rows = torch.empty(block, dtype=torch.int64, device=x.device)
         nd = self.n_dense
         if nd > 0:
-            c = cell[:nd]  # (Ld, D, N)
-            # index = sum_d (cell_d + b_d) * stride_d, built corner-block-wise.
-            base = (c * self.dense_strides.view(nd, n_dims, 1)).sum(1)  # (Ld, N)
-            idx = base.view([nd, -1] + [1] * n_dims)
+            # index = sum_d (cell_d + b_d) * stride_d, in uint32, then % entries.
+            dense = rows[:nd]
+            base = (cell[:nd] * self.dense_strides.unsqueeze(-1)).sum(1)  # (Ld, N)
+            dense.copy_(base.view([nd] + [1] * n_dims + [-1]).expand(dense.shape))
             for d in range(n_dims):
-                step = self.dense_strides[:, 0, d].view(nd, 1, 1)
-                pair = torch.cat((torch.zeros_like(step), step), dim=-1)  # (Ld, 1, 2)
-                idx = idx + self._axis_view(pair, d)
-            idx = idx.reshape(nd, -1, self.n_corners) & _UINT32_MASK
-            idx = torch.remainder(idx, self.n_entries[:nd].view(nd, 1, 1))
-            index_parts.append(idx)
-        if nd < self.n_levels:
-            c = cell[nd:]  # (Lh, D, N)
-            idx = None
+                step = self.dense_strides[:, d].view(nd, 1, 1)
+                dense.add_(self._axis_view(torch.cat((torch.zeros_like(step), step), dim=1), d))
+            dense.bitwise_and_(_UINT32_MASK)
+            dense.copy_(torch.remainder(dense, self.n_entries[:nd].view([nd] + [1] * (n_dims + 1))))
+        if nd < n_levels:
+            hashed = rows[nd:]
             for d in range(n_dims):
                 prime = COHERENT_PRIMES[d]
-                lo = c[:, d] * prime
-                pair = torch.stack((lo, lo + prime), dim=-1) & self.hash_mask  # (Lh, N, 2)
-                part = self._axis_view(pair, d)
-                idx = part if idx is None else torch.bitwise_xor(idx, part)
-            assert idx is not None
-            index_parts.append(idx.reshape(self.n_levels - nd, -1, self.n_corners))
-        index = index_parts[0] if len(index_parts) == 1 else torch.cat(index_parts, dim=0)
-        rows = (index + self.offsets.view(-1, 1, 1)).to(self.index_dtype)
-        return rows, weights, factors
+                low = cell[nd:, d] * prime  # (Lh, N)
+                pair = torch.stack((low, low + prime), dim=1).bitwise_and_(self.hash_mask)
+                if d == 0:
+                    hashed.copy_(self._axis_view(pair, d).expand(hashed.shape))
+                else:
+                    hashed.bitwise_xor_(self._axis_view(pair, d))
+        rows.add_(self.offsets.view([n_levels] + [1] * (n_dims + 1)))
+        shape = (n_levels, self.n_corners, n_points)
+        return rows.view(shape), weights.view(shape), factors
 
     def input_gradient(self, grad_w: torch.Tensor, factors: list[torch.Tensor]) -> torch.Tensor:
-        """dL/dx (N, D) from dL/dweight (L, N, 2^D) and the per-dimension weight pairs."""
+        """dL/dx (N, D) from dL/dweight (L, 2^D, N) and the per-dimension weight pairs."""
         n_dims = self.n_input_dims
-        block = grad_w.view([grad_w.shape[0], grad_w.shape[1]] + [2] * n_dims)
+        n_levels, n_points = grad_w.shape[0], grad_w.shape[-1]
+        block = grad_w.view([n_levels] + [2] * n_dims + [n_points])
         grads = []
         for d in range(n_dims):
-            # d weight / d frac_d = (+1 for b_d = 1, -1 for b_d = 0) * the other factors.
-            axis = 2 + n_dims - 1 - d
-            diff = block.select(axis, 1) - block.select(axis, 0)
+            # d weight / d frac_d = (+1 for b_d = 1, -1 for b_d = 0) * the other factors;
+            # d frac / d x = scale.
+            diff = block.select(1 + n_dims - 1 - d, 1) - block.select(1 + n_dims - 1 - d, 0)
             for other in range(n_dims):
                 if other == d:
                     continue
-                shape = [diff.shape[0], diff.shape[1]] + [1] * (n_dims - 1)
-                other_axis = n_dims - 1 - other - (1 if other < d else 0)
-                shape[2 + other_axis] = 2
+                shape = [n_levels] + [1] * (n_dims - 1) + [n_points]
+                # Bit axes left after dropping b_d, still ordered (b_{D-1}, ..., b_0).
+                shape[1 + n_dims - 1 - other - (1 if other < d else 0)] = 2
                 diff = diff * factors[other].view(shape)
-            dfrac = diff.reshape(diff.shape[0], diff.shape[1], -1).sum(-1)  # (L, N)
+            dfrac = diff.reshape(n_levels, -1, n_points).sum(1)  # (L, N)
             grads.append((dfrac * self.scale64.to(dfrac.dtype).view(-1, 1)).sum(0))
         return torch.stack(grads, dim=-1)
 
@@ -369,8 +373,11 @@ class HashGridEncoding(nn.Module):
         n_features_per_level: int = 2
         log2_hashmap_size: int = 19
         base_resolution: int = 16
-        # Growth of the resolution per level; 1.5 spans 16 .. ~7000 over 16 levels.
-        per_level_scale: float = 1.5
+        # Growth of the resolution per level; 1.4 spans 16 .. ~2500 over 16 levels. Unlike
+        # 1.5 (16 * 1.5**l is a whole number for l <= 4), 16 * 1.4**l is never whole, so
+        # tcnn's fast-math exp2f cannot round a level's resolution differently from ours
+        # and tcnn checkpoints keep the same table layout as the torch grid.
+        per_level_scale: float = 1.4
         backend: str = "auto"  # auto|torch|tcnn
 
     def __init__(self, cfg: HashGridEncoding.Config | None = None, n_input_dims: int = 3) -> None:

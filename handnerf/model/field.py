@@ -139,9 +139,14 @@ class HashGridField(nn.Module):
         hidden_dim: int = 64
         n_hidden_layers: int = 1
         geo_feat_dim: int = 15
-        #: Initial pre-activation density: trunc_exp(-1) ~ 0.37 /m, i.e. alpha ~ 1e-3 per
+        #: Initial pre-activation density: 100 * trunc_exp(-1) ~ 37 /m, i.e. alpha ~ 0.04 per
         #: mm-sized step, so training starts from nearly empty space, not from fog.
         density_bias_init: float = -1.0
+        #: sigma = density_scale * trunc_exp(h). Canonical space is in metres, where a
+        #: hand's opaque density is ~1e3 /m; the scale puts that within ~2 units of the
+        #: initial pre-activation instead of ~8, so the field becomes opaque in tens of
+        #: steps rather than thousands.
+        density_scale: float = 100.0
         color_hidden_dim: int = 64
         n_color_hidden_layers: int = 2
         #: Colour sees the blended bone rotation (9 numbers): pose-dependent shading.
@@ -208,7 +213,9 @@ class HashGridField(nn.Module):
         h = self.density_mlp(self.encoding(u).float())
         # Outside the canonical box there is no hand: zero density, not a clamped copy of
         # the boundary cell that would smear the border across space.
-        sigma = torch.where(inside, trunc_exp(h[:, 0]), torch.zeros_like(h[:, 0]))
+        sigma = torch.where(
+            inside, self.cfg.density_scale * trunc_exp(h[:, 0]), torch.zeros_like(h[:, 0])
+        )
         return sigma, h[:, 1:]
 
     def density(self, x_canon: Tensor) -> Tensor:

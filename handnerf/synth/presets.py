@@ -23,7 +23,8 @@ class SynthPreset:
         n_cameras: cameras in the dome.
         train_frames: frames of the training sequence ``train_seq``.
         novel_frames: frames of the novel-pose sequence ``novel_seq``.
-        supersample: rays per pixel side (1 = one ray per pixel centre, 2 = 2x2 anti-aliasing).
+        supersample: sub-pixel rays per side on silhouette/occlusion edges (1 = one ray per
+            pixel centre everywhere, 2 = 2x2 anti-aliasing of the edges).
         landscape_every: every n-th camera is landscape (512x334), the others portrait (334x512).
         side: ``"right"`` or ``"left"``: the hand that is captured.
         split, capture, subject: InterHand2.6M split name, capture number, subject id.
@@ -54,7 +55,9 @@ class SynthPreset:
 
     def __post_init__(self) -> None:
         if self.side not in ("right", "left"):
-            raise ConfigError(f"synth preset {self.name!r}: side must be 'right' or 'left', got {self.side!r}")
+            raise ConfigError(
+                f"synth preset {self.name!r}: side must be 'right' or 'left', got {self.side!r}"
+            )
         for field in ("n_cameras", "train_frames", "supersample", "landscape_every", "frame_step"):
             if getattr(self, field) < 1:
                 raise ConfigError(f"synth preset {self.name!r}: {field} must be >= 1")
@@ -87,7 +90,7 @@ PRESETS: dict[str, SynthPreset] = {
     # Unit tests: a handful of images in a few seconds.
     "tiny": SynthPreset(name="tiny", n_cameras=6, train_frames=3, novel_frames=2),
     # `make demo`: enough views and poses for a CPU fit of a few minutes.
-    "demo": SynthPreset(name="demo", n_cameras=24, train_frames=12, novel_frames=6),
+    "demo": SynthPreset(name="demo", n_cameras=20, train_frames=10, novel_frames=5, workers=2),
     # GPU benchmarks: an InterHand-sized rig and sequence (rendered over processes).
     "fullscale": SynthPreset(
         name="fullscale", n_cameras=100, train_frames=300, novel_frames=60, workers=8

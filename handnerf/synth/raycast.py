@@ -1,7 +1,8 @@
 """Ground-truth images of the textured, posed hand by ray casting (Embree through trimesh).
 
-Per pixel: primary rays (one per pixel centre, or an ``s x s`` grid for anti-aliasing)
-against the posed mesh; at the hit, the albedo is evaluated at the hit's *canonical*
+Per pixel: a primary ray through the pixel centre against the posed mesh; pixels on a
+silhouette or an occlusion edge get an ``s x s`` grid of sub-pixel rays (adaptive
+anti-aliasing, where aliasing shows); at the hit, the albedo is evaluated at the hit's *canonical*
 position (barycentric interpolation of the hit triangle's canonical vertices) so the skin
 texture moves with the hand; shading is Lambertian + Blinn-Phong specular from a key light
 fixed in the world (shadow rays give self-shadows) plus a sky-tinted ambient term, with
@@ -57,7 +58,8 @@ class RenderedView:
 
     Attributes:
         image: (H, W, 3) uint8 sRGB image, black background.
-        mask: (H, W) bool ground-truth mask: at least half of the pixel's sub-samples hit the hand.
+        mask: (H, W) bool ground-truth mask: the pixel's ray hits the hand (on anti-aliased
+            edge pixels: at least half of its sub-pixel rays do).
         coverage: (H, W) float32 fraction of the pixel's sub-samples that hit the hand.
     """
 
@@ -183,11 +185,14 @@ class HandScene:
         if lit.any():
             # Offset along the geometric normal so the shadow ray does not re-hit its own face.
             shadow_origins = points[lit] + geometric[lit] * 2e-4
-            blocked = np.asarray(
-                self.intersector.intersects_first(
-                    shadow_origins, np.broadcast_to(to_light, shadow_origins.shape).copy()
+            blocked = (
+                np.asarray(
+                    self.intersector.intersects_first(
+                        shadow_origins, np.broadcast_to(to_light, shadow_origins.shape).copy()
+                    )
                 )
-            ) >= 0
+                >= 0
+            )
             lit[np.flatnonzero(lit)[blocked]] = False
         diffuse = np.where(lit, np.clip(n_dot_l, 0.0, None), 0.0)
         up = normals @ WORLD_UP
@@ -195,13 +200,16 @@ class HandScene:
         half = to_light[None, :] - view_dirs
         half /= np.linalg.norm(half, axis=-1, keepdims=True) + 1e-12
         specular = np.where(
-            lit, light.specular * np.clip(np.einsum("nc,nc->n", normals, half), 0.0, 1.0) ** light.shininess, 0.0
+            lit,
+            light.specular
+            * np.clip(np.einsum("nc,nc->n", normals, half), 0.0, 1.0) ** light.shininess,
+            0.0,
         )
         radiance = albedo * (ambient + light.key * diffuse)[:, None] + specular[:, None]
         return radiance * light.exposure
 
     def render(self, camera: RigCamera, supersample: int = 2) -> RenderedView:
-        """Render the hand from ``camera`` with ``supersample x supersample`` rays per pixel."""
+        """Render the hand from ``camera``; edge pixels get ``supersample x supersample`` rays."""
         if supersample < 1:
             raise ValueError("supersample must be >= 1")
         width, height = camera.width, camera.height

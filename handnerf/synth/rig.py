@@ -45,7 +45,11 @@ class RigCamera:
     def intrinsics(self) -> np.ndarray:
         """(3, 3) pinhole matrix K."""
         return np.array(
-            [[self.focal[0], 0.0, self.princpt[0]], [0.0, self.focal[1], self.princpt[1]], [0, 0, 1.0]]
+            [
+                [self.focal[0], 0.0, self.princpt[0]],
+                [0.0, self.focal[1], self.princpt[1]],
+                [0, 0, 1.0],
+            ]
         )
 
     def world_to_camera(self, points: np.ndarray) -> np.ndarray:
@@ -66,7 +70,11 @@ class RigCamera:
         says so: this is the plain inverse of :meth:`project`.
         """
         cam = np.stack(
-            [(u - self.princpt[0]) / self.focal[0], (v - self.princpt[1]) / self.focal[1], np.ones_like(u)],
+            [
+                (u - self.princpt[0]) / self.focal[0],
+                (v - self.princpt[1]) / self.focal[1],
+                np.ones_like(u),
+            ],
             axis=-1,
         )
         world = cam @ self.camrot  # R^T applied to each row
@@ -121,7 +129,9 @@ def make_dome(
         sin_elev = sin_lo + (sin_hi - sin_lo) * (index + 0.5) / n_cameras
         elev = np.arcsin(sin_elev) + rng.normal(0.0, np.radians(2.0))
         azim = index * golden + rng.normal(0.0, np.radians(2.0))
-        direction = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
+        direction = np.array(
+            [np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)]
+        )
         campos = direction * distance * (1.0 + rng.uniform(-0.05, 0.05))
         target = rng.normal(0.0, 0.01, size=3)
         # Most rig cameras are nearly upright; a few are mounted visibly rolled.

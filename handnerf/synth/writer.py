@@ -78,7 +78,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """JSON with sorted-insertion order as given, compact separators, atomically."""
+    """Compact JSON (keys in insertion order, so byte-identical for equal input), atomically."""
     atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
 
 
@@ -469,7 +469,9 @@ def _write_annotations(
         }
         mano[frame_key] = {
             preset.side: {
-                "pose": np.concatenate([posed.global_orient[i], posed.hand_pose_relative[i]]).tolist(),
+                "pose": np.concatenate(
+                    [posed.global_orient[i], posed.hand_pose_relative[i]]
+                ).tolist(),
                 "shape": posed.betas.tolist(),
                 "trans": posed.transl[i].tolist(),
             },

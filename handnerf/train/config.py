@@ -37,7 +37,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     lr_grid: float = 1e-2
-    lr_mlp: float = 2e-3
+    lr_mlp: float = 1e-2
     lr_camera: float = 5e-4
     weight_decay_mlp: float = 1e-6
     #: Learning rates decay exponentially to ``final_lr_factor`` of their start at the end.

@@ -74,16 +74,24 @@ def choose_holdout(cameras: list[str], cfg: DataConfig) -> list[str]:
     return ordered[cfg.holdout_every // 2 :: cfg.holdout_every]
 
 
-def load_fit_data(root: Path, cfg: DataConfig, mask_cache: Path | None = None,
-                  progress: bool = True) -> FitData:
+def load_fit_data(
+    root: Path, cfg: DataConfig, mask_cache: Path | None = None, progress: bool = True
+) -> FitData:
     """Read and prepare the capture at ``root`` for a fit."""
     hand_model = HandModel.from_folder(Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand)
     train_cap = InterHandCapture(
-        root, split=cfg.split, capture=cfg.capture, seqs=[cfg.train_seq], hand=cfg.hand,
-        exclude_cameras=cfg.exclude_cameras or None, stride=cfg.stride,
+        root,
+        split=cfg.split,
+        capture=cfg.capture,
+        seqs=[cfg.train_seq],
+        hand=cfg.hand,
+        exclude_cameras=cfg.exclude_cameras or None,
+        stride=cfg.stride,
     )
     if not train_cap.views:
-        raise DataError(f"{root}: no usable views for {cfg.train_seq}:\n{train_cap.selection_report}")
+        raise DataError(
+            f"{root}: no usable views for {cfg.train_seq}:\n{train_cap.selection_report}"
+        )
     cameras = sorted({v.camera_id for v in train_cap.views})
     holdout = choose_holdout(cameras, cfg)
     train_cams = [c for c in cameras if c not in holdout]
@@ -92,34 +100,72 @@ def load_fit_data(root: Path, cfg: DataConfig, mask_cache: Path | None = None,
     camera_index = {c: i for i, c in enumerate(cameras)}
 
     train = prepare_view_set(
-        [v for v in train_cap.views if v.camera_id in train_cams], train_cap, hand_model, cfg,
-        camera_index, mask_cache, progress, "train views",
+        [v for v in train_cap.views if v.camera_id in train_cams],
+        train_cap,
+        hand_model,
+        cfg,
+        camera_index,
+        mask_cache,
+        progress,
+        "train views",
     )
     val_views = [v for v in train_cap.views if v.camera_id in holdout]
     val = (
-        prepare_view_set(val_views, train_cap, hand_model, cfg, camera_index, mask_cache, progress,
-                         "held-out views", frame_keys=train.frame_keys, mano=train.mano)
-        if val_views else None
+        prepare_view_set(
+            val_views,
+            train_cap,
+            hand_model,
+            cfg,
+            camera_index,
+            mask_cache,
+            progress,
+            "held-out views",
+            frame_keys=train.frame_keys,
+            mano=train.mano,
+        )
+        if val_views
+        else None
     )
     novel = None
     selection = str(train_cap.selection_report)
     if cfg.novel_pose_seq:
         novel_cap = InterHandCapture(
-            root, split=cfg.split, capture=cfg.capture, seqs=[cfg.novel_pose_seq], hand=cfg.hand,
-            exclude_cameras=cfg.exclude_cameras or None, stride=cfg.novel_pose_stride,
+            root,
+            split=cfg.split,
+            capture=cfg.capture,
+            seqs=[cfg.novel_pose_seq],
+            hand=cfg.hand,
+            exclude_cameras=cfg.exclude_cameras or None,
+            stride=cfg.novel_pose_stride,
         )
         known = [v for v in novel_cap.views if v.camera_id in camera_index]
         if known:
-            novel = prepare_view_set(known, novel_cap, hand_model, cfg, camera_index, mask_cache,
-                                     progress, "novel-pose views")
+            novel = prepare_view_set(
+                known,
+                novel_cap,
+                hand_model,
+                cfg,
+                camera_index,
+                mask_cache,
+                progress,
+                "novel-pose views",
+            )
         selection += "\n" + str(novel_cap.selection_report)
     # One subject per fit: betas of the first training frame (InterHand fits are per subject).
     betas = train.mano.betas[0].clone()
     fingerprint = _fingerprint(root, cfg, train.views)
     return FitData(
-        hand_model=hand_model, betas=betas, camera_names=cameras, train_cameras=train_cams,
-        holdout_cameras=holdout, train=train, val=val, novel_pose=novel, fingerprint=fingerprint,
-        hand_identity=hand_identity(hand_model), selection=selection,
+        hand_model=hand_model,
+        betas=betas,
+        camera_names=cameras,
+        train_cameras=train_cams,
+        holdout_cameras=holdout,
+        train=train,
+        val=val,
+        novel_pose=novel,
+        fingerprint=fingerprint,
+        hand_identity=hand_identity(hand_model),
+        selection=selection,
     )
 
 
@@ -150,7 +196,9 @@ def prepare_view_set(
 
     if frame_keys is None:
         frame_keys = sorted({(v.seq_name, v.frame_idx) for v in views})
-        params = [ManoParams.from_interhand(_mano_of(views, k), where=f"frame {k}") for k in frame_keys]
+        params = [
+            ManoParams.from_interhand(_mano_of(views, k), where=f"frame {k}") for k in frame_keys
+        ]
         mano = ManoParams.stack(params)
     assert mano is not None
     frame_id = {k: i for i, k in enumerate(frame_keys)}
@@ -168,8 +216,14 @@ def prepare_view_set(
             mask = masker.mask(view)
         else:
             raise DataError(f"data.mask_source must be 'mano' or 'gt', got {cfg.mask_source!r}")
-        crop = crop_hand(image, view.camera, mask=mask, points=posed[fid], scale=cfg.crop_scale,
-                         out_size=cfg.crop_size)
+        crop = crop_hand(
+            image,
+            view.camera,
+            mask=mask,
+            points=posed[fid],
+            scale=cfg.crop_scale,
+            out_size=cfg.crop_size,
+        )
         images.append(torch.from_numpy(crop.image).float() / 255.0)
         masks.append(torch.from_numpy(crop.mask.astype(bool)))
         Ks.append(torch.from_numpy(crop.camera.K).float())
@@ -178,8 +232,13 @@ def prepare_view_set(
         fids.append(fid)
         cids.append(camera_index[view.camera_id])
     stack = ViewStack(
-        images=torch.stack(images), masks=torch.stack(masks), K=torch.stack(Ks), R=torch.stack(Rs),
-        t=torch.stack(ts), frame_ids=torch.tensor(fids), camera_ids=torch.tensor(cids),
+        images=torch.stack(images),
+        masks=torch.stack(masks),
+        K=torch.stack(Ks),
+        R=torch.stack(Rs),
+        t=torch.stack(ts),
+        frame_ids=torch.tensor(fids),
+        camera_ids=torch.tensor(cids),
     )
     return ViewSet(stack=stack, views=list(views), frame_keys=frame_keys, mano=mano)
 
@@ -197,7 +256,9 @@ def _gt_mask(root: Path, view: FrameView) -> np.ndarray:
     rel = view.image_path.relative_to(Path(root) / "images")
     path = Path(root) / "gt_masks" / rel.with_suffix(".png")
     if not path.is_file():
-        raise DataError(f"data.mask_source=gt but {path} is missing (only synthetic captures have it)")
+        raise DataError(
+            f"data.mask_source=gt but {path} is missing (only synthetic captures have it)"
+        )
     mask = iio.imread(path)
     return (mask[..., 0] if mask.ndim == 3 else mask) > 127
 
@@ -205,7 +266,9 @@ def _gt_mask(root: Path, view: FrameView) -> np.ndarray:
 def _fingerprint(root: Path, cfg: DataConfig, views: list[FrameView]) -> str:
     """Identifies the training data: selection, annotation files (size, mtime), views."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([cfg.split, cfg.capture, cfg.train_seq, cfg.hand, cfg.stride]).encode())
+    digest.update(
+        json.dumps([cfg.split, cfg.capture, cfg.train_seq, cfg.hand, cfg.stride]).encode()
+    )
     ann = Path(root) / "annotations"
     for path in sorted(ann.rglob("*.json")) if ann.is_dir() else []:
         st = path.stat()
@@ -213,3 +276,19 @@ def _fingerprint(root: Path, cfg: DataConfig, views: list[FrameView]) -> str:
     for v in views:
         digest.update(f"{v.seq_name}/{v.camera_id}/{v.frame_idx}".encode())
     return digest.hexdigest()[:16]
+
+
+def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> ManoParams:
+    """MANO parameters of every selected frame of ``seq`` (frame order), for driving an avatar."""
+    capture = InterHandCapture(
+        root, split=cfg.split, capture=cfg.capture, seqs=[seq], hand=cfg.hand, stride=stride
+    )
+    keys = sorted({(v.seq_name, v.frame_idx) for v in capture.views})
+    if not keys:
+        raise DataError(f"{root}: sequence {seq} has no usable frames:\n{capture.selection_report}")
+    return ManoParams.stack(
+        [
+            ManoParams.from_interhand(_mano_of(capture.views, k), where=f"{seq} frame {k[1]}")
+            for k in keys
+        ]
+    )

@@ -34,8 +34,9 @@ def run_fit(
         )
     if resume and not latest.exists():
         raise CheckpointError(f"--resume: no checkpoint at {latest}")
-    data = load_fit_data(Path(data_root), cfg.data, mask_cache=out_dir / "mask_cache",
-                         progress=progress)
+    data = load_fit_data(
+        Path(data_root), cfg.data, mask_cache=out_dir / "mask_cache", progress=progress
+    )
     wandb_run = _start_wandb(cfg, out_dir) if use_wandb else None
     trainer = Trainer(cfg, data, out_dir, wandb_run=wandb_run)
     if resume:
@@ -45,10 +46,14 @@ def run_fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         from omegaconf import OmegaConf
 
-        atomic_write_bytes(out_dir / "config.yaml",
-                           OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))).encode())
-        atomic_write_bytes(out_dir / "run.json", json.dumps(run_info(cfg, data_root, data, trainer),
-                                                            indent=2).encode())
+        atomic_write_bytes(
+            out_dir / "config.yaml",
+            OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))).encode(),
+        )
+        atomic_write_bytes(
+            out_dir / "run.json",
+            json.dumps(run_info(cfg, data_root, data, trainer), indent=2).encode(),
+        )
     try:
         return trainer.fit(progress=progress)
     finally:

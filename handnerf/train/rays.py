@@ -62,7 +62,9 @@ def pixel_rays(K: Tensor, R: Tensor, t: Tensor, u: Tensor, v: Tensor) -> tuple[T
     K, R (R,3,3), t (R,3), u, v (R,) integer pixel coordinates -> origins, unit dirs (R,3).
     Camera convention: X_cam = R X_world + t, OpenCV axes.
     """
-    pix = torch.stack([u.to(K.dtype) + 0.5, v.to(K.dtype) + 0.5, torch.ones_like(u, dtype=K.dtype)], -1)
+    pix = torch.stack(
+        [u.to(K.dtype) + 0.5, v.to(K.dtype) + 0.5, torch.ones_like(u, dtype=K.dtype)], -1
+    )
     d_cam = torch.linalg.solve(K, pix.unsqueeze(-1)).squeeze(-1)
     d_world = (R.transpose(-1, -2) @ d_cam.unsqueeze(-1)).squeeze(-1)
     origins = -(R.transpose(-1, -2) @ t.unsqueeze(-1)).squeeze(-1)
@@ -93,8 +95,12 @@ class RaySampler:
     def sample(self, n_rays: int) -> RayBatch:
         views, g = self.views, self.generator
         hw = views.height * views.width
-        n_fg = int(round(n_rays * self.fg_fraction)) if self.fg_index.numel() else 0
-        fg = self.fg_index[torch.randint(self.fg_index.numel(), (n_fg,), generator=g)] if n_fg else None
+        n_fg = round(n_rays * self.fg_fraction) if self.fg_index.numel() else 0
+        fg = (
+            self.fg_index[torch.randint(self.fg_index.numel(), (n_fg,), generator=g)]
+            if n_fg
+            else None
+        )
         uni = torch.randint(len(views) * hw, (n_rays - n_fg,), generator=g)
         flat = uni if fg is None else torch.cat([fg, uni])
         return self.gather(flat)

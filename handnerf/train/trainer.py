@@ -92,13 +92,20 @@ class Trainer:
             cfg.model, data.hand_model, data.betas, n_cameras=len(data.camera_names)
         ).to(self.device)
         self.train_frames: PosedFrames = self.avatar.pose_frames(data.train_mano.to(self.device))
-        self.rays = RaySampler(data.train_views, fg_fraction=cfg.train.fg_fraction, seed=cfg.train.seed)
+        self.rays = RaySampler(
+            data.train_views, fg_fraction=cfg.train.fg_fraction, seed=cfg.train.seed
+        )
         groups = self.avatar.param_groups()
         o = cfg.optim
         self.optimizer = torch.optim.Adam(
             [
                 {"params": groups["grid"], "lr": o.lr_grid, "name": "grid"},
-                {"params": groups["mlp"], "lr": o.lr_mlp, "weight_decay": o.weight_decay_mlp, "name": "mlp"},
+                {
+                    "params": groups["mlp"],
+                    "lr": o.lr_mlp,
+                    "weight_decay": o.weight_decay_mlp,
+                    "name": "mlp",
+                },
                 {"params": groups["camera"], "lr": o.lr_camera, "name": "camera"},
             ],
             eps=1e-15,
@@ -160,7 +167,9 @@ class Trainer:
                 f"{path}: saved with a different config; resume needs the same one. Differences: {diff}"
             )
         if state.get("hand_identity") != self.data.hand_identity:
-            raise CheckpointError(f"{path}: trained with another hand model ({state.get('hand_identity')})")
+            raise CheckpointError(
+                f"{path}: trained with another hand model ({state.get('hand_identity')})"
+            )
         if state.get("data_fingerprint") != self.data.fingerprint:
             raise CheckpointError(f"{path}: trained on different data (fingerprint mismatch)")
         try:
@@ -196,15 +205,23 @@ class Trainer:
         batch = _to(batch, self.device)
         bg = self.background(len(batch))
         if n_patch_rays:  # one background colour per patch keeps LPIPS from judging noise
-            bg[-n_patch_rays:] = bg[-n_patch_rays:].reshape(-1, patch * patch, 3)[:, :1].expand(
-                -1, patch * patch, 3
-            ).reshape(-1, 3)
+            bg[-n_patch_rays:] = (
+                bg[-n_patch_rays:]
+                .reshape(-1, patch * patch, 3)[:, :1]
+                .expand(-1, patch * patch, 3)
+                .reshape(-1, 3)
+            )
         m = batch.mask.float().unsqueeze(-1)
         target = batch.rgb * m + bg * (1 - m)
 
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             out = self.avatar.render_rays(
-                self.train_frames, batch.origins, batch.dirs, batch.frame_ids, batch.camera_ids, bg,
+                self.train_frames,
+                batch.origins,
+                batch.dirs,
+                batch.frame_ids,
+                batch.camera_ids,
+                bg,
                 training=True,
             )
         rgb = out["rgb"].float()
@@ -244,9 +261,11 @@ class Trainer:
         if cfg.train.occupancy_every > 0 and self.step % cfg.train.occupancy_every == 0:
             self.avatar.update_occupancy(self.step)
         with torch.no_grad():
-            mse = float(((rgb[: cfg.train.batch_rays] - target[: cfg.train.batch_rays]) ** 2).mean())
-        stats = {k: float(v) for k, v in losses.items()}
-        stats.update(loss=float(loss), psnr=psnr_from_mse(mse))
+            mse = float(
+                ((rgb[: cfg.train.batch_rays] - target[: cfg.train.batch_rays]) ** 2).mean()
+            )
+        stats = {k: float(v.detach()) for k, v in losses.items()}
+        stats.update(loss=float(loss.detach()), psnr=psnr_from_mse(mse))
         return stats
 
     def _apply_backoff(self) -> None:
@@ -292,8 +311,16 @@ class Trainer:
         was_training = self.avatar.training
         self.avatar.eval()
         img = render_image(
-            self.avatar, frames, views.K[i], views.R[i], views.t[i], views.height, views.width,
-            int(views.frame_ids[i]), int(views.camera_ids[i]), self.device,
+            self.avatar,
+            frames,
+            views.K[i],
+            views.R[i],
+            views.t[i],
+            views.height,
+            views.width,
+            int(views.frame_ids[i]),
+            int(views.camera_ids[i]),
+            self.device,
         )
         self.avatar.train(was_training)
         return img
@@ -313,8 +340,14 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         start_time = time.monotonic()
         stopped_by = "done"
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="fit", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not progress,
+            desc="fit",
+            unit="step",
+            dynamic_ncols=True,
+        )
         last_t, last_step = time.monotonic(), self.step
         with _StopRequest() as stop:
             while self.step < cfg.steps:
@@ -325,12 +358,20 @@ class Trainer:
                     now = time.monotonic()
                     rays_s = (self.step - last_step) * cfg.batch_rays / max(now - last_t, 1e-9)
                     last_t, last_step = now, self.step
-                    record = {"step": self.step, "time": now - start_time, "rays_per_s": rays_s,
-                              "lr_grid": self.optimizer.param_groups[0]["lr"], **stats}
+                    record = {
+                        "step": self.step,
+                        "time": now - start_time,
+                        "rays_per_s": rays_s,
+                        "lr_grid": self.optimizer.param_groups[0]["lr"],
+                        **stats,
+                    }
                     self.log(record)
                     if "psnr" in stats:
-                        bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}",
-                                        rays_s=f"{rays_s:.0f}")
+                        bar.set_postfix(
+                            loss=f"{stats['loss']:.4f}",
+                            psnr=f"{stats['psnr']:.2f}",
+                            rays_s=f"{rays_s:.0f}",
+                        )
                 if cfg.val_every > 0 and self.step % cfg.val_every == 0 and self.step < cfg.steps:
                     self.log({"step": self.step, **self.validate(cfg.val_views)})
                 if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
@@ -345,7 +386,9 @@ class Trainer:
         ckpt = self.save()
         if stopped_by != "signal":
             self.log({"step": self.step, "final": True, **self.validate()})
-        return FitResult(step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path)
+        return FitResult(
+            step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path
+        )
 
 
 @torch.no_grad()
@@ -362,8 +405,12 @@ def render_image(
     device: torch.device,
     chunk: int = 8192,
     background: Tensor | None = None,
+    use_camera_affine: bool = True,
 ) -> Tensor:
-    """Render one (H,W,3) image in ray chunks, so memory stays bounded at any resolution."""
+    """Render one (H,W,3) image in ray chunks, so memory stays bounded at any resolution.
+
+    ``use_camera_affine=False`` renders the canonical colour (for virtual cameras).
+    """
     origins, dirs = image_rays(K.cpu(), R.cpu(), t.cpu(), height, width)
     n = origins.shape[0]
     bg = background if background is not None else torch.zeros(3)
@@ -373,7 +420,11 @@ def render_image(
         d = dirs[s : s + chunk].to(device)
         m = o.shape[0]
         fid = torch.full((m,), frame_id, dtype=torch.long, device=device)
-        cid = torch.full((m,), camera_id, dtype=torch.long, device=device)
+        cid = (
+            torch.full((m,), camera_id, dtype=torch.long, device=device)
+            if use_camera_affine
+            else None
+        )
         res = avatar.render_rays(frames, o, d, fid, cid, bg.to(device).expand(m, 3), training=False)
         out[s : s + chunk] = res["rgb"].float().clamp(0, 1).cpu()
     return out.reshape(height, width, 3)
@@ -393,13 +444,21 @@ def machine_info() -> dict[str, Any]:
 
 
 def _concat(a: RayBatch, b: RayBatch) -> RayBatch:
-    return RayBatch(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in
-                      ("origins", "dirs", "rgb", "mask", "frame_ids", "camera_ids")))
+    return RayBatch(
+        *(
+            torch.cat([getattr(a, f), getattr(b, f)])
+            for f in ("origins", "dirs", "rgb", "mask", "frame_ids", "camera_ids")
+        )
+    )
 
 
 def _to(batch: RayBatch, device: torch.device) -> RayBatch:
-    return RayBatch(*(getattr(batch, f).to(device, non_blocking=True) for f in
-                      ("origins", "dirs", "rgb", "mask", "frame_ids", "camera_ids")))
+    return RayBatch(
+        *(
+            getattr(batch, f).to(device, non_blocking=True)
+            for f in ("origins", "dirs", "rgb", "mask", "frame_ids", "camera_ids")
+        )
+    )
 
 
 def _save_png(path: Path, image: Tensor) -> None:

@@ -163,11 +163,6 @@ def interhand_root(make_interhand_root: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic capture written by ``handnerf synth --preset tiny``."""
-    from handnerf.cli import main
-
-    out = tmp_path_factory.mktemp("synth") / "tiny"
-    status = main(["synth", "--preset", "tiny", "--out", str(out)])
-    assert status == 0, f"handnerf synth failed with status {status}"
-    return out
+def synth_tiny(tiny_capture: Path) -> Path:
+    """The session's tiny synthetic capture (see tests/conftest.py), written by ``handnerf synth``."""
+    return tiny_capture

@@ -33,9 +33,7 @@ def reference_levels(cfg: HashGridEncoding.Config, dims: int) -> list[tuple[floa
     return out
 
 
-def reference_encode(
-    x: np.ndarray, params: np.ndarray, cfg: HashGridEncoding.Config
-) -> np.ndarray:
+def reference_encode(x: np.ndarray, params: np.ndarray, cfg: HashGridEncoding.Config) -> np.ndarray:
     """Slow, loop-per-level-and-corner encoding straight from tiny-cuda-nn's kernel."""
     n, dims = x.shape
     feats = cfg.n_features_per_level
@@ -79,16 +77,41 @@ def random_encoding(cfg: HashGridEncoding.Config, dims: int = 3, seed: int = 0) 
     ("cfg", "dims"),
     [
         # Every level fits densely (resolutions 4, 7, 13 -> 13^3 = 2197 <= 2^12).
-        (Config(n_levels=3, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0,
-                backend="torch"), 3),
+        (
+            Config(
+                n_levels=3,
+                log2_hashmap_size=12,
+                base_resolution=4,
+                per_level_scale=2.0,
+                backend="torch",
+            ),
+            3,
+        ),
         # Two dense levels then hashed ones (2^10-entry tables), 4 features per level.
-        (Config(n_levels=5, n_features_per_level=4, log2_hashmap_size=10, base_resolution=6,
-                per_level_scale=1.7, backend="torch"), 3),
-        # The project default (4 dense + 12 hashed levels).
+        (
+            Config(
+                n_levels=5,
+                n_features_per_level=4,
+                log2_hashmap_size=10,
+                base_resolution=6,
+                per_level_scale=1.7,
+                backend="torch",
+            ),
+            3,
+        ),
+        # The project default (5 dense + 11 hashed levels).
         (Config(backend="torch"), 3),
         # A 2-D grid.
-        (Config(n_levels=4, log2_hashmap_size=8, base_resolution=8, per_level_scale=2.0,
-                backend="torch"), 2),
+        (
+            Config(
+                n_levels=4,
+                log2_hashmap_size=8,
+                base_resolution=8,
+                per_level_scale=2.0,
+                backend="torch",
+            ),
+            2,
+        ),
     ],
 )
 def test_matches_reference(cfg: HashGridEncoding.Config, dims: int) -> None:
@@ -107,14 +130,18 @@ def test_matches_reference(cfg: HashGridEncoding.Config, dims: int) -> None:
 
 
 def test_levels_of_default_config() -> None:
-    levels = grid_levels(16, 19, 16, 1.5, 3)
-    assert [lv.resolution for lv in levels[:6]] == [16, 24, 36, 54, 81, 122]
-    assert [lv.dense for lv in levels] == [True] * 4 + [False] * 12
+    # scale_l = 16 * 1.4**l - 1 -> 15, 21.4, 30.36, 42.90, 60.47, 85.06; resolution = ceil + 1.
+    levels = grid_levels(16, 19, 16, 1.4, 3)
+    assert [lv.resolution for lv in levels[:6]] == [16, 23, 32, 44, 62, 87]
+    # 62**3 = 238328 fits 2**19 entries (dense); 87**3 = 658503 does not (hashed).
+    assert [lv.dense for lv in levels] == [True] * 5 + [False] * 11
     entries = [min(-(-(lv.resolution**3) // 8) * 8, 2**19) for lv in levels]
     assert [lv.n_entries for lv in levels] == entries
     assert [lv.offset for lv in levels] == list(np.cumsum([0, *entries[:-1]]))
     enc = HashGridEncoding(Config(backend="torch"))
-    assert enc.n_params == sum(entries) * 2 == (4096 + 13824 + 46656 + 157464 + 12 * 2**19) * 2
+    assert (
+        enc.n_params == sum(entries) * 2 == (4096 + 12168 + 32768 + 85184 + 238328 + 11 * 2**19) * 2
+    )
     assert enc.params.shape == (enc.n_params,)
     assert enc.n_output_dims == 32
     assert enc.params.abs().max() <= 1e-4
@@ -124,8 +151,14 @@ def test_one_point_by_hand() -> None:
     # 2 levels, base 2, scale 2, 2^5-entry tables:
     #  level 0: scale 1, resolution 2, 2^3 = 8 entries (dense), entry offset 0;
     #  level 1: scale 3, resolution 4, 4^3 = 64 > 32 -> hashed, 32 entries at offset 8.
-    cfg = Config(n_levels=2, n_features_per_level=2, log2_hashmap_size=5, base_resolution=2,
-                 per_level_scale=2.0, backend="torch")
+    cfg = Config(
+        n_levels=2,
+        n_features_per_level=2,
+        log2_hashmap_size=5,
+        base_resolution=2,
+        per_level_scale=2.0,
+        backend="torch",
+    )
     enc = make_hash_grid(cfg)
     assert enc.n_params == (8 + 32) * 2
     with torch.no_grad():  # value of (entry r, feature f) = 2 r + f
@@ -149,8 +182,14 @@ def test_one_point_by_hand() -> None:
 
 
 def test_gradcheck_float64() -> None:
-    cfg = Config(n_levels=3, n_features_per_level=2, log2_hashmap_size=6, base_resolution=2,
-                 per_level_scale=1.6, backend="torch")
+    cfg = Config(
+        n_levels=3,
+        n_features_per_level=2,
+        log2_hashmap_size=6,
+        base_resolution=2,
+        per_level_scale=1.6,
+        backend="torch",
+    )
     enc = random_encoding(cfg).double()
     assert not enc.levels[-1].dense
     gen = torch.Generator().manual_seed(3)
@@ -164,8 +203,9 @@ def enc_call(enc: HashGridEncoding, x: torch.Tensor, params: torch.Tensor) -> to
 
 
 def test_float32_gradients_match_reference() -> None:
-    cfg = Config(n_levels=4, log2_hashmap_size=9, base_resolution=4, per_level_scale=1.8,
-                 backend="torch")
+    cfg = Config(
+        n_levels=4, log2_hashmap_size=9, base_resolution=4, per_level_scale=1.8, backend="torch"
+    )
     enc = random_encoding(cfg)
     gen = torch.Generator().manual_seed(4)
     x = torch.rand(500, 3, generator=gen)

@@ -46,8 +46,22 @@ def test_layout_and_json_keys(tiny_capture: Path) -> None:
     seqs = {img["seq_name"] for img in data["images"]}
     assert seqs == {"ROM04_RT_Occlusion", "ROM03_RT_No_Occlusion"}
     for img in data["images"]:
-        assert {"id", "file_name", "width", "height", "capture", "subject", "seq_name", "camera", "frame_idx"} <= img.keys()
-        assert isinstance(img["camera"], str) and img["camera"].isdigit() and img["camera"].startswith("400")
+        assert {
+            "id",
+            "file_name",
+            "width",
+            "height",
+            "capture",
+            "subject",
+            "seq_name",
+            "camera",
+            "frame_idx",
+        } <= img.keys()
+        assert (
+            isinstance(img["camera"], str)
+            and img["camera"].isdigit()
+            and img["camera"].startswith("400")
+        )
         assert isinstance(img["frame_idx"], int) and isinstance(img["capture"], int)
         expected = f"Capture0/{img['seq_name']}/cam{img['camera']}/image{img['frame_idx']:04d}.jpg"
         assert img["file_name"] == expected
@@ -172,16 +186,22 @@ def test_mano_annotations_reproduce_joints(tiny_capture: Path) -> None:
     joints = _load(tiny_capture, "joint_3d")["0"]
     mano = _load(tiny_capture, "MANO_NeuralAnnot")["0"]
     for key, entry in mano.items():
-        params = ManoParams.from_interhand(entry["right"], where=f"frame {key}").to(dtype=torch.float64)
+        params = ManoParams.from_interhand(entry["right"], where=f"frame {key}").to(
+            dtype=torch.float64
+        )
         with torch.no_grad():
             keypoints_mm = model(params).keypoints[0].numpy() * 1000.0
-        np.testing.assert_allclose(keypoints_mm, np.asarray(joints[key]["world_coord"])[:21], atol=0.05)
+        np.testing.assert_allclose(
+            keypoints_mm, np.asarray(joints[key]["world_coord"])[:21], atol=0.05
+        )
 
 
 def test_shading_differs_between_frames(tiny_capture: Path) -> None:
     data = _load(tiny_capture, "data")
     cam = data["images"][0]["camera"]
-    train = [i for i in data["images"] if i["camera"] == cam and i["seq_name"] == "ROM04_RT_Occlusion"]
+    train = [
+        i for i in data["images"] if i["camera"] == cam and i["seq_name"] == "ROM04_RT_Occlusion"
+    ]
     a, b = (_image(tiny_capture, i["file_name"]).astype(float) for i in train[:2])
     ma, mb = (_mask(tiny_capture, i["file_name"]) for i in train[:2])
     assert (ma != mb).any()
@@ -214,7 +234,9 @@ def test_same_seed_same_capture(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ renderer on simple scenes
 
 
-def _sphere(radius: float = 0.05, centre: tuple[float, float, float] = (0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+def _sphere(
+    radius: float = 0.05, centre: tuple[float, float, float] = (0, 0, 0)
+) -> tuple[np.ndarray, np.ndarray]:
     import trimesh
 
     mesh = trimesh.creation.icosphere(subdivisions=4, radius=radius)
@@ -321,7 +343,9 @@ def test_dome_rig() -> None:
     point = np.array([[0.03, -0.02, 0.05]])
     uv, z = cam.project(point)
     d = cam.ray_directions(uv[:, 0], uv[:, 1])
-    np.testing.assert_allclose(cam.campos + d[0] * np.linalg.norm(point[0] - cam.campos), point[0], atol=1e-9)
+    np.testing.assert_allclose(
+        cam.campos + d[0] * np.linalg.norm(point[0] - cam.campos), point[0], atol=1e-9
+    )
 
 
 def test_presets_and_bad_input(tmp_path: Path) -> None:
@@ -340,4 +364,27 @@ def test_presets_and_bad_input(tmp_path: Path) -> None:
     assert main(["synth", "--out", str(blocker), "--preset", "tiny"]) == 2
     assert main(["synth", "--out", str(tmp_path / "x"), "--preset", "tiny", "--workers", "0"]) == 2
     missing = tmp_path / "no_mano"
-    assert main(["synth", "--out", str(tmp_path / "y"), "--preset", "tiny", "--mano-dir", str(missing)]) == 2
+    assert (
+        main(
+            ["synth", "--out", str(tmp_path / "y"), "--preset", "tiny", "--mano-dir", str(missing)]
+        )
+        == 2
+    )
+
+
+def test_left_hand_capture(tmp_path: Path) -> None:
+    from handnerf.synth.writer import synthesize_capture
+
+    preset = get_preset("tiny").with_overrides(
+        side="left", n_cameras=2, train_frames=1, novel_frames=0
+    )
+    synthesize_capture(tmp_path, preset, seed=0, workers=1)
+    (entry,) = _load(tmp_path, "joint_3d")["0"].values()
+    valid = np.asarray(entry["joint_valid"]).ravel()
+    assert (valid[:21] == 0).all() and (valid[21:] == 1).all()
+    assert entry["hand_type"] == "left"
+    (params,) = _load(tmp_path, "MANO_NeuralAnnot")["0"].values()
+    assert params["right"] is None and len(params["left"]["pose"]) == 48
+    data = _load(tmp_path, "data")
+    assert {a["hand_type"] for a in data["annotations"]} == {"left"}
+    assert _mask(tmp_path, data["images"][0]["file_name"]).sum() > 3000

@@ -1,0 +1,83 @@
+"""Open a finished (or interrupted) fit for rendering and evaluation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handnerf.config import config_from_dict
+from handnerf.errors import CheckpointError
+from handnerf.hand.hand_model import HandModel
+from handnerf.model.avatar import HandAvatar
+from handnerf.train.checkpoint import LATEST, load_checkpoint
+from handnerf.train.config import FitConfig
+from handnerf.train.fit_data import hand_identity
+from handnerf.train.trainer import pick_device
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    cfg: FitConfig
+    info: dict[str, Any]
+    avatar: HandAvatar
+    step: int
+    camera_names: list[str]
+    device: torch.device
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.info["data_root"])
+
+    def camera_index(self, camera: str) -> int | None:
+        """Index of a training-rig camera (its colour affine), None for unknown cameras."""
+        return self.camera_names.index(camera) if camera in self.camera_names else None
+
+
+def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None) -> TrainedRun:
+    """Rebuild the avatar of ``run_dir`` from its checkpoint (weights_only loading)."""
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a handnerf run folder (no run.json)")
+    try:
+        info = json.loads(info_path.read_text())
+        info["data_root"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{info_path}: unreadable or missing 'data_root' ({exc})") from exc
+    path = checkpoint or run_dir / "checkpoints" / LATEST
+    state = load_checkpoint(path)
+    try:
+        cfg = config_from_dict(FitConfig, state["config"])
+        camera_names = list(state["camera_names"])
+        betas = state["betas"]
+        model_state = state["model"]
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: missing {exc} (not a complete fit checkpoint)") from exc
+    dev = pick_device(device)
+    mano_dir = Path(cfg.data.mano_dir) if cfg.data.mano_dir else None
+    hand_model = HandModel.from_folder(mano_dir, cfg.data.hand)
+    if hand_identity(hand_model) != state.get("hand_identity"):
+        raise CheckpointError(
+            f"{path}: trained with hand model {state.get('hand_identity')}, but "
+            f"{mano_dir or 'the procedural hand'} gives {hand_identity(hand_model)}"
+        )
+    avatar = HandAvatar(cfg.model, hand_model, betas, n_cameras=len(camera_names))
+    try:
+        avatar.load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the configured model ({exc})") from exc
+    avatar.to(dev).eval()
+    return TrainedRun(
+        run_dir=run_dir,
+        cfg=cfg,
+        info=info,
+        avatar=avatar,
+        step=int(state["step"]),
+        camera_names=camera_names,
+        device=dev,
+    )

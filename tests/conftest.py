@@ -1,0 +1,77 @@
+"""Session-wide fixtures shared by every test package.
+
+The procedural hand and a ``tiny`` synthetic capture are generated once per session (the
+capture takes tens of seconds on 2 cores) into a private cache, never into ``~/.cache``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TINY_SEED = 7
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point ``$HANDNERF_CACHE`` at a per-session folder (tests/hand narrows it per test)."""
+    cache = tmp_path_factory.mktemp("handnerf_cache")
+    old = os.environ.get("HANDNERF_CACHE")
+    os.environ["HANDNERF_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("HANDNERF_CACHE", None)
+    else:
+        os.environ["HANDNERF_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a ``tiny``-preset synthetic capture (procedural hand, seed 7), made once."""
+    from handnerf.synth.presets import get_preset
+    from handnerf.synth.writer import synthesize_capture
+
+    root = tmp_path_factory.mktemp("synth") / "tiny_capture"
+    synthesize_capture(root, get_preset("tiny"), seed=TINY_SEED, workers=1)
+    return root
+
+
+#: A fit small enough for unit tests: tiny grid, small crops, few rays.
+SMALL_FIT = [
+    "data.crop_size=48",
+    "data.holdout_every=3",
+    "model.field.encoding.n_levels=4",
+    "model.field.encoding.log2_hashmap_size=12",
+    "model.field.hidden_dim=16",
+    "model.field.color_hidden_dim=16",
+    "model.field.view_sh_degree=1",
+    "model.sampler.n_samples=24",
+    "model.occupancy.resolution=24",
+    "model.shell_resolution=32",
+    "train.batch_rays=256",
+    "train.lpips_patches=0",
+    "train.val_every=0",
+    "train.val_views=1",
+    "train.log_every=2",
+    "train.checkpoint_every=3",
+    "optim.warmup_steps=1",
+]
+
+
+@pytest.fixture(scope="session")
+def small_fit() -> list[str]:
+    """``key=value`` overrides of a unit-test-sized fit."""
+    return list(SMALL_FIT)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder fitted for a few steps on the tiny capture (for render/eval tests)."""
+    from handnerf.train.fit_job import run_fit
+
+    run = tmp_path_factory.mktemp("runs") / "tiny_run"
+    run_fit(tiny_capture, run, overrides=[*SMALL_FIT, "train.steps=6"], progress=False)
+    return run

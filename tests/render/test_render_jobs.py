@@ -1,0 +1,95 @@
+"""Rendering a trained avatar to videos: frame count, size, chunking, CLI errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from handnerf.cli import main
+from handnerf.render.jobs import interpolate_mano, orbit_cameras, render_orbit
+from handnerf.train.fit_data import sequence_mano
+from handnerf.train.run_loader import load_run
+
+
+def test_orbit_cameras_look_at_the_centre() -> None:
+    center = np.array([0.1, -0.2, 0.05])
+    cams = orbit_cameras(center, radius=0.1, n=8, size=64)
+    assert len(cams) == 8
+    for cam in cams:
+        x_cam = cam.R @ center + cam.t
+        assert x_cam[2] > 0  # in front
+        uv = cam.K @ (x_cam / x_cam[2])
+        np.testing.assert_allclose(uv[:2], [32, 32], atol=1e-6)  # at the image centre
+        np.testing.assert_allclose(cam.R @ cam.R.T, np.eye(3), atol=1e-9)
+
+
+def test_interpolate_mano_hits_the_keyframes(tiny_run: Path) -> None:
+    run = load_run(tiny_run, device="cpu")
+    mano = sequence_mano(run.data_root, run.cfg.data, run.cfg.data.novel_pose_seq or "", 1)
+    seq = interpolate_mano(mano, 2 * len(mano) - 1)
+    assert len(seq) == 2 * len(mano) - 1
+    torch.testing.assert_close(seq.hand_pose[0], mano.hand_pose[0])
+    torch.testing.assert_close(seq.hand_pose[-1], mano.hand_pose[-1])
+    torch.testing.assert_close(seq.hand_pose[1], 0.5 * (mano.hand_pose[0] + mano.hand_pose[1]))
+
+
+def test_chunked_rendering_equals_one_chunk(tiny_run: Path) -> None:
+    run = load_run(tiny_run, device="cpu")
+    mano = sequence_mano(run.data_root, run.cfg.data, run.cfg.data.train_seq, 1).index(0)
+    a = render_orbit(run, mano, n_frames=1, size=24, chunk=64, progress=False)[0]
+    b = render_orbit(run, mano, n_frames=1, size=24, chunk=4096, progress=False)[0]
+    assert a.shape == (24, 24, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["orbit", "pose"])
+def test_render_cli_writes_gif_with_requested_frames(
+    tiny_run: Path, tmp_path: Path, mode: str
+) -> None:
+    out = tmp_path / f"{mode}.gif"
+    status = main(
+        [
+            "render",
+            "--run",
+            str(tiny_run),
+            "--out",
+            str(out),
+            "--mode",
+            mode,
+            "--frames",
+            "4",
+            "--size",
+            "20",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    frames = iio.imread(out, index=None)
+    assert frames.shape[0] == 4 and frames.shape[1:3] == (20, 20)
+
+
+def test_render_cli_errors_are_clear(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "a.gif")]) == 2
+    assert "run.json" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "render",
+                "--run",
+                str(tiny_run),
+                "--out",
+                str(tmp_path / "a.gif"),
+                "--frame",
+                "99",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "frames" in capsys.readouterr().err
