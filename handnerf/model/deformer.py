@@ -42,6 +42,8 @@ BLEND_SCHEMES = ("inverse_distance", "gaussian", "nearest")
 _CDIST_CHUNK_ELEMENTS = 1 << 24
 # Queries smaller than this run single-threaded in the kd-tree backend.
 _KDTREE_PARALLEL_MIN_POINTS = 16384
+# kd-tree searches stop at this multiple of max_distance (see _knn_kdtree).
+_KDTREE_BOUND_FACTOR = 2.0
 # A blended 3x3 part with a smaller |det| has no trustworthy inverse (bones blended
 # against each other); such samples are marked invalid.
 _MIN_DETERMINANT = 1e-6
@@ -56,8 +58,8 @@ class DeformResult:
         valid: (N,) bool, the sample lies within ``max_distance`` of the posed surface and
             its blended transform is invertible.
         rotation: (N, 3, 3) blended bone rotation, canonical → posed (orthonormal).
-        distance: (N,) distance in metres to the nearest posed vertex (``inf`` outside the
-            grid backend's box).
+        distance: (N,) distance in metres to the nearest posed vertex (``inf`` beyond the
+            kd-tree's search bound of 2 x max_distance, or outside the grid backend's box).
     """
 
     canonical: torch.Tensor
@@ -437,9 +439,18 @@ def _knn_kdtree(
         workers = torch.get_num_threads()
     if len(query) < _KDTREE_PARALLEL_MIN_POINTS:
         workers = 1  # starting threads costs more than a small query
-    d, i = frames.trees[frame].query(query, k=k, workers=workers)
-    d = torch.from_numpy(np.asarray(d, dtype=np.float64).reshape(len(query), k))
-    i = torch.from_numpy(np.asarray(i, dtype=np.int64).reshape(len(query), k))
+    # Samples beyond the reach are invalid anyway: bounding the search lets the tree stop
+    # early (measured ~2x faster on hand-sized shells). Neighbours it did not find come
+    # back as (inf, n); they get weight 0 (1/inf) and the nearest vertex's id.
+    bound = _KDTREE_BOUND_FACTOR * frames.config.max_distance
+    d, i = frames.trees[frame].query(query, k=k, workers=workers, distance_upper_bound=bound)
+    d = np.asarray(d, dtype=np.float64).reshape(len(query), k)
+    i = np.asarray(i, dtype=np.int64).reshape(len(query), k)
+    missing = ~np.isfinite(d)
+    i = np.where(missing, i[:, :1], i)
+    i[missing[:, 0], :] = 0  # nothing in reach: any id; the inf distance marks it invalid
+    d = torch.from_numpy(d)
+    i = torch.from_numpy(i)
     return d.to(device=points.device, dtype=points.dtype), i.to(points.device)
 
 
@@ -473,7 +484,13 @@ def _blend_weights(distances: torch.Tensor, cfg: InverseLBSDeformer.Config) -> t
     else:
         # The epsilon makes a sample on a vertex take that vertex's weights (1/0 avoided).
         weights = (distances + 1e-7).pow(-cfg.idw_power)
-    return weights / weights.sum(dim=1, keepdim=True)
+    total = weights.sum(dim=1, keepdim=True)
+    # No neighbour in reach (all distances inf): take the first; the sample is invalid.
+    empty = total[:, 0] == 0
+    if bool(empty.any()):
+        weights[empty, 0] = 1.0
+        total[empty] = 1.0
+    return weights / total
 
 
 def _matrix_to_quaternion(rotations: torch.Tensor) -> torch.Tensor:
