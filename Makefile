@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo_out
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint clean bench
+.PHONY: install browser test demo lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,22 +13,34 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# Headless Chromium renders report.html in the report's screenshot test (Debian package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: install Debian's 'chromium' package for the report screenshot test"; fi; }
 
-test: $(STAMP)
+install: $(STAMP) browser
+
+test: install
 	$(BIN)/ruff check handnerf tests tools
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check handnerf tests tools
 	$(BIN)/ruff format --check handnerf tests tools
 
+# synth -> fit (CPU, <= 8 min of fitting) -> orbit GIF + novel-pose GIF -> evaluation report.
 demo: $(STAMP)
 	$(BIN)/handnerf synth --preset demo --out $(DEMO)/capture
-	$(BIN)/handnerf fit --data $(DEMO)/capture --config configs/demo.yaml --out $(DEMO)/run
-	$(BIN)/handnerf render --run $(DEMO)/run --mode orbit --out $(DEMO)/orbit.gif
-	$(BIN)/handnerf render --run $(DEMO)/run --mode pose --out $(DEMO)/novel_pose.gif
-	$(BIN)/handnerf eval --run $(DEMO)/run --out $(DEMO)/report
+	$(BIN)/handnerf fit --data $(DEMO)/capture --config configs/demo.yaml --out $(DEMO)/run \
+	  $(if $(wildcard $(DEMO)/run/checkpoints/latest.pt),--resume)
+	$(BIN)/handnerf render --run $(DEMO)/run --mode orbit --frames 24 --size 160 --out $(DEMO)/orbit.gif
+	$(BIN)/handnerf render --run $(DEMO)/run --mode pose --frames 24 --size 160 --out $(DEMO)/novel_pose.gif
+	$(BIN)/handnerf eval --run $(DEMO)/run --out $(DEMO)/report --max-views 8
+	@echo "novel views GIF: $(DEMO)/orbit.gif"
+	@echo "novel poses GIF: $(DEMO)/novel_pose.gif"
+	@echo "report:          $(DEMO)/report/report.html"
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

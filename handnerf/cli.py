@@ -16,7 +16,7 @@ from handnerf import __version__
 from handnerf.errors import HandnerfError
 
 #: Subcommands in the order a user meets them.
-COMMANDS: tuple[str, ...] = ("hand", "synth", "fit", "render", "eval")
+COMMANDS: tuple[str, ...] = ("hand", "synth", "prepare", "fit", "render", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,3 +42,7 @@ class CheckpointError(HandnerfError):
 
 class TrainingDivergedError(HandnerfError):
     """Training produced non-finite values it could not recover from."""
+
+
+class ResourceError(HandnerfError):
+    """The job does not fit the machine's memory or disk even after chunking its work."""

@@ -20,18 +20,28 @@ from handnerf.errors import DataError
 
 #: Tolerance on ``R @ R.T - I`` and ``det(R) - 1``; InterHand stores rotations with ~1e-7 noise.
 _ROTATION_TOLERANCE = 1e-4
+#: Largest magnitude accepted in a camera entry: beyond it float32 math on GPU overflows
+#: (and no real capture is kilometres across or has focal lengths of 1e10 px).
+_MAX_VALUE = 1e9
 
 
 def _as_array(value: object, shape: tuple[int, ...], where: str, field: str) -> np.ndarray:
     """``value`` as a finite float64 array of ``shape``, else DataError naming ``where``/``field``."""
     try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+        raw = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nesting
         raise DataError(f"{where}: {field} is not numeric ({exc})") from exc
+    # Without a dtype, numpy keeps strings, bools, None and ints too big for int64 as
+    # they are, so they can be refused instead of being coerced into numbers.
+    if raw.dtype.kind not in "iuf":
+        raise DataError(f"{where}: {field} is not numeric (holds {raw.dtype} values)")
+    array = raw.astype(np.float64)
     if array.shape != shape:
         raise DataError(f"{where}: {field} must have shape {shape}, got {array.shape}")
     if not np.all(np.isfinite(array)):
         raise DataError(f"{where}: {field} contains NaN or inf")
+    if np.any(np.abs(array) > _MAX_VALUE):
+        raise DataError(f"{where}: {field} holds values beyond {_MAX_VALUE:g} ({array.tolist()})")
     return array
 
 

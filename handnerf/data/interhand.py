@@ -50,6 +50,10 @@ _HAND_ROWS: dict[str, slice] = {"right": slice(0, 21), "left": slice(21, 42)}
 #: MANO parameter lengths in InterHand's MANO_NeuralAnnot.json.
 _MANO_LENGTHS: dict[str, int] = {"pose": 48, "shape": 10, "trans": 3}
 
+#: Largest |value| of a MANO parameter taken as real: radians, shape sigmas and metres
+#: are all far below it; anything above is corrupt (and 1e39 overflows float32).
+MANO_VALUE_LIMIT = 1e3
+
 # --------------------------------------------------------------------------- JSON cache
 
 _json_cache: dict[str, tuple[tuple[int, int], Any]] = {}
@@ -84,6 +88,8 @@ def read_json(path: Path) -> Any:
             ) from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: cannot be read ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, absurd nesting
+            raise DataError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from exc
         _json_parse_count[key] += 1
         _json_cache[key] = (version, value)
         return value
@@ -238,6 +244,51 @@ def _camera_id(value: object) -> str:
     return text[3:] if text.startswith("cam") else text
 
 
+#: Fields every data.json image record needs, with the types they must have.
+_IMAGE_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (int,),
+    "file_name": (str,),
+    "width": (int,),
+    "height": (int,),
+    "capture": (int,),
+    "seq_name": (str,),
+    "camera": (str, int),
+    "frame_idx": (int,),
+}
+
+
+def _check_image_record(record: object, where: str) -> dict[str, Any]:
+    """A data.json image record with every needed field of the right type, else DataError."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where} is a {type(record).__name__}, expected an object")
+    for name, types in _IMAGE_FIELDS.items():
+        if name not in record:
+            raise DataError(f"{where} has no '{name}'")
+        value = record[name]
+        # bool is an int subclass; JSON true/false is never a valid id or size
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise DataError(
+                f"{where}['{name}'] must be {' or '.join(t.__name__ for t in types)}, "
+                f"got {value!r:.60}"
+            )
+    if record["width"] <= 0 or record["height"] <= 0:
+        raise DataError(f"{where}: width and height must be positive")
+    file_name = record["file_name"]
+    if (
+        not file_name
+        or "\x00" in file_name
+        or file_name.startswith("/")
+        or ".." in Path(file_name).parts
+    ):
+        raise DataError(f"{where}['file_name'] must be a relative path inside images/")
+    # seq_name and camera name folders of the mask cache
+    for name in ("seq_name", "camera"):
+        text = str(record[name])
+        if not text or text in (".", "..") or any(c in text for c in "/\\\x00"):
+            raise DataError(f"{where}['{name}'] {text!r:.60} cannot name a folder")
+    return record
+
+
 def _mano_entry(entry: object) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """Parse one hand's MANO entry; returns (params, None) or (None, skip reason)."""
     if entry is None:
@@ -249,13 +300,19 @@ def _mano_entry(entry: object) -> tuple[dict[str, np.ndarray] | None, str | None
         if entry.get(name) is None:
             return None, "MANO entry malformed"
         try:
-            value = np.asarray(entry[name], dtype=np.float64).reshape(-1)
+            raw = np.asarray(entry[name])
         except (TypeError, ValueError):
             return None, "MANO entry malformed"
+        # strings, bools and over-long ints stay non-numeric here instead of being coerced
+        if raw.dtype.kind not in "iuf":
+            return None, "MANO entry malformed"
+        value = raw.astype(np.float64).reshape(-1)
         if value.shape != (length,):
             return None, "MANO entry malformed"
         if not np.all(np.isfinite(value)):
             return None, "MANO entry has NaN/inf"
+        if np.any(np.abs(value) > MANO_VALUE_LIMIT):
+            return None, "MANO entry out of range"
         params[name] = value
     return params, None
 
@@ -332,11 +389,15 @@ class InterHandCapture:
         report.add_step(f"images in split '{self.split}'", len(images))
 
         try:
-            in_capture = [img for img in images if int(img["capture"]) == self.capture]
-        except (KeyError, TypeError, ValueError) as exc:
+            in_capture = [
+                _check_image_record(img, f"{self.files.data}: images[{index}]")
+                for index, img in enumerate(images)
+                if int(img["capture"]) == self.capture
+            ]
+            captures = sorted({int(img["capture"]) for img in images}) if not in_capture else []
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise DataError(f"{self.files.data}: images[*] lack a valid 'capture' ({exc})") from exc
         if not in_capture:
-            captures = sorted({int(img["capture"]) for img in images})
             raise SelectionError(
                 f"capture {self.capture} not in {self.files.data}; captures: "
                 f"{', '.join(map(str, captures)) or '(none)'}"
@@ -358,10 +419,20 @@ class InterHandCapture:
         report.add_step(f"in sequences ({len(wanted_seqs)})", len(in_seqs))
 
         mano_all = read_json(self.files.mano)
-        mano_capture = mano_all.get(str(self.capture)) if isinstance(mano_all, dict) else None
+        if not isinstance(mano_all, dict):
+            raise DataError(
+                f"{self.files.mano}: expected an object keyed by capture, got "
+                f"{type(mano_all).__name__}"
+            )
+        mano_capture = mano_all.get(str(self.capture))
         if mano_capture is None:
             report.notes.append(f"{self.files.mano} has no entry for capture {self.capture}")
             mano_capture = {}
+        if not isinstance(mano_capture, dict):
+            raise DataError(
+                f"{self.files.mano}: mano['{self.capture}'] must be an object keyed by frame, "
+                f"got {type(mano_capture).__name__}"
+            )
         mano_by_frame: dict[int, dict[str, np.ndarray]] = {}
         with_mano = []
         for img in in_seqs:
@@ -428,14 +499,27 @@ class InterHandCapture:
         wanted_ids = {img["id"] for img in images}
         bbox_by_image: dict[Any, tuple[float, float, float, float]] = {}
         valid_by_image: dict[Any, np.ndarray] = {}
-        for ann in data.get("annotations") or []:
+        annotations = data.get("annotations") or []
+        if not isinstance(annotations, list):
+            raise DataError(f"{self.files.data}: 'annotations' must be a list")
+        for index, ann in enumerate(annotations):
+            if not isinstance(ann, dict):
+                raise DataError(f"{self.files.data}: annotations[{index}] is not an object")
             image_id = ann.get("image_id")
-            if image_id not in wanted_ids:
+            if isinstance(image_id, (list, dict)) or image_id not in wanted_ids:
                 continue
-            if ann.get("bbox") is not None and len(ann["bbox"]) == 4:
-                bbox_by_image[image_id] = tuple(float(v) for v in ann["bbox"])  # type: ignore[assignment]
+            where = f"{self.files.data}: annotations[{index}]"
+            if ann.get("bbox") is not None:
+                bbox = _numbers(ann["bbox"], f"{where}['bbox']")
+                if bbox.shape != (4,):
+                    raise DataError(
+                        f"{where}['bbox'] must be [x, y, w, h], got {ann['bbox']!r:.60}"
+                    )
+                bbox_by_image[image_id] = tuple(float(v) for v in bbox)  # type: ignore[assignment]
             if ann.get("joint_valid") is not None:
-                valid_by_image[image_id] = np.asarray(ann["joint_valid"], dtype=float).reshape(-1)
+                valid_by_image[image_id] = _numbers(
+                    ann["joint_valid"], f"{where}['joint_valid']"
+                ).reshape(-1)
 
         camera_json = read_json(self.files.camera)
         cams = camera_json.get(str(self.capture)) if isinstance(camera_json, dict) else None
@@ -448,6 +532,11 @@ class InterHandCapture:
             joints_capture = (
                 joints_all.get(str(self.capture)) if isinstance(joints_all, dict) else None
             )
+            if joints_capture is not None and not isinstance(joints_capture, dict):
+                raise DataError(
+                    f"{self.files.joint_3d}: joints['{self.capture}'] must be an object keyed "
+                    f"by frame, got {type(joints_capture).__name__}"
+                )
         if joints_capture is None:
             report.notes.append("no joint_3d annotation: keypoints_world is None")
 
@@ -518,17 +607,16 @@ class InterHandCapture:
         if not isinstance(entry, dict) or entry.get("world_coord") is None:
             return None, None
         where = f"{self.files.joint_3d}: joints['{self.capture}']['{frame}']"
-        try:
-            coords = np.asarray(entry["world_coord"], dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}['world_coord'] is not numeric ({exc})") from exc
+        coords = _numbers(entry["world_coord"], f"{where}['world_coord']", allow_nan=True)
         if coords.shape != (42, 3):
             raise DataError(f"{where}['world_coord'] must be 42x3, got {coords.shape}")
         rows = _HAND_ROWS[self.hand]
         keypoints = coords[rows] / 1000.0
-        valid = np.isfinite(keypoints).all(axis=1)
+        with np.errstate(invalid="ignore"):
+            # NaN marks a missing joint; a kilometre-away one is corrupt: both invalid
+            valid = (np.abs(keypoints) < 1e3).all(axis=1)
         if entry.get("joint_valid") is not None:
-            flags = np.asarray(entry["joint_valid"], dtype=float).reshape(-1)
+            flags = _numbers(entry["joint_valid"], f"{where}['joint_valid']").reshape(-1)
             if flags.shape == (42,):
                 valid &= flags[rows] > 0
         return keypoints, valid
@@ -556,6 +644,24 @@ class InterHandCapture:
         return load_image(view)
 
 
+def _numbers(value: object, where: str, allow_nan: bool = False) -> np.ndarray:
+    """``value`` as a float64 array of JSON numbers, else DataError naming ``where``.
+
+    ``allow_nan`` keeps NaN/inf (joint_3d marks missing joints that way); otherwise they are
+    refused, as are strings, bools, nulls, ragged nesting and integers beyond int64.
+    """
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where} is not a (nested) list of numbers ({exc})") from exc
+    if raw.dtype.kind not in "iuf":
+        raise DataError(f"{where} is not a (nested) list of numbers, got {value!r:.60}")
+    array = raw.astype(np.float64)
+    if not allow_nan and not np.all(np.isfinite(array)):
+        raise DataError(f"{where} contains NaN or inf")
+    return array
+
+
 def load_image(view: FrameView) -> np.ndarray:
     """Read a view's JPEG as (H, W, 3) uint8 RGB (grayscale files are expanded to 3 channels).
 
@@ -574,6 +680,10 @@ def load_image(view: FrameView) -> np.ndarray:
         raise DataError(f"image not found: {path}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: truncated or corrupt image ({exc})") from exc
+    except Exception as exc:  # decoders meet corrupt bytes with struct.error, bombs, ...
+        raise DataError(
+            f"{path}: truncated or corrupt image ({type(exc).__name__}: {exc})"
+        ) from exc
     expected = (view.camera.height, view.camera.width)
     if array.shape[:2] != expected:
         raise DataError(

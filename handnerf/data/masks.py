@@ -282,7 +282,12 @@ class ManoMasker:
         if self.cache is None:
             return self._compute(view)
         key = MaskKey.for_view(view, self.model_sha, self.supersample)
-        return self.cache.get_or_compute(key, lambda: self._compute(view))
+        mask = self.cache.get_or_compute(key, lambda: self._compute(view))
+        if mask.shape != (view.camera.height, view.camera.width):
+            # a stale or foreign cache entry of another size: never trust it
+            mask = self._compute(view)
+            self.cache.put(key, mask)
+        return mask
 
     def masks(self, views: Sequence[FrameView]) -> list[np.ndarray]:
         """Masks of many views; poses all their frames in one batch first."""

@@ -493,6 +493,9 @@ def write_report(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # An older report.json would describe images about to be overwritten; it reappears
+    # only once this report is complete.
+    (out_dir / "report.json").unlink(missing_ok=True)
     arrays = _save_images(out_dir, checked, images)
 
     records = read_metrics_jsonl(Path(metrics_jsonl)) if metrics_jsonl is not None else []
@@ -529,7 +532,19 @@ def write_report(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     report = _jsonable(report)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (out_dir / "report.md").write_text(_markdown(report, curves_png is not None))
-    (out_dir / "report.html").write_text(_html(report, arrays, curves_png))
+    # report.json last and each file atomically: a report.json on disk is always complete
+    # and belongs to a finished evaluation, even when the job is killed while writing.
+    _write_atomic(out_dir / "report.md", _markdown(report, curves_png is not None))
+    _write_atomic(out_dir / "report.html", _html(report, arrays, curves_png))
+    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

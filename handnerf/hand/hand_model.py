@@ -51,12 +51,25 @@ INTERHAND_FROM_MANO: tuple[int, ...] = (
     0,
 )  # fmt: skip
 NUM_KEYPOINTS = 21
+#: Largest |value| of a MANO parameter accepted from an annotation file.
+MANO_VALUE_LIMIT = 1e3
 _FIELDS: dict[str, int] = {
     "global_orient": 3,
     "hand_pose": HAND_POSE_DIM,
     "betas": NUM_BETAS,
     "transl": 3,
 }
+
+
+def _holds_non_number(value: Any) -> bool:
+    """Whether a (nested) list holds anything but ints and floats (bools and strings too)."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds_non_number(item) for item in value)
+    if isinstance(value, torch.Tensor):
+        return value.is_complex() or value.dtype == torch.bool
+    if hasattr(value, "dtype") and hasattr(value, "shape"):  # numpy arrays and scalars
+        return getattr(value.dtype, "kind", "O") not in "iuf"
+    return isinstance(value, bool) or not isinstance(value, (int, float))
 
 
 @dataclass
@@ -100,9 +113,11 @@ class ManoParams:
         for field, length in (("pose", 48), ("shape", NUM_BETAS), ("trans", 3)):
             if field not in entry or entry[field] is None:
                 raise ParameterError(f"{where}: MANO entry has no '{field}'")
+            if _holds_non_number(entry[field]):
+                raise ParameterError(f"{where}: MANO '{field}' is not a list of numbers")
             try:
                 value = torch.as_tensor(entry[field], dtype=torch.float64).reshape(-1)
-            except (TypeError, ValueError, RuntimeError) as exc:
+            except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
                 raise ParameterError(f"{where}: MANO '{field}' is not a list of numbers") from exc
             if value.numel() != length:
                 raise ParameterError(
@@ -110,6 +125,12 @@ class ManoParams:
                 )
             if not bool(torch.isfinite(value).all()):
                 raise ParameterError(f"{where}: MANO '{field}' contains NaN or inf")
+            if bool((value.abs() > MANO_VALUE_LIMIT).any()):
+                # no real pose (radians), shape or translation (metres) comes near; 1e39
+                # would even overflow the float32 the model runs in
+                raise ParameterError(
+                    f"{where}: MANO '{field}' holds values beyond +-{MANO_VALUE_LIMIT:g}"
+                )
             values[field] = value.float().unsqueeze(0)
         pose = values["pose"]
         return cls(
@@ -154,6 +175,12 @@ class ManoParams:
                 raise ParameterError(f"{where}: MANO '{field}' must be floating point")
             if not bool(torch.isfinite(value).all()):
                 raise ParameterError(f"{where}: MANO '{field}' contains NaN or inf")
+            if bool((value.abs() > MANO_VALUE_LIMIT).any()):
+                # no real pose (radians), shape or translation (metres) comes near; 1e39
+                # would even overflow the float32 the model runs in
+                raise ParameterError(
+                    f"{where}: MANO '{field}' holds values beyond +-{MANO_VALUE_LIMIT:g}"
+                )
         return self
 
     def to(

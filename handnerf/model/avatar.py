@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from handnerf.errors import ConfigError
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.deformer import DeformResult, FrameDeformation, InverseLBSDeformer
 from handnerf.model.field import HashGridField
@@ -81,6 +82,7 @@ class _DeformCache:
             valid=result.valid[keep_idx],
             rotation=result.rotation[keep_idx],
             distance=result.distance[keep_idx],
+            normal=None if result.normal is None else result.normal[keep_idx],
         )
 
     def lookup(self, points: Tensor) -> DeformResult | None:
@@ -115,6 +117,11 @@ class HandAvatar(nn.Module):
         self.occupancy = CanonicalOccupancyGrid(aabb, cfg.occupancy)
         self.occupancy.init_from_points(canon)
         self.deformer = InverseLBSDeformer(cfg.deformer)
+        if field_cfg.use_world_normal and cfg.deformer.backend == "grid":
+            raise ConfigError(
+                "model.deformer.backend=grid gives no surface normals; use kdtree/cdist/auto or "
+                "set model.field.use_world_normal=false"
+            )
         self._sampler: Any = None
         self._cache = _DeformCache()
 
@@ -158,7 +165,8 @@ class HandAvatar(nn.Module):
         verts = out.vertices.to(device).float()
         bones = out.bone_transforms.to(device).float()
         weights = self.hand_model.skinning_weights.to(device).float()
-        deformation = self.deformer.prepare_frames(verts, bones, weights)
+        normals = vertex_normals(verts, self.hand_model.faces.to(device))
+        deformation = self.deformer.prepare_frames(verts, bones, weights, vertex_normals=normals)
         margin = self.cfg.posed_margin
         aabbs = torch.cat([verts.amin(1) - margin, verts.amax(1) + margin], dim=-1)
         shell = self._shell_grids(verts, aabbs)
@@ -240,7 +248,7 @@ class HandAvatar(nn.Module):
             result = self._cache.lookup(points)
             if result is None:
                 result = frames.deformation.deform(points, frame_ids[ray_ids])
-            return self.field(result.canonical, result.rotation, dirs[ray_ids])
+            return self.field(result.canonical, result.rotation, dirs[ray_ids], result.normal)
 
         def correct(rgb: Tensor, opacity: Tensor) -> Tensor:
             return self.field.apply_camera_affine(rgb, opacity, camera_ids)
@@ -248,3 +256,14 @@ class HandAvatar(nn.Module):
         out = render_samples(samples, origins, dirs, radiance, background, correct)
         self._cache = _DeformCache()
         return out
+
+
+def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
+    """Area-weighted unit vertex normals (T,V,3) of meshes (T,V,3) with faces (F,3)."""
+    faces = faces.long()
+    a, b, c = (vertices[:, faces[:, i]] for i in range(3))
+    face_normals = torch.cross(b - a, c - a, dim=-1)  # length = 2 x area
+    normals = torch.zeros_like(vertices)
+    for i in range(3):
+        normals.index_add_(1, faces[:, i], face_normals)
+    return torch.nn.functional.normalize(normals, dim=-1)

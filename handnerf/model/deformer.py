@@ -60,12 +60,16 @@ class DeformResult:
         rotation: (N, 3, 3) blended bone rotation, canonical → posed (orthonormal).
         distance: (N,) distance in metres to the nearest posed vertex (``inf`` beyond the
             kd-tree's search bound of 2 x max_distance, or outside the grid backend's box).
+        normal: (N, 3) unit posed-surface normal blended from the neighbours' vertex
+            normals with the skinning blend weights (kNN backends, when the frames were
+            prepared with ``vertex_normals``), else None.
     """
 
     canonical: torch.Tensor
     valid: torch.Tensor
     rotation: torch.Tensor
     distance: torch.Tensor
+    normal: torch.Tensor | None = None
 
 
 @dataclass
@@ -102,6 +106,7 @@ class FrameDeformation:
     backend: str
     trees: list | None = None
     grid: _GridField | None = None
+    vertex_normals: torch.Tensor | None = None  # (F * V, 3) posed vertex normals
     config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
 
     @property
@@ -177,7 +182,11 @@ class FrameDeformation:
         global_ids = frame_ids[:, None] * self.num_vertices + ids  # (N, k)
         affine = (weights[..., None] * self.vertex_affine[global_ids]).sum(dim=1)  # (N, 12)
         quaternion = _blend_quaternions(self.vertex_quaternion[global_ids], weights)
-        return _finish(points, affine, quaternion, distances[:, 0], cfg.max_distance)
+        result = _finish(points, affine, quaternion, distances[:, 0], cfg.max_distance)
+        if self.vertex_normals is not None:
+            normal = (weights[..., None] * self.vertex_normals[global_ids]).sum(dim=1)
+            result.normal = torch.nn.functional.normalize(normal, dim=-1)
+        return result
 
     def _deform_grid(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
         grid = self.grid
@@ -272,6 +281,7 @@ class InverseLBSDeformer(nn.Module):
         posed_vertices: torch.Tensor,
         bone_transforms: torch.Tensor,
         skinning_weights: torch.Tensor,
+        vertex_normals: torch.Tensor | None = None,
     ) -> FrameDeformation:
         """Build the lookup structures of ``F`` frames.
 
@@ -280,6 +290,8 @@ class InverseLBSDeformer(nn.Module):
             bone_transforms: (F, J, 4, 4) canonical → posed bone transforms (J = 16 for
                 MANO): ``x_posed = sum_b w_b T_b x_canonical``.
             skinning_weights: (V, J) or (F, V, J) per-vertex skinning weights.
+            vertex_normals: optional (F, V, 3) posed vertex normals; with them the kNN
+                backends also return each sample's blended surface normal.
 
         Returns:
             a :class:`FrameDeformation` on the device of ``posed_vertices``.
@@ -301,6 +313,13 @@ class InverseLBSDeformer(nn.Module):
                 backend=backend,
                 config=self.config,
             )
+            if vertex_normals is not None:
+                if vertex_normals.shape != posed_vertices.shape:
+                    raise ParameterError(
+                        f"prepare_frames: vertex_normals must have shape {tuple(posed_vertices.shape)}, "
+                        f"got {tuple(vertex_normals.shape)}"
+                    )
+                frames.vertex_normals = vertex_normals.reshape(-1, 3).to(posed_vertices.dtype)
             if backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
                 frames.trees = _build_trees(posed_vertices)
             if backend == "grid":

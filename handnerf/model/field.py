@@ -130,7 +130,7 @@ class CameraColorAffine(nn.Module):
 class HashGridField(nn.Module):
     """Canonical density + pose-, view- and camera-aware colour.
 
-    ``forward(x_canon (N,3) m, rot (N,3,3)|(N,9), view_dir (N,3)) -> sigma (N,), rgb (N,3)``.
+    ``forward(x_canon (N,3) m, rot (N,3,3)|(N,9), view_dir (N,3), normal (N,3)) -> sigma (N,), rgb (N,3)``.
     """
 
     @dataclass
@@ -149,8 +149,13 @@ class HashGridField(nn.Module):
         density_scale: float = 100.0
         color_hidden_dim: int = 64
         n_color_hidden_layers: int = 2
-        #: Colour sees the blended bone rotation (9 numbers): pose-dependent shading.
-        use_pose_rotation: bool = True
+        #: Colour sees the posed surface normal in world space (3 numbers): with a light
+        #: fixed in the world, shading is mostly a function of albedo and this normal, so
+        #: it generalises to poses whose rotations were never seen in training.
+        use_world_normal: bool = True
+        #: Colour also sees the blended bone rotation (9 numbers). Off by default: it
+        #: fits training poses but extrapolates badly to novel ones (measured on the demo).
+        use_pose_rotation: bool = False
         #: SH degree of the view direction (tcnn convention, degree**2 terms); 0 = off.
         view_sh_degree: int = 4
         n_cameras: int = 1
@@ -179,7 +184,12 @@ class HashGridField(nn.Module):
             assert isinstance(last, nn.Linear)
             last.bias[0] = cfg.density_bias_init
 
-        n_color_in = cfg.geo_feat_dim + (9 if cfg.use_pose_rotation else 0) + cfg.view_sh_degree**2
+        n_color_in = (
+            cfg.geo_feat_dim
+            + (3 if cfg.use_world_normal else 0)
+            + (9 if cfg.use_pose_rotation else 0)
+            + cfg.view_sh_degree**2
+        )
         if n_color_in == 0:
             raise ConfigError("field: colour has no inputs (geo_feat_dim=0, no pose, no view)")
         self.color_mlp = _mlp(n_color_in, cfg.color_hidden_dim, cfg.n_color_hidden_layers, 3)
@@ -222,14 +232,24 @@ class HashGridField(nn.Module):
         """x_canon (N,3) metres -> sigma (N,) >= 0 (per metre)."""
         return self._density_and_features(x_canon)[0]
 
-    def forward(self, x_canon: Tensor, rot: Tensor, view_dir: Tensor) -> tuple[Tensor, Tensor]:
-        """x_canon (N,3) m, rot (N,3,3) or (N,9) canonical->posed, view_dir (N,3) world.
+    def forward(
+        self, x_canon: Tensor, rot: Tensor, view_dir: Tensor, normal: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x_canon (N,3) m, rot (N,3,3) or (N,9) canonical->posed, view_dir (N,3) world,
+        normal (N,3) unit posed-surface normal in world space (needed with use_world_normal).
 
         Returns sigma (N,) >= 0 and rgb (N,3) in [0,1].
         """
         n = x_canon.shape[0]
         sigma, geo = self._density_and_features(x_canon)
         inputs = [geo]
+        if self.cfg.use_world_normal:
+            if normal is None or normal.shape != (n, 3):
+                got = None if normal is None else tuple(normal.shape)
+                raise ParameterError(
+                    f"field: normal must have shape ({n},3) with use_world_normal, got {got}"
+                )
+            inputs.append(normal.float())
         if self.cfg.use_pose_rotation:
             if rot.shape not in ((n, 3, 3), (n, 9)):
                 raise ParameterError(

@@ -48,7 +48,27 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Serialise ``state`` (tensors, dicts, lists, str/int/float/bool/None) atomically."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    try:
+        atomic_write_bytes(Path(path), buffer.getvalue())
+    except OSError as exc:  # disk full, quota, read-only folder...
+        raise CheckpointError(
+            f"cannot write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint "
+            "there, if any, is intact"
+        ) from exc
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete temp files a killed :func:`atomic_write_bytes` of ``path`` left behind.
+
+    Only safe while no other process writes ``path`` (one fit per run folder). Returns
+    the files removed.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from handnerf.data.cache import CachedView, PreparedCache, is_prepared_cache
 from handnerf.data.interhand import FrameView, InterHandCapture
 from handnerf.errors import DataError, SelectionError
 from handnerf.hand.hand_model import HandModel, ManoParams
@@ -77,7 +78,9 @@ def choose_holdout(cameras: list[str], cfg: DataConfig) -> list[str]:
 def load_fit_data(
     root: Path, cfg: DataConfig, mask_cache: Path | None = None, progress: bool = True
 ) -> FitData:
-    """Read and prepare the capture at ``root`` for a fit."""
+    """Read and prepare the capture at ``root`` (or a ``handnerf prepare`` cache) for a fit."""
+    if is_prepared_cache(root):
+        return _load_fit_data_from_cache(root, cfg, progress)
     hand_model = HandModel.from_folder(Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand)
     train_cap = InterHandCapture(
         root,
@@ -280,6 +283,15 @@ def _fingerprint(root: Path, cfg: DataConfig, views: list[FrameView]) -> str:
 
 def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> ManoParams:
     """MANO parameters of every selected frame of ``seq`` (frame order), for driving an avatar."""
+    if is_prepared_cache(root):
+        cache = PreparedCache(root)
+        frames = cache.frames(seq)[::stride]
+        return ManoParams.stack(
+            [
+                ManoParams.from_interhand(cache.mano(seq, f), where=f"{root}: {seq} frame {f}")
+                for f in frames
+            ]
+        )
     capture = InterHandCapture(
         root, split=cfg.split, capture=cfg.capture, seqs=[seq], hand=cfg.hand, stride=stride
     )
@@ -292,3 +304,137 @@ def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> Man
             for k in keys
         ]
     )
+
+
+# --------------------------------------------------------------------------- prepared cache
+
+
+def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> FitData:
+    """:func:`load_fit_data` from a ``handnerf prepare`` cache: no JSON, no mask rendering.
+
+    The cache fixes split, capture and hand (a mismatch with ``cfg`` is an error);
+    ``cfg.stride`` thins the cached frames further and ``cfg.exclude_cameras`` drops cameras.
+    """
+    cache = PreparedCache(root)
+    for name, wanted, cached in (
+        ("split", cfg.split, cache.split),
+        ("capture", cfg.capture, cache.capture),
+        ("hand", cfg.hand, cache.hand),
+    ):
+        if wanted != cached:
+            raise SelectionError(
+                f"data.{name}={wanted!r} but the prepared cache {root} holds {name} {cached!r}"
+            )
+    hand_model = HandModel.from_folder(Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand)
+    if hand_model.data.sha256 != cache.hand_sha:
+        raise DataError(
+            f"{root}: its masks were made with another hand model (sha256 {cache.hand_sha[:12]}) "
+            f"than this fit's ({str(hand_model.data.sha256)[:12]}); pass the same --mano-dir to "
+            "prepare and fit"
+        )
+
+    def entries(seq: str, stride: int) -> list[CachedView]:
+        frames = set(cache.frames(seq)[::stride])
+        excluded = set(cfg.exclude_cameras)
+        return [
+            e
+            for e in cache.entries(seq)
+            if e.view.frame_idx in frames and e.view.camera_id not in excluded
+        ]
+
+    train_entries = entries(cfg.train_seq, cfg.stride)
+    if not train_entries:
+        raise DataError(f"{root}: no cached views of {cfg.train_seq} are left")
+    cameras = sorted({e.view.camera_id for e in train_entries})
+    holdout = choose_holdout(cameras, cfg)
+    train_cams = [c for c in cameras if c not in holdout]
+    if not train_cams:
+        raise SelectionError("data: every camera is held out; nothing left to train on")
+    camera_index = {c: i for i, c in enumerate(cameras)}
+
+    def view_set(
+        chosen: list[CachedView],
+        desc: str,
+        frame_keys: list[tuple[str, int]] | None = None,
+        mano: ManoParams | None = None,
+    ) -> ViewSet:
+        return _cached_view_set(cache, chosen, cfg, camera_index, progress, desc, frame_keys, mano)
+
+    train = view_set([e for e in train_entries if e.view.camera_id in train_cams], "train views")
+    val_entries = [e for e in train_entries if e.view.camera_id in holdout]
+    val = (
+        view_set(val_entries, "held-out views", frame_keys=train.frame_keys, mano=train.mano)
+        if val_entries
+        else None
+    )
+    novel = None
+    selection = cache.selection_report
+    if cfg.novel_pose_seq:
+        if cfg.novel_pose_seq in cache.sequences:
+            known = [
+                e
+                for e in entries(cfg.novel_pose_seq, cfg.novel_pose_stride)
+                if e.view.camera_id in camera_index
+            ]
+            novel = view_set(known, "novel-pose views") if known else None
+        else:
+            selection += f"\nnote: novel-pose sequence {cfg.novel_pose_seq} is not in the cache"
+    digest = hashlib.sha256(cache.fingerprint.encode())
+    digest.update(json.dumps([cfg.train_seq, cfg.stride, sorted(cfg.exclude_cameras)]).encode())
+    return FitData(
+        hand_model=hand_model,
+        betas=train.mano.betas[0].clone(),
+        camera_names=cameras,
+        train_cameras=train_cams,
+        holdout_cameras=holdout,
+        train=train,
+        val=val,
+        novel_pose=novel,
+        fingerprint=digest.hexdigest()[:16],
+        hand_identity=hand_identity(hand_model),
+        selection=selection,
+    )
+
+
+def _cached_view_set(
+    cache: PreparedCache,
+    entries: list[CachedView],
+    cfg: DataConfig,
+    camera_index: dict[str, int],
+    progress: bool,
+    desc: str,
+    frame_keys: list[tuple[str, int]] | None = None,
+    mano: ManoParams | None = None,
+) -> ViewSet:
+    """Like :func:`prepare_view_set`, reading the cached crops (re-cut if sizes differ)."""
+    views = [e.view for e in entries]
+    if frame_keys is None:
+        frame_keys = sorted({(v.seq_name, v.frame_idx) for v in views})
+        mano = ManoParams.stack(
+            [ManoParams.from_interhand(_mano_of(views, k), where=f"frame {k}") for k in frame_keys]
+        )
+    assert mano is not None
+    frame_id = {k: i for i, k in enumerate(frame_keys)}
+    n = len(entries)
+    size = cfg.crop_size
+    images = torch.empty((n, size, size, 3), dtype=torch.float32)
+    masks = torch.empty((n, size, size), dtype=torch.bool)
+    Ks, Rs, ts = torch.empty((n, 3, 3)), torch.empty((n, 3, 3)), torch.empty((n, 3))
+    for i, entry in enumerate(tqdm(entries, desc=desc, disable=not progress, leave=False)):
+        crop = cache.read_cropped(entry, cfg.crop_scale, size)
+        assert crop.mask is not None
+        images[i] = torch.from_numpy(crop.image).float() / 255.0
+        masks[i] = torch.from_numpy(crop.mask)
+        Ks[i] = torch.from_numpy(crop.camera.K)
+        Rs[i] = torch.from_numpy(crop.camera.R)
+        ts[i] = torch.from_numpy(crop.camera.t)
+    stack = ViewStack(
+        images=images,
+        masks=masks,
+        K=Ks,
+        R=Rs,
+        t=ts,
+        frame_ids=torch.tensor([frame_id[(v.seq_name, v.frame_idx)] for v in views]),
+        camera_ids=torch.tensor([camera_index[v.camera_id] for v in views]),
+    )
+    return ViewSet(stack=stack, views=views, frame_keys=frame_keys, mano=mano)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from handnerf.config import config_to_dict, load_config
-from handnerf.errors import CheckpointError, ConfigError
-from handnerf.train.checkpoint import LATEST, atomic_write_bytes
+from handnerf.errors import CheckpointError, ConfigError, ResourceError
+from handnerf.train.checkpoint import LATEST, atomic_write_bytes, remove_stale_temp_files
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import load_fit_data
 from handnerf.train.trainer import FitResult, Trainer, machine_info
@@ -41,24 +41,58 @@ def run_fit(
     trainer = Trainer(cfg, data, out_dir, wandb_run=wandb_run)
     if resume:
         step = trainer.resume()
+        remove_stale_temp_files(latest)
+        trim_metrics(trainer.metrics_path, step)
         print(f"resuming at step {step} from {latest}")
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
         from omegaconf import OmegaConf
 
-        atomic_write_bytes(
-            out_dir / "config.yaml",
-            OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))).encode(),
-        )
-        atomic_write_bytes(
-            out_dir / "run.json",
-            json.dumps(run_info(cfg, data_root, data, trainer), indent=2).encode(),
-        )
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(
+                out_dir / "config.yaml",
+                OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))).encode(),
+            )
+            atomic_write_bytes(
+                out_dir / "run.json",
+                json.dumps(run_info(cfg, data_root, data, trainer), indent=2).encode(),
+            )
+        except OSError as exc:
+            raise ResourceError(f"cannot write the run folder {out_dir}: {exc}") from exc
+        # records of an earlier start that was killed before its first checkpoint
+        trim_metrics(trainer.metrics_path, 0)
     try:
         return trainer.fit(progress=progress)
     finally:
         if wandb_run is not None:
             wandb_run.finish()
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop log records past ``step`` (and a line cut short by a kill); returns how many.
+
+    A fit killed after its last checkpoint has logged steps that the resumed fit will run
+    and log again; without trimming they would appear twice.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record_step = int(record.get("step", 0))
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            dropped += 1
+            continue
+        if record_step > step or (record_step == step and record.get("final")):
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+    return dropped
 
 
 def run_info(cfg: FitConfig, data_root: Path, data: Any, trainer: Trainer) -> dict[str, Any]:

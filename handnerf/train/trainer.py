@@ -26,13 +26,18 @@ import torch
 from torch import Tensor
 
 from handnerf.config import config_to_dict
-from handnerf.errors import CheckpointError, TrainingDivergedError
+from handnerf.errors import (
+    CheckpointError,
+    ConfigError,
+    ResourceError,
+    TrainingDivergedError,
+)
 from handnerf.model.avatar import HandAvatar, PosedFrames
 from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
-from handnerf.train.rays import RayBatch, RaySampler, image_rays
+from handnerf.train.rays import RayBatch, RaySampler, pixel_rays
 
 
 def pick_device(name: str) -> torch.device:
@@ -214,16 +219,21 @@ class Trainer:
         m = batch.mask.float().unsqueeze(-1)
         target = batch.rgb * m + bg * (1 - m)
 
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            out = self.avatar.render_rays(
-                self.train_frames,
-                batch.origins,
-                batch.dirs,
-                batch.frame_ids,
-                batch.camera_ids,
-                bg,
-                training=True,
-            )
+        try:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                out = self.avatar.render_rays(
+                    self.train_frames,
+                    batch.origins,
+                    batch.dirs,
+                    batch.frame_ids,
+                    batch.camera_ids,
+                    bg,
+                    training=True,
+                )
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise self._memory_error(exc, len(batch)) from exc
         rgb = out["rgb"].float()
         opacity = out["opacity"].float()
         losses: dict[str, Tensor] = {}
@@ -244,7 +254,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return self._bad_step("loss", losses)
-        self.scaler.scale(loss).backward()
+        try:
+            self.scaler.scale(loss).backward()
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise self._memory_error(exc, len(batch)) from exc
         self.scaler.unscale_(self.optimizer)
         grads_ok = all(
             p.grad is None or bool(torch.isfinite(p.grad).all())
@@ -268,6 +283,15 @@ class Trainer:
         stats.update(loss=float(loss.detach()), psnr=psnr_from_mse(mse))
         return stats
 
+    def _memory_error(self, exc: BaseException, n_rays: int) -> ResourceError:
+        """The user-facing error of an allocation failure, naming the knobs that bound memory."""
+        return ResourceError(
+            f"step {self.step}: a batch of {n_rays} rays does not fit in {self.device.type} "
+            f"memory ({str(exc).splitlines()[0]}); lower train.batch_rays, "
+            "model.sampler.n_samples or train.lpips_patches (the checkpoint "
+            f"{self.ckpt_dir / LATEST} is intact)"
+        )
+
     def _apply_backoff(self) -> None:
         if self.lr_backoff != 1.0:
             for g in self.optimizer.param_groups:
@@ -277,7 +301,10 @@ class Trainer:
         """A non-finite loss/gradient: skip the step, halve the learning rate, count it."""
         self.bad_steps += 1
         self.lr_backoff *= 0.5
-        self._apply_backoff()
+        # The current rates already carry the previous back-off; halve them once more
+        # (applying the whole accumulated factor again would compound it).
+        for g in self.optimizer.param_groups:
+            g["lr"] *= 0.5
         if self.bad_steps > self.cfg.train.max_bad_steps:
             raise TrainingDivergedError(
                 f"training diverged: {self.bad_steps} steps with a non-finite {what} "
@@ -327,9 +354,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def log(self, record: dict[str, Any]) -> None:
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:  # disk full, quota: stop with the checkpoint intact
+            raise ResourceError(
+                f"cannot append to {self.metrics_path} ({exc.strerror or exc}); the last "
+                f"checkpoint {self.ckpt_dir / LATEST} is intact"
+            ) from exc
         if self.wandb is not None:
             self.wandb.log(record, step=record.get("step"))
 
@@ -382,16 +415,17 @@ class Trainer:
                 if cfg.max_minutes > 0 and time.monotonic() - start_time > cfg.max_minutes * 60:
                     stopped_by = "time"
                     break
-        bar.close()
-        ckpt = self.save()
-        if stopped_by != "signal":
-            self.log({"step": self.step, "final": True, **self.validate()})
+            # Still inside the signal guard: a signal now cannot cut the final save (or the
+            # final validation, which a signal has nothing left to interrupt for) short.
+            bar.close()
+            ckpt = self.save()
+            if stopped_by != "signal":
+                self.log({"step": self.step, "final": True, **self.validate()})
         return FitResult(
             step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path
         )
 
 
-@torch.no_grad()
 def render_image(
     avatar: HandAvatar,
     frames: PosedFrames,
@@ -403,31 +437,91 @@ def render_image(
     frame_id: int,
     camera_id: int,
     device: torch.device,
-    chunk: int = 8192,
+    chunk: int | None = None,
     background: Tensor | None = None,
     use_camera_affine: bool = True,
+    amp: bool | None = None,
 ) -> Tensor:
-    """Render one (H,W,3) image in ray chunks, so memory stays bounded at any resolution.
+    """Render one (H,W,3) float32 CPU image in ray chunks, so memory stays bounded at any size.
 
+    This is the inference path: ``torch.inference_mode`` (no autograd graph, no version
+    counters), rays made and composited on ``device`` with a single copy back, samples
+    culled by the avatar's occupancy (and marched by nerfacc's fused kernels where
+    available), and on CUDA the field under fp16 autocast as in training (``amp``: None
+    means on for CUDA; False gives plain fp32, e.g. to compare backends). ``chunk``: rays
+    per :meth:`HandAvatar.render_rays` call (None: 65536 on CUDA, 8192 on CPU).
     ``use_camera_affine=False`` renders the canonical colour (for virtual cameras).
+    A chunk that runs out of memory is retried in halves (down to ``MIN_RENDER_CHUNK`` rays)
+    instead of failing; only then is a :class:`ResourceError` raised. The result is an
+    ordinary tensor (not an inference tensor), so callers may modify it in place.
     """
-    origins, dirs = image_rays(K.cpu(), R.cpu(), t.cpu(), height, width)
-    n = origins.shape[0]
-    bg = background if background is not None else torch.zeros(3)
-    out = torch.zeros(n, 3)
-    for s in range(0, n, chunk):
-        o = origins[s : s + chunk].to(device)
-        d = dirs[s : s + chunk].to(device)
-        m = o.shape[0]
-        fid = torch.full((m,), frame_id, dtype=torch.long, device=device)
-        cid = (
-            torch.full((m,), camera_id, dtype=torch.long, device=device)
-            if use_camera_affine
-            else None
+    device = torch.device(device)
+    if chunk is None:
+        # A GPU needs large launches to be busy; on a CPU smaller chunks stay in cache.
+        chunk = 1 << 16 if device.type == "cuda" else 8192
+    if chunk < 1:
+        raise ConfigError(f"chunk must be a positive number of rays, got {chunk}")
+    use_amp = device.type == "cuda" and amp is not False
+    with torch.inference_mode():
+        v, u = torch.meshgrid(
+            torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
         )
-        res = avatar.render_rays(frames, o, d, fid, cid, bg.to(device).expand(m, 3), training=False)
-        out[s : s + chunk] = res["rgb"].float().clamp(0, 1).cpu()
-    return out.reshape(height, width, 3)
+        u, v = u.reshape(-1), v.reshape(-1)
+        n = u.shape[0]
+        Kd, Rd, td = (x.to(device, torch.float32) for x in (K, R, t))
+        # The rays of image_rays, made on the device: on a GPU, building them on the CPU
+        # and copying them over would cost more than rendering a small frame.
+        origins, dirs = pixel_rays(Kd.expand(n, 3, 3), Rd.expand(n, 3, 3), td.expand(n, 3), u, v)
+        bg = (background if background is not None else torch.zeros(3)).to(device, torch.float32)
+        out = torch.empty(n, 3, device=device)
+        # Chunks only ever shrink (on OOM), so slices of these serve every chunk.
+        fid = torch.full((min(chunk, n),), frame_id, dtype=torch.long, device=device)
+        cid = torch.full_like(fid, camera_id) if use_camera_affine else None
+        s = 0
+        while s < n:
+            o = origins[s : s + chunk]
+            d = dirs[s : s + chunk]
+            m = o.shape[0]
+            try:
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    res = avatar.render_rays(
+                        frames,
+                        o,
+                        d,
+                        fid[:m],
+                        None if cid is None else cid[:m],
+                        bg.expand(m, 3),
+                        training=False,
+                    )
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if m <= MIN_RENDER_CHUNK:
+                    raise ResourceError(
+                        f"rendering {height}x{width} rays in chunks of {m} does not fit in "
+                        f"{device.type} memory ({str(exc).splitlines()[0]})"
+                    ) from exc
+                chunk = max(MIN_RENDER_CHUNK, m // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            out[s : s + m] = res["rgb"].float().clamp(0, 1)
+            s += m
+        image = out.reshape(height, width, 3)
+    # Copied outside inference mode: an ordinary CPU tensor that callers may write into.
+    return image.to("cpu", copy=True)
+
+
+#: Smallest ray chunk :func:`render_image` falls back to when memory runs out.
+MIN_RENDER_CHUNK = 256
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CUDA OOM or the CPU allocator giving up)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def machine_info() -> dict[str, Any]:

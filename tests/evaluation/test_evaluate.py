@@ -53,3 +53,49 @@ def test_eval_unknown_protocol_lists_presets(tiny_run: Path, tmp_path: Path, cap
     assert main(["eval", "--run", str(tiny_run), "--out", str(tmp_path), "--protocol", "nope"]) == 2
     err = capsys.readouterr().err
     assert "handavatar" in err and "xhand" in err
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    # Not a skip: the report's browser rendering is part of what must be shown. `make
+    # install` installs Debian's chromium when it is missing.
+    assert path, "chromium is not installed (make install installs Debian's chromium package)"
+    return path
+
+
+def test_report_html_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+    """A screenshot of report.html is a real picture, and the rendered page shows the numbers."""
+    report = json.loads((report_dir / "report.json").read_text())
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    url = (report_dir / "report.html").resolve().as_uri()
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,1600", url],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    image = iio.imread(shot)
+    assert image.shape[0] >= 1000 and image.shape[1] >= 1000
+    assert image[..., :3].std() > 10, "the screenshot is blank"
+    dom = subprocess.run(
+        [_chromium(), *flags, "--dump-dom", url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    for split, agg in report["sets"].items():
+        assert split.replace("_", " ") in dom.replace("_", " ")
+        assert f"{agg['psnr']:.2f}" in dom
+    assert report["lpips_net"] in dom

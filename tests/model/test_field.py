@@ -16,7 +16,14 @@ AABB = [-0.1, -0.05, -0.02, 0.1, 0.05, 0.02]
 
 
 def small_config(**overrides: object) -> HashGridField.Config:
-    cfg = HashGridField.Config(n_cameras=3, hidden_dim=32, color_hidden_dim=32)
+    # The rotation-conditioned colour path; the normal path has its own test below.
+    cfg = HashGridField.Config(
+        n_cameras=3,
+        hidden_dim=32,
+        color_hidden_dim=32,
+        use_world_normal=False,
+        use_pose_rotation=True,
+    )
     cfg.encoding.n_levels = 4
     cfg.encoding.log2_hashmap_size = 12
     cfg.encoding.base_resolution = 8
@@ -79,6 +86,23 @@ def test_rotation_layouts_agree_and_colour_depends_on_pose() -> None:
     _, rgb_1 = blind(x, rot, view)
     _, rgb_2 = blind(x, random_rotations(64, gen), torch.randn(64, 3, generator=gen))
     assert torch.equal(rgb_1, rgb_2)
+
+
+def test_colour_depends_on_world_normal_and_requires_it() -> None:
+    gen = torch.Generator().manual_seed(4)
+    field = HashGridField(small_config(use_world_normal=True, use_pose_rotation=False), aabb=AABB)
+    x, view = inside_points(32, gen), torch.randn(32, 3, generator=gen)
+    rot = random_rotations(32, gen)
+    n1 = torch.nn.functional.normalize(torch.randn(32, 3, generator=gen), dim=-1)
+    n2 = torch.nn.functional.normalize(torch.randn(32, 3, generator=gen), dim=-1)
+    sigma_1, rgb_1 = field(x, rot, view, n1)
+    sigma_2, rgb_2 = field(x, random_rotations(32, gen), view, n2)
+    assert torch.equal(sigma_1, sigma_2)  # density ignores shading inputs
+    assert not torch.allclose(rgb_1, rgb_2)
+    _, rgb_3 = field(x, random_rotations(32, gen), view, n1)
+    assert torch.equal(rgb_1, rgb_3)  # rotation unused when only the normal is on
+    with pytest.raises(ParameterError, match="normal"):
+        field(x, rot, view)
 
 
 def test_spherical_harmonics_are_orthonormal() -> None:

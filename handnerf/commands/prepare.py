@@ -1,0 +1,207 @@
+"""Prepare one selection of an InterHand2.6M split into a compact cache for fit.
+
+Streams the split's annotation JSONs (memory stays bounded however big the split is),
+keeps the chosen capture, sequence(s), hand and cameras, renders the MANO masks
+(optionally refined with GrabCut), applies HandAvatar's frame filters, crops, and writes
+CACHE/ (PNG images and masks, cameras, MANO parameters, index.json with provenance).
+Re-running skips finished views, so an interrupted run resumes. Pass CACHE as fit's
+--data.
+
+Protocols (configs/protocols/*.yaml) hold ready-made selections; flags override them.
+
+Examples:
+  handnerf prepare --interhand ROOT --split test --capture 0 \\
+      --seq ROM04_RT_Occlusion --seq ROM03_RT_No_Occlusion --hand right \\
+      --crop 1.3:256 --mano-dir MANO --out caches/handavatar
+  handnerf prepare --interhand ROOT --protocol configs/protocols/handavatar.yaml --out CACHE
+  handnerf fit --data CACHE --config configs/interhand.yaml --out runs/s0
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+HELP = "stream a selection of an InterHand2.6M split into a compact, resumable cache"
+
+#: Keys a protocol file's ``prepare:`` section may set (the flags' names).
+PROTOCOL_KEYS: tuple[str, ...] = (
+    "split",
+    "capture",
+    "seqs",
+    "hand",
+    "cameras",
+    "exclude_cameras",
+    "stride",
+    "crop",
+    "scale",
+    "filters",
+    "refine_masks",
+    "drop_grayscale_cameras",
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interhand", type=Path, required=True, help="InterHand2.6M root (images/, annotations/)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="cache folder to write")
+    parser.add_argument(
+        "--protocol", type=Path, default=None, help="a protocol YAML (configs/protocols/)"
+    )
+    parser.add_argument("--split", default=None, help="train | val | test (default: test)")
+    parser.add_argument("--capture", type=int, default=None, help="capture number (default: 0)")
+    parser.add_argument(
+        "--seq",
+        dest="seqs",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="sequence to keep (repeatable; default: every sequence of the capture)",
+    )
+    parser.add_argument("--hand", choices=("right", "left"), default=None, help="default: right")
+    parser.add_argument("--cameras", nargs="+", default=None, metavar="ID", help="cameras to keep")
+    parser.add_argument(
+        "--exclude-cameras", nargs="+", default=None, metavar="ID", help="cameras to drop"
+    )
+    parser.add_argument(
+        "--drop-grayscale-cameras",
+        action="store_true",
+        default=None,
+        help="drop the 4100xx cameras (grayscale in some captures)",
+    )
+    parser.add_argument("--stride", type=int, default=None, help="keep every K-th frame")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--crop",
+        default=None,
+        metavar="SCALE:SIZE",
+        help="square hand crop: side SCALE x bbox, resized to SIZE px (default: 1.3:256)",
+    )
+    size.add_argument(
+        "--scale", type=float, default=None, help="keep the full frame, resized by this factor"
+    )
+    parser.add_argument(
+        "--no-filters",
+        dest="filters",
+        action="store_false",
+        default=None,
+        help="keep every view (no HandAvatar frame filters)",
+    )
+    parser.add_argument(
+        "--refine-masks",
+        action="store_true",
+        default=None,
+        help="refine MANO silhouettes against the photo with GrabCut (real photos)",
+    )
+    parser.add_argument(
+        "--mano-dir",
+        type=Path,
+        default=None,
+        help="your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); default: procedural hand",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_crop(text: str) -> tuple[float, int]:
+    """``'1.3:256'`` -> ``(1.3, 256)``; ConfigError otherwise."""
+    from handnerf.errors import ConfigError
+
+    try:
+        scale_text, size_text = str(text).split(":")
+        scale, size = float(scale_text), int(size_text)
+    except ValueError as exc:
+        raise ConfigError(f"--crop must look like SCALE:SIZE (e.g. 1.3:256), got {text!r}") from exc
+    if scale <= 0 or size < 1:
+        raise ConfigError(f"--crop scale and size must be positive, got {text!r}")
+    return scale, size
+
+
+def load_protocol(path: Path) -> dict[str, Any]:
+    """The ``prepare:`` section of a protocol YAML, checked against :data:`PROTOCOL_KEYS`."""
+    import yaml
+
+    from handnerf.errors import ConfigError
+
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"protocol file not found: {path}") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    section = content.get("prepare") if isinstance(content, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: no 'prepare:' section")
+    unknown = sorted(set(section) - set(PROTOCOL_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) prepare.{', prepare.'.join(unknown)}; "
+            f"known: {', '.join(PROTOCOL_KEYS)}"
+        )
+    return section
+
+
+def build_spec(args: argparse.Namespace) -> Any:
+    """The :class:`~handnerf.data.prepare.PrepareSpec` of the flags over the protocol."""
+    from handnerf.data.crops import CropConfig
+    from handnerf.data.filters import FrameFilterConfig
+    from handnerf.data.prepare import PrepareSpec
+
+    settings: dict[str, Any] = load_protocol(args.protocol) if args.protocol else {}
+    for key in PROTOCOL_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    if args.crop is not None or args.scale is not None:
+        settings.pop("crop" if args.scale is not None else "scale", None)
+
+    def strings(value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        return (str(value),) if isinstance(value, str | int) else tuple(str(v) for v in value)
+
+    if settings.get("scale") is not None:
+        crop = CropConfig(mode="full", full_scale=float(settings["scale"]))
+    else:
+        scale, size = parse_crop(settings.get("crop", "1.3:256"))
+        crop = CropConfig(mode="crop", scale=scale, out_size=size)
+    return PrepareSpec(
+        split=str(settings.get("split", "test")),
+        capture=int(settings.get("capture", 0)),
+        seqs=strings(settings.get("seqs")),
+        hand=str(settings.get("hand", "right")),
+        cameras=strings(settings.get("cameras")),
+        exclude_cameras=strings(settings.get("exclude_cameras")),
+        stride=int(settings.get("stride", 1)),
+        drop_grayscale_cameras=bool(settings.get("drop_grayscale_cameras", False)),
+        crop=crop,
+        filters=FrameFilterConfig() if settings.get("filters", True) else None,
+        refine_masks=bool(settings.get("refine_masks", False)),
+        mano_dir=str(args.mano_dir) if args.mano_dir is not None else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from handnerf.data.prepare import prepare_cache
+    from handnerf.errors import ConfigError
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    spec = build_spec(args)
+    summary = prepare_cache(
+        args.interhand, args.out, spec, workers=args.workers, progress=not args.no_progress
+    )
+    if summary.already_complete:
+        print(f"{summary.root} is already prepared ({summary.n_kept} views); nothing to do")
+        return 0
+    dropped = sum(summary.filter_counts.values())
+    print(
+        f"prepared {summary.n_kept} of {summary.n_views} views into {summary.root} in "
+        f"{summary.seconds:.1f} s ({summary.computed} computed, {summary.reused} reused, "
+        f"{dropped} dropped by filters)"
+    )
+    for reason, count in summary.filter_counts.items():
+        print(f"  filter: {reason}: {count}")
+    return 0

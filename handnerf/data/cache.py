@@ -1,0 +1,326 @@
+"""The prepared-capture cache written by ``handnerf prepare`` and read by ``fit``.
+
+Layout of a cache folder::
+
+    CACHE/prepare.json                               the job (selection, options, sources)
+    CACHE/views/{seq}/cam{ID}/{frame:06d}.json       one view's record: the "complete" marker
+    CACHE/views/{seq}/cam{ID}/{frame:06d}.png        its cropped image (RGB, lossless)
+    CACHE/views/{seq}/cam{ID}/{frame:06d}_mask.png   its cropped mask
+    CACHE/index.json                                 cameras, MANO per frame, views, provenance
+
+Every file is written to a temporary name and renamed into place, so a file under its
+final name is always whole. A view's record is written after its PNGs, and ``index.json``
+after every record: a record means the view is done, ``index.json`` means the cache is.
+An interrupted run leaves at most temporary files (ignored and cleaned) and views without
+a record (redone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from handnerf.data.camera import PinholeCamera
+from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, square_box
+from handnerf.data.interhand import FrameView
+from handnerf.errors import DataError, SelectionError
+
+INDEX_NAME = "index.json"
+SPEC_NAME = "prepare.json"
+FORMAT = "handnerf-prepared-capture"
+VERSION = 1
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc}") from exc
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, json.dumps(value, indent=1).encode())
+
+
+def view_stem(seq_name: str, camera_id: str, frame_idx: int) -> str:
+    """``views/{seq}/cam{ID}/{frame:06d}``, relative to the cache root."""
+    return f"views/{seq_name}/cam{camera_id}/{frame_idx:06d}"
+
+
+def _encode_png(array: np.ndarray, path: Path) -> bytes:
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise DataError(f"could not encode {path}")
+    return encoded.tobytes()
+
+
+def write_view(root: Path, record: dict[str, Any], crop: Crop | None) -> None:
+    """Store one view: its PNGs (when kept) and then its record, each atomically.
+
+    ``record`` must hold ``seq``, ``camera``, ``frame``; for a kept view (``crop`` given)
+    the image and mask file names are added to it.
+    """
+    stem = view_stem(record["seq"], record["camera"], int(record["frame"]))
+    if crop is not None:
+        assert crop.mask is not None
+        image_path = root / f"{stem}.png"
+        mask_path = root / f"{stem}_mask.png"
+        atomic_write_bytes(image_path, _encode_png(crop.image[..., ::-1], image_path))
+        atomic_write_bytes(mask_path, _encode_png(crop.mask.astype(np.uint8) * 255, mask_path))
+        record = {**record, "image": f"{stem}.png", "mask": f"{stem}_mask.png"}
+    atomic_write_json(root / f"{stem}.json", record)
+
+
+def read_record(root: Path, seq_name: str, camera_id: str, frame_idx: int) -> dict[str, Any] | None:
+    """A finished view's record, or None when the view must be (re)done.
+
+    A record that does not parse, or whose PNGs are gone, does not count as finished.
+    """
+    path = root / f"{view_stem(seq_name, camera_id, frame_idx)}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") not in ("kept", "filtered"):
+        return None
+    if record["status"] == "kept" and not all(
+        (root / str(record.get(key, ""))).is_file() for key in ("image", "mask")
+    ):
+        return None
+    return record
+
+
+def remove_temporaries(root: Path) -> int:
+    """Delete the temporary files an interrupted run left behind; returns how many."""
+    removed = 0
+    for tmp in root.rglob(".tmp-*"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def camera_to_json(camera: PinholeCamera) -> dict[str, Any]:
+    return {
+        "K": camera.K.tolist(),
+        "R": camera.R.tolist(),
+        "t": camera.t.tolist(),
+        "width": camera.width,
+        "height": camera.height,
+    }
+
+
+def camera_from_json(entry: dict[str, Any], name: str) -> PinholeCamera:
+    return PinholeCamera(
+        K=np.asarray(entry["K"], dtype=np.float64),
+        R=np.asarray(entry["R"], dtype=np.float64),
+        t=np.asarray(entry["t"], dtype=np.float64),
+        width=int(entry["width"]),
+        height=int(entry["height"]),
+        name=name,
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def is_prepared_cache(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by ``handnerf prepare`` (complete or not)."""
+    path = Path(path)
+    return (path / INDEX_NAME).is_file() or (path / SPEC_NAME).is_file()
+
+
+@dataclass(frozen=True, eq=False)
+class CachedView:
+    """One kept view of a cache: the source view and where its crop lives.
+
+    ``view`` has the *source* camera and image path; ``camera`` is the camera of the
+    cached (cropped/scaled) image, of size ``camera.width x camera.height``.
+    """
+
+    view: FrameView
+    camera: PinholeCamera
+    image_file: Path
+    mask_file: Path
+    box: tuple[int, int, int, int]
+
+
+class PreparedCache:
+    """Read a complete cache: views by sequence, their images, masks, cameras and MANO.
+
+    Raises DataError when ``root`` holds no finished cache (naming what to do about it).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        index_path = self.root / INDEX_NAME
+        if not index_path.is_file():
+            if (self.root / SPEC_NAME).is_file():
+                raise DataError(
+                    f"{self.root}: prepared cache is incomplete (no {INDEX_NAME}); re-run "
+                    "'handnerf prepare' with the same arguments to finish it"
+                )
+            raise DataError(f"{self.root}: not a prepared cache (no {INDEX_NAME})")
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{index_path}: unreadable ({exc})") from exc
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise DataError(f"{index_path}: 'format' is not {FORMAT!r}")
+        if index.get("version") != VERSION:
+            raise DataError(
+                f"{index_path}: 'version' is {index.get('version')!r}, this handnerf reads "
+                f"{VERSION}; re-run 'handnerf prepare' into a new folder"
+            )
+        self.index: dict[str, Any] = index
+        spec = index["spec"]
+        self.split: str = spec["split"]
+        self.capture: int = int(spec["capture"])
+        self.hand: str = spec["hand"]
+        self.crop = CropConfig(**spec["crop"])
+        self.cameras = {
+            cam_id: camera_from_json(entry, cam_id) for cam_id, entry in index["cameras"].items()
+        }
+        self._frames = {(f["seq"], int(f["frame"])): f for f in index["frames"]}
+
+    @property
+    def sequences(self) -> list[str]:
+        return sorted({seq for seq, _ in self._frames})
+
+    @property
+    def hand_sha(self) -> str:
+        return str(self.index["hand"]["sha256"])
+
+    @property
+    def selection_report(self) -> str:
+        return str(self.index["selection_report"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.index["fingerprint"])
+
+    def mano(self, seq_name: str, frame_idx: int) -> dict[str, np.ndarray]:
+        """``{'pose': (48,), 'shape': (10,), 'trans': (3,)}`` float64 of one frame."""
+        entry = self._frames[(seq_name, frame_idx)]["mano"]
+        return {k: np.asarray(v, dtype=np.float64) for k, v in entry.items()}
+
+    def frames(self, seq_name: str) -> list[int]:
+        """Sorted frame indices of ``seq_name`` with at least one kept view."""
+        self._check_seq(seq_name)
+        return sorted(f for s, f in self._frames if s == seq_name)
+
+    def _check_seq(self, seq_name: str) -> None:
+        if seq_name not in self.sequences:
+            raise SelectionError(
+                f"sequence {seq_name!r} is not in the prepared cache {self.root}; "
+                f"it holds: {', '.join(self.sequences) or '(none)'}"
+            )
+
+    def entries(self, seq_name: str) -> list[CachedView]:
+        """Kept views of ``seq_name`` sorted by (frame, camera)."""
+        self._check_seq(seq_name)
+        image_root = Path(self.index["source"]["root"]) / "images" / self.split
+        out: list[CachedView] = []
+        for record in self.index["views"]:
+            if record["seq"] != seq_name:
+                continue
+            frame = int(record["frame"])
+            cam_id = str(record["camera"])
+            frame_entry = self._frames[(seq_name, frame)]
+            keypoints = frame_entry.get("keypoints_world")
+            valid = frame_entry.get("keypoints_valid")
+            view = FrameView(
+                image_path=image_root / record["file_name"],
+                split=self.split,
+                capture=self.capture,
+                seq_name=seq_name,
+                camera_id=cam_id,
+                frame_idx=frame,
+                camera=self.cameras[cam_id],
+                mano=self.mano(seq_name, frame),
+                hand=self.hand,
+                keypoints_world=None if keypoints is None else np.asarray(keypoints, np.float64),
+                keypoints_valid=None if valid is None else np.asarray(valid, dtype=bool),
+                bbox=None if record.get("bbox") is None else tuple(record["bbox"]),  # type: ignore[arg-type]
+                image_id=int(record["image_id"]),
+            )
+            crop = record["crop"]
+            out.append(
+                CachedView(
+                    view=view,
+                    camera=PinholeCamera(
+                        K=np.asarray(crop["K"], dtype=np.float64),
+                        R=view.camera.R,
+                        t=view.camera.t,
+                        width=int(crop["width"]),
+                        height=int(crop["height"]),
+                        name=cam_id,
+                    ),
+                    image_file=self.root / record["image"],
+                    mask_file=self.root / record["mask"],
+                    box=tuple(int(v) for v in crop["box"]),  # type: ignore[arg-type]
+                )
+            )
+        out.sort(key=lambda e: (e.view.frame_idx, e.view.camera_id))
+        return out
+
+    def read(self, entry: CachedView) -> Crop:
+        """The cached (H, W, 3) uint8 image and (H, W) bool mask of ``entry``."""
+        image = cv2.imread(str(entry.image_file), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(entry.mask_file), cv2.IMREAD_GRAYSCALE)
+        shape = (entry.camera.height, entry.camera.width)
+        for name, array in ((entry.image_file, image), (entry.mask_file, mask)):
+            if array is None or array.shape[:2] != shape:
+                raise DataError(
+                    f"{name}: missing, corrupt or not {shape[1]}x{shape[0]}; re-run "
+                    "'handnerf prepare' (delete the view's .json to redo it)"
+                )
+        assert image is not None and mask is not None
+        return Crop(
+            image=np.ascontiguousarray(image[..., ::-1]),
+            mask=mask > 127,
+            camera=entry.camera,
+            box=entry.box,
+        )
+
+    def read_cropped(self, entry: CachedView, scale: float, out_size: int) -> Crop:
+        """``entry`` as a square hand crop of side ``scale`` x bbox, ``out_size`` pixels.
+
+        When the cache holds exactly such crops they are returned as stored; otherwise the
+        cached image is cropped again around its mask (a full-frame cache, or a crop of
+        another size). Cutting a smaller-scale crop out of a larger one is exact up to
+        resampling; the reverse pads with black.
+        """
+        stored = self.read(entry)
+        if (
+            self.crop.mode == "crop"
+            and abs(self.crop.scale - scale) < 1e-9
+            and self.crop.out_size == out_size
+        ):
+            return stored
+        assert stored.mask is not None
+        if stored.mask.any():
+            return crop_hand(
+                stored.image, stored.camera, stored.mask, scale=scale, out_size=out_size
+            )
+        whole = (0, 0, stored.camera.width, stored.camera.height)
+        box = square_box((0, 0, whole[2], whole[3]), 1.0)
+        return crop_box(stored.image, stored.camera, box, out_size, stored.mask)

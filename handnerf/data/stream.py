@@ -1,0 +1,417 @@
+"""Select one capture's views from a full InterHand2.6M split without loading the split.
+
+:class:`~handnerf.data.interhand.InterHandCapture` parses each annotation JSON whole,
+which for a real split means hundreds of MB to GBs of Python objects. Here the files are
+streamed with ``ijson`` (C backend when available) and only what the selection needs is
+materialised:
+
+* ``data.json``: ``images.item`` is streamed once, keeping only the records of the chosen
+  capture and sequences (plus the sets of captures / sequences seen, for error messages);
+  ``annotations.item`` is streamed once, keeping the bbox / joint_valid of kept images.
+* ``camera.json``: only the ``{capture}`` entry is built.
+* ``MANO_NeuralAnnot.json`` and ``joint_3d.json``: ``{capture}`` is walked key by key and
+  only the selected frames are kept.
+
+Peak memory is therefore set by the selection, not by the split. The selection order,
+the counts in :class:`~handnerf.data.interhand.SelectionReport` and the resulting
+:class:`~handnerf.data.interhand.FrameView` s are the same as ``InterHandCapture``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ijson
+import numpy as np
+
+from handnerf.data.camera import PinholeCamera
+from handnerf.data.interhand import (
+    _HAND_ROWS,
+    HANDS,
+    SPLITS,
+    AnnotationFiles,
+    FrameView,
+    SelectionReport,
+    _camera_id,
+    _check_image_record,
+    _mano_entry,
+    _numbers,
+    find_annotation_files,
+    load_image,
+)
+from handnerf.errors import DataError, SelectionError
+
+#: Keys of data.json image records that a selection keeps (the rest are dropped on read).
+_IMAGE_KEYS: tuple[str, ...] = (
+    "id",
+    "file_name",
+    "width",
+    "height",
+    "capture",
+    "seq_name",
+    "camera",
+    "frame_idx",
+)
+
+
+def _stream(path: Path, prefix: str, kind: str = "items") -> Iterator[Any]:
+    """Yield ``ijson.items`` (or ``kvitems``) of ``path`` under ``prefix``; errors name the file."""
+    try:
+        with path.open("rb") as handle:
+            walker = ijson.kvitems if kind == "kvitems" else ijson.items
+            yield from walker(handle, prefix, use_float=True)
+    except ijson.JSONError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
+
+
+def stream_capture_entry(path: Path, capture: int) -> dict[str, Any] | None:
+    """The value of top-level key ``str(capture)`` of a ``{capture: ...}`` JSON, or None."""
+    for value in _stream(path, str(capture)):
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def stream_frames(path: Path, capture: int, frames: set[int]) -> dict[int, Any]:
+    """``{frame: entry}`` of ``path[str(capture)][str(frame)]`` for the wanted frames only."""
+    kept: dict[int, Any] = {}
+    for key, value in _stream(path, str(capture), kind="kvitems"):
+        try:
+            frame = int(key)
+        except ValueError:
+            continue
+        if frame in frames:
+            kept[frame] = value
+    return kept
+
+
+@dataclass
+class StreamedSelection:
+    """The result of :func:`select_views`: what ``InterHandCapture`` would hold.
+
+    Duck-types the parts of ``InterHandCapture`` that consumers use (``root``, ``split``,
+    ``capture``, ``hand``, ``stride``, ``files``, ``views``, ``selection_report``,
+    ``load_image``).
+    """
+
+    root: Path
+    split: str
+    capture: int
+    hand: str
+    stride: int
+    files: AnnotationFiles
+    views: list[FrameView]
+    selection_report: SelectionReport
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    @property
+    def camera_ids(self) -> list[str]:
+        return sorted({v.camera_id for v in self.views})
+
+    @property
+    def frames(self) -> list[tuple[str, int]]:
+        return sorted({(v.seq_name, v.frame_idx) for v in self.views})
+
+    def load_image(self, view: FrameView) -> np.ndarray:
+        return load_image(view)
+
+
+def select_views(
+    root: str | Path,
+    split: str = "test",
+    capture: int = 0,
+    seqs: str | Sequence[str] | None = None,
+    hand: str = "right",
+    cameras: Iterable[str | int] | None = None,
+    exclude_cameras: Iterable[str | int] | None = None,
+    stride: int = 1,
+    drop_grayscale_cameras: bool = False,
+) -> StreamedSelection:
+    """Stream the selection ``InterHandCapture(root, ...)`` makes, with bounded memory.
+
+    Arguments and errors are those of :class:`~handnerf.data.interhand.InterHandCapture`;
+    in addition a hand with no MANO fit in any selected frame raises SelectionError
+    saying how many frames the other hand has.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"InterHand2.6M root not found: {root}")
+    if split not in SPLITS:
+        raise SelectionError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+    if hand not in HANDS:
+        raise SelectionError(f"unknown hand {hand!r}; hands are {', '.join(HANDS)}")
+    if int(stride) < 1:
+        raise SelectionError(f"stride must be >= 1, got {stride}")
+    capture, stride = int(capture), int(stride)
+    files = find_annotation_files(root, split)
+    report = SelectionReport()
+    if files.layout != "current":
+        report.notes.append(f"annotation layout: {files.layout}")
+    wanted_seqs = None if seqs is None else ({seqs} if isinstance(seqs, str) else set(seqs))
+
+    # Pass 1 over data.json's images: keep the capture's records of the wanted sequences.
+    n_split = 0
+    n_capture = 0
+    captures: set[int] = set()
+    seqs_in_capture: set[str] = set()
+    in_seqs: list[dict[str, Any]] = []
+    for img in _stream(files.data, "images.item"):
+        n_split += 1
+        try:
+            img_capture = int(img["capture"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise DataError(
+                f"{files.data}: images[{n_split - 1}] lacks a valid 'capture' ({exc})"
+            ) from exc
+        captures.add(img_capture)
+        if img_capture != capture:
+            continue
+        n_capture += 1
+        _check_image_record(img, f"{files.data}: images[{n_split - 1}]")
+        seq = str(img["seq_name"])
+        seqs_in_capture.add(seq)
+        if wanted_seqs is None or seq in wanted_seqs:
+            in_seqs.append({key: img.get(key) for key in _IMAGE_KEYS})
+    if n_split == 0:
+        raise DataError(f"{files.data}: no 'images' records (is this a data.json?)")
+    report.add_step(f"images in split '{split}'", n_split)
+    if n_capture == 0:
+        raise SelectionError(
+            f"capture {capture} not in {files.data}; captures: "
+            f"{', '.join(map(str, sorted(captures))) or '(none)'}"
+        )
+    report.add_step(f"in capture {capture}", n_capture)
+    available_seqs = sorted(seqs_in_capture)
+    if wanted_seqs is None:
+        wanted_seqs = set(available_seqs)
+    unknown = sorted(wanted_seqs - seqs_in_capture)
+    if unknown:
+        raise SelectionError(
+            f"sequence(s) {', '.join(unknown)} not in capture {capture} of split "
+            f"'{split}'; sequences: {', '.join(available_seqs)}"
+        )
+    report.add_step(f"in sequences ({len(wanted_seqs)})", len(in_seqs))
+
+    # MANO: only the frames of the kept records.
+    frames = {int(img["frame_idx"]) for img in in_seqs}
+    mano_entries = stream_frames(files.mano, capture, frames)
+    if not mano_entries:
+        report.notes.append(f"{files.mano} has no entry for capture {capture}")
+    mano_by_frame: dict[int, dict[str, np.ndarray]] = {}
+    bad_frames: dict[int, str] = {}
+    for frame in sorted(frames):
+        entry = mano_entries.get(frame)
+        if not isinstance(entry, dict) or hand not in entry:
+            bad_frames[frame] = f"no {hand}-hand MANO entry for the frame"
+            continue
+        params, reason = _mano_entry(entry[hand])
+        if params is None:
+            bad_frames[frame] = f"{reason} ({hand} hand)"
+        else:
+            mano_by_frame[frame] = params
+    with_mano: list[dict[str, Any]] = []
+    for img in in_seqs:
+        frame = int(img["frame_idx"])
+        if frame in mano_by_frame:
+            with_mano.append(img)
+        else:
+            # Counted per image, as InterHandCapture does.
+            report.skip(bad_frames[frame])
+    report.add_step(f"with {hand}-hand MANO", len(with_mano))
+    if not with_mano and in_seqs:
+        other = "left" if hand == "right" else "right"
+        other_count = sum(
+            1
+            for entry in mano_entries.values()
+            if isinstance(entry, dict) and _mano_entry(entry.get(other))[0] is not None
+        )
+        raise SelectionError(
+            f"no frame of sequence(s) {', '.join(sorted(wanted_seqs))} in capture {capture} "
+            f"has a usable {hand}-hand MANO fit in {files.mano} ({len(frames)} frames; the "
+            f"{other} hand has {other_count}); hands are {', '.join(HANDS)}\n{report}"
+        )
+    del mano_entries
+
+    available_cams = sorted({_camera_id(img["camera"]) for img in with_mano})
+    all_cams = sorted({_camera_id(img["camera"]) for img in in_seqs})
+    keep_cams = set(available_cams)
+    for label, requested in (("camera", cameras), ("excluded camera", exclude_cameras)):
+        if requested is None:
+            continue
+        requested_ids = {_camera_id(c) for c in requested}
+        unknown = sorted(requested_ids - set(all_cams))
+        if unknown:
+            raise SelectionError(
+                f"{label}(s) {', '.join(unknown)} not in capture {capture} "
+                f"(sequences {', '.join(sorted(wanted_seqs))}); cameras: {', '.join(all_cams)}"
+            )
+        keep_cams = keep_cams & requested_ids if label == "camera" else keep_cams - requested_ids
+    if drop_grayscale_cameras:
+        grayscale = {c for c in keep_cams if c.startswith("4100")}
+        keep_cams -= grayscale
+        if grayscale:
+            report.notes.append(f"dropped {len(grayscale)} grayscale (4100xx) cameras")
+    with_cams = [img for img in with_mano if _camera_id(img["camera"]) in keep_cams]
+    report.add_step(f"cameras kept ({len(keep_cams)} of {len(available_cams)})", len(with_cams))
+
+    kept_frames: set[tuple[str, int]] = set()
+    for seq in wanted_seqs:
+        seq_frames = sorted({int(img["frame_idx"]) for img in with_cams if img["seq_name"] == seq})
+        kept_frames.update((seq, f) for f in seq_frames[::stride])
+    strided = [img for img in with_cams if (img["seq_name"], int(img["frame_idx"])) in kept_frames]
+    report.add_step(f"frame stride {stride}", len(strided))
+
+    views = _build_views(root, files, split, capture, hand, strided, mano_by_frame, report)
+    report.add_step("selected views", len(views))
+    if not views:
+        raise SelectionError(f"the selection keeps no image of {root}\n{report}")
+    return StreamedSelection(
+        root=root,
+        split=split,
+        capture=capture,
+        hand=hand,
+        stride=stride,
+        files=files,
+        views=views,
+        selection_report=report,
+    )
+
+
+def _build_views(
+    root: Path,
+    files: AnnotationFiles,
+    split: str,
+    capture: int,
+    hand: str,
+    images: list[dict[str, Any]],
+    mano_by_frame: dict[int, dict[str, np.ndarray]],
+    report: SelectionReport,
+) -> list[FrameView]:
+    wanted_ids = {img["id"] for img in images}
+    bbox_by_image: dict[Any, tuple[float, float, float, float]] = {}
+    valid_by_image: dict[Any, np.ndarray] = {}
+    if wanted_ids:
+        # Pass 2 over data.json: annotations of the kept images only.
+        for index, ann in enumerate(_stream(files.data, "annotations.item")):
+            if not isinstance(ann, dict):
+                raise DataError(f"{files.data}: annotations[{index}] is not an object")
+            image_id = ann.get("image_id")
+            if isinstance(image_id, list | dict) or image_id not in wanted_ids:
+                continue
+            where = f"{files.data}: annotations[{index}]"
+            if ann.get("bbox") is not None:
+                bbox = _numbers(ann["bbox"], f"{where}['bbox']")
+                if bbox.shape != (4,):
+                    raise DataError(
+                        f"{where}['bbox'] must be [x, y, w, h], got {ann['bbox']!r:.60}"
+                    )
+                bbox_by_image[image_id] = tuple(float(v) for v in bbox)  # type: ignore[assignment]
+            if ann.get("joint_valid") is not None:
+                valid_by_image[image_id] = _numbers(
+                    ann["joint_valid"], f"{where}['joint_valid']"
+                ).reshape(-1)
+
+    cams = stream_capture_entry(files.camera, capture)
+    if cams is None:
+        raise DataError(f"{files.camera}: no entry for capture '{capture}'")
+    frames = {int(img["frame_idx"]) for img in images}
+    joints: dict[int, Any] | None = None
+    if files.joint_3d is not None:
+        joints = stream_frames(files.joint_3d, capture, frames) or None
+    if joints is None:
+        report.notes.append("no joint_3d annotation: keypoints_world is None")
+
+    camera_cache: dict[tuple[str, int, int], PinholeCamera] = {}
+    keypoint_cache: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
+    image_root = root / "images" / split
+    views: list[FrameView] = []
+    for img in images:
+        cam_id = _camera_id(img["camera"])
+        width, height = int(img["width"]), int(img["height"])
+        cam_key = (cam_id, width, height)
+        if cam_key not in camera_cache:
+            camera_cache[cam_key] = _camera(files.camera, cams, capture, cam_id, width, height)
+        image_path = image_root / str(img["file_name"])
+        if not image_path.is_file():
+            report.skip("image file missing")
+            continue
+        frame = int(img["frame_idx"])
+        if frame not in keypoint_cache:
+            keypoint_cache[frame] = _keypoints(files.joint_3d, joints, capture, hand, frame)
+        keypoints, valid = keypoint_cache[frame]
+        if valid is None and img["id"] in valid_by_image:
+            rows = valid_by_image[img["id"]]
+            if rows.shape == (42,):
+                valid = rows[_HAND_ROWS[hand]] > 0
+        views.append(
+            FrameView(
+                image_path=image_path,
+                split=split,
+                capture=capture,
+                seq_name=str(img["seq_name"]),
+                camera_id=cam_id,
+                frame_idx=frame,
+                camera=camera_cache[cam_key],
+                mano=mano_by_frame[frame],
+                hand=hand,
+                keypoints_world=keypoints,
+                keypoints_valid=valid if keypoints is not None else None,
+                bbox=bbox_by_image.get(img["id"]),
+                image_id=int(img["id"]),
+            )
+        )
+    views.sort(key=lambda v: (v.seq_name, v.frame_idx, v.camera_id))
+    return views
+
+
+def _camera(
+    path: Path, cams: dict[str, Any], capture: int, cam_id: str, width: int, height: int
+) -> PinholeCamera:
+    where = f"{path}: cams['{capture}'] camera '{cam_id}'"
+    fields = {}
+    for name in ("campos", "camrot", "focal", "princpt"):
+        table = cams.get(name)
+        if not isinstance(table, dict) or cam_id not in table:
+            raise DataError(f"{where}: missing cams['{capture}']['{name}']['{cam_id}']")
+        fields[name] = table[cam_id]
+    return PinholeCamera.from_interhand(
+        campos_mm=fields["campos"],
+        camrot=fields["camrot"],
+        focal=fields["focal"],
+        princpt=fields["princpt"],
+        width=width,
+        height=height,
+        name=cam_id,
+        where=where,
+    )
+
+
+def _keypoints(
+    path: Path | None, joints: dict[int, Any] | None, capture: int, hand: str, frame: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(21, 3) metres and (21,) validity of ``hand`` in ``frame``, or (None, None)."""
+    if joints is None:
+        return None, None
+    entry = joints.get(frame)
+    if not isinstance(entry, dict) or entry.get("world_coord") is None:
+        return None, None
+    where = f"{path}: joints['{capture}']['{frame}']"
+    coords = _numbers(entry["world_coord"], f"{where}['world_coord']", allow_nan=True)
+    if coords.shape != (42, 3):
+        raise DataError(f"{where}['world_coord'] must be 42x3, got {coords.shape}")
+    rows = _HAND_ROWS[hand]
+    keypoints = coords[rows] / 1000.0
+    with np.errstate(invalid="ignore"):
+        # As InterHandCapture: NaN marks a missing joint, a kilometre-away one is corrupt.
+        valid = (np.abs(keypoints) < 1e3).all(axis=1)
+    if entry.get("joint_valid") is not None:
+        flags = _numbers(entry["joint_valid"], f"{where}['joint_valid']").reshape(-1)
+        if flags.shape == (42,):
+            valid &= flags[rows] > 0
+    return keypoints, valid
