@@ -506,9 +506,12 @@ def markdown(report: dict[str, Any]) -> str:
     full_res = results[0]["render"]["full_frame"]["resolution"] if results else "full"
     crop_res = results[0]["render"]["crop"]["resolution"] if results else "crop"
     memory = "peak GPU memory (MiB)" if report["device"].startswith("cuda") else "peak RSS (MiB)"
+    data = report["preset"] or report["data"]
+    if report.get("frames"):
+        data += f" ({report['frames']} training frames)"
     lines = [
         f"handnerf bench, {report['date']}: device {report['device']} ({where}), "
-        f"torch {m['torch']}, data {report['preset'] or report['data']}, "
+        f"torch {m['torch']}, data {data}, "
         f"load average {m['load_average_start'][0]:.1f} at start",
         "",
         f"| grid | sampler | encoding fwd+bwd (M points/s) | train step (rays/s) | "

@@ -73,11 +73,11 @@ def _encode_png(array: np.ndarray, path: Path) -> bytes:
     return encoded.tobytes()
 
 
-def write_view(root: Path, record: dict[str, Any], crop: Crop | None) -> None:
+def write_view(root: Path, record: dict[str, Any], crop: Crop | None) -> dict[str, Any]:
     """Store one view: its PNGs (when kept) and then its record, each atomically.
 
     ``record`` must hold ``seq``, ``camera``, ``frame``; for a kept view (``crop`` given)
-    the image and mask file names are added to it.
+    the image and mask file names are added. Returns the record as stored.
     """
     stem = view_stem(record["seq"], record["camera"], int(record["frame"]))
     if crop is not None:
@@ -88,6 +88,7 @@ def write_view(root: Path, record: dict[str, Any], crop: Crop | None) -> None:
         atomic_write_bytes(mask_path, _encode_png(crop.mask.astype(np.uint8) * 255, mask_path))
         record = {**record, "image": f"{stem}.png", "mask": f"{stem}_mask.png"}
     atomic_write_json(root / f"{stem}.json", record)
+    return record
 
 
 def read_record(root: Path, seq_name: str, camera_id: str, frame_idx: int) -> dict[str, Any] | None:

@@ -209,8 +209,7 @@ def _prepare_one(task: tuple[FrameView, np.ndarray]) -> dict[str, Any]:
     except DataError as exc:
         # One bad JPEG among thousands is skipped and counted, not fatal.
         record.update(status="filtered", reason="image unreadable", error=str(exc))
-        cache_format.write_view(_worker_state["out"], record, None)
-        return record
+        return cache_format.write_view(_worker_state["out"], record, None)
     mask = mesh_silhouette(view.camera, vertices, _worker_state["faces"], spec.supersample)
     if spec.refine_masks:
         mask = refine_mask(image, mask)
@@ -218,8 +217,7 @@ def _prepare_one(task: tuple[FrameView, np.ndarray]) -> dict[str, Any]:
     reason = None if spec.filters is None else check_frame(view, image, mask, spec.filters)
     if reason is not None:
         record.update(status="filtered", reason=reason)
-        cache_format.write_view(_worker_state["out"], record, None)
-        return record
+        return cache_format.write_view(_worker_state["out"], record, None)
     crop = prepare_view(image, view.camera, spec.crop, mask=mask, points=vertices)
     record.update(
         status="kept",
@@ -230,8 +228,7 @@ def _prepare_one(task: tuple[FrameView, np.ndarray]) -> dict[str, Any]:
             "box": list(crop.box),
         },
     )
-    cache_format.write_view(_worker_state["out"], record, crop)
-    return record
+    return cache_format.write_view(_worker_state["out"], record, crop)
 
 
 # --------------------------------------------------------------------------- the job

@@ -19,10 +19,11 @@ the counts in :class:`~handnerf.data.interhand.SelectionReport` and the resultin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import ijson
 import numpy as np
@@ -57,12 +58,74 @@ _IMAGE_KEYS: tuple[str, ...] = (
 )
 
 
+#: Python's json module writes and reads the non-standard tokens NaN, Infinity and
+#: -Infinity (missing values in InterHand-style files); yajl rejects them. They are
+#: rewritten to marker strings on the fly and turned back into floats after parsing.
+_NONFINITE = re.compile(rb"(?<=[:,\[\s])(-?Infinity|NaN)(?=[\s,\]\}]|\Z)")
+_MARKER = "__handnerf_nonfinite__"
+_DELIMITERS = (b",", b":", b"[", b"]", b"{", b"}", b" ", b"\n")
+
+
+class _NonFiniteReader:
+    """A binary file wrapper that quotes bare NaN / Infinity tokens for a strict parser.
+
+    Each block handed out ends just before a delimiter, so no token is split between
+    blocks and every token's preceding delimiter is in the same block. Blocks are small
+    (64 KiB) because the C parser materialises every item of a block at once.
+    """
+
+    def __init__(self, handle: BinaryIO, chunk: int = 1 << 16) -> None:
+        self.handle = handle
+        self.chunk = chunk
+        self.pending = b""
+        self.replaced = False
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            # ijson probes read(0) to tell bytes from text; it must consume nothing.
+            return b""
+        while True:
+            data = self.handle.read(self.chunk)
+            buffer = self.pending + data
+            if not data:
+                self.pending = b""
+                return self._rewrite(buffer)
+            cut = max(buffer.rfind(d) for d in _DELIMITERS)
+            if cut <= 0:
+                self.pending = buffer
+                continue
+            self.pending = buffer[cut:]
+            return self._rewrite(buffer[:cut])
+
+    def _rewrite(self, block: bytes) -> bytes:
+        if b"NaN" not in block and b"Infinity" not in block:
+            return block
+        rewritten, count = _NONFINITE.subn(b'"' + _MARKER.encode() + rb'\1"', block)
+        self.replaced = self.replaced or count > 0
+        return rewritten
+
+
+def _restore_nonfinite(value: Any) -> Any:
+    """``value`` with the marker strings of :class:`_NonFiniteReader` back as floats."""
+    if isinstance(value, str):
+        return float(value[len(_MARKER) :]) if value.startswith(_MARKER) else value
+    if isinstance(value, list):
+        return [_restore_nonfinite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _restore_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_restore_nonfinite(v) for v in value)
+    return value
+
+
 def _stream(path: Path, prefix: str, kind: str = "items") -> Iterator[Any]:
     """Yield ``ijson.items`` (or ``kvitems``) of ``path`` under ``prefix``; errors name the file."""
     try:
         with path.open("rb") as handle:
+            reader = _NonFiniteReader(handle)
             walker = ijson.kvitems if kind == "kvitems" else ijson.items
-            yield from walker(handle, prefix, use_float=True)
+            for item in walker(reader, prefix, use_float=True):
+                yield _restore_nonfinite(item) if reader.replaced else item
     except ijson.JSONError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
     except OSError as exc:

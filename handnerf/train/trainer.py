@@ -308,7 +308,7 @@ class Trainer:
         if self.bad_steps > self.cfg.train.max_bad_steps:
             raise TrainingDivergedError(
                 f"training diverged: {self.bad_steps} steps with a non-finite {what} "
-                f"(last losses: { {k: float(v) for k, v in losses.items()} }). "
+                f"(last losses: { {k: float(v.detach()) for k, v in losses.items()} }). "
                 f"The last good checkpoint is {self.ckpt_dir / LATEST}; try lower learning rates."
             )
         return {"skipped": 1.0, "bad_steps": float(self.bad_steps)}

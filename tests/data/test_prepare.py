@@ -91,7 +91,8 @@ def test_fit_data_from_cache_equals_fit_data_from_root(
         a, b = getattr(cached, name), getattr(direct, name)
         assert a.frame_keys == b.frame_keys
         assert [v.key for v in a.views] == [v.key for v in b.views]
-        torch.testing.assert_close(a.mano.pose, b.mano.pose)
+        torch.testing.assert_close(a.mano.hand_pose, b.mano.hand_pose)
+        torch.testing.assert_close(a.mano.transl, b.mano.transl)
         torch.testing.assert_close(a.stack.K, b.stack.K)
         torch.testing.assert_close(a.stack.R, b.stack.R)
         assert torch.equal(a.stack.camera_ids, b.stack.camera_ids)
@@ -102,7 +103,7 @@ def test_fit_data_from_cache_equals_fit_data_from_root(
     small = load_fit_data(tiny_cache, DataConfig(crop_size=32, holdout_every=3), progress=False)
     assert small.train.stack.images.shape[1:3] == (32, 32)
     mano = sequence_mano(tiny_cache, cfg, NOVEL_SEQ)
-    torch.testing.assert_close(mano.pose, direct.novel_pose.mano.pose)  # type: ignore[union-attr]
+    torch.testing.assert_close(mano.hand_pose, direct.novel_pose.mano.hand_pose)  # type: ignore[union-attr]
     with pytest.raises(SelectionError, match="capture"):
         load_fit_data(tiny_cache, DataConfig(capture=3, crop_size=48), progress=False)
 

@@ -147,3 +147,28 @@ def test_memory_is_bounded_by_the_selection_not_the_split(interhand_root: Path) 
     # json.load of this file needs several times its size; streaming a small fraction.
     assert file_size > 10_000_000
     assert peak < file_size / 10, (peak, file_size)
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 64, 1 << 16])
+def test_nonfinite_tokens_survive_any_chunking(tmp_path: Path, chunk: int) -> None:
+    """Python's json writes NaN/Infinity; the strict streaming parser must still read them."""
+    import ijson
+
+    from handnerf.data.stream import _NonFiniteReader, _restore_nonfinite
+
+    value = {
+        "0": {
+            "5": {"right": {"pose": [1.5, float("nan"), -float("inf")], "trans": [float("inf")]}}
+        },
+        "NaN_seq": ["NaN Infinity", 2],
+    }
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(value))
+    with path.open("rb") as handle:
+        reader = _NonFiniteReader(handle, chunk=chunk)
+        (parsed,) = list(ijson.items(reader, "", use_float=True))
+    restored = _restore_nonfinite(parsed)
+    pose = restored["0"]["5"]["right"]["pose"]
+    assert pose[0] == 1.5 and np.isnan(pose[1]) and pose[2] == -np.inf
+    assert restored["0"]["5"]["right"]["trans"] == [np.inf]
+    assert restored["NaN_seq"] == ["NaN Infinity", 2]

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 
 from handnerf.cli import main
 from handnerf.evaluation.metrics import psnr, ssim
 
 
-def test_eval_writes_report_with_both_sets(tiny_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "report"
+@pytest.fixture(scope="module")
+def report_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "report"
     status = main(
         ["eval", "--run", str(tiny_run), "--out", str(out), "--max-views", "2", "--no-progress"]
     )
     assert status == 0
+    return out
+
+
+def test_eval_writes_report_with_both_sets(report_dir: Path) -> None:
+    out = report_dir
     report = json.loads((out / "report.json").read_text())
     assert set(report["sets"]) == {"novel_view", "novel_pose"}
     assert report["n_images"] == 4

@@ -1,10 +1,10 @@
 """Real ``handnerf fit`` subprocesses killed with SIGTERM, SIGINT and SIGKILL, then resumed.
 
-Runs ``tools/reliability.py --quick``: one fit killed three times in a row (a graceful
-SIGTERM, a graceful SIGINT in the resumed run, an uncatchable SIGKILL in the next one),
-each kill aimed at the training loop, then resumed to the end and compared with an
-uninterrupted fit of the same config. The full harness (many more kills, ``eval`` and
-``prepare`` too) writes docs/reliability.md.
+Runs ``tools/reliability.py --quick``: one fit killed twice in a row (a graceful SIGTERM,
+then an uncatchable SIGKILL in the resumed run), each kill aimed at the training loop,
+then resumed to the end and compared with an uninterrupted fit of the same config. The
+full harness (SIGINT too, many more kills, ``eval`` and ``prepare``) writes
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ def test_killed_fits_resume_to_the_uninterrupted_result(tiny_capture: Path, tmp_
     assert status == 0, f"{trials}\n{log[-3000:]}"
     (trial,) = trials
     kills = trial["kills"]
-    assert [k["signal"] for k in kills] == ["SIGTERM", "SIGINT", "SIGKILL"][: len(kills)]
-    assert len(kills) >= 2, f"the fit finished before the kills: {trial}"
+    assert [k["signal"] for k in kills] == ["SIGTERM", "SIGKILL"], f"a kill came too late: {trial}"
     for kill in kills:
         assert kill["ok"], kill
         if kill["signal"] != "SIGKILL" and kill["phase"] == "training":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +19,8 @@ def load_bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("handnerf_tools_bench", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # dataclasses resolve string annotations through sys.modules[cls.__module__].
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -86,6 +89,15 @@ def test_quick_cpu_bench_reports_every_part(
     assert header.count("|") == rule.count("|") == row.count("|")
     assert row.startswith("| torch | torch |")
     assert table in capsys.readouterr().out
+
+    # A GPU report with a target reached renders its time, step and GPU memory.
+    r["time_to_psnr"]["targets"]["30"] = {"reached": True, "step": 4, "train_seconds": 12.3}
+    r["memory"] = {"peak_gpu_mib": 1234.0}
+    report.update(device="cuda", machine={**report["machine"], "gpu": "Some GPU"})
+    gpu_table = bench.markdown(report)
+    assert "(Some GPU)" in gpu_table and "peak GPU memory (MiB)" in gpu_table
+    gpu_row = gpu_table.strip().splitlines()[-1]
+    assert "| 12 s (step 4) |" in gpu_row and gpu_row.endswith("| 1,234 |")
 
 
 def test_bench_bad_input_is_reported_without_a_traceback(
