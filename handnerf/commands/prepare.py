@@ -199,8 +199,9 @@ def run(args: argparse.Namespace) -> int:
     dropped = sum(summary.filter_counts.values())
     print(
         f"prepared {summary.n_kept} of {summary.n_views} views into {summary.root} in "
-        f"{summary.seconds:.1f} s ({summary.computed} computed, {summary.reused} reused, "
-        f"{dropped} dropped by filters)"
+        f"{summary.seconds:.1f} s (selection streamed from the annotations in "
+        f"{summary.select_seconds:.1f} s; {summary.computed} views computed, {summary.reused} "
+        f"reused, {dropped} dropped by filters)"
     )
     for reason, count in summary.filter_counts.items():
         print(f"  filter: {reason}: {count}")

@@ -86,6 +86,8 @@ class PrepareSummary:
     filter_counts: dict[str, int]
     seconds: float
     already_complete: bool = False
+    #: Wall time of streaming the selection out of the annotation JSONs (part of ``seconds``).
+    select_seconds: float = 0.0
 
 
 def _source_stamps(files: AnnotationFiles) -> dict[str, Any]:
@@ -291,6 +293,7 @@ def prepare_cache(
                 seconds=time.monotonic() - t0,
                 already_complete=True,
             )
+    t_select = time.monotonic()
     selection = select_views(
         root,
         split=spec.split,
@@ -302,6 +305,7 @@ def prepare_cache(
         stride=spec.stride,
         drop_grayscale_cameras=spec.drop_grayscale_cameras,
     )
+    select_seconds = time.monotonic() - t_select
     # Written only once the selection is known to be good, so a typo leaves no cache behind.
     if not spec_path.is_file():
         cache_format.atomic_write_json(spec_path, job)
@@ -349,6 +353,7 @@ def prepare_cache(
         reused=reused,
         filter_counts=dict(index["filter_counts"]),
         seconds=time.monotonic() - t0,
+        select_seconds=select_seconds,
     )
 
 
@@ -413,7 +418,8 @@ def _run(
         initargs=(str(root), str(out), faces, spec),
     )
     try:
-        chunk = max(1, min(32, len(todo) // (workers * 8)))
+        # Small chunks: an interrupt waits only for the views already handed out.
+        chunk = max(1, min(4, len(todo) // (workers * 8)))
         yield from pool.map(_prepare_one, todo, chunksize=chunk)
     finally:
         # On an interrupt, drop the queued views instead of finishing them all first.

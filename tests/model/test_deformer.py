@@ -367,6 +367,54 @@ def test_procedural_hand_vertices_map_back_to_canonical() -> None:
     assert float((result.canonical - expected).norm(dim=1).max()) < 1e-5
 
 
+def test_blended_normals_follow_the_posed_surface() -> None:
+    from handnerf.hand.hand_model import HandModel, ManoParams
+    from handnerf.model.avatar import vertex_normals
+
+    model = HandModel.from_folder(None, "right")
+    generator = torch.Generator().manual_seed(5)
+    params = ManoParams(
+        global_orient=0.5 * torch.randn(1, 3, generator=generator),
+        hand_pose=0.2 * torch.randn(1, 45, generator=generator),
+        betas=torch.zeros(1, 10),
+        transl=torch.zeros(1, 3),
+    )
+    with torch.no_grad():
+        output = model(params)
+    posed = output.vertices.float()
+    normals = vertex_normals(posed, model.faces)
+    deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend="kdtree"))
+    frames = deformer.prepare_frames(
+        posed,
+        output.bone_transforms.float(),
+        model.skinning_weights.float(),
+        vertex_normals=normals,
+    )
+    # On a vertex the blend is that vertex's normal; 2 mm outside along it, nearly so.
+    on = frames.deform(posed[0, ::7])
+    assert on.normal is not None
+    assert float((on.normal - normals[0, ::7]).norm(dim=1).max()) < 1e-3
+    outside = frames.deform(posed[0, ::7] + 0.002 * normals[0, ::7])
+    assert outside.normal is not None
+    cosine = (outside.normal * normals[0, ::7]).sum(dim=1)
+    assert float(cosine.median()) > 0.95
+    # They agree with trimesh's (angle-weighted) vertex normals of the same mesh.
+    import trimesh
+
+    mesh = trimesh.Trimesh(posed[0].numpy(), model.faces.numpy(), process=False)
+    reference = torch.from_numpy(mesh.vertex_normals.copy()).float()
+    assert float((reference * normals[0]).sum(dim=1).median()) > 0.99
+    # Without normals the result has none.
+    assert (
+        deformer.prepare_frames(
+            posed, output.bone_transforms.float(), model.skinning_weights.float()
+        )
+        .deform(posed[0, :3])
+        .normal
+        is None
+    )
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(finger: Finger) -> None:
