@@ -47,6 +47,8 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
         try:
+            # mkstemp makes owner-only files; a cache is ordinary data others may read.
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)
             os.replace(tmp_name, path)
@@ -147,6 +149,27 @@ def is_prepared_cache(path: str | Path) -> bool:
     """Whether ``path`` is a folder written by ``handnerf prepare`` (complete or not)."""
     path = Path(path)
     return (path / INDEX_NAME).is_file() or (path / SPEC_NAME).is_file()
+
+
+def interhand_root(path: str | Path) -> Path:
+    """The InterHand2.6M root behind ``path``: ``path`` itself, or a cache's source root.
+
+    For consumers that need the source images (e.g. evaluation, which crops them itself).
+    """
+    path = Path(path)
+    if not is_prepared_cache(path):
+        return path
+    spec_file = path / SPEC_NAME if (path / SPEC_NAME).is_file() else path / INDEX_NAME
+    try:
+        source = Path(json.loads(spec_file.read_text())["source"]["root"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{spec_file}: unreadable 'source.root' ({exc})") from exc
+    if not source.is_dir():
+        raise DataError(
+            f"{path} was prepared from {source}, which no longer exists; evaluation reads "
+            "the source images"
+        )
+    return source
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from handnerf.config import config_to_dict
+from handnerf.data.cache import interhand_root
 from handnerf.data.crops import crop_hand, downscale
 from handnerf.data.interhand import FrameView, InterHandCapture, load_image
 from handnerf.data.masks import ManoMasker, MaskCache
@@ -46,6 +47,8 @@ class EvalView:
 def select_views(run: TrainedRun, splits: tuple[str, ...], max_views: int | None) -> list[EvalView]:
     """The views of each requested split, evenly subsampled to ``max_views`` per split."""
     cfg = run.cfg.data
+    # A run fitted from a prepared cache is evaluated on the cache's source images.
+    root = interhand_root(run.data_root)
     chosen: list[EvalView] = []
     for split in splits:
         if split == "novel_view":
@@ -53,7 +56,7 @@ def select_views(run: TrainedRun, splits: tuple[str, ...], max_views: int | None
             if not holdout:
                 raise DataError(f"{run.run_dir}: the run held out no cameras; novel_view is empty")
             cap = InterHandCapture(
-                run.data_root,
+                root,
                 split=cfg.split,
                 capture=cfg.capture,
                 seqs=[cfg.train_seq],
@@ -65,7 +68,7 @@ def select_views(run: TrainedRun, splits: tuple[str, ...], max_views: int | None
             if not cfg.novel_pose_seq:
                 raise DataError(f"{run.run_dir}: the run has no novel-pose sequence")
             cap = InterHandCapture(
-                run.data_root,
+                root,
                 split=cfg.split,
                 capture=cfg.capture,
                 seqs=[cfg.novel_pose_seq],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -415,25 +417,25 @@ def _cached_view_set(
         )
     assert mano is not None
     frame_id = {k: i for i, k in enumerate(frame_keys)}
-    n = len(entries)
-    size = cfg.crop_size
-    images = torch.empty((n, size, size, 3), dtype=torch.float32)
-    masks = torch.empty((n, size, size), dtype=torch.bool)
-    Ks, Rs, ts = torch.empty((n, 3, 3)), torch.empty((n, 3, 3)), torch.empty((n, 3))
-    for i, entry in enumerate(tqdm(entries, desc=desc, disable=not progress, leave=False)):
-        crop = cache.read_cropped(entry, cfg.crop_scale, size)
-        assert crop.mask is not None
-        images[i] = torch.from_numpy(crop.image).float() / 255.0
-        masks[i] = torch.from_numpy(crop.mask)
-        Ks[i] = torch.from_numpy(crop.camera.K)
-        Rs[i] = torch.from_numpy(crop.camera.R)
-        ts[i] = torch.from_numpy(crop.camera.t)
+    n, size = len(entries), cfg.crop_size
+    # Filled as uint8/float64 numpy and converted once: per-view torch ops cost more than
+    # decoding the PNGs. cv2 decodes without the GIL, so threads read in parallel.
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    masks = np.empty((n, size, size), dtype=bool)
+    Ks, Rs, ts = np.empty((n, 3, 3)), np.empty((n, 3, 3)), np.empty((n, 3))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        crops = pool.map(lambda e: cache.read_cropped(e, cfg.crop_scale, size), entries)
+        for i, crop in enumerate(
+            tqdm(crops, total=n, desc=desc, disable=not progress, leave=False)
+        ):
+            images[i], masks[i] = crop.image, crop.mask
+            Ks[i], Rs[i], ts[i] = crop.camera.K, crop.camera.R, crop.camera.t
     stack = ViewStack(
-        images=images,
-        masks=masks,
-        K=Ks,
-        R=Rs,
-        t=ts,
+        images=torch.from_numpy(images).float().div_(255.0),
+        masks=torch.from_numpy(masks),
+        K=torch.from_numpy(Ks).float(),
+        R=torch.from_numpy(Rs).float(),
+        t=torch.from_numpy(ts).float(),
         frame_ids=torch.tensor([frame_id[(v.seq_name, v.frame_idx)] for v in views]),
         camera_ids=torch.tensor([camera_index[v.camera_id] for v in views]),
     )

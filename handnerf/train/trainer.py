@@ -420,7 +420,8 @@ class Trainer:
             bar.close()
             ckpt = self.save()
             if stopped_by != "signal":
-                self.log({"step": self.step, "final": True, **self.validate()})
+                # A bounded final check; `handnerf eval` does the full evaluation.
+                self.log({"step": self.step, "final": True, **self.validate(4 * cfg.val_views)})
         return FitResult(
             step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path
         )

@@ -298,3 +298,10 @@ def test_cli_bad_selection_and_protocols(
         ]
     )
     assert build_spec(args).crop == CropConfig(mode="full", full_scale=0.25)
+
+
+def test_interhand_root_of_a_cache_is_its_source(tiny_capture: Path, tiny_cache: Path) -> None:
+    from handnerf.data.cache import interhand_root
+
+    assert interhand_root(tiny_cache) == tiny_capture.resolve()
+    assert interhand_root(tiny_capture) == tiny_capture

@@ -40,6 +40,7 @@ def test_quick_cpu_bench_reports_every_part(
     assert len(report["machine"]["load_average_start"]) == 3
     assert report["date"][:4].isdigit()
     assert report["data"] == str(tiny_capture)
+    assert 0 < report["data_seconds"] < report["wall_seconds"]
 
     # On CPU the only backends are the torch grid and the torch sampler.
     assert [(r["grid"], r["sampler"]) for r in report["results"]] == [("torch", "torch")]
@@ -115,3 +116,17 @@ def test_bench_bad_input_is_reported_without_a_traceback(
         assert bench.main(["--device", "cpu", "--grid", "tcnn", "--data", str(tmp_path)]) == 2
         assert "--grid tcnn: not usable on cpu" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was written on failure
+
+
+def test_preset_capture_is_synthesised_once_into_the_cache(tmp_path: Path) -> None:
+    bench = load_bench()
+    root = bench.capture_root(None, "tiny", seed=3, frames=1)
+    assert root.name == "tiny-seed3-frames1" and root.parent.name == "bench"
+    made = json.loads((root / "synth.json").read_text())
+    assert made["seed"] == 3
+    assert made["preset"]["train_frames"] == 1 and made["preset"]["novel_frames"] == 1
+    stamp = (root / "synth.json").stat().st_mtime_ns
+    assert bench.capture_root(None, "tiny", seed=3, frames=1) == root
+    assert (root / "synth.json").stat().st_mtime_ns == stamp  # reused, not rendered again
+    # Masks are cached per capture: another capture gets another folder.
+    assert bench.mask_cache_for(root) != bench.mask_cache_for(tmp_path)
