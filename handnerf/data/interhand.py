@@ -580,23 +580,7 @@ class InterHandCapture:
         return views
 
     def _camera(self, cams: dict[str, Any], cam_id: str, width: int, height: int) -> PinholeCamera:
-        where = f"{self.files.camera}: cams['{self.capture}'] camera '{cam_id}'"
-        fields = {}
-        for name in ("campos", "camrot", "focal", "princpt"):
-            table = cams.get(name)
-            if not isinstance(table, dict) or cam_id not in table:
-                raise DataError(f"{where}: missing cams['{self.capture}']['{name}']['{cam_id}']")
-            fields[name] = table[cam_id]
-        return PinholeCamera.from_interhand(
-            campos_mm=fields["campos"],
-            camrot=fields["camrot"],
-            focal=fields["focal"],
-            princpt=fields["princpt"],
-            width=width,
-            height=height,
-            name=cam_id,
-            where=where,
-        )
+        return camera_from_json(self.files.camera, cams, self.capture, cam_id, width, height)
 
     def _keypoints(
         self, joints_capture: dict[str, Any] | None, frame: int
@@ -691,3 +675,26 @@ def load_image(view: FrameView) -> np.ndarray:
             f"width={view.camera.width}, height={view.camera.height}"
         )
     return array
+
+
+def camera_from_json(
+    path: Path, cams: dict[str, Any], capture: int, cam_id: str, width: int, height: int
+) -> PinholeCamera:
+    """The camera ``cam_id`` of one capture's camera.json entry ``cams`` (errors name ``path``)."""
+    where = f"{path}: cams['{capture}'] camera '{cam_id}'"
+    fields = {}
+    for name in ("campos", "camrot", "focal", "princpt"):
+        table = cams.get(name)
+        if not isinstance(table, dict) or cam_id not in table:
+            raise DataError(f"{where}: missing cams['{capture}']['{name}']['{cam_id}']")
+        fields[name] = table[cam_id]
+    return PinholeCamera.from_interhand(
+        campos_mm=fields["campos"],
+        camrot=fields["camrot"],
+        focal=fields["focal"],
+        princpt=fields["princpt"],
+        width=width,
+        height=height,
+        name=cam_id,
+        where=where,
+    )

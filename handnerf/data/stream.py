@@ -40,6 +40,7 @@ from handnerf.data.interhand import (
     _check_image_record,
     _mano_entry,
     _numbers,
+    camera_from_json,
     find_annotation_files,
     load_image,
 )
@@ -399,7 +400,9 @@ def _build_views(
         width, height = int(img["width"]), int(img["height"])
         cam_key = (cam_id, width, height)
         if cam_key not in camera_cache:
-            camera_cache[cam_key] = _camera(files.camera, cams, capture, cam_id, width, height)
+            camera_cache[cam_key] = camera_from_json(
+                files.camera, cams, capture, cam_id, width, height
+            )
         image_path = image_root / str(img["file_name"])
         if not image_path.is_file():
             report.skip("image file missing")
@@ -431,28 +434,6 @@ def _build_views(
         )
     views.sort(key=lambda v: (v.seq_name, v.frame_idx, v.camera_id))
     return views
-
-
-def _camera(
-    path: Path, cams: dict[str, Any], capture: int, cam_id: str, width: int, height: int
-) -> PinholeCamera:
-    where = f"{path}: cams['{capture}'] camera '{cam_id}'"
-    fields = {}
-    for name in ("campos", "camrot", "focal", "princpt"):
-        table = cams.get(name)
-        if not isinstance(table, dict) or cam_id not in table:
-            raise DataError(f"{where}: missing cams['{capture}']['{name}']['{cam_id}']")
-        fields[name] = table[cam_id]
-    return PinholeCamera.from_interhand(
-        campos_mm=fields["campos"],
-        camrot=fields["camrot"],
-        focal=fields["focal"],
-        princpt=fields["princpt"],
-        width=width,
-        height=height,
-        name=cam_id,
-        where=where,
-    )
 
 
 def _keypoints(
