@@ -215,15 +215,23 @@ class PreparedCache:
                 f"{VERSION}; re-run 'handnerf prepare' into a new folder"
             )
         self.index: dict[str, Any] = index
-        spec = index["spec"]
-        self.split: str = spec["split"]
-        self.capture: int = int(spec["capture"])
-        self.hand: str = spec["hand"]
-        self.crop = CropConfig(**spec["crop"])
-        self.cameras = {
-            cam_id: camera_from_json(entry, cam_id) for cam_id, entry in index["cameras"].items()
-        }
-        self._frames = {(f["seq"], int(f["frame"])): f for f in index["frames"]}
+        try:
+            spec = index["spec"]
+            self.split: str = str(spec["split"])
+            self.capture: int = int(spec["capture"])
+            self.hand: str = str(spec["hand"])
+            self.crop = CropConfig(**spec["crop"])
+            self.cameras = {
+                str(cam_id): camera_from_json(entry, str(cam_id))
+                for cam_id, entry in index["cameras"].items()
+            }
+            self._frames = {(str(f["seq"]), int(f["frame"])): f for f in index["frames"]}
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # A damaged index that still carries the right marker: say so, never trust it.
+            raise DataError(
+                f"{index_path}: malformed index ({type(exc).__name__}: {exc}); re-run "
+                "'handnerf prepare' into a new folder"
+            ) from exc
 
     @property
     def sequences(self) -> list[str]:

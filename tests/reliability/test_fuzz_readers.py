@@ -387,3 +387,35 @@ def test_unicode_roots_and_sequence_names_round_trip(scratch: Path, seq: str, pa
     assert len(capture.views) == len(CAMERAS) * len(FRAMES)
     assert {v.seq_name for v in capture.views} == {seq}
     assert capture.load_image(capture.views[0]).shape == (SIZE, SIZE, 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    key=st.sampled_from(["spec", "cameras", "frames", "crop", "split", "capture"]),
+    value=st.one_of(
+        st.none(), st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2)
+    ),
+)
+def test_damaged_cache_index_is_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, key: str, value: object
+) -> None:
+    """An index.json with the right marker but damaged contents is refused with DataError."""
+    from handnerf.data.cache import FORMAT, INDEX_NAME, VERSION, PreparedCache
+
+    root = tmp_path_factory.mktemp("cache")
+    index = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": {"split": "test", "capture": 0, "hand": "right", "crop": {"mode": "crop"}},
+        "cameras": {},
+        "frames": [],
+    }
+    if key in ("crop", "split", "capture"):
+        index["spec"][key] = value
+    else:
+        index[key] = value
+    (root / INDEX_NAME).write_text(json.dumps(index))
+    try:
+        PreparedCache(root)
+    except HandnerfError:
+        pass  # DataError naming index.json, or ConfigError naming a bad crop mode
