@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from handnerf.train.config import TINY_FIT_OVERRIDES
+
 TINY_SEED = 7
 
 
@@ -41,23 +43,11 @@ def tiny_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: A fit small enough for unit tests: tiny grid, small crops, few rays.
 SMALL_FIT = [
-    "data.crop_size=48",
-    "data.holdout_every=3",
-    "model.field.encoding.n_levels=4",
-    "model.field.encoding.log2_hashmap_size=12",
-    "model.field.hidden_dim=16",
-    "model.field.color_hidden_dim=16",
-    "model.field.view_sh_degree=1",
-    "model.sampler.n_samples=24",
-    "model.occupancy.resolution=24",
-    "model.shell_resolution=32",
-    "train.batch_rays=256",
-    "train.lpips_patches=0",
+    *TINY_FIT_OVERRIDES,
     "train.val_every=0",
     "train.val_views=1",
     "train.log_every=2",
     "train.checkpoint_every=3",
-    "optim.warmup_steps=1",
 ]
 
 

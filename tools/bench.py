@@ -47,7 +47,7 @@ from handnerf.config import load_config
 from handnerf.errors import ConfigError, DataError, HandnerfError
 from handnerf.model.encoding import HashGridEncoding, tcnn_available
 from handnerf.model.sampler import nerfacc_available
-from handnerf.train.config import FitConfig
+from handnerf.train.config import TINY_FIT_OVERRIDES, FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
 from handnerf.train.trainer import Trainer, machine_info, render_image
 
@@ -58,22 +58,7 @@ PSNR_TARGETS = (30.0, 33.0)
 #: Every run: the novel-pose sequence plays no part in any number measured here.
 BASE_OVERRIDES = ["data.novel_pose_seq=null"]
 #: ``--quick`` (tests): a unit-test-sized model and fit on top of the config.
-QUICK_OVERRIDES = [
-    "data.crop_size=48",
-    "data.holdout_every=3",
-    "model.field.encoding.n_levels=4",
-    "model.field.encoding.log2_hashmap_size=12",
-    "model.field.hidden_dim=16",
-    "model.field.color_hidden_dim=16",
-    "model.field.view_sh_degree=1",
-    "model.sampler.n_samples=24",
-    "model.occupancy.resolution=24",
-    "model.shell_resolution=32",
-    "train.batch_rays=256",
-    "train.lpips_patches=0",
-    "train.steps=6",
-    "optim.warmup_steps=1",
-]
+QUICK_OVERRIDES = [*TINY_FIT_OVERRIDES, "train.steps=6"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,28 +50,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from handnerf.train.config import TINY_FIT_OVERRIDES
+
 REPO = Path(__file__).resolve().parents[1]
 
-#: A fit small enough to run many times on a laptop CPU (tests/conftest.py's SMALL_FIT).
+#: A fit small enough to run many times on a laptop CPU.
 FIT_OVERRIDES: list[str] = [
-    "data.crop_size=48",
-    "data.holdout_every=3",
-    "model.field.encoding.n_levels=4",
-    "model.field.encoding.log2_hashmap_size=12",
-    "model.field.hidden_dim=16",
-    "model.field.color_hidden_dim=16",
-    "model.field.view_sh_degree=1",
-    "model.sampler.n_samples=24",
-    "model.occupancy.resolution=24",
-    "model.shell_resolution=32",
-    "train.batch_rays=256",
-    "train.lpips_patches=0",
+    *TINY_FIT_OVERRIDES,
     "train.val_every=0",
     "train.val_views=1",
     "train.log_every=2",
     "train.checkpoint_every=3",
     "train.device=cpu",
-    "optim.warmup_steps=1",
 ]
 EVAL_ARGS: list[str] = ["--max-views", "2", "--device", "cpu", "--chunk", "4096"]
 SIGNALS: dict[str, int] = {

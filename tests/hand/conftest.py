@@ -216,15 +216,13 @@ def procedural_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def procedural_folder(procedural_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The license-free procedural hand's folder (skipped until its generator exists).
+    """The license-free procedural hand's folder.
 
     Points ``$HANDNERF_CACHE`` at the session's shared cache for the rest of the test so
     ``load_mano_folder(None)`` finds the generated folder and its conversions.
     """
-    try:
-        from handnerf.hand.procedural import procedural_mano_dir
-    except ImportError as exc:
-        pytest.skip(f"procedural hand not available yet: {exc}")
+    from handnerf.hand.procedural import procedural_mano_dir
+
     monkeypatch.setenv("HANDNERF_CACHE", str(procedural_cache))
     return Path(procedural_mano_dir())
 

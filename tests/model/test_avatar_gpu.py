@@ -87,10 +87,8 @@ def require_tinycudann() -> None:
     # tinycudann is optional: skip when it is not installed, but an installed one that
     # does not work on this CUDA machine is a failure (tcnn_available() alone would hide it).
     if importlib.util.find_spec("tinycudann") is None:
-        pytest.skip(
-            "tinycudann is not installed (optional): pip install "
-            "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
-        )
+        reason = "tinycudann (optional CUDA backend) is not installed: pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
+        pytest.skip(reason)  # CUDA-only optional backend
     assert tcnn_available(), "tinycudann is installed but unusable on this CUDA machine"
 
 
