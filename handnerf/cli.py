@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="handnerf",
         description=(
             "Turn a multi-view capture of a hand (InterHand2.6M format) into a photorealistic, "
-            "animatable avatar. Typical flow: synth (or a real InterHand2.6M root) -> fit -> "
+            "animatable avatar. Typical flow: synth (or a real InterHand2.6M root, optionally "
+            "prepare-d into a cache) -> fit -> "
             "render / eval. Run 'handnerf COMMAND --help' for each command's options."
         ),
     )
