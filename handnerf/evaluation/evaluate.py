@@ -24,7 +24,7 @@ from tqdm import tqdm
 from handnerf.config import config_to_dict
 from handnerf.data.cache import interhand_root
 from handnerf.data.crops import crop_hand, downscale
-from handnerf.data.interhand import FrameView, InterHandCapture, load_image
+from handnerf.data.interhand import FrameView, load_image
 from handnerf.data.masks import ManoMasker, MaskCache
 from handnerf.errors import ConfigError, DataError
 from handnerf.evaluation.metrics import psnr, ssim
@@ -32,6 +32,7 @@ from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
 from handnerf.hand.hand_model import ManoParams
+from handnerf.train.fit_data import open_sequence
 from handnerf.train.run_loader import TrainedRun
 from handnerf.train.trainer import machine_info, render_image
 
@@ -55,27 +56,11 @@ def select_views(run: TrainedRun, splits: tuple[str, ...], max_views: int | None
             holdout = list(run.info.get("holdout_cameras") or [])
             if not holdout:
                 raise DataError(f"{run.run_dir}: the run held out no cameras; novel_view is empty")
-            cap = InterHandCapture(
-                root,
-                split=cfg.split,
-                capture=cfg.capture,
-                seqs=[cfg.train_seq],
-                hand=cfg.hand,
-                cameras=holdout,
-                stride=cfg.stride,
-            )
+            cap = open_sequence(root, cfg, cfg.train_seq, cfg.stride, cameras=holdout)
         elif split == "novel_pose":
             if not cfg.novel_pose_seq:
                 raise DataError(f"{run.run_dir}: the run has no novel-pose sequence")
-            cap = InterHandCapture(
-                root,
-                split=cfg.split,
-                capture=cfg.capture,
-                seqs=[cfg.novel_pose_seq],
-                hand=cfg.hand,
-                exclude_cameras=cfg.exclude_cameras or None,
-                stride=cfg.novel_pose_stride,
-            )
+            cap = open_sequence(root, cfg, cfg.novel_pose_seq, cfg.novel_pose_stride)
         else:
             raise ConfigError(
                 f"unknown evaluation split {split!r}; choose from {', '.join(SPLITS)}"
@@ -137,10 +122,9 @@ def evaluate_run(
             cam.height,
             cam.width,
             0,
-            0 if camera_id is None else camera_id,
+            camera_id,
             run.device,
             chunk=chunk,
-            use_camera_affine=camera_id is not None,
         ).numpy()
         render_seconds += time.monotonic() - t_render
         m = crop.mask.astype(bool)

@@ -79,10 +79,9 @@ def _render(
         cam.size,
         cam.size,
         frame_id,
-        0 if camera_id is None else camera_id,
+        camera_id,
         run.device,
         chunk=chunk,
-        use_camera_affine=camera_id is not None,
     )
     return (img.numpy() * 255).round().astype(np.uint8)
 

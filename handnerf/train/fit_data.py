@@ -77,6 +77,22 @@ def choose_holdout(cameras: list[str], cfg: DataConfig) -> list[str]:
     return ordered[cfg.holdout_every // 2 :: cfg.holdout_every]
 
 
+def open_sequence(
+    root: Path, cfg: DataConfig, seq: str, stride: int, cameras: list[str] | None = None
+) -> InterHandCapture:
+    """The views of ``seq`` selected by ``cfg`` (split, capture, hand, excluded cameras)."""
+    return InterHandCapture(
+        root,
+        split=cfg.split,
+        capture=cfg.capture,
+        seqs=[seq],
+        hand=cfg.hand,
+        cameras=cameras,
+        exclude_cameras=cfg.exclude_cameras or None,
+        stride=stride,
+    )
+
+
 def load_fit_data(
     root: Path, cfg: DataConfig, mask_cache: Path | None = None, progress: bool = True
 ) -> FitData:
@@ -84,15 +100,7 @@ def load_fit_data(
     if is_prepared_cache(root):
         return _load_fit_data_from_cache(root, cfg, progress)
     hand_model = HandModel.from_folder(Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand)
-    train_cap = InterHandCapture(
-        root,
-        split=cfg.split,
-        capture=cfg.capture,
-        seqs=[cfg.train_seq],
-        hand=cfg.hand,
-        exclude_cameras=cfg.exclude_cameras or None,
-        stride=cfg.stride,
-    )
+    train_cap = open_sequence(root, cfg, cfg.train_seq, cfg.stride)
     if not train_cap.views:
         raise DataError(
             f"{root}: no usable views for {cfg.train_seq}:\n{train_cap.selection_report}"
@@ -134,15 +142,7 @@ def load_fit_data(
     novel = None
     selection = str(train_cap.selection_report)
     if cfg.novel_pose_seq:
-        novel_cap = InterHandCapture(
-            root,
-            split=cfg.split,
-            capture=cfg.capture,
-            seqs=[cfg.novel_pose_seq],
-            hand=cfg.hand,
-            exclude_cameras=cfg.exclude_cameras or None,
-            stride=cfg.novel_pose_stride,
-        )
+        novel_cap = open_sequence(root, cfg, cfg.novel_pose_seq, cfg.novel_pose_stride)
         known = [v for v in novel_cap.views if v.camera_id in camera_index]
         if known:
             novel = prepare_view_set(
@@ -294,9 +294,7 @@ def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> Man
                 for f in frames
             ]
         )
-    capture = InterHandCapture(
-        root, split=cfg.split, capture=cfg.capture, seqs=[seq], hand=cfg.hand, stride=stride
-    )
+    capture = open_sequence(root, cfg, seq, stride)
     keys = sorted({(v.seq_name, v.frame_idx) for v in capture.views})
     if not keys:
         raise DataError(f"{root}: sequence {seq} has no usable frames:\n{capture.selection_report}")

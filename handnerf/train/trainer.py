@@ -436,11 +436,10 @@ def render_image(
     height: int,
     width: int,
     frame_id: int,
-    camera_id: int,
+    camera_id: int | None,
     device: torch.device,
     chunk: int | None = None,
     background: Tensor | None = None,
-    use_camera_affine: bool = True,
     amp: bool | None = None,
 ) -> Tensor:
     """Render one (H,W,3) float32 CPU image in ray chunks, so memory stays bounded at any size.
@@ -451,7 +450,8 @@ def render_image(
     available), and on CUDA the field under fp16 autocast as in training (``amp``: None
     means on for CUDA; False gives plain fp32, e.g. to compare backends). ``chunk``: rays
     per :meth:`HandAvatar.render_rays` call (None: 65536 on CUDA, 8192 on CPU).
-    ``use_camera_affine=False`` renders the canonical colour (for virtual cameras).
+    ``camera_id=None`` renders the canonical colour, without a camera's colour affine
+    (virtual cameras, cameras the fit never saw).
     A chunk that runs out of memory is retried in halves (down to ``MIN_RENDER_CHUNK`` rays)
     instead of failing; only then is a :class:`ResourceError` raised. The result is an
     ordinary tensor (not an inference tensor), so callers may modify it in place.
@@ -477,7 +477,7 @@ def render_image(
         out = torch.empty(n, 3, device=device)
         # Chunks only ever shrink (on OOM), so slices of these serve every chunk.
         fid = torch.full((min(chunk, n),), frame_id, dtype=torch.long, device=device)
-        cid = torch.full_like(fid, camera_id) if use_camera_affine else None
+        cid = None if camera_id is None else torch.full_like(fid, camera_id)
         s = 0
         while s < n:
             o = origins[s : s + chunk]
