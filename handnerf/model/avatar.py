@@ -28,6 +28,7 @@ from handnerf.model.deformer import DeformResult, FrameDeformation, InverseLBSDe
 from handnerf.model.field import HashGridField
 from handnerf.model.occupancy import CanonicalOccupancyGrid
 from handnerf.model.sampler import NerfaccSampler, SamplerConfig, make_sampler
+from handnerf.model.visibility import VertexVisibility
 from handnerf.model.volume import render_samples
 
 
@@ -43,6 +44,9 @@ class AvatarConfig:
         default_factory=CanonicalOccupancyGrid.Config
     )
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    #: Self-shadowing: per-vertex visibility of world directions on the posed mesh, blended
+    #: into every sample and given to the colour MLP (n_directions=0: off).
+    visibility: VertexVisibility.Config = dataclasses.field(default_factory=VertexVisibility.Config)
     #: Padding (m) of the canonical box around the canonical mesh and of each posed box.
     canonical_margin: float = 0.02
     posed_margin: float = 0.015
@@ -83,6 +87,7 @@ class _DeformCache:
             rotation=result.rotation[keep_idx],
             distance=result.distance[keep_idx],
             normal=None if result.normal is None else result.normal[keep_idx],
+            attributes=None if result.attributes is None else result.attributes[keep_idx],
         )
 
     def lookup(self, points: Tensor) -> DeformResult | None:
@@ -113,6 +118,8 @@ class HandAvatar(nn.Module):
         aabb = torch.cat([lo, hi])
         field_cfg = cfg.field
         field_cfg.n_cameras = n_cameras
+        self.visibility = VertexVisibility(cfg.visibility)
+        field_cfg.n_visibility = cfg.visibility.n_directions
         self.field = HashGridField(field_cfg, aabb=aabb)
         self.occupancy = CanonicalOccupancyGrid(aabb, cfg.occupancy)
         self.occupancy.init_from_points(canon)
@@ -121,6 +128,11 @@ class HandAvatar(nn.Module):
             raise ConfigError(
                 "model.deformer.backend=grid gives no surface normals; use kdtree/cdist/auto or "
                 "set model.field.use_world_normal=false"
+            )
+        if self.visibility.enabled and cfg.deformer.backend == "grid":
+            raise ConfigError(
+                "model.deformer.backend=grid does not blend self-shadow visibility; use "
+                "kdtree/cdist/auto or set model.visibility.n_directions=0"
             )
         self._sampler: Any = None
         self._cache = _DeformCache()
@@ -165,8 +177,14 @@ class HandAvatar(nn.Module):
         verts = out.vertices.to(device).float()
         bones = out.bone_transforms.to(device).float()
         weights = self.hand_model.skinning_weights.to(device).float()
-        normals = vertex_normals(verts, self.hand_model.faces.to(device))
-        deformation = self.deformer.prepare_frames(verts, bones, weights, vertex_normals=normals)
+        faces = self.hand_model.faces.to(device)
+        normals = vertex_normals(verts, faces)
+        visibility = (
+            self.visibility(verts, normals, faces).to(device) if self.visibility.enabled else None
+        )
+        deformation = self.deformer.prepare_frames(
+            verts, bones, weights, vertex_normals=normals, vertex_attributes=visibility
+        )
         margin = self.cfg.posed_margin
         aabbs = torch.cat([verts.amin(1) - margin, verts.amax(1) + margin], dim=-1)
         shell = self._shell_grids(verts, aabbs)
@@ -248,7 +266,9 @@ class HandAvatar(nn.Module):
             result = self._cache.lookup(points)
             if result is None:
                 result = frames.deformation.deform(points, frame_ids[ray_ids])
-            return self.field(result.canonical, result.rotation, dirs[ray_ids], result.normal)
+            return self.field(
+                result.canonical, result.rotation, dirs[ray_ids], result.normal, result.attributes
+            )
 
         def correct(rgb: Tensor, opacity: Tensor) -> Tensor:
             return self.field.apply_camera_affine(rgb, opacity, camera_ids)

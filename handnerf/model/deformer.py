@@ -63,6 +63,9 @@ class DeformResult:
         normal: (N, 3) unit posed-surface normal blended from the neighbours' vertex
             normals with the skinning blend weights (kNN backends, when the frames were
             prepared with ``vertex_normals``), else None.
+        attributes: (N, C) per-vertex attributes (e.g. self-shadow visibility) blended
+            like the normal (kNN backends, frames prepared with ``vertex_attributes``),
+            else None.
     """
 
     canonical: torch.Tensor
@@ -70,6 +73,7 @@ class DeformResult:
     rotation: torch.Tensor
     distance: torch.Tensor
     normal: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
 
 
 @dataclass
@@ -107,6 +111,7 @@ class FrameDeformation:
     trees: list | None = None
     grid: _GridField | None = None
     vertex_normals: torch.Tensor | None = None  # (F * V, 3) posed vertex normals
+    vertex_attributes: torch.Tensor | None = None  # (F * V, C) blended per sample
     config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
 
     @property
@@ -131,7 +136,7 @@ class FrameDeformation:
         """
         points, frame_ids = self._check_query(points, frame_ids)
         if points.shape[0] == 0:
-            return _empty_result(points)
+            return _empty_result(points, self)
         with torch.no_grad():
             if self.backend == "grid":
                 return self._deform_grid(points, frame_ids)
@@ -186,6 +191,8 @@ class FrameDeformation:
         if self.vertex_normals is not None:
             normal = (weights[..., None] * self.vertex_normals[global_ids]).sum(dim=1)
             result.normal = torch.nn.functional.normalize(normal, dim=-1)
+        if self.vertex_attributes is not None:
+            result.attributes = (weights[..., None] * self.vertex_attributes[global_ids]).sum(1)
         return result
 
     def _deform_grid(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
@@ -282,6 +289,7 @@ class InverseLBSDeformer(nn.Module):
         bone_transforms: torch.Tensor,
         skinning_weights: torch.Tensor,
         vertex_normals: torch.Tensor | None = None,
+        vertex_attributes: torch.Tensor | None = None,
     ) -> FrameDeformation:
         """Build the lookup structures of ``F`` frames.
 
@@ -292,6 +300,8 @@ class InverseLBSDeformer(nn.Module):
             skinning_weights: (V, J) or (F, V, J) per-vertex skinning weights.
             vertex_normals: optional (F, V, 3) posed vertex normals; with them the kNN
                 backends also return each sample's blended surface normal.
+            vertex_attributes: optional (F, V, C) per-vertex values (kNN backends blend
+                them per sample into ``DeformResult.attributes``).
 
         Returns:
             a :class:`FrameDeformation` on the device of ``posed_vertices``.
@@ -320,6 +330,23 @@ class InverseLBSDeformer(nn.Module):
                         f"got {tuple(vertex_normals.shape)}"
                     )
                 frames.vertex_normals = vertex_normals.reshape(-1, 3).to(posed_vertices.dtype)
+            if vertex_attributes is not None:
+                if vertex_attributes.ndim != 3 or vertex_attributes.shape[:2] != (
+                    num_frames,
+                    num_vertices,
+                ):
+                    raise ParameterError(
+                        "prepare_frames: vertex_attributes must have shape "
+                        f"({num_frames}, {num_vertices}, C), got {tuple(vertex_attributes.shape)}"
+                    )
+                if backend == "grid":
+                    raise ConfigError(
+                        "deformer backend 'grid' does not blend vertex attributes; use kdtree, "
+                        "cdist or auto"
+                    )
+                frames.vertex_attributes = vertex_attributes.reshape(
+                    num_frames * num_vertices, -1
+                ).to(posed_vertices.dtype)
             if backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
                 frames.trees = _build_trees(posed_vertices)
             if backend == "grid":
@@ -402,12 +429,18 @@ def _check_frames(
     )
 
 
-def _empty_result(points: torch.Tensor) -> DeformResult:
+def _empty_result(points: torch.Tensor, frames: FrameDeformation) -> DeformResult:
+    knn = frames.backend != "grid"
+    normals, attributes = frames.vertex_normals, frames.vertex_attributes
     return DeformResult(
         canonical=points.new_zeros(0, 3),
         valid=torch.zeros(0, dtype=torch.bool, device=points.device),
         rotation=points.new_zeros(0, 3, 3),
         distance=points.new_zeros(0),
+        normal=points.new_zeros(0, 3) if knn and normals is not None else None,
+        attributes=(
+            points.new_zeros(0, attributes.shape[1]) if knn and attributes is not None else None
+        ),
     )
 
 

@@ -156,6 +156,10 @@ class HashGridField(nn.Module):
         #: Colour also sees the blended bone rotation (9 numbers). Off by default: it
         #: fits training poses but extrapolates badly to novel ones (measured on the demo).
         use_pose_rotation: bool = False
+        #: Colour also sees this many self-shadow visibilities (see
+        #: :mod:`handnerf.model.visibility`); set by the avatar from
+        #: ``model.visibility.n_directions``.
+        n_visibility: int = 0
         #: SH degree of the view direction (tcnn convention, degree**2 terms); 0 = off.
         view_sh_degree: int = 4
         n_cameras: int = 1
@@ -171,6 +175,8 @@ class HashGridField(nn.Module):
         self.cfg = cfg = cfg if cfg is not None else HashGridField.Config()
         if cfg.view_sh_degree < 0 or cfg.view_sh_degree > 4:
             raise ConfigError(f"field.view_sh_degree must be 0..4, got {cfg.view_sh_degree}")
+        if cfg.n_visibility < 0:
+            raise ConfigError(f"field.n_visibility must be >= 0, got {cfg.n_visibility}")
         if cfg.geo_feat_dim < 0 or cfg.hidden_dim < 1 or cfg.color_hidden_dim < 1:
             raise ConfigError("field.hidden_dim, color_hidden_dim must be >= 1, geo_feat_dim >= 0")
         self.register_buffer("aabb", torch.zeros(6))
@@ -188,6 +194,7 @@ class HashGridField(nn.Module):
             cfg.geo_feat_dim
             + (3 if cfg.use_world_normal else 0)
             + (9 if cfg.use_pose_rotation else 0)
+            + cfg.n_visibility
             + cfg.view_sh_degree**2
         )
         if n_color_in == 0:
@@ -233,10 +240,16 @@ class HashGridField(nn.Module):
         return self._density_and_features(x_canon)[0]
 
     def forward(
-        self, x_canon: Tensor, rot: Tensor, view_dir: Tensor, normal: Tensor | None = None
+        self,
+        x_canon: Tensor,
+        rot: Tensor,
+        view_dir: Tensor,
+        normal: Tensor | None = None,
+        visibility: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """x_canon (N,3) m, rot (N,3,3) or (N,9) canonical->posed, view_dir (N,3) world,
-        normal (N,3) unit posed-surface normal in world space (needed with use_world_normal).
+        normal (N,3) unit posed-surface normal in world space (needed with use_world_normal),
+        visibility (N, n_visibility) in [0,1] (needed when n_visibility > 0).
 
         Returns sigma (N,) >= 0 and rgb (N,3) in [0,1].
         """
@@ -256,6 +269,14 @@ class HashGridField(nn.Module):
                     f"field: rot must have shape ({n},3,3) or ({n},9), got {tuple(rot.shape)}"
                 )
             inputs.append(rot.reshape(n, 9).float())
+        if self.cfg.n_visibility > 0:
+            if visibility is None or visibility.shape != (n, self.cfg.n_visibility):
+                got = None if visibility is None else tuple(visibility.shape)
+                raise ParameterError(
+                    f"field: visibility must have shape ({n},{self.cfg.n_visibility}), got {got}"
+                )
+            # Centred: an unshadowed sample and a shadowed one differ in sign, not scale.
+            inputs.append(visibility.float() * 2.0 - 1.0)
         if self.cfg.view_sh_degree > 0:
             if view_dir.shape != (n, 3):
                 raise ParameterError(

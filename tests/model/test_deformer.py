@@ -415,6 +415,32 @@ def test_blended_normals_follow_the_posed_surface() -> None:
     )
 
 
+def test_vertex_attributes_are_blended_like_the_skinning(finger: Finger) -> None:
+    bones = POSE_A
+    posed = skin(finger.vertices, finger.weights, bones)
+    n = finger.vertices.shape[0]
+    attributes = torch.rand(1, n, 5, generator=torch.Generator().manual_seed(2))
+    deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend="kdtree"))
+    frames = deformer.prepare_frames(
+        posed[None], bones[None], finger.weights, vertex_attributes=attributes
+    )
+    on = frames.deform(posed[::5])
+    assert on.attributes is not None
+    torch.testing.assert_close(on.attributes, attributes[0, ::5], atol=1e-4, rtol=0)
+    # Between vertices: a convex blend of the neighbours' values.
+    between = frames.deform(0.5 * (posed[:-1:7] + posed[1::7]))
+    assert between.attributes is not None
+    assert float(between.attributes.min()) >= 0.0 and float(between.attributes.max()) <= 1.0
+    assert frames.deform(posed[:0]).attributes.shape == (0, 5)
+    with pytest.raises(ParameterError, match="vertex_attributes"):
+        deformer.prepare_frames(
+            posed[None], bones[None], finger.weights, vertex_attributes=attributes[:, :-1]
+        )
+    grid = InverseLBSDeformer(InverseLBSDeformer.Config(backend="grid"))
+    with pytest.raises(ConfigError, match="attributes"):
+        grid.prepare_frames(posed[None], bones[None], finger.weights, vertex_attributes=attributes)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(finger: Finger) -> None:

@@ -105,6 +105,31 @@ def test_colour_depends_on_world_normal_and_requires_it() -> None:
         field(x, rot, view)
 
 
+def test_colour_depends_on_visibility_and_requires_its_shape() -> None:
+    gen = torch.Generator().manual_seed(6)
+    field = HashGridField(
+        small_config(use_world_normal=False, use_pose_rotation=False, n_visibility=8), aabb=AABB
+    )
+    x, view, rot = (
+        inside_points(32, gen),
+        torch.randn(32, 3, generator=gen),
+        random_rotations(32, gen),
+    )
+    lit = torch.ones(32, 8)
+    shadowed = lit.clone()
+    shadowed[:, 3] = 0.0
+    sigma_1, rgb_1 = field(x, rot, view, visibility=lit)
+    sigma_2, rgb_2 = field(x, rot, view, visibility=shadowed)
+    assert torch.equal(sigma_1, sigma_2)  # a shadow changes colour, never geometry
+    assert not torch.allclose(rgb_1, rgb_2)
+    with pytest.raises(ParameterError, match="visibility"):
+        field(x, rot, view)
+    with pytest.raises(ParameterError, match="visibility"):
+        field(x, rot, view, visibility=lit[:, :7])
+    with pytest.raises(ConfigError, match="n_visibility"):
+        HashGridField(small_config(n_visibility=-1), aabb=AABB)
+
+
 def test_spherical_harmonics_are_orthonormal() -> None:
     # A Fibonacci lattice integrates these low-degree polynomials over the sphere closely.
     n = 20_000
