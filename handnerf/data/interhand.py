@@ -317,7 +317,34 @@ def _mano_entry(entry: object) -> tuple[dict[str, np.ndarray] | None, str | None
     return params, None
 
 
-class InterHandCapture:
+class SelectedViews:
+    """What every selection of views offers (the in-memory reader and the streaming one):
+    iteration, the cameras and frames it covers, and image loading. Needs ``self.views``."""
+
+    views: list[FrameView]
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.views)
+
+    @property
+    def camera_ids(self) -> list[str]:
+        """Sorted ids of the cameras in the selection."""
+        return sorted({v.camera_id for v in self.views})
+
+    @property
+    def frames(self) -> list[tuple[str, int]]:
+        """Sorted ``(seq_name, frame_idx)`` of the selection."""
+        return sorted({(v.seq_name, v.frame_idx) for v in self.views})
+
+    def load_image(self, view: FrameView) -> np.ndarray:
+        """(H, W, 3) uint8 RGB of ``view``; see :func:`load_image`."""
+        return load_image(view)
+
+
+class InterHandCapture(SelectedViews):
     """A selection of (frame, camera) views of one hand in one InterHand2.6M capture.
 
     Args:
@@ -605,27 +632,6 @@ class InterHandCapture:
                 valid &= flags[rows] > 0
         return keypoints, valid
 
-    # ------------------------------------------------------------------ access
-
-    def __len__(self) -> int:
-        return len(self.views)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self.views)
-
-    @property
-    def camera_ids(self) -> list[str]:
-        """Sorted ids of the cameras in the selection."""
-        return sorted({v.camera_id for v in self.views})
-
-    @property
-    def frames(self) -> list[tuple[str, int]]:
-        """Sorted ``(seq_name, frame_idx)`` of the selection."""
-        return sorted({(v.seq_name, v.frame_idx) for v in self.views})
-
-    def load_image(self, view: FrameView) -> np.ndarray:
-        """(H, W, 3) uint8 RGB of ``view``; see :func:`load_image`."""
-        return load_image(view)
 
 
 def _numbers(value: object, where: str, allow_nan: bool = False) -> np.ndarray:

@@ -35,6 +35,7 @@ from handnerf.data.interhand import (
     SPLITS,
     AnnotationFiles,
     FrameView,
+    SelectedViews,
     SelectionReport,
     _camera_id,
     _check_image_record,
@@ -42,7 +43,6 @@ from handnerf.data.interhand import (
     _numbers,
     camera_from_json,
     find_annotation_files,
-    load_image,
 )
 from handnerf.errors import DataError, SelectionError
 
@@ -154,7 +154,7 @@ def stream_frames(path: Path, capture: int, frames: set[int]) -> dict[int, Any]:
 
 
 @dataclass
-class StreamedSelection:
+class StreamedSelection(SelectedViews):
     """The result of :func:`select_views`: what ``InterHandCapture`` would hold.
 
     Duck-types the parts of ``InterHandCapture`` that consumers use (``root``, ``split``,
@@ -170,20 +170,6 @@ class StreamedSelection:
     files: AnnotationFiles
     views: list[FrameView]
     selection_report: SelectionReport
-
-    def __len__(self) -> int:
-        return len(self.views)
-
-    @property
-    def camera_ids(self) -> list[str]:
-        return sorted({v.camera_id for v in self.views})
-
-    @property
-    def frames(self) -> list[tuple[str, int]]:
-        return sorted({(v.seq_name, v.frame_idx) for v in self.views})
-
-    def load_image(self, view: FrameView) -> np.ndarray:
-        return load_image(view)
 
 
 def select_views(

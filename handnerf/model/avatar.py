@@ -4,13 +4,14 @@
 :class:`CanonicalOccupancyGrid`) and composes them with the fixed MANO skinning:
 
 1. :meth:`HandAvatar.pose_frames` runs MANO once per frame and prepares the
-   :class:`InverseLBSDeformer` lookup structures, the posed bounding boxes, and a coarse
+   :class:`InverseLBSDeformer` lookup structures (with per-vertex normals and
+   :class:`VertexVisibility`), the posed bounding boxes, and a coarse
    posed-space "shell" grid of voxels near the posed surface.
 2. :meth:`HandAvatar.render_rays` asks the sampler for samples inside each ray's posed box;
    a sample is evaluated only if it lies in the shell, is within the deformer's distance of
    the surface, and its canonical position is occupied. Those samples go to the field with
-   their blended bone rotation (pose-dependent shading) and the view direction; the volume
-   renderer composites them, with the per-camera colour affine.
+   their blended posed normal and self-shadow visibility (pose-dependent shading) and the
+   view direction; the volume renderer composites them, with the per-camera colour affine.
 """
 
 from __future__ import annotations

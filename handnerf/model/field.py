@@ -1,10 +1,11 @@
 """The canonical radiance field: a hash grid for density, a small MLP for colour.
 
 Density lives in the canonical (flat-pose) hand and does not depend on pose. Colour does:
-a light fixed in the world shades a finger differently once it has turned, so the colour
-MLP sees the sample's blended bone rotation (canonical -> posed world; its columns are the
-world-space images of the canonical axes) next to the geometry features, and optionally
-the world-space view direction in spherical harmonics.
+a light fixed in the world shades a finger differently once it has turned, and another
+finger may stand between it and the light. So next to the geometry features the colour
+MLP sees the posed surface normal in world space, the sample's self-shadow visibility of
+fixed world directions (:mod:`handnerf.model.visibility`), optionally the blended bone
+rotation, and the world-space view direction in spherical harmonics.
 
 A per-camera affine colour correction (:class:`CameraColorAffine`) absorbs what the field
 cannot: the cameras of a real rig differ in white balance, gain and response, so one

@@ -59,6 +59,28 @@ def test_training_step_reaches_every_parameter_group(small_data, tmp_path: Path)
         assert names & changed, f"no parameter of group {name!r} was updated"
 
 
+def test_self_shadow_visibility_reaches_the_colour_mlp(small_data, tmp_path: Path) -> None:
+    cfg, data = small_data
+    trainer = Trainer(cfg, data, tmp_path)
+    k = cfg.model.visibility.n_directions
+    assert k > 0, "self-shadowing is on by default"
+    deformation = trainer.train_frames.deformation
+    n_frames, n_vertices = deformation.posed_vertices.shape[:2]
+    vis = deformation.vertex_attributes
+    assert vis is not None and vis.shape == (n_frames * n_vertices, k)
+    per_frame = vis.reshape(n_frames, n_vertices, k)
+    # The tiny capture's frames have different poses, so some vertex is lit in one and
+    # shadowed in another.
+    assert not torch.equal(per_frame[0], per_frame[1])
+    trainer.training_step()
+    first = trainer.avatar.field.color_mlp[0]
+    assert first.in_features >= k
+    # The visibility inputs are the colour MLP's columns just before the view SH terms.
+    sh = cfg.model.field.view_sh_degree**2
+    columns = first.weight.grad[:, first.in_features - sh - k : first.in_features - sh]
+    assert columns.abs().sum() > 0
+
+
 def test_loss_decreases_over_a_short_fit(small_data, tmp_path: Path) -> None:
     cfg, data = small_data
     trainer = Trainer(cfg, data, tmp_path)
