@@ -633,7 +633,6 @@ class InterHandCapture(SelectedViews):
         return keypoints, valid
 
 
-
 def _numbers(value: object, where: str, allow_nan: bool = False) -> np.ndarray:
     """``value`` as a float64 array of JSON numbers, else DataError naming ``where``.
 
