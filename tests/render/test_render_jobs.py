@@ -93,3 +93,29 @@ def test_render_cli_errors_are_clear(
         == 2
     )
     assert "frames" in capsys.readouterr().err
+
+
+def test_run_saved_before_self_shadowing_still_loads(
+    tiny_capture: Path, tmp_path: Path, small_fit: list[str]
+) -> None:
+    """A checkpoint written before ``model.visibility`` existed renders with it off."""
+    from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
+    from handnerf.train.fit_job import run_fit
+
+    run_dir = tmp_path / "old_run"
+    run_fit(
+        tiny_capture,
+        run_dir,
+        overrides=[*small_fit, "train.steps=2", "model.visibility.n_directions=0"],
+        progress=False,
+    )
+    path = run_dir / "checkpoints" / LATEST
+    state = load_checkpoint(path)
+    del state["config"]["model"]["visibility"]  # what an older handnerf wrote
+    save_checkpoint(path, state)
+    run = load_run(run_dir, device="cpu")
+    assert run.cfg.model.visibility.n_directions == 0
+    assert run.avatar.field.cfg.n_visibility == 0
+    mano = sequence_mano(run.data_root, run.cfg.data, run.cfg.data.train_seq, 1).index(0)
+    frame = render_orbit(run, mano, n_frames=1, size=16, progress=False)[0]
+    assert frame.shape == (16, 16, 3)
