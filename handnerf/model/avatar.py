@@ -88,7 +88,10 @@ class _DeformCache:
             rotation=result.rotation[keep_idx],
             distance=result.distance[keep_idx],
             normal=None if result.normal is None else result.normal[keep_idx],
-            attributes=None if result.attributes is None else result.attributes[keep_idx],
+            neighbor_ids=None if result.neighbor_ids is None else result.neighbor_ids[keep_idx],
+            neighbor_weights=(
+                None if result.neighbor_weights is None else result.neighbor_weights[keep_idx]
+            ),
         )
 
     def lookup(self, points: Tensor) -> DeformResult | None:
@@ -129,11 +132,6 @@ class HandAvatar(nn.Module):
             raise ConfigError(
                 "model.deformer.backend=grid gives no surface normals; use kdtree/cdist/auto or "
                 "set model.field.use_world_normal=false"
-            )
-        if self.visibility.enabled and cfg.deformer.backend == "grid":
-            raise ConfigError(
-                "model.deformer.backend=grid does not blend self-shadow visibility; use "
-                "kdtree/cdist/auto or set model.visibility.n_directions=0"
             )
         self._sampler: Any = None
         self._cache = _DeformCache()
@@ -267,8 +265,10 @@ class HandAvatar(nn.Module):
             result = self._cache.lookup(points)
             if result is None:
                 result = frames.deformation.deform(points, frame_ids[ray_ids])
+            # Blended here, for the samples the field evaluates, not in the occupancy query.
+            visibility = frames.deformation.blend_attributes(result)
             return self.field(
-                result.canonical, result.rotation, dirs[ray_ids], result.normal, result.attributes
+                result.canonical, result.rotation, dirs[ray_ids], result.normal, visibility
             )
 
         def correct(rgb: Tensor, opacity: Tensor) -> Tensor:

@@ -63,9 +63,9 @@ class DeformResult:
         normal: (N, 3) unit posed-surface normal blended from the neighbours' vertex
             normals with the skinning blend weights (kNN backends, when the frames were
             prepared with ``vertex_normals``), else None.
-        attributes: (N, C) per-vertex attributes (e.g. self-shadow visibility) blended
-            like the normal (kNN backends, frames prepared with ``vertex_attributes``),
-            else None.
+        neighbor_ids, neighbor_weights: (N, k) global vertex ids (``frame * V + vertex``)
+            of the sample's neighbours and their blend weights (kNN backends), else None;
+            :meth:`FrameDeformation.blend_attributes` blends per-vertex values with them.
     """
 
     canonical: torch.Tensor
@@ -73,7 +73,8 @@ class DeformResult:
     rotation: torch.Tensor
     distance: torch.Tensor
     normal: torch.Tensor | None = None
-    attributes: torch.Tensor | None = None
+    neighbor_ids: torch.Tensor | None = None
+    neighbor_weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -111,7 +112,7 @@ class FrameDeformation:
     trees: list | None = None
     grid: _GridField | None = None
     vertex_normals: torch.Tensor | None = None  # (F * V, 3) posed vertex normals
-    vertex_attributes: torch.Tensor | None = None  # (F * V, C) blended per sample
+    vertex_attributes: torch.Tensor | None = None  # (F * V, C), see blend_attributes
     config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
 
     @property
@@ -191,9 +192,20 @@ class FrameDeformation:
         if self.vertex_normals is not None:
             normal = (weights[..., None] * self.vertex_normals[global_ids]).sum(dim=1)
             result.normal = torch.nn.functional.normalize(normal, dim=-1)
-        if self.vertex_attributes is not None:
-            result.attributes = (weights[..., None] * self.vertex_attributes[global_ids]).sum(1)
+        result.neighbor_ids, result.neighbor_weights = global_ids, weights
         return result
+
+    def blend_attributes(self, result: DeformResult) -> torch.Tensor | None:
+        """(N, C) ``vertex_attributes`` blended with ``result``'s neighbour weights, or None.
+
+        Separate from :meth:`deform` so that callers blend only the samples they keep (the
+        gather is (N, k, C) values: the costly part for wide attributes).
+        """
+        if self.vertex_attributes is None or result.neighbor_ids is None:
+            return None
+        assert result.neighbor_weights is not None
+        gathered = self.vertex_attributes[result.neighbor_ids]  # (N, k, C)
+        return torch.einsum("nk,nkc->nc", result.neighbor_weights, gathered)
 
     def _deform_grid(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
         grid = self.grid
@@ -300,8 +312,8 @@ class InverseLBSDeformer(nn.Module):
             skinning_weights: (V, J) or (F, V, J) per-vertex skinning weights.
             vertex_normals: optional (F, V, 3) posed vertex normals; with them the kNN
                 backends also return each sample's blended surface normal.
-            vertex_attributes: optional (F, V, C) per-vertex values (kNN backends blend
-                them per sample into ``DeformResult.attributes``).
+            vertex_attributes: optional (F, V, C) per-vertex values that
+                :meth:`FrameDeformation.blend_attributes` blends per sample (kNN backends).
 
         Returns:
             a :class:`FrameDeformation` on the device of ``posed_vertices``.
@@ -430,17 +442,17 @@ def _check_frames(
 
 
 def _empty_result(points: torch.Tensor, frames: FrameDeformation) -> DeformResult:
+    """A zero-length result with the same fields a non-empty query of ``frames`` fills."""
     knn = frames.backend != "grid"
-    normals, attributes = frames.vertex_normals, frames.vertex_attributes
+    k = frames.config.k_neighbors
     return DeformResult(
         canonical=points.new_zeros(0, 3),
         valid=torch.zeros(0, dtype=torch.bool, device=points.device),
         rotation=points.new_zeros(0, 3, 3),
         distance=points.new_zeros(0),
-        normal=points.new_zeros(0, 3) if knn and normals is not None else None,
-        attributes=(
-            points.new_zeros(0, attributes.shape[1]) if knn and attributes is not None else None
-        ),
+        normal=points.new_zeros(0, 3) if knn and frames.vertex_normals is not None else None,
+        neighbor_ids=(torch.zeros(0, k, dtype=torch.long, device=points.device) if knn else None),
+        neighbor_weights=points.new_zeros(0, k) if knn else None,
     )
 
 

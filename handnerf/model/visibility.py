@@ -5,19 +5,19 @@ the palm in one pose and not in the next. A colour MLP that sees only the canoni
 position and the surface normal cannot tell those frames apart: it learns the average and
 blurs every shadow. Instead, for every posed vertex we cast one ray per direction of a fixed
 set of world directions (a Fibonacci sphere) against the posed mesh, and record whether it
-escapes (1) or hits the hand (0); directions behind the vertex's surface count as 0. The deformer blends these per-vertex visibilities into
-each sample with its skinning blend weights, and the colour MLP learns which of them
+escapes (1) or hits the hand (0); directions behind the vertex's surface count as 0. The
+deformer's neighbour weights blend these per-vertex visibilities into each evaluated
+sample (:meth:`FrameDeformation.blend_attributes`), and the colour MLP learns which of them
 matter (the directions nearest the rig's lights). Because visibility is computed from the
 posed MANO mesh, it is equally defined for poses never seen in training.
 
-Ray casting uses Embree through trimesh (``embreex``, a dependency); without it trimesh's
-pure-NumPy intersector gives the same answer, much slower.
+Ray casting uses Embree through trimesh (``embreex``, a dependency), via the same
+:func:`~handnerf.synth.raycast.embree_intersector` as the synthetic renderer.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from handnerf.errors import ConfigError, ParameterError
+from handnerf.synth.raycast import embree_intersector
 
 
 def fibonacci_directions(n: int) -> Tensor:
@@ -36,21 +37,6 @@ def fibonacci_directions(n: int) -> Tensor:
     r = torch.sqrt((1.0 - z * z).clamp(min=0.0))
     phi = i * math.pi * (3.0 - math.sqrt(5.0))
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1).float()
-
-
-def _intersector(mesh: object) -> object:
-    try:
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
-    except ImportError as exc:
-        from trimesh.ray.ray_triangle import RayMeshIntersector
-
-        warnings.warn(
-            f"Embree (package 'embreex') is unusable ({exc}); self-shadow visibility uses "
-            "trimesh's slow pure-NumPy ray caster",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return RayMeshIntersector(mesh)
 
 
 class VertexVisibility:
@@ -96,7 +82,7 @@ class VertexVisibility:
             )
         t, v = vertices.shape[:2]
         k = self.cfg.n_directions
-        out = torch.ones(t, v, k, dtype=torch.float32)
+        out = torch.zeros(t, v, k, dtype=torch.float32)
         if k == 0 or v == 0:
             return out.to(vertices.device)
         dirs = self.directions.double().numpy()
@@ -106,7 +92,7 @@ class VertexVisibility:
             if not np.isfinite(verts).all():
                 raise ParameterError(f"visibility: frame {frame} has non-finite posed vertices")
             mesh = trimesh.Trimesh(vertices=verts, faces=faces_np, process=False)
-            caster = _intersector(mesh)
+            caster = embree_intersector(mesh)
             normal = normals[frame].detach().cpu().double().numpy()
             # A direction behind the surface is dark by definition (as in Lambertian
             # shading); casting it would let a ray from the offset start graze out.

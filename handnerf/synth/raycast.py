@@ -74,7 +74,7 @@ def embree_intersector(mesh: object) -> object:
         from trimesh.ray.ray_pyembree import RayMeshIntersector
     except ImportError as exc:  # embreex missing or broken: trimesh would silently go slow
         raise HandnerfError(
-            "handnerf synth needs the Embree ray caster (package 'embreex'); "
+            "ray casting the hand mesh needs Embree (package 'embreex'); "
             f"importing trimesh.ray.ray_pyembree failed: {exc}"
         ) from exc
     return RayMeshIntersector(mesh)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from handnerf.model.avatar import AvatarConfig
+from handnerf.model.visibility import VertexVisibility
 from handnerf.train.losses import LossConfig
 
 
@@ -96,3 +98,18 @@ TINY_FIT_OVERRIDES: tuple[str, ...] = (
     "train.lpips_patches=0",
     "optim.warmup_steps=1",
 )
+
+
+def upgrade_saved_config(saved: Any) -> Any:
+    """A checkpoint's config dict in today's layout, keeping what its weights were trained with.
+
+    Runs saved before self-shadowing existed have no ``model.visibility``: their colour MLP
+    takes no visibility inputs, so they read as ``n_directions=0`` rather than today's
+    default (render and eval load them; ``--resume`` needs
+    ``model.visibility.n_directions=0``). Anything else is returned unchanged.
+    """
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if isinstance(model, dict) and "visibility" not in model:
+        off = asdict(VertexVisibility.Config(n_directions=0))
+        return {**saved, "model": {**model, "visibility": off}}
+    return saved

@@ -14,7 +14,7 @@ from handnerf.errors import CheckpointError
 from handnerf.hand.hand_model import HandModel
 from handnerf.model.avatar import HandAvatar
 from handnerf.train.checkpoint import LATEST, load_checkpoint
-from handnerf.train.config import FitConfig
+from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.fit_data import hand_identity
 from handnerf.train.trainer import pick_device
 
@@ -52,7 +52,7 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
     path = checkpoint or run_dir / "checkpoints" / LATEST
     state = load_checkpoint(path)
     try:
-        cfg = config_from_dict(FitConfig, _upgrade_config(state["config"]))
+        cfg = config_from_dict(FitConfig, upgrade_saved_config(state["config"]))
         camera_names = list(state["camera_names"])
         betas = state["betas"]
         model_state = state["model"]
@@ -81,15 +81,3 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
         camera_names=camera_names,
         device=dev,
     )
-
-
-def _upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config in today's layout, keeping what its weights were trained with.
-
-    Runs saved before self-shadowing existed have no ``model.visibility``; their colour MLP
-    takes no visibility inputs, so they load with it off rather than with today's default.
-    """
-    model = saved.get("model") if isinstance(saved, dict) else None
-    if isinstance(model, dict) and "visibility" not in model:
-        saved = {**saved, "model": {**model, "visibility": {"n_directions": 0}}}
-    return saved

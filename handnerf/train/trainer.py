@@ -34,7 +34,7 @@ from handnerf.errors import (
 )
 from handnerf.model.avatar import HandAvatar, PosedFrames
 from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
-from handnerf.train.config import FitConfig
+from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.fit_data import FitData
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
 from handnerf.train.rays import RayBatch, RaySampler, pixel_rays
@@ -166,8 +166,9 @@ class Trainer:
         path = self.ckpt_dir / LATEST
         state = load_checkpoint(path)
         mine = config_to_dict(self.cfg)
-        if state.get("config") != mine:
-            diff = _dict_diff(state.get("config") or {}, mine)
+        saved = upgrade_saved_config(state.get("config"))
+        if saved != mine:
+            diff = _dict_diff(saved or {}, mine)
             raise CheckpointError(
                 f"{path}: saved with a different config; resume needs the same one. Differences: {diff}"
             )

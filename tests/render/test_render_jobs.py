@@ -95,20 +95,17 @@ def test_render_cli_errors_are_clear(
     assert "frames" in capsys.readouterr().err
 
 
-def test_run_saved_before_self_shadowing_still_loads(
+def test_run_saved_before_self_shadowing_still_loads_and_resumes(
     tiny_capture: Path, tmp_path: Path, small_fit: list[str]
 ) -> None:
     """A checkpoint written before ``model.visibility`` existed renders with it off."""
+    from handnerf.errors import CheckpointError
     from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
     from handnerf.train.fit_job import run_fit
 
     run_dir = tmp_path / "old_run"
-    run_fit(
-        tiny_capture,
-        run_dir,
-        overrides=[*small_fit, "train.steps=2", "model.visibility.n_directions=0"],
-        progress=False,
-    )
+    overrides = [*small_fit, "train.steps=2", "model.visibility.n_directions=0"]
+    run_fit(tiny_capture, run_dir, overrides=overrides, progress=False)
     path = run_dir / "checkpoints" / LATEST
     state = load_checkpoint(path)
     del state["config"]["model"]["visibility"]  # what an older handnerf wrote
@@ -119,3 +116,9 @@ def test_run_saved_before_self_shadowing_still_loads(
     mano = sequence_mano(run.data_root, run.cfg.data, run.cfg.data.train_seq, 1).index(0)
     frame = render_orbit(run, mano, n_frames=1, size=16, progress=False)[0]
     assert frame.shape == (16, 16, 3)
+    # --resume accepts it with visibility off, and names the key otherwise.
+    assert (
+        run_fit(tiny_capture, run_dir, overrides=overrides, resume=True, progress=False).step == 2
+    )
+    with pytest.raises(CheckpointError, match=r"model\.visibility\.n_directions"):
+        run_fit(tiny_capture, run_dir, overrides=overrides[:-1], resume=True, progress=False)
