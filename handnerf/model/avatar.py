@@ -182,7 +182,12 @@ class HandAvatar(nn.Module):
             self.visibility(verts, normals, faces).to(device) if self.visibility.enabled else None
         )
         deformation = self.deformer.prepare_frames(
-            verts, bones, weights, vertex_normals=normals, vertex_attributes=visibility
+            verts,
+            bones,
+            weights,
+            vertex_normals=normals,
+            vertex_attributes=visibility,
+            faces=faces,
         )
         margin = self.cfg.posed_margin
         aabbs = torch.cat([verts.amin(1) - margin, verts.amax(1) + margin], dim=-1)
@@ -223,7 +228,9 @@ class HandAvatar(nn.Module):
             idx = idx.clamp(0, res - 1)
             keep = inside & frames.shell[fid, idx[:, 0], idx[:, 1], idx[:, 2]]
             keep_idx = torch.nonzero(keep).squeeze(1)
-            result = frames.deformation.deform(points[keep_idx], fid[keep_idx])
+            # The distance-weighted blend decides occupancy; the samples kept get the
+            # closest-triangle weights of blend="surface" in radiance() (a fraction of these).
+            result = frames.deformation.deform(points[keep_idx], fid[keep_idx], surface=False)
             occ = result.valid & self.occupancy.query(result.canonical)
             keep[keep_idx] = occ
             self._cache.store(points, keep, result, torch.nonzero(occ).squeeze(1))
@@ -265,6 +272,8 @@ class HandAvatar(nn.Module):
             result = self._cache.lookup(points)
             if result is None:
                 result = frames.deformation.deform(points, frame_ids[ray_ids])
+            else:
+                result = frames.deformation.refine_to_surface(points, result)
             # Blended here, for the samples the field evaluates, not in the occupancy query.
             visibility = frames.deformation.blend_attributes(result)
             return self.field(

@@ -6,6 +6,12 @@ inverted to find the canonical position ``A^{-1} x``. A blend of rigid transform
 rigid, so the inverse is the true inverse of the 3x4 affine part (closed-form 3x3
 adjugate), not the transpose of the rotation.
 
+With ``blend="surface"`` the weights are instead those of the closest point on the posed
+mesh: its barycentric coordinates on the closest triangle (searched among the triangles
+around the nearest vertices). For a point on the surface that is what forward skinning
+used, so it maps back to where it started even in a crease or where two fingers touch,
+where the nearest vertices may belong to the other side.
+
 Because skinning is linear in the weights, the per-vertex blended transforms
 ``A_v = sum_b W[v, b] T_b`` are precomputed once per frame; a sample then only blends the
 ``k`` gathered 3x4 matrices of its neighbours, and a batch mixing frames needs no loop over
@@ -35,7 +41,17 @@ from torch import nn
 from handnerf.errors import ConfigError, ParameterError
 
 BACKENDS = ("auto", "kdtree", "cdist", "grid")
-BLEND_SCHEMES = ("inverse_distance", "gaussian", "nearest")
+BLEND_SCHEMES = ("inverse_distance", "gaussian", "nearest", "surface")
+
+# The "surface" blend looks for the closest triangle among those around this many of the
+# sample's nearest vertices (measured on the demo poses: 2 finds the same triangle as 4
+# for surface samples, 1 misses it near long, thin triangles).
+_SURFACE_CANDIDATE_VERTICES = 2
+# Samples whose neighbours' inverse transforms agree within this (metres) keep the
+# distance-weighted blend: the closest-triangle search would move them by less.
+_SURFACE_AGREEMENT = 2e-5
+# Points per chunk of the closest-triangle search (bounds its (N, C, 3, 3) gathers).
+_SURFACE_CHUNK = 1 << 16
 
 # Elements of one chunk's (points x vertices) distance matrix in the cdist backend: big
 # enough to keep the GPU busy, small enough (64 MiB of float32) not to spike memory.
@@ -113,6 +129,10 @@ class FrameDeformation:
     grid: _GridField | None = None
     vertex_normals: torch.Tensor | None = None  # (F * V, 3) posed vertex normals
     vertex_attributes: torch.Tensor | None = None  # (F * V, C), see blend_attributes
+    faces: torch.Tensor | None = None  # (T, 3) long, the mesh's triangles (blend="surface")
+    vertex_faces: torch.Tensor | None = None  # (V, M) long: triangles around each vertex, -1 pad
+    face_frames: torch.Tensor | None = None  # (F * T, 12), see _face_frames
+    vertex_inverse: torch.Tensor | None = None  # (F * V, 12) inverse of vertex_affine
     config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
 
     @property
@@ -127,13 +147,17 @@ class FrameDeformation:
     def device(self) -> torch.device:
         return self.posed_vertices.device
 
-    def deform(self, points: torch.Tensor, frame_ids: torch.Tensor | None = None) -> DeformResult:
+    def deform(
+        self, points: torch.Tensor, frame_ids: torch.Tensor | None = None, surface: bool = True
+    ) -> DeformResult:
         """Map posed samples to canonical space.
 
         Args:
             points: (N, 3) posed world positions (metres), on this structure's device.
             frame_ids: (N,) integer index into the prepared frames; may be ``None`` when
                 a single frame was prepared.
+            surface: with ``blend="surface"``, False keeps the distance-weighted blend
+                (cheaper; :meth:`refine_to_surface` can finish the job for a subset).
         """
         points, frame_ids = self._check_query(points, frame_ids)
         if points.shape[0] == 0:
@@ -141,7 +165,7 @@ class FrameDeformation:
         with torch.no_grad():
             if self.backend == "grid":
                 return self._deform_grid(points, frame_ids)
-            return self._deform_knn(points, frame_ids)
+            return self._deform_knn(points, frame_ids, surface)
 
     def _check_query(
         self, points: torch.Tensor, frame_ids: torch.Tensor | None
@@ -181,19 +205,93 @@ class FrameDeformation:
             )
         return points, frame_ids
 
-    def _deform_knn(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
+    def _deform_knn(
+        self, points: torch.Tensor, frame_ids: torch.Tensor, surface: bool
+    ) -> DeformResult:
         cfg = self.config
         distances, ids = _knn(self, points, frame_ids)
         weights = _blend_weights(distances, cfg)
         global_ids = frame_ids[:, None] * self.num_vertices + ids  # (N, k)
+        if surface and cfg.blend == "surface":
+            self._surface_weights(points, frame_ids, global_ids, weights)
+        return self._assemble(points, global_ids, weights, distances[:, 0])
+
+    def _assemble(
+        self,
+        points: torch.Tensor,
+        global_ids: torch.Tensor,
+        weights: torch.Tensor,
+        distance: torch.Tensor,
+    ) -> DeformResult:
         affine = (weights[..., None] * self.vertex_affine[global_ids]).sum(dim=1)  # (N, 12)
         quaternion = _blend_quaternions(self.vertex_quaternion[global_ids], weights)
-        result = _finish(points, affine, quaternion, distances[:, 0], cfg.max_distance)
+        result = _finish(points, affine, quaternion, distance, self.config.max_distance)
         if self.vertex_normals is not None:
             normal = (weights[..., None] * self.vertex_normals[global_ids]).sum(dim=1)
             result.normal = torch.nn.functional.normalize(normal, dim=-1)
         result.neighbor_ids, result.neighbor_weights = global_ids, weights
         return result
+
+    def _surface_weights(
+        self,
+        points: torch.Tensor,
+        frame_ids: torch.Tensor,
+        global_ids: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """Replace, in place, the neighbours (N, k) and weights (N, k) of the samples that
+        need it by their closest triangle's corners and barycentric weights (zero-padded);
+        returns the indices of the samples changed."""
+        # Where every neighbour's own inverse sends the point to the same canonical
+        # place, any blend of them does too; only the other samples need a triangle.
+        ambiguous = _neighbours_disagree(self, points, global_ids, weights > 0)
+        if ambiguous.numel():
+            frames_of = frame_ids[ambiguous]
+            local = global_ids[ambiguous] - frames_of[:, None] * self.num_vertices
+            tri_ids, tri_weights = _closest_triangle(self, points[ambiguous], frames_of, local)
+            tri_ids = frames_of[:, None] * self.num_vertices + tri_ids
+            global_ids[ambiguous, :3] = tri_ids
+            global_ids[ambiguous, 3:] = tri_ids[:, :1]
+            weights[ambiguous, :3] = tri_weights
+            weights[ambiguous, 3:] = 0.0
+        return ambiguous
+
+    def refine_to_surface(self, points: torch.Tensor, result: DeformResult) -> DeformResult:
+        """Apply ``blend="surface"`` to a result computed with ``deform(..., surface=False)``.
+
+        The occupancy test can afford the cheaper distance-weighted blend; the samples the
+        field then evaluates (a fraction of them) get the closest-triangle weights here.
+        ``points`` (N, 3) are the posed points ``result`` (N rows) was computed for.
+        """
+        if self.config.blend != "surface" or result.neighbor_ids is None or not len(points):
+            return result
+        assert result.neighbor_weights is not None
+        points = points.detach().to(self.posed_vertices.dtype)
+        global_ids = result.neighbor_ids.clone()
+        weights = result.neighbor_weights.clone()
+        frame_ids = global_ids[:, 0] // self.num_vertices
+        with torch.no_grad():
+            changed = self._surface_weights(points, frame_ids, global_ids, weights)
+            if changed.numel() == 0:
+                return result
+            part = self._assemble(
+                points[changed], global_ids[changed], weights[changed], result.distance[changed]
+            )
+        out = DeformResult(
+            canonical=result.canonical.clone(),
+            valid=result.valid.clone(),
+            rotation=result.rotation.clone(),
+            distance=result.distance,
+            normal=None if result.normal is None else result.normal.clone(),
+            neighbor_ids=global_ids,
+            neighbor_weights=weights,
+        )
+        out.canonical[changed] = part.canonical
+        out.valid[changed] = part.valid
+        out.rotation[changed] = part.rotation
+        if out.normal is not None and part.normal is not None:
+            out.normal[changed] = part.normal
+        return out
 
     def blend_attributes(self, result: DeformResult) -> torch.Tensor | None:
         """(N, C) ``vertex_attributes`` blended with ``result``'s neighbour weights, or None.
@@ -256,7 +354,8 @@ class InverseLBSDeformer(nn.Module):
         max_distance: float = 0.015
         """Samples farther than this (metres) from the nearest posed vertex are empty."""
         blend: str = "inverse_distance"
-        """Neighbour weighting: ``inverse_distance``, ``gaussian`` or ``nearest``."""
+        """Neighbour weighting: ``inverse_distance``, ``gaussian``, ``nearest`` or ``surface``
+        (barycentric weights of the closest point on the posed mesh; needs ``faces``)."""
         idw_power: float = 2.0
         """Exponent p of inverse-distance weights 1 / d^p."""
         gaussian_sigma: float = 0.004
@@ -302,6 +401,7 @@ class InverseLBSDeformer(nn.Module):
         skinning_weights: torch.Tensor,
         vertex_normals: torch.Tensor | None = None,
         vertex_attributes: torch.Tensor | None = None,
+        faces: torch.Tensor | None = None,
     ) -> FrameDeformation:
         """Build the lookup structures of ``F`` frames.
 
@@ -314,6 +414,7 @@ class InverseLBSDeformer(nn.Module):
                 backends also return each sample's blended surface normal.
             vertex_attributes: optional (F, V, C) per-vertex values that
                 :meth:`FrameDeformation.blend_attributes` blends per sample (kNN backends).
+            faces: (T, 3) triangles of the mesh (vertex ids); required by ``blend="surface"``.
 
         Returns:
             a :class:`FrameDeformation` on the device of ``posed_vertices``.
@@ -359,6 +460,17 @@ class InverseLBSDeformer(nn.Module):
                 frames.vertex_attributes = vertex_attributes.reshape(
                     num_frames * num_vertices, -1
                 ).to(posed_vertices.dtype)
+            if self.config.blend == "surface":
+                if backend == "grid":
+                    raise ConfigError(
+                        "deformer blend 'surface' needs a nearest-vertex backend (kdtree, "
+                        "cdist or auto), not 'grid'"
+                    )
+                frames.faces, frames.vertex_faces = _face_tables(faces, num_vertices)
+                frames.faces = frames.faces.to(posed_vertices.device)
+                frames.vertex_faces = frames.vertex_faces.to(posed_vertices.device)
+                frames.face_frames = _face_frames(frames.posed_vertices, frames.faces)
+                frames.vertex_inverse = _invert_affine(frames.vertex_affine)
             if backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
                 frames.trees = _build_trees(posed_vertices)
             if backend == "grid":
@@ -444,7 +556,9 @@ def _check_frames(
 def _empty_result(points: torch.Tensor, frames: FrameDeformation) -> DeformResult:
     """A zero-length result with the same fields a non-empty query of ``frames`` fills."""
     knn = frames.backend != "grid"
-    k = frames.config.k_neighbors
+    k = _knn_count(frames)
+    if frames.config.blend == "surface":
+        k = 3
     return DeformResult(
         canonical=points.new_zeros(0, 3),
         valid=torch.zeros(0, dtype=torch.bool, device=points.device),
@@ -466,9 +580,7 @@ def _knn(
     frames: FrameDeformation, points: torch.Tensor, frame_ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances (N, k), ascending, and ids (N, k) of each sample's nearest frame vertices."""
-    k = min(frames.config.k_neighbors, frames.num_vertices)
-    if frames.config.blend == "nearest":
-        k = 1
+    k = _knn_count(frames)
     distances = points.new_empty(points.shape[0], k)
     ids = torch.empty(points.shape[0], k, dtype=torch.long, device=points.device)
     single_frame = frames.num_frames == 1
@@ -489,6 +601,188 @@ def _knn(
         distances[selection] = d
         ids[selection] = i
     return distances, ids
+
+
+def _knn_count(frames: FrameDeformation) -> int:
+    k = min(frames.config.k_neighbors, frames.num_vertices)
+    if frames.config.blend == "nearest":
+        return 1
+    if frames.config.blend == "surface":
+        # At least a triangle's three columns (the result carries its weights in them).
+        return min(max(k, _SURFACE_CANDIDATE_VERTICES, 3), frames.num_vertices)
+    return k
+
+
+def _invert_affine(affine: torch.Tensor) -> torch.Tensor:
+    """(M, 12) row-major 3x4 affine maps -> their (M, 12) inverses (identity where singular)."""
+    matrix = affine.reshape(-1, 3, 4)
+    linear = matrix[:, :, :3]
+    det = torch.linalg.det(linear)
+    ok = det.abs() > _MIN_DETERMINANT
+    eye = torch.eye(3, dtype=affine.dtype, device=affine.device).expand_as(linear)
+    inverse = torch.linalg.inv(torch.where(ok[:, None, None], linear, eye))
+    translation = -torch.einsum("mij,mj->mi", inverse, matrix[:, :, 3])
+    return torch.cat([inverse, translation[:, :, None]], dim=2).reshape(-1, 12)
+
+
+def _face_tables(
+    faces: torch.Tensor | None, num_vertices: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked (T, 3) long faces and the (V, M) table of triangles around each vertex (-1 pad)."""
+    if faces is None:
+        raise ConfigError("deformer blend 'surface' needs the mesh: pass faces to prepare_frames")
+    if not isinstance(faces, torch.Tensor) or faces.ndim != 2 or faces.shape[1] != 3:
+        shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces)
+        raise ParameterError(f"prepare_frames: faces must be a (T, 3) tensor, got {shape}")
+    if faces.dtype.is_floating_point or faces.shape[0] == 0:
+        raise ParameterError("prepare_frames: faces must be a non-empty integer tensor")
+    faces = faces.detach().cpu().long()
+    if int(faces.min()) < 0 or int(faces.max()) >= num_vertices:
+        raise ParameterError(
+            f"prepare_frames: faces must index vertices in [0, {num_vertices}), got range "
+            f"[{int(faces.min())}, {int(faces.max())}]"
+        )
+    corner_vertex = faces.reshape(-1)
+    corner_face = torch.arange(faces.shape[0]).repeat_interleave(3)
+    order = torch.argsort(corner_vertex, stable=True)
+    corner_vertex, corner_face = corner_vertex[order], corner_face[order]
+    counts = torch.bincount(corner_vertex, minlength=num_vertices)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(corner_vertex)) - starts[corner_vertex]
+    table = torch.full((num_vertices, max(1, int(counts.max()))), -1, dtype=torch.long)
+    table[corner_vertex, slot] = corner_face
+    return faces, table
+
+
+def _neighbours_disagree(
+    frames: FrameDeformation, points: torch.Tensor, global_ids: torch.Tensor, found: torch.Tensor
+) -> torch.Tensor:
+    """Indices of the points whose ``found`` neighbours' (N, k) own inverse transforms map
+    them more than ``_SURFACE_AGREEMENT`` apart (the others keep their blend)."""
+    assert frames.vertex_inverse is not None
+    inverse = frames.vertex_inverse[global_ids].reshape(*global_ids.shape, 3, 4)
+    canonical = torch.einsum("nkij,nkj->nki", inverse[..., :3], points[:, None]) + inverse[..., 3]
+    spread = (canonical - canonical[:, :1]).norm(dim=-1)
+    spread = torch.where(found, spread, torch.zeros_like(spread))
+    return torch.nonzero(spread.amax(dim=1) > _SURFACE_AGREEMENT).squeeze(1)
+
+
+def _face_frames(posed_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(F * T, 12) per frame and triangle: corner a, unit normal n, and the dual vectors
+    g1, g2 that give the plane projection's barycentrics as v = (p - a)·g1, w = (p - a)·g2."""
+    corners = posed_vertices[:, faces]  # (F, T, 3, 3)
+    a = corners[:, :, 0]
+    ab, ac = corners[:, :, 1] - a, corners[:, :, 2] - a
+    d00, d01, d11 = (ab * ab).sum(-1), (ab * ac).sum(-1), (ac * ac).sum(-1)
+    denom = (d00 * d11 - d01 * d01)[..., None]
+    flat = denom <= 1e-12 * (d00 * d11)[..., None].clamp(min=1e-30)
+    safe = torch.where(flat, torch.ones_like(denom), denom)
+    # Degenerate triangles get g = 0, i.e. a projection at corner a; the caller treats
+    # that like any other candidate and the edge search catches the rest.
+    g1 = torch.where(flat, 0.0, (d11[..., None] * ab - d01[..., None] * ac) / safe)
+    g2 = torch.where(flat, 0.0, (d00[..., None] * ac - d01[..., None] * ab) / safe)
+    normal = torch.nn.functional.normalize(torch.cross(ab, ac, dim=-1), dim=-1)
+    return torch.cat([a, normal, g1, g2], dim=-1).reshape(-1, 12).contiguous()
+
+
+def _closest_triangle(
+    frames: FrameDeformation, points: torch.Tensor, frame_ids: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertex ids (N, 3) and barycentric weights (N, 3) of each point's closest triangle
+    among those around its nearest vertices ``ids`` (N, k), local to its frame.
+
+    Fast path: among the candidates whose plane projection falls inside them, the one with
+    the nearest plane (exact for points above a triangle, the case of every surface
+    sample). Points with no such candidate (beyond an edge or a convex corner) get the
+    exact closest-point search over their candidates.
+    """
+    assert frames.faces is not None and frames.vertex_faces is not None
+    assert frames.face_frames is not None
+    n_faces = frames.faces.shape[0]
+    out_ids = torch.empty(points.shape[0], 3, dtype=torch.long, device=points.device)
+    out_weights = points.new_empty(points.shape[0], 3)
+    near = ids[:, :_SURFACE_CANDIDATE_VERTICES]
+    for start in range(0, points.shape[0], _SURFACE_CHUNK):
+        part = slice(start, start + _SURFACE_CHUNK)
+        candidates = frames.vertex_faces[near[part]].flatten(1)  # (n, C) triangle ids
+        real = candidates >= 0
+        candidates = candidates.clamp(min=0)
+        table = frames.face_frames[frame_ids[part, None] * n_faces + candidates]  # (n, C, 12)
+        ap = points[part, None] - table[..., 0:3]
+        height = (ap * table[..., 3:6]).sum(-1).abs()
+        v = (ap * table[..., 6:9]).sum(-1)
+        w = (ap * table[..., 9:12]).sum(-1)
+        inside = real & (v >= 0) & (w >= 0) & (v + w <= 1)
+        score = torch.where(inside, height, torch.full_like(height, torch.inf))
+        best_score, best = score.min(dim=1)
+        rows = torch.arange(len(best), device=points.device)
+        bary = torch.stack([1 - v[rows, best] - w[rows, best], v[rows, best], w[rows, best]], -1)
+        tri_ids = frames.faces[candidates[rows, best]]
+        outside = torch.nonzero(~torch.isfinite(best_score)).squeeze(1)
+        if outside.numel():
+            triangles = frames.faces[candidates[outside]]  # (m, C, 3)
+            flat_vertices = frames.posed_vertices.reshape(-1, 3)
+            frame_of = frame_ids[part][outside]
+            corners = flat_vertices[frame_of[:, None, None] * frames.num_vertices + triangles]
+            exact, dist2 = closest_point_on_triangles(points[part][outside, None], corners)
+            dist2 = torch.where(real[outside], dist2, torch.full_like(dist2, torch.inf))
+            pick = dist2.argmin(dim=1)
+            sub = torch.arange(len(pick), device=points.device)
+            bary[outside] = exact[sub, pick]
+            tri_ids[outside] = triangles[sub, pick]
+        out_ids[part] = tri_ids
+        out_weights[part] = bary
+    return out_ids, out_weights
+
+
+def closest_point_on_triangles(
+    points: torch.Tensor, corners: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Barycentric coordinates (..., 3) of the closest point on each triangle to each point,
+    and its squared distance (...).
+
+    points (..., 3) broadcast against corners (..., 3, 3) (three corners of each triangle).
+    The closest point is the projection onto the plane when that falls inside the
+    triangle, else the closest point of the nearest edge; degenerate triangles use the
+    edges only. Distances are expanded from dot products, so that the only (..., 3)
+    temporaries are the edge vectors (this runs for every candidate of every sample).
+    """
+    a, b, c = corners[..., 0, :], corners[..., 1, :], corners[..., 2, :]
+    ab, ac, ap = b - a, c - a, points - a
+    d00, d01, d11 = (ab * ab).sum(-1), (ab * ac).sum(-1), (ac * ac).sum(-1)
+    d20, d21, dpp = (ap * ab).sum(-1), (ap * ac).sum(-1), (ap * ap).sum(-1)
+    tiny = 1e-30
+    denom = d00 * d11 - d01 * d01
+    flat = denom <= 1e-12 * (d00 * d11).clamp(min=tiny)
+    safe = torch.where(flat, torch.ones_like(denom), denom)
+    v = (d11 * d20 - d01 * d21) / safe
+    w = (d00 * d21 - d01 * d20) / safe
+    u = 1.0 - v - w
+    inside = (u >= 0) & (v >= 0) & (w >= 0) & ~flat
+    plane = dpp - 2 * (v * d20 + w * d21) + v * v * d00 + 2 * v * w * d01 + w * w * d11
+    # Edges: a + t ab, a + t ac, b + t bc, with bp·bc = (d21 - d20) - (d01 - d00) and
+    # |bc|^2 = d00 + d11 - 2 d01, all from the dot products above.
+    d_bc = (d00 + d11 - 2 * d01).clamp(min=tiny)
+    t_ab = (d20 / d00.clamp(min=tiny)).clamp(0.0, 1.0)
+    t_ac = (d21 / d11.clamp(min=tiny)).clamp(0.0, 1.0)
+    t_bc = (((d21 - d20) - (d01 - d00)) / d_bc).clamp(0.0, 1.0)
+    e_ab = dpp - 2 * t_ab * d20 + t_ab * t_ab * d00
+    e_ac = dpp - 2 * t_ac * d21 + t_ac * t_ac * d11
+    # |p - b - t bc|^2 = |bp|^2 - 2 t bp·bc + t^2 |bc|^2, |bp|^2 = dpp - 2 d20 + d00
+    bp_bc = (d21 - d20) - (d01 - d00)
+    e_bc = (dpp - 2 * d20 + d00) - 2 * t_bc * bp_bc + t_bc * t_bc * d_bc
+    zero = torch.zeros_like(u)
+    # Inside, the plane point is closest; else the nearest of the three edge points.
+    use_ab = (e_ab <= e_ac) & (e_ab <= e_bc)
+    use_ac = ~use_ab & (e_ac <= e_bc)
+    edge_d2 = torch.where(use_ab, e_ab, torch.where(use_ac, e_ac, e_bc))
+    bu = torch.where(use_ab, 1 - t_ab, torch.where(use_ac, 1 - t_ac, zero))
+    bv = torch.where(use_ab, t_ab, torch.where(use_ac, zero, 1 - t_bc))
+    bw = torch.where(use_ab, zero, torch.where(use_ac, t_ac, t_bc))
+    bary = torch.stack(
+        [torch.where(inside, u, bu), torch.where(inside, v, bv), torch.where(inside, w, bw)], -1
+    )
+    return bary, torch.where(inside, plane, edge_d2).clamp(min=0.0)
 
 
 def _knn_kdtree(

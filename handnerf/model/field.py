@@ -163,6 +163,15 @@ class HashGridField(nn.Module):
         n_visibility: int = 0
         #: SH degree of the view direction (tcnn convention, degree**2 terms); 0 = off.
         view_sh_degree: int = 4
+        #: How colour is formed. "mlp": one MLP maps every colour input to RGB. "shaded":
+        #: RGB = albedo(canonical features) x shading(world normal, visibility), refined
+        #: by a residual MLP of every input (zero at the start) in logit space. With a light
+        #: fixed in the world, a canonical albedo times a world-space shading term is what
+        #: the image is made of, so one shading function learned from every pixel serves
+        #: every pose and view instead of each surface point learning its own.
+        color_model: str = "mlp"
+        #: Width of the shading MLP of ``color_model="shaded"``.
+        shading_hidden_dim: int = 32
         n_cameras: int = 1
         use_camera_affine: bool = True
         #: Canonical AABB [xmin, ymin, zmin, xmax, ymax, zmax] in metres; normally set from
@@ -180,6 +189,14 @@ class HashGridField(nn.Module):
             raise ConfigError(f"field.n_visibility must be >= 0, got {cfg.n_visibility}")
         if cfg.geo_feat_dim < 0 or cfg.hidden_dim < 1 or cfg.color_hidden_dim < 1:
             raise ConfigError("field.hidden_dim, color_hidden_dim must be >= 1, geo_feat_dim >= 0")
+        if cfg.color_model not in ("mlp", "shaded"):
+            raise ConfigError(f"field.color_model must be mlp or shaded, got {cfg.color_model!r}")
+        n_shading_in = (3 if cfg.use_world_normal else 0) + cfg.n_visibility
+        if cfg.color_model == "shaded" and (cfg.geo_feat_dim < 1 or n_shading_in == 0):
+            raise ConfigError(
+                "field.color_model=shaded needs geo_feat_dim >= 1 (albedo) and a world normal "
+                "or visibility (shading)"
+            )
         self.register_buffer("aabb", torch.zeros(6))
         self.set_aabb(aabb if aabb is not None else cfg.aabb)
 
@@ -201,6 +218,17 @@ class HashGridField(nn.Module):
         if n_color_in == 0:
             raise ConfigError("field: colour has no inputs (geo_feat_dim=0, no pose, no view)")
         self.color_mlp = _mlp(n_color_in, cfg.color_hidden_dim, cfg.n_color_hidden_layers, 3)
+        self.albedo_mlp: nn.Sequential | None = None
+        self.shading_mlp: nn.Sequential | None = None
+        if cfg.color_model == "shaded":
+            self.albedo_mlp = _mlp(cfg.geo_feat_dim, cfg.color_hidden_dim, 1, 3)
+            self.shading_mlp = _mlp(n_shading_in, cfg.shading_hidden_dim, 1, 3)
+            # The residual starts at zero: colour is albedo x shading until the data asks
+            # for more (sheen, what the shading inputs cannot explain).
+            last = self.color_mlp[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.camera_affine: CameraColorAffine | None = (
             CameraColorAffine(cfg.n_cameras) if cfg.use_camera_affine else None
         )
@@ -257,6 +285,7 @@ class HashGridField(nn.Module):
         n = x_canon.shape[0]
         sigma, geo = self._density_and_features(x_canon)
         inputs = [geo]
+        shading_inputs: list[Tensor] = []
         if self.cfg.use_world_normal:
             if normal is None or normal.shape != (n, 3):
                 got = None if normal is None else tuple(normal.shape)
@@ -264,6 +293,7 @@ class HashGridField(nn.Module):
                     f"field: normal must have shape ({n},3) with use_world_normal, got {got}"
                 )
             inputs.append(normal.float())
+            shading_inputs.append(inputs[-1])
         if self.cfg.use_pose_rotation:
             if rot.shape not in ((n, 3, 3), (n, 9)):
                 raise ParameterError(
@@ -278,6 +308,7 @@ class HashGridField(nn.Module):
                 )
             # Centred: an unshadowed sample and a shadowed one differ in sign, not scale.
             inputs.append(visibility.float() * 2.0 - 1.0)
+            shading_inputs.append(inputs[-1])
         if self.cfg.view_sh_degree > 0:
             if view_dir.shape != (n, 3):
                 raise ParameterError(
@@ -285,8 +316,15 @@ class HashGridField(nn.Module):
                 )
             dirs = torch.nn.functional.normalize(view_dir.float(), dim=-1)
             inputs.append(spherical_harmonics(dirs, self.cfg.view_sh_degree))
-        rgb = torch.sigmoid(self.color_mlp(torch.cat(inputs, dim=-1)))
-        return sigma, rgb
+        logits = self.color_mlp(torch.cat(inputs, dim=-1))
+        if self.albedo_mlp is None or self.shading_mlp is None:
+            return sigma, torch.sigmoid(logits)
+        # Both factors lie in (0,1), so their product is a colour; the residual acts on its
+        # logit, which keeps the result in (0,1) with a gradient everywhere (no clamp).
+        albedo = torch.sigmoid(self.albedo_mlp(geo))
+        shading = torch.sigmoid(self.shading_mlp(torch.cat(shading_inputs, dim=-1)))
+        base = (albedo * shading).clamp(1e-6, 1.0 - 1e-6)
+        return sigma, torch.sigmoid(torch.logit(base) + logits)
 
     def apply_camera_affine(
         self, rgb: Tensor, opacity: Tensor, camera_ids: Tensor | None
@@ -299,6 +337,11 @@ class HashGridField(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by learning-rate group: 'grid' (encoding), 'mlp', 'camera'."""
         grid = list(self.encoding.parameters())
-        mlp = list(self.density_mlp.parameters()) + list(self.color_mlp.parameters())
+        mlp = [
+            p
+            for m in (self.density_mlp, self.color_mlp, self.albedo_mlp, self.shading_mlp)
+            if m is not None
+            for p in m.parameters()
+        ]
         camera = list(self.camera_affine.parameters()) if self.camera_affine is not None else []
         return {"grid": grid, "mlp": mlp, "camera": camera}

@@ -56,6 +56,10 @@ class TrainConfig:
     lpips_patch_size: int = 32
     background: str = "random"  # random | black
     fg_fraction: float = 0.7
+    #: Rays through a random point of their pixel (colour interpolated there; with MANO
+    #: masks, the mask is that ray's own hit test of the posed mesh) instead of the centre:
+    #: the silhouette is then learnt finer than the training resolution.
+    jitter_rays: bool = True
     occupancy_every: int = 16
     log_every: int = 10
     val_every: int = 500
@@ -100,16 +104,37 @@ TINY_FIT_OVERRIDES: tuple[str, ...] = (
 )
 
 
+#: Keys added to the config after runs were already being saved, with the value that
+#: reproduces how those runs were trained (not necessarily today's default).
+ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    # Before self-shadowing the colour MLP took no visibility inputs.
+    (("model", "visibility"), asdict(VertexVisibility.Config(n_directions=0))),
+    (("model", "field", "color_model"), "mlp"),
+    (("model", "field", "shading_hidden_dim"), 32),
+    # Before jittered rays every training ray went through its pixel's centre.
+    (("train", "jitter_rays"), False),
+)
+
+
 def upgrade_saved_config(saved: Any) -> Any:
     """A checkpoint's config dict in today's layout, keeping what its weights were trained with.
 
-    Runs saved before self-shadowing existed have no ``model.visibility``: their colour MLP
-    takes no visibility inputs, so they read as ``n_directions=0`` rather than today's
-    default (render and eval load them; ``--resume`` needs
-    ``model.visibility.n_directions=0``). Anything else is returned unchanged.
+    Every key of :data:`ADDED_KEYS` a saved config lacks is filled with the value that
+    reproduces its training: runs saved before self-shadowing read as
+    ``model.visibility.n_directions=0``, before jittered rays as ``train.jitter_rays=false``.
+    Render and eval load such runs unchanged; ``--resume`` needs those values given as
+    overrides (and names the key otherwise). Anything else is returned unchanged.
     """
-    model = saved.get("model") if isinstance(saved, dict) else None
-    if isinstance(model, dict) and "visibility" not in model:
-        off = asdict(VertexVisibility.Config(n_directions=0))
-        return {**saved, "model": {**model, "visibility": off}}
-    return saved
+    if not isinstance(saved, dict):
+        return saved
+    upgraded = dict(saved)
+    for path, value in ADDED_KEYS:
+        node = upgraded
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                break
+            node[key] = node = dict(child)
+        else:
+            node.setdefault(path[-1], value)
+    return upgraded

@@ -3,14 +3,24 @@
 Most pixels of a hand capture are background; drawing every ray uniformly would spend the
 step on black. A fixed share of each batch is drawn from inside the (dilated) hand mask,
 the rest uniformly so the background stays empty.
+
+With ``jitter`` each ray goes through a random point of its pixel instead of the centre:
+its colour is the image interpolated there and its mask, when a ``silhouette`` function
+is given, whether that exact ray hits the hand mesh. Rays through pixel centres pin the
+silhouette down only to a pixel of the training resolution, and the field is free to
+leave a soft halo between them that shows once it is rendered at a finer one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+#: (origins (R,3), unit dirs (R,3), frame_ids (R,)) -> (R,) bool: the ray hits the hand.
+SilhouetteFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -56,14 +66,23 @@ class RayBatch:
         return int(self.origins.shape[0])
 
 
-def pixel_rays(K: Tensor, R: Tensor, t: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """World rays through pixel centres ``(u + 0.5, v + 0.5)``.
+def pixel_rays(
+    K: Tensor, R: Tensor, t: Tensor, u: Tensor, v: Tensor, offset: Tensor | float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """World rays through ``(u, v) + offset`` (default: pixel centres).
 
-    K, R (R,3,3), t (R,3), u, v (R,) integer pixel coordinates -> origins, unit dirs (R,3).
-    Camera convention: X_cam = R X_world + t, OpenCV axes.
+    K, R (R,3,3), t (R,3), u, v (R,) integer pixel coordinates, offset a number or (R,2)
+    (x, y) within the pixel -> origins, unit dirs (R,3). Camera convention:
+    X_cam = R X_world + t, OpenCV axes.
     """
+    off = torch.as_tensor(offset, dtype=K.dtype, device=K.device).expand(u.shape[0], 2)
     pix = torch.stack(
-        [u.to(K.dtype) + 0.5, v.to(K.dtype) + 0.5, torch.ones_like(u, dtype=K.dtype)], -1
+        [
+            u.to(K.dtype) + off[:, 0],
+            v.to(K.dtype) + off[:, 1],
+            torch.ones(u.shape[0], dtype=K.dtype, device=K.device),
+        ],
+        -1,
     )
     d_cam = torch.linalg.solve(K, pix.unsqueeze(-1)).squeeze(-1)
     d_world = (R.transpose(-1, -2) @ d_cam.unsqueeze(-1)).squeeze(-1)
@@ -82,9 +101,19 @@ def image_rays(K: Tensor, R: Tensor, t: Tensor, height: int, width: int) -> tupl
 class RaySampler:
     """Draws :class:`RayBatch` es from a :class:`ViewStack` (``fg_fraction`` from the hand)."""
 
-    def __init__(self, views: ViewStack, fg_fraction: float = 0.7, dilate: int = 4, seed: int = 0):
+    def __init__(
+        self,
+        views: ViewStack,
+        fg_fraction: float = 0.7,
+        dilate: int = 4,
+        seed: int = 0,
+        jitter: bool = False,
+        silhouette: SilhouetteFn | None = None,
+    ):
         self.views = views
         self.fg_fraction = fg_fraction
+        self.jitter = jitter
+        self.silhouette = silhouette
         self.generator = torch.Generator().manual_seed(seed)
         masks = views.masks.float().unsqueeze(1)
         if dilate > 0:
@@ -103,21 +132,35 @@ class RaySampler:
         )
         uni = torch.randint(len(views) * hw, (n_rays - n_fg,), generator=g)
         flat = uni if fg is None else torch.cat([fg, uni])
-        return self.gather(flat)
+        return self.gather(flat, jitter=self.jitter)
 
-    def gather(self, flat: Tensor) -> RayBatch:
-        """Rays of the given flat pixel indices (view * H * W + row * W + col)."""
+    def gather(self, flat: Tensor, jitter: bool = False) -> RayBatch:
+        """Rays of the given flat pixel indices (view * H * W + row * W + col), through
+        the pixel centres or (``jitter``) a random point of each pixel."""
         views = self.views
         hw = views.height * views.width
         view = flat // hw
         pix = flat % hw
         v, u = pix // views.width, pix % views.width
-        origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v)
+        if not jitter:
+            origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v)
+            rgb, mask = views.images[view, v, u], views.masks[view, v, u]
+        else:
+            offset = torch.rand(len(flat), 2, generator=self.generator)
+            origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v, offset)
+            # Pixel centres sit at +0.5: the sample point relative to the centre grid.
+            x = u.to(offset.dtype) + offset[:, 0] - 0.5
+            y = v.to(offset.dtype) + offset[:, 1] - 0.5
+            rgb = _bilinear(views.images, view, x, y)
+            if self.silhouette is not None:
+                mask = self.silhouette(origins, dirs, views.frame_ids[view]).to(torch.bool)
+            else:
+                mask = _bilinear(views.masks.float().unsqueeze(-1), view, x, y)[:, 0] > 0.5
         return RayBatch(
             origins=origins,
             dirs=dirs,
-            rgb=views.images[view, v, u],
-            mask=views.masks[view, v, u],
+            rgb=rgb,
+            mask=mask,
             frame_ids=views.frame_ids[view],
             camera_ids=views.camera_ids[view],
         )
@@ -138,3 +181,20 @@ class RaySampler:
         cols = (cx - size // 2)[:, None, None] + dx
         flat = view[:, None, None] * hw + rows * views.width + cols
         return self.gather(flat.reshape(-1)), size
+
+
+def _bilinear(images: Tensor, view: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """images (N,H,W,C) sampled at continuous (x, y) (R,) of views ``view`` (R,) -> (R,C);
+    integer coordinates are pixel centres, borders are clamped."""
+    height, width = images.shape[1], images.shape[2]
+    x = x.clamp(0, width - 1)
+    y = y.clamp(0, height - 1)
+    x0 = x.floor().long().clamp(max=width - 2) if width > 1 else x.floor().long()
+    y0 = y.floor().long().clamp(max=height - 2) if height > 1 else y.floor().long()
+    x1 = (x0 + 1).clamp(max=width - 1)
+    y1 = (y0 + 1).clamp(max=height - 1)
+    fx = (x - x0.to(x.dtype))[:, None]
+    fy = (y - y0.to(y.dtype))[:, None]
+    top = images[view, y0, x0] * (1 - fx) + images[view, y0, x1] * fx
+    bottom = images[view, y1, x0] * (1 - fx) + images[view, y1, x1] * fx
+    return top * (1 - fy) + bottom * fy

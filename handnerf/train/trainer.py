@@ -38,6 +38,7 @@ from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.fit_data import FitData
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
 from handnerf.train.rays import RayBatch, RaySampler, pixel_rays
+from handnerf.train.silhouette import MeshSilhouette
 
 
 def pick_device(name: str) -> torch.device:
@@ -97,8 +98,16 @@ class Trainer:
             cfg.model, data.hand_model, data.betas, n_cameras=len(data.camera_names)
         ).to(self.device)
         self.train_frames: PosedFrames = self.avatar.pose_frames(data.train_mano.to(self.device))
+        silhouette = None
+        if cfg.train.jitter_rays and cfg.data.mask_source == "mano":
+            # The masks are MANO silhouettes: a jittered ray's mask is its own hit test.
+            silhouette = MeshSilhouette(self.train_frames.vertices, data.hand_model.faces)
         self.rays = RaySampler(
-            data.train_views, fg_fraction=cfg.train.fg_fraction, seed=cfg.train.seed
+            data.train_views,
+            fg_fraction=cfg.train.fg_fraction,
+            seed=cfg.train.seed,
+            jitter=cfg.train.jitter_rays,
+            silhouette=silhouette,
         )
         groups = self.avatar.param_groups()
         o = cfg.optim

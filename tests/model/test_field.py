@@ -130,6 +130,94 @@ def test_colour_depends_on_visibility_and_requires_its_shape() -> None:
         HashGridField(small_config(n_visibility=-1), aabb=AABB)
 
 
+def shaded_field(gen_seed: int = 0, **overrides: object) -> HashGridField:
+    cfg = small_config(
+        use_world_normal=True, use_pose_rotation=False, n_visibility=4, color_model="shaded"
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    field = HashGridField(cfg, aabb=AABB)
+    # Random (not zero) density-MLP outputs, so the albedo differs between points.
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(gen_seed)
+        for p in field.encoding.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) * 2 - 1)
+    return field
+
+
+def test_shaded_colour_starts_as_albedo_times_a_shading_shared_by_every_point() -> None:
+    gen = torch.Generator().manual_seed(8)
+    field = shaded_field()
+    x = inside_points(64, gen)
+    rot = random_rotations(64, gen)
+    view = torch.randn(64, 3, generator=gen)
+    vis = torch.rand(64, 4, generator=gen)
+    n1 = torch.nn.functional.normalize(torch.randn(1, 3, generator=gen), dim=-1).expand(64, 3)
+    n2 = torch.nn.functional.normalize(torch.randn(1, 3, generator=gen), dim=-1).expand(64, 3)
+    vis_1 = vis[:1].expand(64, 4)
+    with torch.no_grad():
+        sigma_1, rgb_1 = field(x, rot, view, n1, vis_1)
+        sigma_2, rgb_2 = field(x, rot, view, n2, vis_1)
+        _, rgb_other_view = field(x, rot, torch.randn(64, 3, generator=gen), n1, vis_1)
+    assert torch.equal(sigma_1, sigma_2)
+    assert ((rgb_1 > 0) & (rgb_1 < 1)).all()
+    # Zero residual at the start: the view direction plays no part yet ...
+    torch.testing.assert_close(rgb_1, rgb_other_view, rtol=1e-5, atol=1e-6)
+    # ... and changing the normal scales every point's colour by the same per-channel factor.
+    ratio = rgb_2 / rgb_1
+    assert float(ratio.std(dim=0).max()) < 1e-4
+    assert float((ratio[0] - 1).abs().max()) > 1e-3  # the normal does change the shading
+    assert float(rgb_1.std(dim=0).min()) > 2e-4  # and the albedo differs between points
+
+
+def test_shaded_colour_learns_every_part_and_stays_in_range() -> None:
+    gen = torch.Generator().manual_seed(9)
+    field = shaded_field()
+    assert field.albedo_mlp is not None and field.shading_mlp is not None
+    groups = field.param_groups()
+    grouped = sorted(id(p) for ps in groups.values() for p in ps)
+    assert grouped == sorted(id(p) for p in field.parameters())
+    x, rot, view = (
+        inside_points(64, gen),
+        random_rotations(64, gen),
+        torch.randn(64, 3, generator=gen),
+    )
+    normal = torch.nn.functional.normalize(torch.randn(64, 3, generator=gen), dim=-1)
+    vis = torch.rand(64, 4, generator=gen)
+    # One step away from the zero residual, then every colour part gets gradient.
+    for step in range(2):
+        field.zero_grad()
+        _, rgb = field(x, rot, view, normal, vis)
+        ((rgb - 0.9) ** 2).mean().backward()
+        if step == 0:
+            with torch.no_grad():
+                for p in field.color_mlp.parameters():
+                    p.sub_(1.0 * p.grad.sign())
+    for name, module in (
+        ("albedo", field.albedo_mlp),
+        ("shading", field.shading_mlp),
+        ("residual", field.color_mlp),
+    ):
+        total = sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+        assert total > 0, f"no gradient reached the {name} MLP"
+    with torch.no_grad():
+        for p in field.parameters():
+            p.mul_(50.0)  # extreme weights: still a colour, never NaN
+        _, rgb = field(x, rot, view, normal, vis)
+    assert torch.isfinite(rgb).all() and ((rgb >= 0) & (rgb <= 1)).all()
+
+
+def test_shaded_colour_config_errors() -> None:
+    with pytest.raises(ConfigError, match="color_model"):
+        HashGridField(small_config(color_model="pbr"), aabb=AABB)
+    with pytest.raises(ConfigError, match="shaded"):
+        HashGridField(small_config(color_model="shaded"), aabb=AABB)  # no normal, no visibility
+    with pytest.raises(ConfigError, match="shaded"):
+        HashGridField(
+            small_config(color_model="shaded", use_world_normal=True, geo_feat_dim=0), aabb=AABB
+        )
+
+
 def test_spherical_harmonics_are_orthonormal() -> None:
     # A Fibonacci lattice integrates these low-degree polynomials over the sphere closely.
     n = 20_000

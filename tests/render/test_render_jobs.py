@@ -95,23 +95,34 @@ def test_render_cli_errors_are_clear(
     assert "frames" in capsys.readouterr().err
 
 
-def test_run_saved_before_self_shadowing_still_loads_and_resumes(
+def test_run_saved_before_newer_config_keys_still_loads_and_resumes(
     tiny_capture: Path, tmp_path: Path, small_fit: list[str]
 ) -> None:
-    """A checkpoint written before ``model.visibility`` existed renders with it off."""
+    """A checkpoint written before ``model.visibility``, ``train.jitter_rays`` and the
+    colour model existed renders as it was trained (visibility off, centre rays)."""
     from handnerf.errors import CheckpointError
     from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
     from handnerf.train.fit_job import run_fit
 
     run_dir = tmp_path / "old_run"
-    overrides = [*small_fit, "train.steps=2", "model.visibility.n_directions=0"]
+    overrides = [
+        *small_fit,
+        "train.steps=2",
+        "train.jitter_rays=false",
+        "model.visibility.n_directions=0",
+    ]
     run_fit(tiny_capture, run_dir, overrides=overrides, progress=False)
     path = run_dir / "checkpoints" / LATEST
     state = load_checkpoint(path)
-    del state["config"]["model"]["visibility"]  # what an older handnerf wrote
+    # What an older handnerf wrote: none of the keys added since.
+    del state["config"]["model"]["visibility"]
+    del state["config"]["model"]["field"]["color_model"]
+    del state["config"]["model"]["field"]["shading_hidden_dim"]
+    del state["config"]["train"]["jitter_rays"]
     save_checkpoint(path, state)
     run = load_run(run_dir, device="cpu")
     assert run.cfg.model.visibility.n_directions == 0
+    assert run.cfg.train.jitter_rays is False and run.cfg.model.field.color_model == "mlp"
     assert run.avatar.field.cfg.n_visibility == 0
     mano = sequence_mano(run.data_root, run.cfg.data, run.cfg.data.train_seq, 1).index(0)
     frame = render_orbit(run, mano, n_frames=1, size=16, progress=False)[0]
@@ -122,3 +133,8 @@ def test_run_saved_before_self_shadowing_still_loads_and_resumes(
     )
     with pytest.raises(CheckpointError, match=r"model\.visibility\.n_directions"):
         run_fit(tiny_capture, run_dir, overrides=overrides[:-1], resume=True, progress=False)
+    without_jitter_override = [o for o in overrides if not o.startswith("train.jitter_rays")]
+    with pytest.raises(CheckpointError, match=r"train\.jitter_rays"):
+        run_fit(
+            tiny_capture, run_dir, overrides=without_jitter_override, resume=True, progress=False
+        )
