@@ -75,6 +75,7 @@ def make_scene(seed: int, num_points: int) -> dict[str, Any]:
     box = lower + (upper - lower) * torch.rand(num_points - half, 3, generator=generator)
     return {
         "posed_vertices": posed_vertices,
+        "faces": faces,
         "transforms": transforms,
         "weights": weights,
         "accuracy_sets": {
@@ -106,7 +107,13 @@ def run_case(
 ) -> dict[str, Any]:
     deformer = InverseLBSDeformer(config)
     args = [scene[key].to(device) for key in ("posed_vertices", "transforms", "weights")]
-    prepare_s, frames = timed(lambda: deformer.prepare_frame(*args), device, repeats)
+    vertices, transforms, weights = args
+    faces = scene["faces"].to(device)
+    prepare_s, frames = timed(
+        lambda: deformer.prepare_frames(vertices[None], transforms[None], weights, faces=faces),
+        device,
+        repeats,
+    )
     queries = scene["queries"].to(device)
     deform_s, result = timed(lambda: frames.deform(queries), device, repeats)
     row: dict[str, Any] = {
@@ -183,7 +190,8 @@ def main() -> None:
         backends = ["kdtree", "cdist", "grid"] if device.type == "cpu" else ["cdist", "grid"]
         cases += [(device, InverseLBSDeformer.Config(backend=b)) for b in backends]
     # Blending schemes, compared on the exact CPU backend (accuracy does not depend on it).
-    for blend, k in (("nearest", 1), ("inverse_distance", 8), ("gaussian", 4), ("gaussian", 8)):
+    blends = (("nearest", 1), ("inverse_distance", 8), ("gaussian", 4), ("gaussian", 8))
+    for blend, k in (*blends, ("surface", 4)):
         cases.append(
             (devices[0], InverseLBSDeformer.Config(backend="kdtree", blend=blend, k_neighbors=k))
         )

@@ -178,8 +178,11 @@ class Trainer:
         saved = upgrade_saved_config(state.get("config"))
         if saved != mine:
             diff = _dict_diff(saved or {}, mine)
+            keep = " ".join(_saved_overrides(saved or {}, mine))
             raise CheckpointError(
-                f"{path}: saved with a different config; resume needs the same one. Differences: {diff}"
+                f"{path}: saved with a different config; resume needs the same one. "
+                f"Differences: {diff}. To continue this run, add the saved values: {keep}; "
+                f"to fit with the new settings, give another --out folder or delete {self.out}"
             )
         if state.get("hand_identity") != self.data.hand_identity:
             raise CheckpointError(
@@ -570,6 +573,18 @@ def _save_png(path: Path, image: Tensor) -> None:
     import imageio.v3 as iio
 
     iio.imwrite(path, (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+
+
+def _saved_overrides(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key=value`` overrides that turn config ``now`` back into ``saved``."""
+    out: list[str] = []
+    for key in sorted(set(saved) | set(now)):
+        va, vb = saved.get(key), now.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _saved_overrides(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}={json.dumps(va)}")
+    return out
 
 
 def _dict_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:

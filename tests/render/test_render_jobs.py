@@ -134,7 +134,18 @@ def test_run_saved_before_newer_config_keys_still_loads_and_resumes(
     with pytest.raises(CheckpointError, match=r"model\.visibility\.n_directions"):
         run_fit(tiny_capture, run_dir, overrides=overrides[:-1], resume=True, progress=False)
     without_jitter_override = [o for o in overrides if not o.startswith("train.jitter_rays")]
-    with pytest.raises(CheckpointError, match=r"train\.jitter_rays"):
+    with pytest.raises(CheckpointError, match=r"train\.jitter_rays") as refused:
         run_fit(
             tiny_capture, run_dir, overrides=without_jitter_override, resume=True, progress=False
         )
+    # The error says how to continue: the saved values as overrides, which do resume.
+    hint = str(refused.value).split("add the saved values: ")[1].split(";")[0].split()
+    assert hint == ["train.jitter_rays=false"]
+    resumed = run_fit(
+        tiny_capture,
+        run_dir,
+        overrides=[*without_jitter_override, *hint],
+        resume=True,
+        progress=False,
+    )
+    assert resumed.step == 2
