@@ -131,7 +131,7 @@ class FrameDeformation:
     vertex_attributes: torch.Tensor | None = None  # (F * V, C), see blend_attributes
     faces: torch.Tensor | None = None  # (T, 3) long, the mesh's triangles (blend="surface")
     vertex_faces: torch.Tensor | None = None  # (V, M) long: triangles around each vertex, -1 pad
-    face_frames: torch.Tensor | None = None  # (F * T, 12), see _face_frames
+    face_frames: torch.Tensor | None = None  # (F * T, 13), see _face_frames
     vertex_inverse: torch.Tensor | None = None  # (F * V, 12) inverse of vertex_affine
     config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
 
@@ -466,9 +466,9 @@ class InverseLBSDeformer(nn.Module):
                         "deformer blend 'surface' needs a nearest-vertex backend (kdtree, "
                         "cdist or auto), not 'grid'"
                     )
-                frames.faces, frames.vertex_faces = _face_tables(faces, num_vertices)
-                frames.faces = frames.faces.to(posed_vertices.device)
-                frames.vertex_faces = frames.vertex_faces.to(posed_vertices.device)
+                faces, vertex_faces = _face_tables(faces, num_vertices)
+                frames.faces = faces.to(posed_vertices.device)
+                frames.vertex_faces = vertex_faces.to(posed_vertices.device)
                 frames.face_frames = _face_frames(frames.posed_vertices, frames.faces)
                 frames.vertex_inverse = _invert_affine(frames.vertex_affine)
             if backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
@@ -557,8 +557,6 @@ def _empty_result(points: torch.Tensor, frames: FrameDeformation) -> DeformResul
     """A zero-length result with the same fields a non-empty query of ``frames`` fills."""
     knn = frames.backend != "grid"
     k = _knn_count(frames)
-    if frames.config.blend == "surface":
-        k = 3
     return DeformResult(
         canonical=points.new_zeros(0, 3),
         valid=torch.zeros(0, dtype=torch.bool, device=points.device),
@@ -616,11 +614,9 @@ def _knn_count(frames: FrameDeformation) -> int:
 def _invert_affine(affine: torch.Tensor) -> torch.Tensor:
     """(M, 12) row-major 3x4 affine maps -> their (M, 12) inverses (identity where singular)."""
     matrix = affine.reshape(-1, 3, 4)
-    linear = matrix[:, :, :3]
-    det = torch.linalg.det(linear)
-    ok = det.abs() > _MIN_DETERMINANT
-    eye = torch.eye(3, dtype=affine.dtype, device=affine.device).expand_as(linear)
-    inverse = torch.linalg.inv(torch.where(ok[:, None, None], linear, eye))
+    inverse, invertible = _inverse_3x3(matrix[:, :, :3])
+    eye = torch.eye(3, dtype=affine.dtype, device=affine.device).expand_as(inverse)
+    inverse = torch.where(invertible[:, None, None], inverse, eye)
     translation = -torch.einsum("mij,mj->mi", inverse, matrix[:, :, 3])
     return torch.cat([inverse, translation[:, :, None]], dim=2).reshape(-1, 12)
 
@@ -668,8 +664,9 @@ def _neighbours_disagree(
 
 
 def _face_frames(posed_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(F * T, 12) per frame and triangle: corner a, unit normal n, and the dual vectors
-    g1, g2 that give the plane projection's barycentrics as v = (p - a)·g1, w = (p - a)·g2."""
+    """(F * T, 13) per frame and triangle: corner a, unit normal n, the dual vectors g1,
+    g2 that give the plane projection's barycentrics as v = (p - a)·g1, w = (p - a)·g2,
+    and 1 for a proper triangle, 0 for a degenerate one (no plane to project on)."""
     corners = posed_vertices[:, faces]  # (F, T, 3, 3)
     a = corners[:, :, 0]
     ab, ac = corners[:, :, 1] - a, corners[:, :, 2] - a
@@ -677,12 +674,11 @@ def _face_frames(posed_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Ten
     denom = (d00 * d11 - d01 * d01)[..., None]
     flat = denom <= 1e-12 * (d00 * d11)[..., None].clamp(min=1e-30)
     safe = torch.where(flat, torch.ones_like(denom), denom)
-    # Degenerate triangles get g = 0, i.e. a projection at corner a; the caller treats
-    # that like any other candidate and the edge search catches the rest.
     g1 = torch.where(flat, 0.0, (d11[..., None] * ab - d01[..., None] * ac) / safe)
     g2 = torch.where(flat, 0.0, (d00[..., None] * ac - d01[..., None] * ab) / safe)
     normal = torch.nn.functional.normalize(torch.cross(ab, ac, dim=-1), dim=-1)
-    return torch.cat([a, normal, g1, g2], dim=-1).reshape(-1, 12).contiguous()
+    proper = (~flat).to(a.dtype)
+    return torch.cat([a, normal, g1, g2, proper], dim=-1).reshape(-1, 13).contiguous()
 
 
 def _closest_triangle(
@@ -707,12 +703,13 @@ def _closest_triangle(
         candidates = frames.vertex_faces[near[part]].flatten(1)  # (n, C) triangle ids
         real = candidates >= 0
         candidates = candidates.clamp(min=0)
-        table = frames.face_frames[frame_ids[part, None] * n_faces + candidates]  # (n, C, 12)
+        table = frames.face_frames[frame_ids[part, None] * n_faces + candidates]  # (n, C, 13)
         ap = points[part, None] - table[..., 0:3]
         height = (ap * table[..., 3:6]).sum(-1).abs()
         v = (ap * table[..., 6:9]).sum(-1)
         w = (ap * table[..., 9:12]).sum(-1)
-        inside = real & (v >= 0) & (w >= 0) & (v + w <= 1)
+        # Degenerate candidates are left to the exact search below (it uses their edges).
+        inside = real & (table[..., 12] > 0) & (v >= 0) & (w >= 0) & (v + w <= 1)
         score = torch.where(inside, height, torch.full_like(height, torch.inf))
         best_score, best = score.min(dim=1)
         rows = torch.arange(len(best), device=points.device)
@@ -901,6 +898,22 @@ def _blend_quaternions(quaternions: torch.Tensor, weights: torch.Tensor) -> torc
     return ((weights * sign)[..., None] * quaternions).sum(dim=1)
 
 
+def _inverse_3x3(linear: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverses (N, 3, 3) of ``linear`` (N, 3, 3) and whether each is invertible (N,) (the
+    others come back as adjugates, meaningless).
+
+    Closed form (adjugate / determinant): one fused pass per sample, much cheaper than a
+    batched LU on the CPU and exact for a non-rigid blend.
+    """
+    c0 = torch.cross(linear[:, 1], linear[:, 2], dim=1)
+    c1 = torch.cross(linear[:, 2], linear[:, 0], dim=1)
+    c2 = torch.cross(linear[:, 0], linear[:, 1], dim=1)
+    determinant = (linear[:, 0] * c0).sum(dim=1)
+    invertible = determinant.abs() > _MIN_DETERMINANT
+    safe_det = torch.where(invertible, determinant, torch.ones_like(determinant))
+    return torch.stack([c0, c1, c2], dim=2) / safe_det[:, None, None], invertible
+
+
 def _finish(
     points: torch.Tensor,
     affine: torch.Tensor,
@@ -910,17 +923,8 @@ def _finish(
 ) -> DeformResult:
     """Invert the blended (N, 12) affine transforms and assemble the result."""
     matrix = affine.reshape(-1, 3, 4)
-    linear, translation = matrix[:, :, :3], matrix[:, :, 3]
-    # Closed-form 3x3 inverse (adjugate / determinant): one fused pass per sample, much
-    # cheaper than a batched LU on the CPU and exact for a non-rigid blend.
-    c0 = torch.cross(linear[:, 1], linear[:, 2], dim=1)
-    c1 = torch.cross(linear[:, 2], linear[:, 0], dim=1)
-    c2 = torch.cross(linear[:, 0], linear[:, 1], dim=1)
-    determinant = (linear[:, 0] * c0).sum(dim=1)
-    invertible = determinant.abs() > _MIN_DETERMINANT
-    safe_det = torch.where(invertible, determinant, torch.ones_like(determinant))
-    inverse = torch.stack([c0, c1, c2], dim=2) / safe_det[:, None, None]
-    canonical = torch.einsum("nij,nj->ni", inverse, points - translation)
+    inverse, invertible = _inverse_3x3(matrix[:, :, :3])
+    canonical = torch.einsum("nij,nj->ni", inverse, points - matrix[:, :, 3])
     valid = invertible & (distance <= max_distance)
     canonical = torch.where(invertible[:, None], canonical, points)
     quaternion_norm = quaternion.norm(dim=1, keepdim=True)

@@ -155,7 +155,7 @@ class RaySampler:
             if self.silhouette is not None:
                 mask = self.silhouette(origins, dirs, views.frame_ids[view]).to(torch.bool)
             else:
-                mask = _bilinear(views.masks.float().unsqueeze(-1), view, x, y)[:, 0] > 0.5
+                mask = _bilinear(views.masks.unsqueeze(-1), view, x, y)[:, 0] > 0.5
         return RayBatch(
             origins=origins,
             dirs=dirs,
@@ -184,8 +184,9 @@ class RaySampler:
 
 
 def _bilinear(images: Tensor, view: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """images (N,H,W,C) sampled at continuous (x, y) (R,) of views ``view`` (R,) -> (R,C);
-    integer coordinates are pixel centres, borders are clamped."""
+    """images (N,H,W,C) (any dtype: only the four corners are converted) sampled at
+    continuous (x, y) (R,) of views ``view`` (R,) -> float (R,C); integer coordinates are
+    pixel centres, borders are clamped."""
     height, width = images.shape[1], images.shape[2]
     x = x.clamp(0, width - 1)
     y = y.clamp(0, height - 1)
@@ -195,6 +196,10 @@ def _bilinear(images: Tensor, view: Tensor, x: Tensor, y: Tensor) -> Tensor:
     y1 = (y0 + 1).clamp(max=height - 1)
     fx = (x - x0.to(x.dtype))[:, None]
     fy = (y - y0.to(y.dtype))[:, None]
-    top = images[view, y0, x0] * (1 - fx) + images[view, y0, x1] * fx
-    bottom = images[view, y1, x0] * (1 - fx) + images[view, y1, x1] * fx
+
+    def corner(rows: Tensor, cols: Tensor) -> Tensor:
+        return images[view, rows, cols].to(x.dtype)
+
+    top = corner(y0, x0) * (1 - fx) + corner(y0, x1) * fx
+    bottom = corner(y1, x0) * (1 - fx) + corner(y1, x1) * fx
     return top * (1 - fy) + bottom * fy

@@ -177,8 +177,10 @@ class Trainer:
         mine = config_to_dict(self.cfg)
         saved = upgrade_saved_config(state.get("config"))
         if saved != mine:
-            diff = _dict_diff(saved or {}, mine)
-            keep = " ".join(_saved_overrides(saved or {}, mine))
+            differences = _config_differences(saved or {}, mine)
+            diff = "; ".join(f"{key}: saved {a!r}, now {b!r}" for key, a, b in differences)
+            # json.dumps writes values as the key=value parser reads them (true, null, ...).
+            keep = " ".join(f"{key}={json.dumps(a)}" for key, a, _ in differences)
             raise CheckpointError(
                 f"{path}: saved with a different config; resume needs the same one. "
                 f"Differences: {diff}. To continue this run, add the saved values: {keep}; "
@@ -575,26 +577,15 @@ def _save_png(path: Path, image: Tensor) -> None:
     iio.imwrite(path, (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
 
 
-def _saved_overrides(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key=value`` overrides that turn config ``now`` back into ``saved``."""
-    out: list[str] = []
+def _config_differences(
+    saved: dict[str, Any], now: dict[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) of every leaf where two configs differ."""
+    out: list[tuple[str, Any, Any]] = []
     for key in sorted(set(saved) | set(now)):
         va, vb = saved.get(key), now.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _saved_overrides(va, vb, f"{prefix}{key}.")
+            out += _config_differences(va, vb, f"{prefix}{key}.")
         elif va != vb:
-            out.append(f"{prefix}{key}={json.dumps(va)}")
+            out.append((f"{prefix}{key}", va, vb))
     return out
-
-
-def _dict_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            sub = _dict_diff(va, vb, f"{prefix}{key}.")
-            if sub:
-                diffs.append(sub)
-        elif va != vb:
-            diffs.append(f"{prefix}{key}: saved {va!r}, now {vb!r}")
-    return "; ".join(diffs)

@@ -568,7 +568,19 @@ def test_surface_blend_needs_a_valid_mesh(finger: Finger) -> None:
     frames = surface.prepare_frames(posed[None], POSE_A[None], finger.weights, faces=finger.faces)
     result = frames.deform(skin(canonical, weights, POSE_A))
     assert float((result.canonical - canonical).norm(dim=1).max()) < 1e-4
-    assert frames.deform(posed[:0]).canonical.shape == (0, 3)
+    empty = frames.deform(posed[:0])
+    assert empty.canonical.shape == (0, 3)
+    assert empty.neighbor_ids is not None and result.neighbor_ids is not None
+    assert empty.neighbor_ids.shape[1] == result.neighbor_ids.shape[1]
+    # Degenerate triangles (a repeated corner) around every vertex have no plane: they
+    # must not win over the real triangle a sample lies on.
+    n = len(posed)
+    slivers = torch.stack([torch.arange(n - 1), torch.arange(n - 1), torch.arange(1, n)], 1)
+    padded = surface.prepare_frames(
+        posed[None], POSE_A[None], finger.weights, faces=torch.cat([slivers, finger.faces])
+    )
+    again = padded.deform(skin(canonical, weights, POSE_A))
+    assert float((again.canonical - canonical).norm(dim=1).max()) < 1e-4
 
 
 @pytest.mark.cuda
