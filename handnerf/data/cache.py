@@ -29,7 +29,7 @@ import numpy as np
 
 from handnerf.data.camera import PinholeCamera
 from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, square_box
-from handnerf.data.interhand import FrameView
+from handnerf.data.interhand import SPLITS, FrameView
 from handnerf.errors import DataError, SelectionError
 
 INDEX_NAME = "index.json"
@@ -187,6 +187,15 @@ class CachedView:
     box: tuple[int, int, int, int]
 
 
+def _expect(value: Any, kind: type, field: str, allowed: tuple[str, ...] | None = None) -> Any:
+    """``value`` if it is a ``kind`` (bools are not ints here) and in ``allowed``; else ValueError."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{field!r} is not a {kind.__name__}: {value!r}")
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"{field!r} is {value!r}, not one of {', '.join(allowed)}")
+    return value
+
+
 class PreparedCache:
     """Read a complete cache: views by sequence, their images, masks, cameras and MANO.
 
@@ -217,10 +226,15 @@ class PreparedCache:
         self.index: dict[str, Any] = index
         try:
             spec = index["spec"]
-            self.split: str = str(spec["split"])
-            self.capture: int = int(spec["capture"])
-            self.hand: str = str(spec["hand"])
-            self.crop = CropConfig(**spec["crop"])
+            # Types are checked, not coerced: str(None) or int("3") would hide a damaged index.
+            self.split: str = _expect(spec["split"], str, "spec.split", SPLITS)
+            self.capture: int = _expect(spec["capture"], int, "spec.capture")
+            if self.capture < 0:
+                raise ValueError(f"'spec.capture' is negative ({self.capture})")
+            self.hand: str = _expect(spec["hand"], str, "spec.hand", ("right", "left"))
+            self.crop = CropConfig(**_expect(spec["crop"], dict, "spec.crop"))
+            _expect(index["cameras"], dict, "cameras")
+            _expect(index["frames"], list, "frames")
             self.cameras = {
                 str(cam_id): camera_from_json(entry, str(cam_id))
                 for cam_id, entry in index["cameras"].items()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
 from handnerf.errors import ConfigError, ParameterError
+from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.deformer import DeformResult, InverseLBSDeformer
 
 FINGER_LENGTH = 0.09
@@ -327,21 +327,7 @@ def test_auto_backend_on_cpu_is_exact(finger: Finger) -> None:
     assert float((result.canonical - finger.vertices).norm(dim=1).max()) < 1e-3
 
 
-def _hand_model_available() -> bool:
-    path = Path(__file__).resolve().parents[2] / "handnerf" / "hand" / "hand_model.py"
-    if not path.is_file():
-        return False
-    try:
-        from handnerf.hand.hand_model import HandModel, ManoParams  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _hand_model_available(), reason="handnerf.hand.hand_model not available")
 def test_procedural_hand_vertices_map_back_to_canonical() -> None:
-    from handnerf.hand.hand_model import HandModel, ManoParams
-
     model = HandModel.from_folder(None, "right")
     generator = torch.Generator().manual_seed(9)
     params = ManoParams(

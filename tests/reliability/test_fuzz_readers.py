@@ -415,7 +415,20 @@ def test_damaged_cache_index_is_a_clear_error(
     else:
         index[key] = value
     (root / INDEX_NAME).write_text(json.dumps(index))
-    try:
-        PreparedCache(root)
-    except HandnerfError:
-        pass  # DataError naming index.json, or ConfigError naming a bad crop mode
+    # Only these damaged values are still a well-formed index: an empty frame list, a
+    # non-negative integer capture, a known split. Everything else must be refused.
+    valid = (
+        (key == "frames" and value == [])
+        or (key == "capture" and type(value) is int and value >= 0)
+        or (key == "split" and value in ("train", "val", "test"))
+    )
+    if valid:
+        cache = PreparedCache(root)
+        assert (cache.split, cache.capture, cache.sequences) == (
+            value if key == "split" else "test",
+            value if key == "capture" else 0,
+            [],
+        )
+    else:
+        with pytest.raises(DataError, match=r"index\.json: malformed index"):
+            PreparedCache(root)
