@@ -7,13 +7,19 @@ Each subcommand lives in ``handnerf.commands.<name>`` and exposes ``HELP`` (one 
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-from collections.abc import Sequence
+# First, before any slow import: SIGINT/SIGTERM are graceful from here to exit.
+from handnerf import interrupts
 
-from handnerf import __version__
-from handnerf.errors import HandnerfError
+interrupts.install()
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from handnerf import __version__  # noqa: E402
+from handnerf.errors import HandnerfError  # noqa: E402
 
 #: Subcommands in the order a user meets them.
 COMMANDS: tuple[str, ...] = ("hand", "synth", "prepare", "fit", "render", "eval")
@@ -45,17 +51,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; exit status 0 done, 2 a handnerf error, 130 interrupted.
+
+    SIGINT and SIGTERM (see :mod:`handnerf.interrupts`) end any command with 130, and
+    whatever it wrote is complete or absent.
+    """
+    interrupts.install()  # again: main() may be called from a program that changed them
+    command = "?"
     try:
-        return int(args._run(args) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        interrupts.reached("start", command)
+        status = int(args._run(args) or 0)
+        interrupts.reached("exit", status)
+        return status
     except HandnerfError as exc:
-        print(f"handnerf {args.command}: error: {exc}", file=sys.stderr)
+        print(f"handnerf {command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"handnerf {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        name = f" by {exc.args[0]}" if isinstance(exc, interrupts.Interrupted) else ""
+        print(f"handnerf {command}: interrupted{name}", file=sys.stderr)
         return 130
 
 
+def entry() -> None:
+    """The ``handnerf`` program: :func:`main`, then exit with its status."""
+    status = main()
+    # The job is over and its files are final: a signal from here to the end of the
+    # interpreter changes nothing, so it must not turn a finished job into a failed one.
+    for sig in interrupts.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise SystemExit(status)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -18,8 +18,6 @@ a record (redone).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from handnerf import files
 from handnerf.data.camera import PinholeCamera
 from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, square_box
 from handnerf.data.interhand import SPLITS, FrameView
@@ -44,17 +43,7 @@ VERSION = 1
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        try:
-            # mkstemp makes owner-only files; a cache is ordinary data others may read.
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        files.atomic_write_bytes(path, payload)
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc}") from exc
 
@@ -114,11 +103,7 @@ def read_record(root: Path, seq_name: str, camera_id: str, frame_idx: int) -> di
 
 def remove_temporaries(root: Path) -> int:
     """Delete the temporary files an interrupted run left behind; returns how many."""
-    removed = 0
-    for tmp in root.rglob(".tmp-*"):
-        tmp.unlink(missing_ok=True)
-        removed += 1
-    return removed
+    return len(files.remove_temp_files_under(root))
 
 
 def camera_to_json(camera: PinholeCamera) -> dict[str, Any]:

@@ -10,8 +10,6 @@ once uses an even-odd rule where they overlap, which would.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 from handnerf.data.camera import PinholeCamera
 from handnerf.data.interhand import FrameView
 from handnerf.errors import DataError
+from handnerf.files import atomic_write_bytes
 
 #: Triangles with a vertex closer than this (metres, camera z) are dropped: a triangle
 #: crossing the camera plane has no bounded projection. A hand in front of a capture
@@ -171,15 +170,7 @@ class MaskCache:
         if not ok:
             raise DataError(f"could not encode mask for {path}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(encoded.tobytes())
-                os.replace(tmp_name, path)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
+            atomic_write_bytes(path, encoded.tobytes())
         except OSError as exc:
             raise DataError(f"cannot write mask cache {path}: {exc}") from exc
         return path

@@ -14,6 +14,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from handnerf import interrupts
 from handnerf.data import cache as cache_format
 from handnerf.data.crops import CropConfig, prepare_view
 from handnerf.data.filters import FrameFilterConfig, check_frame
@@ -189,6 +191,11 @@ def _set_state(root: str, out: str, faces: np.ndarray, spec: PrepareSpec) -> Non
 def _init_worker(root: str, out: str, faces: np.ndarray, spec: PrepareSpec) -> None:
     # One process per core already; cv2's own threads would only oversubscribe.
     cv2.setNumThreads(1)
+    # A Ctrl-C reaches the whole process group: the parent alone decides, and shuts the
+    # pool down after the views in flight (each written atomically) instead of workers
+    # dying mid-view and breaking the pool.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     _set_state(root, out, faces, spec)
 
 
@@ -334,6 +341,7 @@ def prepare_cache(
         for record in _run(todo, root, out, faces, spec, n_workers):
             records[(record["seq"], record["camera"], int(record["frame"]))] = record
             bar.update(1)
+            interrupts.reached("prepare.view", len(records))
             if on_view is not None:
                 on_view(record)
 

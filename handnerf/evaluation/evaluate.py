@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.data.cache import interhand_root
 from handnerf.data.crops import crop_hand, downscale
@@ -141,6 +142,7 @@ def evaluate_run(
             "render_seconds": time.monotonic() - t_render,
         }
         rows.append(row)
+        interrupts.reached("eval.image", len(rows))
         images[image_key(item.split, view.camera_id, view.frame_idx)] = {
             "render": pred,
             "gt": gt,

@@ -23,6 +23,7 @@ import numpy as np
 
 from handnerf.errors import DataError, ParameterError
 from handnerf.evaluation.protocols import EvalProtocol, get_protocol
+from handnerf.files import atomic_write_bytes, atomic_write_text, remove_temp_files_under
 
 REQUIRED_ROW_FIELDS = ("split", "camera", "frame", "psnr", "ssim")
 METRIC_FIELDS = ("psnr", "ssim", "lpips")
@@ -197,7 +198,7 @@ def _save_images(
         image_dir.mkdir(parents=True, exist_ok=True)
         for kind, array in arrays.items():
             name = f"{row['key']}_{kind}.png"
-            iio.imwrite(image_dir / name, array)
+            atomic_write_bytes(image_dir / name, iio.imwrite("<bytes>", array, extension=".png"))
             row[f"{kind}_png"] = f"images/{name}"
         converted[row["key"]] = arrays
     return converted
@@ -496,12 +497,13 @@ def write_report(
     # An older report.json would describe images about to be overwritten; it reappears
     # only once this report is complete.
     (out_dir / "report.json").unlink(missing_ok=True)
+    remove_temp_files_under(out_dir)  # left by a killed evaluation into this folder
     arrays = _save_images(out_dir, checked, images)
 
     records = read_metrics_jsonl(Path(metrics_jsonl)) if metrics_jsonl is not None else []
     curves_png = plot_training_curves(records) if records else None
     if curves_png is not None:
-        (out_dir / "training_curves.png").write_bytes(curves_png)
+        atomic_write_bytes(out_dir / "training_curves.png", curves_png)
 
     splits = list(dict.fromkeys(row["split"] for row in checked))
     overall = _aggregate(checked)
@@ -534,17 +536,7 @@ def write_report(
     report = _jsonable(report)
     # report.json last and each file atomically: a report.json on disk is always complete
     # and belongs to a finished evaluation, even when the job is killed while writing.
-    _write_atomic(out_dir / "report.md", _markdown(report, curves_png is not None))
-    _write_atomic(out_dir / "report.html", _html(report, arrays, curves_png))
-    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out_dir / "report.md", _markdown(report, curves_png is not None))
+    atomic_write_text(out_dir / "report.html", _html(report, arrays, curves_png))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import pickle
-import tempfile
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from handnerf.errors import ModelFileError, UnsafePickleError
+from handnerf.files import atomic_path
 
 Side = Literal["right", "left"]
 
@@ -463,18 +463,11 @@ def _read_cache(cache_file: Path, path: Path) -> dict[str, Any] | None:
 
 def _write_cache(cache_file: Path, arrays: dict[str, Any]) -> None:
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=cache_file.parent, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                to_store = dict(arrays)
-                if "procedural_json" in to_store:
-                    to_store["procedural_json"] = np.array(to_store["procedural_json"])
-                np.savez(handle, **to_store)
-            os.replace(tmp_name, cache_file)  # atomic: readers never see half a file
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+        to_store = dict(arrays)
+        if "procedural_json" in to_store:
+            to_store["procedural_json"] = np.array(to_store["procedural_json"])
+        with atomic_path(cache_file) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **to_store)  # atomic: readers never see half a file
     except OSError:
         pass  # a read-only cache only costs speed
 

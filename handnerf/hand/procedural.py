@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from handnerf.files import atomic_path
+
 #: Bump when the generated geometry or file content changes (names the cache folder).
 VERSION: int = 1
 GENERATOR: str = "handnerf.hand.procedural"
@@ -592,15 +594,8 @@ def build_procedural_hand(side: str, seed: int = 0) -> dict[str, Any]:
 
 
 def _write_pickle_atomic(data: dict[str, Any], path: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pickle.dump(data, handle, protocol=2)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; a model file is not secret
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        pickle.dump(data, handle, protocol=2)
 
 
 def write_procedural_mano_dir(out_dir: Path, seed: int = 0) -> Path:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from handnerf import interrupts
 from handnerf.errors import ConfigError, DataError
 from handnerf.hand.hand_model import ManoParams
 from handnerf.synth.rig import look_at_rotation
@@ -108,10 +109,11 @@ def render_orbit(
         frames = run.avatar.pose_frames(mano.to(run.device))
     center, radius = hand_sphere(frames.vertices[0])
     cams = orbit_cameras(center, radius, n_frames, size)
-    return [
-        _render(run, frames, 0, cam, None, chunk)
-        for cam in tqdm(cams, desc="orbit", disable=not progress)
-    ]
+    out = []
+    for cam in tqdm(cams, desc="orbit", disable=not progress):
+        out.append(_render(run, frames, 0, cam, None, chunk))
+        interrupts.reached("render.frame", len(out))
+    return out
 
 
 def interpolate_mano(mano: ManoParams, n_frames: int) -> ManoParams:
@@ -163,4 +165,5 @@ def render_pose_sequence(
         offset = 0.6 * np.array([np.cos(azim) * 0.94, np.sin(azim) * 0.94, 0.34])
         cam = framing_camera(center + offset, center, radius, size)
         out.append(_render(run, frames, i, cam, None, chunk))
+        interrupts.reached("render.frame", len(out))
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from handnerf.errors import HandnerfError, ParameterError
+from handnerf.files import atomic_path, atomic_write_bytes, remove_stale_temp_files
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
@@ -61,10 +62,14 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int) -> Pat
         raise ParameterError(f"fps: expected a positive whole number, got {fps!r}")
     checked = _check_frames(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)  # left by a killed render of the same file
 
     if suffix == ".gif":
         # Pillow takes the per-frame duration in milliseconds; loop=0 repeats forever.
-        iio.imwrite(path, np.stack(checked), extension=".gif", duration=1000.0 / fps, loop=0)
+        gif = iio.imwrite(
+            "<bytes>", np.stack(checked), extension=".gif", duration=1000.0 / fps, loop=0
+        )
+        atomic_write_bytes(path, gif)
         return path
 
     try:
@@ -80,15 +85,18 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int) -> Pat
     pad = ((0, height % 2), (0, width % 2), (0, 0))
     # yuv420p (the pixel format players accept) needs even sides; pad rather than let
     # the writer rescale the frames.
-    with iio2.get_writer(
-        path,
-        format="FFMPEG",
-        mode="I",
-        fps=fps,
-        codec="libx264",
-        pixelformat="yuv420p",
-        macro_block_size=1,
-    ) as writer:
+    with (
+        atomic_path(path) as tmp,
+        iio2.get_writer(
+            tmp,
+            format="FFMPEG",
+            mode="I",
+            fps=fps,
+            codec="libx264",
+            pixelformat="yuv420p",
+            macro_block_size=1,
+        ) as writer,
+    ):
         for frame in checked:
             writer.append_data(np.pad(frame, pad, mode="edge"))
     return path

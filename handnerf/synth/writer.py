@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import io
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from handnerf.errors import DataError
+from handnerf.files import atomic_write_bytes
 from handnerf.synth.presets import SynthPreset
 from handnerf.synth.raycast import AlbedoFn, HandScene, Lighting
 from handnerf.synth.rig import RigCamera, make_dome
@@ -62,19 +62,6 @@ def skeleton_lines() -> list[str]:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,27 +19,13 @@ from typing import Any
 import torch
 
 from handnerf.errors import CheckpointError
+from handnerf.files import atomic_write_bytes
 
 #: Written into every checkpoint; a file without it is not ours.
 FORMAT = "handnerf-checkpoint"
 FORMAT_VERSION = 1
 
 LATEST = "latest.pt"
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so readers see either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
@@ -55,20 +39,6 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
             f"cannot write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint "
             "there, if any, is intact"
         ) from exc
-
-
-def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Delete temp files a killed :func:`atomic_write_bytes` of ``path`` left behind.
-
-    Only safe while no other process writes ``path`` (one fit per run folder). Returns
-    the files removed.
-    """
-    path = Path(path)
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

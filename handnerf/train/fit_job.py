@@ -9,7 +9,8 @@ from typing import Any
 
 from handnerf.config import config_to_dict, load_config
 from handnerf.errors import CheckpointError, ConfigError, ResourceError
-from handnerf.train.checkpoint import LATEST, atomic_write_bytes, remove_stale_temp_files
+from handnerf.files import atomic_write_bytes, remove_temp_files_under
+from handnerf.train.checkpoint import LATEST
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import load_fit_data
 from handnerf.train.trainer import FitResult, Trainer, machine_info
@@ -41,7 +42,7 @@ def run_fit(
     trainer = Trainer(cfg, data, out_dir, wandb_run=wandb_run)
     if resume:
         step = trainer.resume()
-        remove_stale_temp_files(latest)
+        remove_temp_files_under(out_dir)  # one fit per run folder: these are a killed run's
         trim_metrics(trainer.metrics_path, step)
         print(f"resuming at step {step} from {latest}")
     else:

@@ -14,17 +14,16 @@ from __future__ import annotations
 import json
 import math
 import platform
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.errors import (
     CheckpointError,
@@ -32,6 +31,7 @@ from handnerf.errors import (
     ResourceError,
     TrainingDivergedError,
 )
+from handnerf.files import atomic_write_bytes
 from handnerf.model.avatar import HandAvatar, PosedFrames
 from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
@@ -49,32 +49,6 @@ def pick_device(name: str) -> torch.device:
 
 def psnr_from_mse(mse: float) -> float:
     return float(-10.0 * math.log10(max(mse, 1e-12)))
-
-
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked between steps, so the step in flight finishes
-    and a checkpoint is written before exit."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal is not None:  # a second Ctrl-C means "now"
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -371,7 +345,8 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         try:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.metrics_path, "a") as handle:
+            # held: a signal never cuts a record in half
+            with interrupts.held(), open(self.metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
         except OSError as exc:  # disk full, quota: stop with the checkpoint intact
             raise ResourceError(
@@ -397,7 +372,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         last_t, last_step = time.monotonic(), self.step
-        with _StopRequest() as stop:
+        # Signals are held through the loop: the step in flight finishes and is saved.
+        with interrupts.held():
             while self.step < cfg.steps:
                 stats = self.training_step()
                 self.step += 1
@@ -424,19 +400,25 @@ class Trainer:
                     self.log({"step": self.step, **self.validate(cfg.val_views)})
                 if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                     self.save()
-                if stop.signal is not None:
+                interrupts.reached("fit.step", self.step)
+                if interrupts.pending() is not None:
                     stopped_by = "signal"
                     break
                 if cfg.max_minutes > 0 and time.monotonic() - start_time > cfg.max_minutes * 60:
                     stopped_by = "time"
                     break
-            # Still inside the signal guard: a signal now cannot cut the final save (or the
-            # final validation, which a signal has nothing left to interrupt for) short.
             bar.close()
             ckpt = self.save()
-            if stopped_by != "signal":
-                # A bounded final check; `handnerf eval` does the full evaluation.
-                self.log({"step": self.step, "final": True, **self.validate(4 * cfg.val_views)})
+            if stopped_by == "signal":
+                interrupts.take()  # acted on: the fit stopped after a saved step
+        # A signal during the final save above is raised here, the checkpoint complete.
+        # The final check is not held: a signal abandons it (it writes nothing until its
+        # record), and `--resume` of the finished checkpoint runs it again.
+        if stopped_by != "signal":
+            interrupts.reached("fit.final_validation", self.step)
+            # A bounded final check; `handnerf eval` does the full evaluation.
+            record = {"step": self.step, "final": True, **self.validate(4 * cfg.val_views)}
+            self.log(record)
         return FitResult(
             step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path
         )
@@ -574,7 +556,8 @@ def _to(batch: RayBatch, device: torch.device) -> RayBatch:
 def _save_png(path: Path, image: Tensor) -> None:
     import imageio.v3 as iio
 
-    iio.imwrite(path, (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    atomic_write_bytes(path, iio.imwrite("<bytes>", pixels, extension=".png"))
 
 
 def _config_differences(

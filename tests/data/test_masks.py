@@ -74,7 +74,7 @@ def test_mask_cache_round_trip_and_recovery(tmp_path: Path) -> None:
     np.testing.assert_array_equal(cache.get_or_compute(key, compute), mask)
     assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
     path = cache.path(key)
-    assert path.is_file() and not list(path.parent.glob(".tmp-*"))
+    assert path.is_file() and not list(path.parent.glob(".*.tmp"))
     other = MaskKey(0, "seq", "400002", 12, "right", "cd" * 32, 4)
     assert cache.get(other) is None  # another hand model never shares a cached mask
     path.write_bytes(b"not a png")

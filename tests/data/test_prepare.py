@@ -146,14 +146,14 @@ def test_interrupted_run_resumes_and_never_trusts_partial_files(
     half = out / f"{view_stem(*_key(pending[0]))}.png"
     half.parent.mkdir(parents=True, exist_ok=True)
     half.write_bytes(b"\x89PNG truncated")
-    (half.parent / ".tmp-abc.png").write_bytes(b"junk")
+    (half.parent / f".{half.name}.abc.tmp").write_bytes(b"junk")
     done = seen[0]
     (out / f"{view_stem(done['seq'], done['camera'], done['frame'])}.png").unlink()
 
     summary = prepare_cache(tiny_capture, out, spec(), workers=1, progress=False)
     assert summary.reused == 3
     assert summary.computed == summary.n_views - 3
-    assert not list(out.rglob(".tmp-*"))
+    assert not list(out.rglob(".*.tmp"))
     resumed = PreparedCache(out)
     for entry, reference in zip(
         resumed.entries(TRAIN_SEQ), complete.entries(TRAIN_SEQ), strict=True

@@ -1,0 +1,86 @@
+"""Atomic file writes: a reader (or a killed job's re-run) sees the old file or the new one.
+
+Every file a job leaves behind goes through :func:`atomic_path`: the content is written to
+a temporary file in the target's folder (``.NAME.XXXX.tmp``), flushed and fsynced, and
+renamed over the target. The rename runs inside :func:`handnerf.interrupts.held`, so a
+SIGINT/SIGTERM cannot separate it from the write; a SIGKILL or a crash leaves at most the
+temporary file, which readers ignore and :func:`remove_stale_temp_files` clears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from handnerf import interrupts
+
+
+@contextmanager
+def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path`` atomically.
+
+    The temporary file is named ``.NAME.XXXX.tmp``: writers that pick a format from the
+    file name must be told the format. On any exception (full disk, interrupt) the
+    temporary file is removed and ``path`` is left as it was.
+    ``mode``: permissions of the final file (mkstemp makes owner-only files).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with interrupts.held():
+            yield tmp
+            os.chmod(tmp, mode)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            interrupts.reached("write", path.name)
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes, mode: int = 0o644) -> None:
+    """Write ``payload`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, mode) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY), "wb") as handle:
+        handle.write(payload)  # atomic_path fsyncs before the rename
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, value: Any, **dumps: Any) -> None:
+    """``json.dumps(value, **dumps)`` written atomically."""
+    atomic_write_bytes(path, json.dumps(value, **dumps).encode("utf-8"))
+
+
+def remove_temp_files_under(folder: str | Path) -> list[Path]:
+    """Delete every temporary file an atomic write left anywhere under ``folder``.
+
+    Only safe while no other process writes there (one job per output folder).
+    """
+    removed = sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Delete temporary files that a killed atomic write of ``path`` left behind.
+
+    Only safe while no other process writes ``path``. Returns the files removed.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
