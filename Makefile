@@ -14,11 +14,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Headless Chromium renders report.html in the report's screenshot test (Debian package).
+# As root it is installed with apt-get, otherwise through passwordless sudo; where neither
+# works, make stops here and says what to run (the test is mandatory, it never skips).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: install Debian's 'chromium' package for the report screenshot test"; fi; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "error: the report screenshot test needs Debian's 'chromium' package; run" \
+	    "'sudo apt-get install chromium' (or put a chromium on PATH), then make again" >&2; exit 1; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "error: no apt-get here: install chromium" \
+	    "with your package manager, then make again" >&2; exit 1; }; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 install: $(STAMP) browser
 

@@ -79,6 +79,28 @@ def install() -> None:
     _State.installed = True
 
 
+def uninstall() -> None:
+    """Give SIGINT/SIGTERM Python's default handling back and forget any state (for
+    programs that embed handnerf and tests)."""
+    if _in_main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _State.installed = False
+    _State.pending = None
+    _State.hold_done = False
+
+
+def leave_to_parent() -> None:
+    """In a pool worker: ignore SIGINT/SIGTERM and leave the decision to the parent.
+
+    A Ctrl-C reaches the whole process group. The parent shuts its pool down after the
+    tasks in flight (each writes atomically) instead of workers dying mid-task and
+    breaking the pool.
+    """
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def pending() -> int | None:
     """The signal recorded in the current held section, if any (still pending)."""
     return _State.pending

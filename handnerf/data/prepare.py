@@ -14,7 +14,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -191,11 +190,7 @@ def _set_state(root: str, out: str, faces: np.ndarray, spec: PrepareSpec) -> Non
 def _init_worker(root: str, out: str, faces: np.ndarray, spec: PrepareSpec) -> None:
     # One process per core already; cv2's own threads would only oversubscribe.
     cv2.setNumThreads(1)
-    # A Ctrl-C reaches the whole process group: the parent alone decides, and shuts the
-    # pool down after the views in flight (each written atomically) instead of workers
-    # dying mid-view and breaking the pool.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    interrupts.leave_to_parent()
     _set_state(root, out, faces, spec)
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from handnerf import interrupts
 from handnerf.errors import DataError
 from handnerf.files import atomic_write_bytes
 from handnerf.synth.presets import SynthPreset
@@ -186,8 +187,14 @@ def _run_tasks(tasks: Sequence[_FrameTask], workers: int) -> Iterator[int]:
 
     # "spawn": the parent holds torch state that must not be forked into renderers.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=interrupts.leave_to_parent
+    )
+    try:
         yield from pool.map(_render_frame, tasks)
+    finally:
+        # On an interrupt, drop the queued frames instead of rendering them all first.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- hand

@@ -35,6 +35,7 @@ def run_fit(
         )
     if resume and not latest.exists():
         raise CheckpointError(f"--resume: no checkpoint at {latest}")
+    remove_temp_files_under(out_dir)  # one fit per run folder: these are a killed run's
     data = load_fit_data(
         Path(data_root), cfg.data, mask_cache=out_dir / "mask_cache", progress=progress
     )
@@ -42,7 +43,6 @@ def run_fit(
     trainer = Trainer(cfg, data, out_dir, wandb_run=wandb_run)
     if resume:
         step = trainer.resume()
-        remove_temp_files_under(out_dir)  # one fit per run folder: these are a killed run's
         trim_metrics(trainer.metrics_path, step)
         print(f"resuming at step {step} from {latest}")
     else:
