@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from handnerf.data.interhand import SYNTH_MARKER
 from handnerf.errors import DataError
 from handnerf.synth.presets import SynthPreset
 from handnerf.synth.raycast import AlbedoFn, HandScene, Lighting
@@ -411,7 +412,7 @@ def synthesize_capture(
     data = model.data
     hand_source = "procedural" if data.is_procedural else str(data.source)
     atomic_write_json(
-        root / "synth.json",
+        root / SYNTH_MARKER,
         {
             "format_version": SYNTH_FORMAT_VERSION,
             "handnerf_version": __version__,
