@@ -36,6 +36,14 @@ class ConfigError(HandnerfError):
     """A configuration file or ``key=value`` override is invalid."""
 
 
+class NovelPoseSequenceError(ConfigError):
+    """The novel-pose sequence is the training sequence: it would score poses seen in training."""
+
+
+class ProceduralHandError(ConfigError):
+    """The procedural hand was chosen for a real capture; it is a stand-in for synthetic ones."""
+
+
 class CheckpointError(HandnerfError):
     """A checkpoint is missing, corrupted, foreign or incompatible with the run."""
 

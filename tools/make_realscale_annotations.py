@@ -14,7 +14,8 @@ capture, the benchmark sequence ``ROM04_RT_Occlusion`` with 100 frames x 100 cam
 and the remaining images spread evenly over the other sequences.
 
 Only the benchmark sequence's MANO fits are posed sensibly (hand at the world origin, in
-view of every camera); the other records are random numbers of the right shape.
+view of every camera); the other records are random numbers of the right shape. A
+``synth.json`` marks the root as synthetic, so ``prepare`` may use the procedural hand.
 
 Example:
   .venv/bin/python tools/make_realscale_annotations.py --out /tmp/realscale
@@ -298,6 +299,7 @@ def write(args: argparse.Namespace) -> dict[str, Any]:
     (out / "annotations_tmp_annotations.json").unlink()
     (folder / f"InterHand2.6M_{split}_camera.json").write_text(json.dumps(cameras_json))
     sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.json"))}
+    (out / "synth.json").write_text(json.dumps({"made_by": "tools/make_realscale_annotations.py"}))
     return {"images": n_images, "frames": n_frames, "captures": len(captures), "files": sizes}
 
 

@@ -25,6 +25,22 @@ _ROTATION_TOLERANCE = 1e-4
 _MAX_VALUE = 1e9
 
 
+def holds_json_bool(value: object) -> bool:
+    """Whether a JSON value holds ``true``/``false`` anywhere in its (nested) lists.
+
+    ``np.asarray([True, 0.5])`` is a float array: a boolean among numbers would silently
+    become 1.0, so fields of numbers look for booleans explicitly.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            return True
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
 def _as_array(value: object, shape: tuple[int, ...], where: str, field: str) -> np.ndarray:
     """``value`` as a finite float64 array of ``shape``, else DataError naming ``where``/``field``."""
     try:
@@ -35,6 +51,8 @@ def _as_array(value: object, shape: tuple[int, ...], where: str, field: str) -> 
     # they are, so they can be refused instead of being coerced into numbers.
     if raw.dtype.kind not in "iuf":
         raise DataError(f"{where}: {field} is not numeric (holds {raw.dtype} values)")
+    if holds_json_bool(value):
+        raise DataError(f"{where}: {field} is not numeric (holds true/false)")
     array = raw.astype(np.float64)
     if array.shape != shape:
         raise DataError(f"{where}: {field} must have shape {shape}, got {array.shape}")

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from handnerf.data.camera import PinholeCamera
-from handnerf.errors import DataError, SelectionError
+from handnerf.data.camera import PinholeCamera, holds_json_bool
+from handnerf.errors import DataError, NovelPoseSequenceError, ProceduralHandError, SelectionError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 HANDS: tuple[str, ...] = ("right", "left")
@@ -45,7 +45,11 @@ _FILE_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 #: Rows of joint_3d's 42 joints that belong to each hand.
-_HAND_ROWS: dict[str, slice] = {"right": slice(0, 21), "left": slice(21, 42)}
+HAND_ROWS: dict[str, slice] = {"right": slice(0, 21), "left": slice(21, 42)}
+
+#: Values of ``hand_type`` in data.json's annotations and joint_3d.json: a two-hand frame
+#: is ``'interacting'`` (each hand then has its own MANO entry).
+HAND_TYPES: tuple[str, ...] = ("right", "left", "interacting")
 
 #: MANO parameter lengths in InterHand's MANO_NeuralAnnot.json.
 _MANO_LENGTHS: dict[str, int] = {"pose": 48, "shape": 10, "trans": 3}
@@ -53,6 +57,43 @@ _MANO_LENGTHS: dict[str, int] = {"pose": 48, "shape": 10, "trans": 3}
 #: Largest |value| of a MANO parameter taken as real: radians, shape sigmas and metres
 #: are all far below it; anything above is corrupt (and 1e39 overflows float32).
 MANO_VALUE_LIMIT = 1e3
+
+#: ``handnerf synth`` writes this file (last) into the root of every synthetic capture.
+SYNTH_MARKER = "synth.json"
+
+# --------------------------------------------------------------------------- guards
+
+
+def is_synthetic_capture(root: str | Path) -> bool:
+    """Whether ``root`` was written by ``handnerf synth`` (it holds :data:`SYNTH_MARKER`)."""
+    return (Path(root) / SYNTH_MARKER).is_file()
+
+
+def refuse_procedural_hand(root: str | Path, procedural: bool, action: str) -> None:
+    """Refuse to ``action`` a real capture with the procedural hand.
+
+    The procedural hand only stands in for MANO in synthetic captures (made with it);
+    on real InterHand2.6M frames its silhouettes and poses do not match the hand in the
+    photos. Raises ProceduralHandError telling the user to pass ``--mano-dir``.
+    """
+    if procedural and not is_synthetic_capture(root):
+        raise ProceduralHandError(
+            f"{root} is a real capture (it has no {SYNTH_MARKER}), and the procedural hand "
+            f"only stands in for MANO in synthetic captures; to {action} it, download MANO "
+            "(https://mano.is.tue.mpg.de) and pass --mano-dir DIR, the folder holding "
+            "MANO_RIGHT.pkl and MANO_LEFT.pkl"
+        )
+
+
+def refuse_seen_novel_pose(train_seq: str, novel_pose_seq: str | None) -> None:
+    """Refuse a novel-pose sequence equal to the training sequence (NovelPoseSequenceError)."""
+    if novel_pose_seq is not None and novel_pose_seq == train_seq:
+        raise NovelPoseSequenceError(
+            f"data.novel_pose_seq={novel_pose_seq!r} is the training sequence "
+            f"(data.train_seq={train_seq!r}): its poses are seen in training, so it cannot "
+            "measure novel poses; choose another sequence or data.novel_pose_seq=null"
+        )
+
 
 # --------------------------------------------------------------------------- JSON cache
 
@@ -172,6 +213,8 @@ class FrameView:
         keypoints_valid: (21,) bool, or None together with ``keypoints_world``.
         bbox: ``(x, y, w, h)`` pixels from data.json's annotation, or None.
         image_id: data.json's image id.
+        hand_type: the frame's ``'right'``, ``'left'`` or ``'interacting'`` (both hands in
+            view) from joint_3d.json, else data.json; None when absent or flagged invalid.
     """
 
     image_path: Path
@@ -187,6 +230,7 @@ class FrameView:
     keypoints_valid: np.ndarray | None
     bbox: tuple[float, float, float, float] | None
     image_id: int = -1
+    hand_type: str | None = None
 
     @property
     def key(self) -> tuple[int, str, str, int]:
@@ -239,7 +283,8 @@ class SelectionReport:
         return "\n".join(lines)
 
 
-def _camera_id(value: object) -> str:
+def normalize_camera_id(value: object) -> str:
+    """A camera id without the ``cam`` prefix: ``'cam400002'`` and ``400002`` are ``'400002'``."""
     text = str(value)
     return text[3:] if text.startswith("cam") else text
 
@@ -257,7 +302,7 @@ _IMAGE_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _check_image_record(record: object, where: str) -> dict[str, Any]:
+def check_image_record(record: object, where: str) -> dict[str, Any]:
     """A data.json image record with every needed field of the right type, else DataError."""
     if not isinstance(record, dict):
         raise DataError(f"{where} is a {type(record).__name__}, expected an object")
@@ -289,7 +334,7 @@ def _check_image_record(record: object, where: str) -> dict[str, Any]:
     return record
 
 
-def _mano_entry(entry: object) -> tuple[dict[str, np.ndarray] | None, str | None]:
+def parse_mano_entry(entry: object) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """Parse one hand's MANO entry; returns (params, None) or (None, skip reason)."""
     if entry is None:
         return None, "MANO entry is null"
@@ -304,7 +349,7 @@ def _mano_entry(entry: object) -> tuple[dict[str, np.ndarray] | None, str | None
         except (TypeError, ValueError):
             return None, "MANO entry malformed"
         # strings, bools and over-long ints stay non-numeric here instead of being coerced
-        if raw.dtype.kind not in "iuf":
+        if raw.dtype.kind not in "iuf" or holds_json_bool(entry[name]):
             return None, "MANO entry malformed"
         value = raw.astype(np.float64).reshape(-1)
         if value.shape != (length,):
@@ -315,6 +360,109 @@ def _mano_entry(entry: object) -> tuple[dict[str, np.ndarray] | None, str | None
             return None, "MANO entry out of range"
         params[name] = value
     return params, None
+
+
+def validity_flags(value: object, where: str) -> np.ndarray:
+    """A validity field (``joint_valid``, ``hand_type_valid``) as a bool array.
+
+    The released joint_3d.json stores JSON booleans (``[[true], [false], ...]``), data.json
+    integers (``[[1], [0], ...]``); 0.0/1.0 floats are accepted too. Anything else (other
+    numbers, strings, null, ragged nesting) is a DataError naming ``where``.
+    """
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where} is not a (nested) list of 0/1 or true/false ({exc})") from exc
+    if raw.dtype.kind == "b":
+        return raw
+    if raw.dtype.kind not in "iuf" or not np.all((raw == 0) | (raw == 1)):
+        raise DataError(f"{where} must hold 0/1 or true/false, got {value!r:.60}")
+    return raw != 0
+
+
+def joint_flags(value: object, where: str) -> np.ndarray:
+    """``joint_valid`` (42 x [v]) as a (42,) bool array; DataError naming ``where`` otherwise."""
+    flags = validity_flags(value, where).reshape(-1)
+    if flags.shape != (42,):
+        raise DataError(f"{where} must hold 42 flags (21 per hand), got {flags.size}")
+    return flags
+
+
+def parse_hand_type(entry: dict[str, Any], where: str) -> str | None:
+    """An annotation's ``hand_type`` (one of :data:`HAND_TYPES`), None when absent or when
+    ``hand_type_valid`` is false/0; DataError naming ``where`` for any other value."""
+    valid = True
+    if entry.get("hand_type_valid") is not None:
+        flag = validity_flags(entry["hand_type_valid"], f"{where}['hand_type_valid']")
+        if flag.shape != ():
+            raise DataError(f"{where}['hand_type_valid'] must be one 0/1 or true/false")
+        valid = bool(flag)
+    hand_type = entry.get("hand_type")
+    if hand_type is None:
+        return None
+    if not isinstance(hand_type, str) or hand_type not in HAND_TYPES:
+        raise DataError(
+            f"{where}['hand_type'] must be one of {', '.join(HAND_TYPES)}, got {hand_type!r:.60}"
+        )
+    return hand_type if valid else None
+
+
+@dataclass(frozen=True)
+class ImageAnnotation:
+    """What a selection uses of one data.json annotation."""
+
+    bbox: tuple[float, float, float, float] | None
+    joint_valid: np.ndarray | None  # (42,) bool
+    hand_type: str | None
+
+
+def parse_annotation(ann: dict[str, Any], where: str) -> ImageAnnotation:
+    """One data.json ``annotations[i]`` record; DataError naming ``where`` and the field."""
+    bbox = None
+    if ann.get("bbox") is not None:
+        values = json_numbers(ann["bbox"], f"{where}['bbox']")
+        if values.shape != (4,):
+            raise DataError(f"{where}['bbox'] must be [x, y, w, h], got {ann['bbox']!r:.60}")
+        bbox = (float(values[0]), float(values[1]), float(values[2]), float(values[3]))
+    joint_valid = None
+    if ann.get("joint_valid") is not None:
+        joint_valid = joint_flags(ann["joint_valid"], f"{where}['joint_valid']")
+    return ImageAnnotation(bbox, joint_valid, parse_hand_type(ann, where))
+
+
+def joint_3d_keypoints(
+    entry: object, where: str, hand: str
+) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(21, 3) metres, (21,) validity and ``hand_type`` of ``hand`` in one joint_3d.json frame.
+
+    ``where`` names the entry (``"<file>: joints['0']['563']"``). Keypoints and validity
+    are None when the entry has no ``world_coord``.
+    """
+    if not isinstance(entry, dict):
+        return None, None, None
+    hand_type = parse_hand_type(entry, where)
+    if entry.get("world_coord") is None:
+        return None, None, hand_type
+    coords = json_numbers(entry["world_coord"], f"{where}['world_coord']", allow_nan=True)
+    if coords.shape != (42, 3):
+        raise DataError(f"{where}['world_coord'] must be 42x3, got {coords.shape}")
+    rows = HAND_ROWS[hand]
+    keypoints = coords[rows] / 1000.0
+    with np.errstate(invalid="ignore"):
+        # NaN marks a missing joint; a kilometre-away one is corrupt: both invalid
+        valid = (np.abs(keypoints) < 1e3).all(axis=1)
+    if entry.get("joint_valid") is not None:
+        valid &= joint_flags(entry["joint_valid"], f"{where}['joint_valid']")[rows]
+    return keypoints, valid, hand_type
+
+
+def note_two_hand_frames(views: Sequence[FrameView], report: SelectionReport) -> None:
+    """Note in ``report`` how many selected frames show both hands (``'interacting'``)."""
+    frames = {(v.seq_name, v.frame_idx) for v in views if v.hand_type == "interacting"}
+    if frames:
+        report.notes.append(
+            f"{len(frames)} selected frame(s) show both hands (hand_type 'interacting')"
+        )
 
 
 class SelectedViews:
@@ -417,7 +565,7 @@ class InterHandCapture(SelectedViews):
 
         try:
             in_capture = [
-                _check_image_record(img, f"{self.files.data}: images[{index}]")
+                check_image_record(img, f"{self.files.data}: images[{index}]")
                 for index, img in enumerate(images)
                 if int(img["capture"]) == self.capture
             ]
@@ -469,7 +617,7 @@ class InterHandCapture(SelectedViews):
                 if not isinstance(frame_entry, dict) or self.hand not in frame_entry:
                     report.skip(f"no {self.hand}-hand MANO entry for the frame")
                     continue
-                params, reason = _mano_entry(frame_entry[self.hand])
+                params, reason = parse_mano_entry(frame_entry[self.hand])
                 if params is None:
                     report.skip(f"{reason} ({self.hand} hand)")
                     continue
@@ -477,13 +625,13 @@ class InterHandCapture(SelectedViews):
             with_mano.append(img)
         report.add_step(f"with {self.hand}-hand MANO", len(with_mano))
 
-        available_cams = sorted({_camera_id(img["camera"]) for img in with_mano})
-        all_cams = sorted({_camera_id(img["camera"]) for img in in_seqs})
+        available_cams = sorted({normalize_camera_id(img["camera"]) for img in with_mano})
+        all_cams = sorted({normalize_camera_id(img["camera"]) for img in in_seqs})
         keep_cams = set(available_cams)
         for label, requested in (("camera", cameras), ("excluded camera", exclude_cameras)):
             if requested is None:
                 continue
-            requested_ids = {_camera_id(c) for c in requested}
+            requested_ids = {normalize_camera_id(c) for c in requested}
             unknown = sorted(requested_ids - set(all_cams))
             if unknown:
                 raise SelectionError(
@@ -498,7 +646,7 @@ class InterHandCapture(SelectedViews):
             keep_cams -= grayscale
             if grayscale:
                 report.notes.append(f"dropped {len(grayscale)} grayscale (4100xx) cameras")
-        with_cams = [img for img in with_mano if _camera_id(img["camera"]) in keep_cams]
+        with_cams = [img for img in with_mano if normalize_camera_id(img["camera"]) in keep_cams]
         report.add_step(f"cameras kept ({len(keep_cams)} of {len(available_cams)})", len(with_cams))
 
         kept_frames: set[tuple[str, int]] = set()
@@ -524,8 +672,7 @@ class InterHandCapture(SelectedViews):
     ) -> list[FrameView]:
         report = self.selection_report
         wanted_ids = {img["id"] for img in images}
-        bbox_by_image: dict[Any, tuple[float, float, float, float]] = {}
-        valid_by_image: dict[Any, np.ndarray] = {}
+        annotation_by_image: dict[Any, ImageAnnotation] = {}
         annotations = data.get("annotations") or []
         if not isinstance(annotations, list):
             raise DataError(f"{self.files.data}: 'annotations' must be a list")
@@ -535,18 +682,9 @@ class InterHandCapture(SelectedViews):
             image_id = ann.get("image_id")
             if isinstance(image_id, (list, dict)) or image_id not in wanted_ids:
                 continue
-            where = f"{self.files.data}: annotations[{index}]"
-            if ann.get("bbox") is not None:
-                bbox = _numbers(ann["bbox"], f"{where}['bbox']")
-                if bbox.shape != (4,):
-                    raise DataError(
-                        f"{where}['bbox'] must be [x, y, w, h], got {ann['bbox']!r:.60}"
-                    )
-                bbox_by_image[image_id] = tuple(float(v) for v in bbox)  # type: ignore[assignment]
-            if ann.get("joint_valid") is not None:
-                valid_by_image[image_id] = _numbers(
-                    ann["joint_valid"], f"{where}['joint_valid']"
-                ).reshape(-1)
+            annotation_by_image[image_id] = parse_annotation(
+                ann, f"{self.files.data}: annotations[{index}]"
+            )
 
         camera_json = read_json(self.files.camera)
         cams = camera_json.get(str(self.capture)) if isinstance(camera_json, dict) else None
@@ -571,7 +709,7 @@ class InterHandCapture(SelectedViews):
         image_root = self.root / "images" / self.split
         views: list[FrameView] = []
         for img in images:
-            cam_id = _camera_id(img["camera"])
+            cam_id = normalize_camera_id(img["camera"])
             width, height = int(img["width"]), int(img["height"])
             cam_key = (cam_id, width, height)
             if cam_key not in camera_cache:
@@ -581,11 +719,12 @@ class InterHandCapture(SelectedViews):
                 report.skip("image file missing")
                 continue
             frame = int(img["frame_idx"])
-            keypoints, valid = self._keypoints(joints_capture, frame)
-            if valid is None and img["id"] in valid_by_image:
-                rows = valid_by_image[img["id"]]
-                if rows.shape == (42,):
-                    valid = rows[_HAND_ROWS[self.hand]] > 0
+            keypoints, valid, hand_type = self._keypoints(joints_capture, frame)
+            ann = annotation_by_image.get(img["id"])
+            if ann is not None:
+                if valid is None and ann.joint_valid is not None:
+                    valid = ann.joint_valid[HAND_ROWS[self.hand]]
+                hand_type = hand_type or ann.hand_type
             views.append(
                 FrameView(
                     image_path=image_path,
@@ -599,11 +738,13 @@ class InterHandCapture(SelectedViews):
                     hand=self.hand,
                     keypoints_world=keypoints,
                     keypoints_valid=valid if keypoints is not None else None,
-                    bbox=bbox_by_image.get(img["id"]),
+                    bbox=None if ann is None else ann.bbox,
                     image_id=int(img["id"]),
+                    hand_type=hand_type,
                 )
             )
         views.sort(key=lambda v: (v.seq_name, v.frame_idx, v.camera_id))
+        note_two_hand_frames(views, report)
         return views
 
     def _camera(self, cams: dict[str, Any], cam_id: str, width: int, height: int) -> PinholeCamera:
@@ -611,29 +752,17 @@ class InterHandCapture(SelectedViews):
 
     def _keypoints(
         self, joints_capture: dict[str, Any] | None, frame: int
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
         if joints_capture is None:
-            return None, None
-        entry = joints_capture.get(str(frame))
-        if not isinstance(entry, dict) or entry.get("world_coord") is None:
-            return None, None
-        where = f"{self.files.joint_3d}: joints['{self.capture}']['{frame}']"
-        coords = _numbers(entry["world_coord"], f"{where}['world_coord']", allow_nan=True)
-        if coords.shape != (42, 3):
-            raise DataError(f"{where}['world_coord'] must be 42x3, got {coords.shape}")
-        rows = _HAND_ROWS[self.hand]
-        keypoints = coords[rows] / 1000.0
-        with np.errstate(invalid="ignore"):
-            # NaN marks a missing joint; a kilometre-away one is corrupt: both invalid
-            valid = (np.abs(keypoints) < 1e3).all(axis=1)
-        if entry.get("joint_valid") is not None:
-            flags = _numbers(entry["joint_valid"], f"{where}['joint_valid']").reshape(-1)
-            if flags.shape == (42,):
-                valid &= flags[rows] > 0
-        return keypoints, valid
+            return None, None, None
+        return joint_3d_keypoints(
+            joints_capture.get(str(frame)),
+            f"{self.files.joint_3d}: joints['{self.capture}']['{frame}']",
+            self.hand,
+        )
 
 
-def _numbers(value: object, where: str, allow_nan: bool = False) -> np.ndarray:
+def json_numbers(value: object, where: str, allow_nan: bool = False) -> np.ndarray:
     """``value`` as a float64 array of JSON numbers, else DataError naming ``where``.
 
     ``allow_nan`` keeps NaN/inf (joint_3d marks missing joints that way); otherwise they are
@@ -643,7 +772,7 @@ def _numbers(value: object, where: str, allow_nan: bool = False) -> np.ndarray:
         raw = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where} is not a (nested) list of numbers ({exc})") from exc
-    if raw.dtype.kind not in "iuf":
+    if raw.dtype.kind not in "iuf" or holds_json_bool(value):
         raise DataError(f"{where} is not a (nested) list of numbers, got {value!r:.60}")
     array = raw.astype(np.float64)
     if not allow_nan and not np.all(np.isfinite(array)):

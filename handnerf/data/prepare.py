@@ -35,6 +35,7 @@ from handnerf.data.interhand import (
     FrameView,
     find_annotation_files,
     load_image,
+    refuse_procedural_hand,
 )
 from handnerf.data.masks import DEFAULT_SUPERSAMPLE, _to_numpy, mesh_silhouette
 from handnerf.data.stream import StreamedSelection, select_views
@@ -264,6 +265,7 @@ def prepare_cache(
     _check_spec(spec)
     if not root.is_dir():
         raise DataError(f"InterHand2.6M root not found: {root}")
+    refuse_procedural_hand(root, _is_procedural(spec.mano_dir), "prepare")
     job = {
         "spec": spec.to_json(),
         "source": {
@@ -369,6 +371,13 @@ def _check_spec(spec: PrepareSpec) -> None:
         raise ConfigError(f"crop scale and size must be positive, got {spec.crop}")
     if spec.crop.mode == "full" and not spec.crop.full_scale > 0:
         raise ConfigError(f"full-frame scale must be positive, got {spec.crop.full_scale}")
+
+
+def _is_procedural(mano_dir: str | None) -> bool:
+    """Whether ``mano_dir`` (None: the procedural hand) holds the procedural hand."""
+    from handnerf.hand.mano_file import load_mano_folder
+
+    return mano_dir is None or any(d.is_procedural for d in load_mano_folder(mano_dir).values())
 
 
 def _pose_frames(

@@ -30,19 +30,22 @@ import numpy as np
 
 from handnerf.data.camera import PinholeCamera
 from handnerf.data.interhand import (
-    _HAND_ROWS,
+    HAND_ROWS,
     HANDS,
     SPLITS,
     AnnotationFiles,
     FrameView,
+    ImageAnnotation,
     SelectedViews,
     SelectionReport,
-    _camera_id,
-    _check_image_record,
-    _mano_entry,
-    _numbers,
     camera_from_json,
+    check_image_record,
     find_annotation_files,
+    joint_3d_keypoints,
+    normalize_camera_id,
+    note_two_hand_frames,
+    parse_annotation,
+    parse_mano_entry,
 )
 from handnerf.errors import DataError, SelectionError
 
@@ -223,7 +226,7 @@ def select_views(
         if img_capture != capture:
             continue
         n_capture += 1
-        _check_image_record(img, f"{files.data}: images[{n_split - 1}]")
+        check_image_record(img, f"{files.data}: images[{n_split - 1}]")
         seq = str(img["seq_name"])
         seqs_in_capture.add(seq)
         if wanted_seqs is None or seq in wanted_seqs:
@@ -260,7 +263,7 @@ def select_views(
         if not isinstance(entry, dict) or hand not in entry:
             bad_frames[frame] = f"no {hand}-hand MANO entry for the frame"
             continue
-        params, reason = _mano_entry(entry[hand])
+        params, reason = parse_mano_entry(entry[hand])
         if params is None:
             bad_frames[frame] = f"{reason} ({hand} hand)"
         else:
@@ -279,7 +282,7 @@ def select_views(
         other_count = sum(
             1
             for entry in mano_entries.values()
-            if isinstance(entry, dict) and _mano_entry(entry.get(other))[0] is not None
+            if isinstance(entry, dict) and parse_mano_entry(entry.get(other))[0] is not None
         )
         raise SelectionError(
             f"no frame of sequence(s) {', '.join(sorted(wanted_seqs))} in capture {capture} "
@@ -288,13 +291,13 @@ def select_views(
         )
     del mano_entries
 
-    available_cams = sorted({_camera_id(img["camera"]) for img in with_mano})
-    all_cams = sorted({_camera_id(img["camera"]) for img in in_seqs})
+    available_cams = sorted({normalize_camera_id(img["camera"]) for img in with_mano})
+    all_cams = sorted({normalize_camera_id(img["camera"]) for img in in_seqs})
     keep_cams = set(available_cams)
     for label, requested in (("camera", cameras), ("excluded camera", exclude_cameras)):
         if requested is None:
             continue
-        requested_ids = {_camera_id(c) for c in requested}
+        requested_ids = {normalize_camera_id(c) for c in requested}
         unknown = sorted(requested_ids - set(all_cams))
         if unknown:
             raise SelectionError(
@@ -307,7 +310,7 @@ def select_views(
         keep_cams -= grayscale
         if grayscale:
             report.notes.append(f"dropped {len(grayscale)} grayscale (4100xx) cameras")
-    with_cams = [img for img in with_mano if _camera_id(img["camera"]) in keep_cams]
+    with_cams = [img for img in with_mano if normalize_camera_id(img["camera"]) in keep_cams]
     report.add_step(f"cameras kept ({len(keep_cams)} of {len(available_cams)})", len(with_cams))
 
     kept_frames: set[tuple[str, int]] = set()
@@ -344,8 +347,7 @@ def _build_views(
     report: SelectionReport,
 ) -> list[FrameView]:
     wanted_ids = {img["id"] for img in images}
-    bbox_by_image: dict[Any, tuple[float, float, float, float]] = {}
-    valid_by_image: dict[Any, np.ndarray] = {}
+    annotation_by_image: dict[Any, ImageAnnotation] = {}
     if wanted_ids:
         # Pass 2 over data.json: annotations of the kept images only.
         for index, ann in enumerate(_stream(files.data, "annotations.item")):
@@ -354,18 +356,9 @@ def _build_views(
             image_id = ann.get("image_id")
             if isinstance(image_id, list | dict) or image_id not in wanted_ids:
                 continue
-            where = f"{files.data}: annotations[{index}]"
-            if ann.get("bbox") is not None:
-                bbox = _numbers(ann["bbox"], f"{where}['bbox']")
-                if bbox.shape != (4,):
-                    raise DataError(
-                        f"{where}['bbox'] must be [x, y, w, h], got {ann['bbox']!r:.60}"
-                    )
-                bbox_by_image[image_id] = tuple(float(v) for v in bbox)  # type: ignore[assignment]
-            if ann.get("joint_valid") is not None:
-                valid_by_image[image_id] = _numbers(
-                    ann["joint_valid"], f"{where}['joint_valid']"
-                ).reshape(-1)
+            annotation_by_image[image_id] = parse_annotation(
+                ann, f"{files.data}: annotations[{index}]"
+            )
 
     cams = stream_capture_entry(files.camera, capture)
     if cams is None:
@@ -378,11 +371,11 @@ def _build_views(
         report.notes.append("no joint_3d annotation: keypoints_world is None")
 
     camera_cache: dict[tuple[str, int, int], PinholeCamera] = {}
-    keypoint_cache: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
+    keypoint_cache: dict[int, tuple[np.ndarray | None, np.ndarray | None, str | None]] = {}
     image_root = root / "images" / split
     views: list[FrameView] = []
     for img in images:
-        cam_id = _camera_id(img["camera"])
+        cam_id = normalize_camera_id(img["camera"])
         width, height = int(img["width"]), int(img["height"])
         cam_key = (cam_id, width, height)
         if cam_key not in camera_cache:
@@ -395,12 +388,19 @@ def _build_views(
             continue
         frame = int(img["frame_idx"])
         if frame not in keypoint_cache:
-            keypoint_cache[frame] = _keypoints(files.joint_3d, joints, capture, hand, frame)
-        keypoints, valid = keypoint_cache[frame]
-        if valid is None and img["id"] in valid_by_image:
-            rows = valid_by_image[img["id"]]
-            if rows.shape == (42,):
-                valid = rows[_HAND_ROWS[hand]] > 0
+            keypoint_cache[frame] = (
+                (None, None, None)
+                if joints is None
+                else joint_3d_keypoints(
+                    joints.get(frame), f"{files.joint_3d}: joints['{capture}']['{frame}']", hand
+                )
+            )
+        keypoints, valid, hand_type = keypoint_cache[frame]
+        ann = annotation_by_image.get(img["id"])
+        if ann is not None:
+            if valid is None and ann.joint_valid is not None:
+                valid = ann.joint_valid[HAND_ROWS[hand]]
+            hand_type = hand_type or ann.hand_type
         views.append(
             FrameView(
                 image_path=image_path,
@@ -414,34 +414,11 @@ def _build_views(
                 hand=hand,
                 keypoints_world=keypoints,
                 keypoints_valid=valid if keypoints is not None else None,
-                bbox=bbox_by_image.get(img["id"]),
+                bbox=None if ann is None else ann.bbox,
                 image_id=int(img["id"]),
+                hand_type=hand_type,
             )
         )
     views.sort(key=lambda v: (v.seq_name, v.frame_idx, v.camera_id))
+    note_two_hand_frames(views, report)
     return views
-
-
-def _keypoints(
-    path: Path | None, joints: dict[int, Any] | None, capture: int, hand: str, frame: int
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(21, 3) metres and (21,) validity of ``hand`` in ``frame``, or (None, None)."""
-    if joints is None:
-        return None, None
-    entry = joints.get(frame)
-    if not isinstance(entry, dict) or entry.get("world_coord") is None:
-        return None, None
-    where = f"{path}: joints['{capture}']['{frame}']"
-    coords = _numbers(entry["world_coord"], f"{where}['world_coord']", allow_nan=True)
-    if coords.shape != (42, 3):
-        raise DataError(f"{where}['world_coord'] must be 42x3, got {coords.shape}")
-    rows = _HAND_ROWS[hand]
-    keypoints = coords[rows] / 1000.0
-    with np.errstate(invalid="ignore"):
-        # As InterHandCapture: NaN marks a missing joint, a kilometre-away one is corrupt.
-        valid = (np.abs(keypoints) < 1e3).all(axis=1)
-    if entry.get("joint_valid") is not None:
-        flags = _numbers(entry["joint_valid"], f"{where}['joint_valid']").reshape(-1)
-        if flags.shape == (42,):
-            valid &= flags[rows] > 0
-    return keypoints, valid

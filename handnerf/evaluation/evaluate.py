@@ -25,7 +25,7 @@ from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.data.cache import interhand_root
 from handnerf.data.crops import crop_hand, downscale
-from handnerf.data.interhand import FrameView, load_image
+from handnerf.data.interhand import FrameView, load_image, refuse_seen_novel_pose
 from handnerf.data.masks import ManoMasker, MaskCache
 from handnerf.errors import ConfigError, DataError
 from handnerf.evaluation.metrics import psnr, ssim
@@ -61,6 +61,7 @@ def select_views(run: TrainedRun, splits: tuple[str, ...], max_views: int | None
         elif split == "novel_pose":
             if not cfg.novel_pose_seq:
                 raise DataError(f"{run.run_dir}: the run has no novel-pose sequence")
+            refuse_seen_novel_pose(cfg.train_seq, cfg.novel_pose_seq)
             cap = open_sequence(root, cfg, cfg.novel_pose_seq, cfg.novel_pose_stride)
         else:
             raise ConfigError(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from handnerf import interrupts
+from handnerf.data.interhand import SYNTH_MARKER
 from handnerf.errors import DataError
 from handnerf.files import atomic_write_bytes
 from handnerf.synth.presets import SynthPreset
@@ -405,7 +406,7 @@ def synthesize_capture(
     data = model.data
     hand_source = "procedural" if data.is_procedural else str(data.source)
     atomic_write_json(
-        root / "synth.json",
+        root / SYNTH_MARKER,
         {
             "format_version": SYNTH_FORMAT_VERSION,
             "handnerf_version": __version__,

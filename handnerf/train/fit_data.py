@@ -19,7 +19,12 @@ import torch
 from tqdm import tqdm
 
 from handnerf.data.cache import CachedView, PreparedCache, is_prepared_cache
-from handnerf.data.interhand import FrameView, InterHandCapture
+from handnerf.data.interhand import (
+    FrameView,
+    InterHandCapture,
+    refuse_procedural_hand,
+    refuse_seen_novel_pose,
+)
 from handnerf.errors import DataError, SelectionError
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.train.config import DataConfig
@@ -97,9 +102,11 @@ def load_fit_data(
     root: Path, cfg: DataConfig, mask_cache: Path | None = None, progress: bool = True
 ) -> FitData:
     """Read and prepare the capture at ``root`` (or a ``handnerf prepare`` cache) for a fit."""
+    refuse_seen_novel_pose(cfg.train_seq, cfg.novel_pose_seq)
     if is_prepared_cache(root):
         return _load_fit_data_from_cache(root, cfg, progress)
     hand_model = HandModel.from_folder(Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand)
+    refuse_procedural_hand(root, hand_model.data.is_procedural, "fit")
     train_cap = open_sequence(root, cfg, cfg.train_seq, cfg.stride)
     if not train_cap.views:
         raise DataError(

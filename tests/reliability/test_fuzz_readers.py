@@ -5,6 +5,10 @@ type, huge number, NaN/inf, unicode), a key deleted, or the file truncated; MANO
 camera rotations and images are fuzzed directly. Every case must end in a
 :class:`HandnerfError` with a message, a counted skip, or a result that passes a sanity
 check; never a traceback from inside numpy/torch/PIL, never garbage accepted.
+
+The validity fields (``joint_valid``, ``hand_type_valid``) are the exception to "booleans
+are garbage": the released joint_3d.json stores JSON booleans there, data.json integers,
+so a boolean, 0/1 or 0.0/1.0 in one of them must be read, and anything else refused.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from handnerf.data.camera import PinholeCamera
-from handnerf.data.interhand import FrameView, InterHandCapture, load_image
+from handnerf.data.interhand import HAND_TYPES, FrameView, InterHandCapture, load_image
+from handnerf.data.stream import select_views
 from handnerf.errors import DataError, HandnerfError, ParameterError
 from handnerf.hand.hand_model import MANO_VALUE_LIMIT, ManoParams
 
@@ -37,6 +42,7 @@ MANO_EXAMPLES = 80
 CAMERA_EXAMPLES = 60
 IMAGE_EXAMPLES = 40
 UNICODE_EXAMPLES = 12
+FLAG_EXAMPLES = 25
 SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 
 SPLIT, SEQ, CAMERAS, FRAMES, SIZE = "test", "ROM04_RT_Occlusion", ("400002", "400004"), (3, 6), 8
@@ -58,9 +64,12 @@ def _annotations(seq: str = SEQ) -> dict[str, Any]:
             "trans": rng.normal(0, 0.01, 3).tolist(),
         }
         mano[str(frame)] = {"right": entry, "left": None}
+        # the released spelling: booleans in joint_3d.json, integers in data.json
         joints[str(frame)] = {
             "world_coord": rng.normal(0, 40, (42, 3)).tolist(),
-            "joint_valid": [[1]] * 42,
+            "joint_valid": [[True]] * 21 + [[False]] * 21,
+            "hand_type": "right",
+            "hand_type_valid": True,
         }
         for cam in CAMERAS:
             image_id = len(images)
@@ -76,7 +85,16 @@ def _annotations(seq: str = SEQ) -> dict[str, Any]:
                     "frame_idx": frame,
                 }
             )
-            anns.append({"id": image_id, "image_id": image_id, "bbox": [1.0, 1.0, 5.0, 5.0]})
+            anns.append(
+                {
+                    "id": image_id,
+                    "image_id": image_id,
+                    "bbox": [1.0, 1.0, 5.0, 5.0],
+                    "joint_valid": [[1]] * 21 + [[0]] * 21,
+                    "hand_type": "right",
+                    "hand_type_valid": 1,
+                }
+            )
     cams: dict[str, Any] = {"campos": {}, "camrot": {}, "focal": {}, "princpt": {}}
     for index, cam in enumerate(CAMERAS):
         cams["campos"][cam] = [0.0, 0.0, -500.0 - 10 * index]
@@ -159,6 +177,38 @@ garbage = st.one_of(
 )
 
 
+#: Fields whose leaves are validity flags: true/false, 0/1 and 0.0/1.0 are all valid there.
+VALIDITY_FIELDS = ("joint_valid", "hand_type_valid")
+
+
+def _base_value(kind: str, path: tuple[Any, ...]) -> Any:
+    tree = _BASE[kind]
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _flag_field(kind: str, path: tuple[Any, ...]) -> str | None:
+    """The validity field whose single flag ``path`` points at, else None."""
+    if isinstance(_base_value(kind, path), list | dict):
+        return None
+    return next((key for key in path if key in VALIDITY_FIELDS), None)
+
+
+def _number_turned_bool(kind: str, path: tuple[Any, ...], value: Any) -> bool:
+    """Whether a camera or MANO number was replaced by true/false (never a number there)."""
+    return (
+        kind in ("camera", "MANO_NeuralAnnot")
+        and isinstance(value, bool)
+        and isinstance(_base_value(kind, path), float)
+    )
+
+
+def _is_flag(value: Any) -> bool:
+    """True/false, or a number equal to 0 or 1 (NaN is neither)."""
+    return isinstance(value, bool | int | float) and value in (0, 1)
+
+
 def _set(tree: Any, path: tuple[Any, ...], value: Any, delete: bool) -> None:
     for key in path[:-1]:
         tree = tree[key]
@@ -200,25 +250,78 @@ def test_fuzzed_annotations_give_a_clear_error_or_sane_views(
     image_tree: Path, scratch: Path, kind: str, data: st.DataObject, value: Any, action: str
 ) -> None:
     files = json.loads(json.dumps(_BASE))
+    flag_field, bool_number = None, False
     if action == "truncate":
         text = json.dumps(files[kind])
         files[kind] = text[: data.draw(st.integers(0, len(text) - 1), label="cut")]
     else:
         path = data.draw(st.sampled_from(_PATHS[kind]), label="path")
         _set(files[kind], path, value, delete=action == "delete")
+        flag_field = _flag_field(kind, path) if action == "replace" else None
+        bool_number = action == "replace" and _number_turned_bool(kind, path, value)
     root = _write_root(_fresh_dir(scratch), files, image_tree)
     try:
         capture = InterHandCapture(root, split=SPLIT, capture=0, hand="right")
     except HandnerfError as exc:
         assert str(exc), "an error without a message"
+        assert flag_field is None or not _is_flag(value), f"valid flag {value!r} refused: {exc}"
+        # anything else in a validity field is refused by name
+        assert flag_field is None or f"['{flag_field}']" in str(exc), str(exc)
         return
     finally:
         shutil.rmtree(root / "annotations")
-    _check_views(capture)
+    assert flag_field is None or _is_flag(value), f"{value!r} accepted as a validity flag"
+    assert not (bool_number and kind == "camera"), f"camera number {path} accepted as {value}"
+    if bool_number:  # a MANO number: the frame is a counted skip
+        assert int(path[1]) not in {v.frame_idx for v in capture.views}
+    if flag_field == "joint_valid" and kind == "joint_3d" and path[3] < 21:
+        # a right-hand joint's flag reaches the views of its frame
+        for view in capture.views:
+            if str(view.frame_idx) == path[1]:
+                assert view.keypoints_valid is not None
+                assert view.keypoints_valid[path[3]] == bool(value)
     # a dropped frame is always counted, never silent
     kept = {v.frame_idx for v in capture.views}
     if len(kept) < len(FRAMES):
         assert sum(capture.selection_report.skipped.values()) > 0
+
+
+flag = st.one_of(st.booleans(), st.sampled_from([0, 1, 0.0, 1.0]))
+
+
+@settings(max_examples=FLAG_EXAMPLES, **SETTINGS)
+@given(
+    joint_3d_flags=st.lists(flag, min_size=42, max_size=42),
+    data_flags=st.lists(flag, min_size=42, max_size=42),
+    hand_type=st.sampled_from(HAND_TYPES),
+    hand_type_valid=flag,
+)
+def test_validity_flags_in_every_released_spelling_are_read_by_both_readers(
+    image_tree: Path,
+    scratch: Path,
+    joint_3d_flags: list[Any],
+    data_flags: list[Any],
+    hand_type: str,
+    hand_type_valid: Any,
+) -> None:
+    files = _annotations()
+    for entry in files["joint_3d"]["0"].values():
+        entry.update(
+            joint_valid=[[f] for f in joint_3d_flags],
+            hand_type=hand_type,
+            hand_type_valid=hand_type_valid,
+        )
+    for ann in files["data"]["annotations"]:
+        ann.update(joint_valid=[[f] for f in data_flags], hand_type_valid=hand_type_valid)
+    root = _write_root(_fresh_dir(scratch), files, image_tree)
+    expected = np.array([bool(f) for f in joint_3d_flags[:21]])
+    for reader in (InterHandCapture, select_views):
+        selection = reader(root, split=SPLIT, capture=0, hand="right")
+        assert len(selection.views) == len(CAMERAS) * len(FRAMES)
+        for view in selection.views:
+            assert view.keypoints_valid is not None
+            np.testing.assert_array_equal(view.keypoints_valid, expected)
+            assert view.hand_type == (hand_type if hand_type_valid else None)
 
 
 def test_singular_and_reflecting_rotations_are_refused(image_tree: Path, scratch: Path) -> None:
