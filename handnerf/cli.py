@@ -7,19 +7,14 @@ Each subcommand lives in ``handnerf.commands.<name>`` and exposes ``HELP`` (one 
 
 from __future__ import annotations
 
-# First, before any slow import: SIGINT/SIGTERM are graceful from here to exit.
-from handnerf import interrupts
+import argparse
+import importlib
+import signal
+import sys
+from collections.abc import Sequence
 
-interrupts.install()
-
-import argparse  # noqa: E402
-import importlib  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-from handnerf import __version__  # noqa: E402
-from handnerf.errors import HandnerfError  # noqa: E402
+from handnerf import __version__, interrupts
+from handnerf.errors import HandnerfError
 
 #: Subcommands in the order a user meets them.
 COMMANDS: tuple[str, ...] = ("hand", "synth", "prepare", "fit", "render", "eval")
@@ -50,13 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, keep_signal_handlers: bool = False) -> int:
     """Run one command; exit status 0 done, 2 a handnerf error, 130 interrupted.
 
     SIGINT and SIGTERM (see :mod:`handnerf.interrupts`) end any command with 130, and
-    whatever it wrote is complete or absent.
+    whatever it wrote is complete or absent. The caller's signal handlers are restored on
+    return unless ``keep_signal_handlers`` (the ``handnerf`` program itself).
     """
-    interrupts.install()  # again: main() may be called from a program that changed them
+    # First, before any slow import (command modules import torch lazily, in run()).
+    previous = interrupts.install()
     command = "?"
     try:
         parser = build_parser()
@@ -73,11 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f" by {exc.args[0]}" if isinstance(exc, interrupts.Interrupted) else ""
         print(f"handnerf {command}: interrupted{name}", file=sys.stderr)
         return 130
+    finally:
+        if not keep_signal_handlers:
+            interrupts.restore(previous)
 
 
 def entry() -> None:
     """The ``handnerf`` program: :func:`main`, then exit with its status."""
-    status = main()
+    status = main(keep_signal_handlers=True)
     # The job is over and its files are final: a signal from here to the end of the
     # interpreter changes nothing, so it must not turn a finished job into a failed one.
     for sig in interrupts.SIGNALS:

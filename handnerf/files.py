@@ -19,19 +19,24 @@ from typing import Any
 
 from handnerf import interrupts
 
+#: Every temporary file is named ``.NAME.XXXX.tmp`` or ``.NAME.XXXX.tmp.EXT``.
+TEMP_PATTERNS: tuple[str, ...] = (".*.tmp", ".*.tmp.*")
+
 
 @contextmanager
-def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
+def atomic_path(path: str | Path, mode: int = 0o644, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path`` atomically.
 
-    The temporary file is named ``.NAME.XXXX.tmp``: writers that pick a format from the
-    file name must be told the format. On any exception (full disk, interrupt) the
-    temporary file is removed and ``path`` is left as it was.
-    ``mode``: permissions of the final file (mkstemp makes owner-only files).
+    The temporary file is named ``.NAME.XXXX.tmp``, or ``.NAME.XXXX.tmp.EXT`` with
+    ``keep_suffix`` (for writers that pick their format from the file name, like ffmpeg).
+    On any exception (full disk, interrupt) the temporary file is removed and ``path``
+    is left as it was. ``mode``: permissions of the final file (mkstemp makes owner-only
+    files).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -67,7 +72,8 @@ def remove_temp_files_under(folder: str | Path) -> list[Path]:
 
     Only safe while no other process writes there (one job per output folder).
     """
-    removed = sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []
+    folder = Path(folder)
+    removed = sorted({p for pattern in TEMP_PATTERNS for p in folder.rglob(pattern)})
     for tmp in removed:
         tmp.unlink(missing_ok=True)
     return removed
@@ -80,7 +86,8 @@ def remove_stale_temp_files(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
+    for pattern in (f".{path.name}.*.tmp", f".{path.name}.*.tmp.*"):
+        for tmp in path.parent.glob(pattern):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
     return removed

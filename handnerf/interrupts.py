@@ -70,22 +70,22 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def install() -> None:
-    """Handle SIGINT and SIGTERM as described above, for the rest of the process."""
+def install() -> dict[int, Any]:
+    """Handle SIGINT and SIGTERM as described above; returns the handlers it replaced
+    (give them to :func:`restore`). Does nothing outside the main thread."""
     if not _in_main_thread():
-        return
-    for sig in SIGNALS:
-        signal.signal(sig, _handle)
+        return {}
+    previous = {sig: signal.signal(sig, _handle) for sig in SIGNALS}
     _State.installed = True
+    return previous
 
 
-def uninstall() -> None:
-    """Give SIGINT/SIGTERM Python's default handling back and forget any state (for
-    programs that embed handnerf and tests)."""
-    if _in_main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _State.installed = False
+def restore(previous: dict[int, Any]) -> None:
+    """Put back the handlers :func:`install` replaced and forget any pending signal."""
+    if previous and _in_main_thread():
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _State.installed = False
     _State.pending = None
     _State.hold_done = False
 

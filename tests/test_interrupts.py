@@ -19,15 +19,11 @@ from handnerf.files import atomic_write_bytes
 @pytest.fixture
 def handlers() -> Iterator[None]:
     """Install the CLI's handlers for one test, then give pytest its own back."""
-    saved = {sig: signal.getsignal(sig) for sig in interrupts.SIGNALS}
-    interrupts.uninstall()
-    interrupts.install()
+    previous = interrupts.install()
     try:
         yield
     finally:
-        interrupts.uninstall()
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+        interrupts.restore(previous)
 
 
 def _signal_self(sig: int = signal.SIGTERM) -> None:
@@ -164,3 +160,11 @@ def test_the_cli_exits_130_when_signalled_at_start_or_teardown(
             assert (tmp_path / "hand" / name).stat().st_size > 0
     else:
         assert not (tmp_path / "hand").exists()
+
+
+def test_the_cli_called_as_a_library_gives_the_callers_handlers_back(tmp_path: Path) -> None:
+    from handnerf.cli import main
+
+    before = {sig: signal.getsignal(sig) for sig in interrupts.SIGNALS}
+    assert main(["hand", "--out", str(tmp_path / "hand")]) == 0
+    assert {sig: signal.getsignal(sig) for sig in interrupts.SIGNALS} == before

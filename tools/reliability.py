@@ -184,7 +184,7 @@ def check_files(folder: Path, sig: str) -> tuple[str, list[str]]:
         if not path.is_file():
             continue
         rel = path.relative_to(folder)
-        if path.name.endswith(".tmp"):
+        if path.name.startswith(".") and ".tmp" in path.suffixes:
             counts["temp"] += 1
             if sig != "SIGKILL":
                 problems.append(f"temp file left after {sig}: {rel}")

@@ -86,7 +86,7 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int) -> Pat
     # yuv420p (the pixel format players accept) needs even sides; pad rather than let
     # the writer rescale the frames.
     with (
-        atomic_path(path) as tmp,
+        atomic_path(path, keep_suffix=True) as tmp,
         iio2.get_writer(
             tmp,
             format="FFMPEG",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import handnerf.train.checkpoint as checkpoint_module
+import handnerf.files as files_module
 from handnerf.cli import main
 from handnerf.data.masks import MaskCache, MaskKey
 from handnerf.errors import CheckpointError, DataError
@@ -58,11 +58,11 @@ def test_full_disk_during_checkpoint_write_keeps_the_previous_one(
     path = tmp_path / "checkpoints" / LATEST
     save_checkpoint(path, {"step": 3, "model": {"w": torch.arange(4.0)}})
     if where == "fsync":
-        monkeypatch.setattr(checkpoint_module.os, "fsync", _disk_full)
+        monkeypatch.setattr(files_module.os, "fsync", _disk_full)
     else:
         real_fdopen = os.fdopen
         monkeypatch.setattr(
-            checkpoint_module.os, "fdopen", lambda *a, **k: _FillsUp(real_fdopen(*a, **k))
+            files_module.os, "fdopen", lambda *a, **k: _FillsUp(real_fdopen(*a, **k))
         )
     with pytest.raises(CheckpointError, match=r"No space left on device.*previous checkpoint"):
         save_checkpoint(path, {"step": 6, "model": {"w": torch.zeros(4)}})
@@ -90,7 +90,7 @@ def test_fit_stops_cleanly_when_the_disk_fills_up(
                 _disk_full()
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync_fills_on_second_checkpoint)
+    monkeypatch.setattr(files_module.os, "fsync", fsync_fills_on_second_checkpoint)
     args = ["fit", "--data", str(tiny_capture), "--out", str(run), "--no-progress", *small_fit]
     assert main([*args, "train.steps=6"]) == 2
     err = capsys.readouterr().err
@@ -143,9 +143,7 @@ def test_full_disk_while_caching_a_mask_keeps_the_cached_one(
     good[2:4, 1:3] = True
     path = cache.put(key, good)
     real_fdopen = os.fdopen
-    monkeypatch.setattr(
-        "handnerf.data.masks.os.fdopen", lambda *a, **k: _FillsUp(real_fdopen(*a, **k))
-    )
+    monkeypatch.setattr("handnerf.files.os.fdopen", lambda *a, **k: _FillsUp(real_fdopen(*a, **k)))
     with pytest.raises(DataError, match=f"cannot write mask cache {path}"):
         cache.put(key, ~good)
     monkeypatch.undo()
