@@ -7,7 +7,9 @@ reads like an InterHand2.6M root (images/, annotations/ with data, camera, joint
 MANO_NeuralAnnot JSONs), plus ground-truth masks under gt_masks/ and synth.json.
 
 Presets: tiny (unit tests, seconds), demo (a CPU fit of a few minutes), fullscale
-(~100 cameras, hundreds of frames; for GPU benchmarks, render with --workers).
+(~100 cameras, hundreds of frames; for GPU benchmarks, render with --workers). demo and
+fullscale also imitate a real rig's flaws: a few cameras see the hand cut by the image
+border, and each camera has its own white balance (recorded in synth.json).
 
 Example:
   handnerf synth --out demo_out/capture --preset demo --seed 0

@@ -3,7 +3,9 @@
 Pixel coordinates follow :mod:`handnerf.data.camera`'s corner convention, under which a
 crop at ``(x0, y0)`` of side ``w`` resized to ``S`` maps ``u -> (u - x0) * S / w`` exactly;
 ``cv2.resize`` samples with the same convention, so image and camera stay consistent.
-Parts of a crop outside the image are black (HandAvatar's protocol: black background).
+Parts of a crop outside the image are black (HandAvatar's protocol: black background);
+:attr:`Crop.valid` marks the pixels that come wholly from inside the image, so that an
+evaluation can leave the padding out instead of scoring a render against black it never saw.
 """
 
 from __future__ import annotations
@@ -44,12 +46,27 @@ class Crop:
         mask: (S_h, S_w) bool, or None.
         camera: the camera of ``image`` (same pose, adjusted K and size).
         box: ``(x0, y0, w, h)`` of the source region in source pixels (may extend outside).
+        valid: (S_h, S_w) bool, True where the pixel is resampled only from source pixels
+            (no padding in its footprint); None when the crop has no padding at all.
     """
 
     image: np.ndarray
     mask: np.ndarray | None
     camera: PinholeCamera
     box: tuple[int, int, int, int]
+    valid: np.ndarray | None = None
+
+    @property
+    def valid_pixels(self) -> np.ndarray:
+        """(S_h, S_w) bool: :attr:`valid`, or all True when the crop has no padding."""
+        if self.valid is None:
+            return np.ones(self.image.shape[:2], dtype=bool)
+        return self.valid
+
+    @property
+    def padding_pixels(self) -> int:
+        """How many output pixels see any padding (0 for a crop inside the image)."""
+        return 0 if self.valid is None else int(np.count_nonzero(~self.valid))
 
 
 def bbox_from_mask(mask: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -114,6 +131,28 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _resize(np.asarray(mask, dtype=np.float32), size) >= 0.5
 
 
+# A float32 resample of all-ones weights can land a few ulps under 1.
+_FULL_COVERAGE = 1.0 - 1e-4
+
+
+def padding_free(
+    source_shape: tuple[int, int], box: tuple[int, int, int, int], size: tuple[int, int]
+) -> np.ndarray | None:
+    """(height, width) bool of the crop ``box`` of a ``source_shape = (H, W)`` image resized
+    to ``size = (width, height)``: True where no padding enters the resampled pixel.
+
+    Returns None when ``box`` lies wholly inside the image (no pixel sees padding).
+    """
+    height, width = source_shape
+    x0, y0, w, h = box
+    if x0 >= 0 and y0 >= 0 and x0 + w <= width and y0 + h <= height:
+        return None
+    # Resample the source's coverage exactly like the image: a pixel whose footprint
+    # (area average or bilinear neighbours) touches padding gets a coverage below 1.
+    coverage = _resize(_cut(np.ones((height, width), np.float32), box), size)
+    return coverage >= _FULL_COVERAGE
+
+
 def crop_box(
     image: np.ndarray,
     camera: PinholeCamera,
@@ -136,6 +175,7 @@ def crop_box(
         mask=mask_out,
         camera=camera.cropped(x0, y0, w, h, size),
         box=(x0, y0, w, h),
+        valid=padding_free(image.shape[:2], (x0, y0, w, h), size),
     )
 
 

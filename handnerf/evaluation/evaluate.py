@@ -7,7 +7,10 @@ Evaluation sets:
 
 Images are prepared as the protocol says (hand crop or full frame), the ground truth is put
 on a black background with the MANO mask (InterHand2.6M has no masks; every published
-protocol does this), and PSNR/SSIM are measured on the protocol's region.
+protocol does this), and PSNR/SSIM are measured on the protocol's region. Crop pixels
+outside the camera image (padding) are left out of every metric
+(:mod:`handnerf.evaluation.scoring`); a protocol with a border filter (HandAvatar's) drops
+views whose hand comes within its margin of the border, and the report lists them.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from tqdm import tqdm
 from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.data.cache import interhand_root
-from handnerf.data.crops import crop_hand, downscale
+from handnerf.data.crops import bbox_from_mask, crop_hand, downscale
+from handnerf.data.filters import FrameFilterConfig, check_border
 from handnerf.data.interhand import FrameView, load_image, refuse_seen_novel_pose
 from handnerf.data.masks import ManoMasker, MaskCache
 from handnerf.errors import ConfigError, DataError
-from handnerf.evaluation.metrics import psnr, ssim
 from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
+from handnerf.evaluation.scoring import score_view
 from handnerf.hand.hand_model import ManoParams
 from handnerf.train.fit_data import open_sequence
 from handnerf.train.run_loader import TrainedRun
@@ -75,6 +79,15 @@ def select_views(run: TrainedRun, splits: tuple[str, ...], max_views: int | None
     return chosen
 
 
+def border_drop_reason(protocol: EvalProtocol, mask: np.ndarray) -> str | None:
+    """Why ``protocol``'s border filter drops a view with hand ``mask`` (H, W), or None."""
+    if protocol.border_filter_px is None:
+        return None
+    height, width = mask.shape[:2]
+    config = FrameFilterConfig(border_margin_px=protocol.border_filter_px)
+    return check_border(bbox_from_mask(mask), width, height, config)
+
+
 def evaluate_run(
     run: TrainedRun,
     protocol: EvalProtocol,
@@ -92,13 +105,25 @@ def evaluate_run(
     perceptual = PerceptualMetric(net=protocol.lpips_net, device=run.device)
     rows: list[dict[str, Any]] = []
     images: dict[str, dict[str, np.ndarray]] = {}
+    dropped: list[dict[str, Any]] = []
     render_seconds = 0.0
     for item in tqdm(views, desc=f"eval {protocol.name}", disable=not progress):
         view = item.view
+        mask = masker.mask(view)
+        reason = border_drop_reason(protocol, mask)
+        if reason is not None:
+            dropped.append(
+                {
+                    "split": item.split,
+                    "camera": view.camera_id,
+                    "frame": view.frame_idx,
+                    "reason": reason,
+                }
+            )
+            continue
         mano = ManoParams.from_interhand(view.mano, view.mano_where)
         frames = run.avatar.pose_frames(mano.to(run.device))
         image = load_image(view)
-        mask = masker.mask(view)
         if protocol.image_mode == "crop":
             assert protocol.crop_scale is not None and protocol.crop_size is not None
             crop = crop_hand(
@@ -129,26 +154,33 @@ def evaluate_run(
             chunk=chunk,
         ).numpy()
         render_seconds += time.monotonic() - t_render
-        m = crop.mask.astype(bool)
+        valid = crop.valid_pixels
+        # The hand mask of a pixel that straddles the image border is half padding.
+        m = crop.mask.astype(bool) & valid
         gt = crop.image.astype(np.float32) / 255.0 * m[..., None]
-        region = m if protocol.uses_mask else None
+        scores = score_view(pred, gt, m, valid, protocol, perceptual)
         row = {
             "split": item.split,
             "camera": view.camera_id,
             "frame": view.frame_idx,
             "seq": view.seq_name,
-            "psnr": psnr(pred, gt, region),
-            "ssim": ssim(pred, gt, region),
-            "lpips": perceptual.score(pred, gt),
+            **scores,
             "render_seconds": time.monotonic() - t_render,
         }
         rows.append(row)
         interrupts.reached("eval.image", len(rows))
+        # The saved render shows what was scored: nothing in the padding.
         images[image_key(item.split, view.camera_id, view.frame_idx)] = {
-            "render": pred,
+            "render": pred * valid[..., None],
             "gt": gt,
             "mask": m,
         }
+    if not rows and dropped:
+        raise DataError(
+            f"protocol {protocol.name}: its border filter "
+            f"({protocol.border_filter_px:g} px) dropped all {len(dropped)} views; "
+            "evaluate more views (--max-views) or use a protocol without the filter"
+        )
     metrics_jsonl = run.run_dir / "metrics.jsonl"
     run_info = {
         "config": config_to_dict(run.cfg),
@@ -162,6 +194,8 @@ def evaluate_run(
         "run_dir": str(run.run_dir),
         "checkpoint_step": run.step,
         "data_root": str(run.data_root),
+        "padding": protocol.padding_text,
+        "dropped_views": dropped,
     }
     return write_report(
         out_dir,

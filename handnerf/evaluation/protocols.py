@@ -7,6 +7,12 @@ only comparable under the same protocol. A report always names the protocol it u
 Every protocol composites renders and ground truth on black. ``metric_region`` says
 where PSNR and SSIM are measured; LPIPS always sees the whole evaluated image (a
 convolutional network has no notion of a pixel mask), with the background black.
+
+Padding is never scored. A hand crop can reach past the camera image; those pixels hold
+black padding, not a photograph, so a render there must not be compared against them.
+Every protocol excludes them (see :mod:`handnerf.evaluation.scoring`); a protocol whose
+paper drops such frames instead (HandAvatar's border filter) also drops them, with
+``border_filter_px``. Full-frame protocols have no padding.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ class EvalProtocol:
         lpips_net: backbone of the LPIPS score (``"alex"`` or ``"vgg"``).
         background: RGB in [0, 1] that renders and ground truth are composited on.
         source: where the protocol comes from.
+        border_filter_px: drop a view when the hand's bbox (from its mask) comes within
+            this many pixels of the image border, as the protocol's paper does (HandAvatar:
+            10); None keeps every view and only masks the crop's padding out.
     """
 
     name: str
@@ -54,6 +63,7 @@ class EvalProtocol:
     image_scale: float = 1.0
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     source: str = ""
+    border_filter_px: float | None = None
 
     def __post_init__(self) -> None:
         if self.image_mode == "crop":
@@ -77,6 +87,10 @@ class EvalProtocol:
             raise ConfigError(f"protocol {self.name}: unknown image_mode {self.image_mode!r}")
         if self.lpips_net not in ("alex", "vgg"):
             raise ConfigError(f"protocol {self.name}: unknown lpips_net {self.lpips_net!r}")
+        if self.border_filter_px is not None and self.border_filter_px < 0:
+            raise ConfigError(
+                f"protocol {self.name}: border_filter_px must be >= 0, got {self.border_filter_px}"
+            )
 
     @property
     def uses_mask(self) -> bool:
@@ -87,10 +101,24 @@ class EvalProtocol:
     def region_text(self) -> str:
         """Human-readable metric region for reports."""
         return {
-            "crop": f"whole {self.crop_size}x{self.crop_size} crop, black background",
+            "crop": f"whole {self.crop_size}x{self.crop_size} crop less any padding past the "
+            "image border, black background",
             "image": "whole image, black background",
             "mask": "inside the hand mask (LPIPS on the whole image, black background)",
         }[self.metric_region]
+
+    @property
+    def padding_text(self) -> str:
+        """Human-readable handling of crop pixels outside the camera image."""
+        if self.image_mode == "full":
+            return "full frames have no padding"
+        masked = "crop pixels outside the camera image are excluded from every metric"
+        if self.border_filter_px is None:
+            return f"{masked}; no view is dropped"
+        return (
+            f"views whose hand bbox is within {self.border_filter_px:g} px of the image border "
+            f"are dropped (the paper's filter); in the views kept, {masked}"
+        )
 
     @property
     def image_text(self) -> str:
@@ -110,6 +138,7 @@ class EvalProtocol:
         data["background"] = list(self.background)
         data["region_text"] = self.region_text
         data["image_text"] = self.image_text
+        data["padding_text"] = self.padding_text
         return data
 
 
@@ -119,17 +148,21 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         EvalProtocol(
             name="handavatar",
             description="HandAvatar (CVPR'23): 256x256 hand crop (bbox x1.3), "
-            "metrics over the whole crop, LPIPS-VGG",
+            "metrics over the whole crop, LPIPS-VGG; drops views whose hand bbox is within "
+            "10 px of the image border (its frame filter), and excludes any crop padding "
+            "left in the views kept",
             image_mode="crop",
             crop_scale=1.3,
             crop_size=256,
             metric_region="crop",
             lpips_net="vgg",
             source="HandAvatar, Chen et al. CVPR 2023",
+            border_filter_px=10.0,
         ),
         EvalProtocol(
             name="livehand",
-            description="LiveHand (ICCV'23): full 512x334 frame, black background, LPIPS-Alex",
+            description="LiveHand (ICCV'23): full 512x334 frame, black background, LPIPS-Alex; "
+            "full frames have no padding",
             image_mode="full",
             image_scale=1.0,
             metric_region="image",
@@ -139,7 +172,7 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         EvalProtocol(
             name="handnerf",
             description="HandNeRF (CVPR'23): full frame at half resolution, black outside "
-            "the hand, LPIPS-Alex",
+            "the hand, LPIPS-Alex; full frames have no padding",
             image_mode="full",
             image_scale=0.5,
             metric_region="image",
@@ -149,7 +182,7 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         EvalProtocol(
             name="xhand",
             description="XHand (2024): full 334x512 frame, PSNR/SSIM inside the hand mask, "
-            "LPIPS-Alex",
+            "LPIPS-Alex; full frames have no padding",
             image_mode="full",
             image_scale=1.0,
             metric_region="mask",
@@ -159,7 +192,8 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         EvalProtocol(
             name="handnerf-default",
             description="handnerf default: 256x256 hand crop (bbox x1.3), PSNR/SSIM inside "
-            "the hand mask, LPIPS-Alex on the black-background crop",
+            "the hand mask, LPIPS-Alex on the black-background crop; crop pixels outside the "
+            "camera image are excluded from every metric (no view dropped)",
             image_mode="crop",
             crop_scale=1.3,
             crop_size=256,

@@ -299,6 +299,13 @@ def _summary_lines(report: dict[str, Any]) -> list[tuple[str, str, str, str, str
     return lines
 
 
+def _padding_line(report: dict[str, Any]) -> str:
+    """How the protocol treats crop padding, and how many views its border filter dropped."""
+    text = str(report["protocol"].get("padding_text", "not recorded"))
+    dropped = (report.get("run") or {}).get("dropped_views") or []
+    return f"{text} ({len(dropped)} views dropped)" if dropped else text
+
+
 def _markdown(report: dict[str, Any], has_curves: bool) -> str:
     protocol = report["protocol"]
     out = [
@@ -307,6 +314,7 @@ def _markdown(report: dict[str, Any], has_curves: bool) -> str:
         f"- protocol: **{protocol['name']}**: {protocol['description']}",
         f"- images: {protocol['image_text']}",
         f"- metric region: {report['region']}",
+        f"- padding: {_padding_line(report)}",
         f"- LPIPS network: **{report['lpips_net']}**",
         f"- created: {report['created']}",
         "",
@@ -434,6 +442,7 @@ def _html(
 <li>protocol: <b>{escape(protocol["name"])}</b>: {escape(protocol["description"])}</li>
 <li>images: {escape(protocol["image_text"])}</li>
 <li>metric region: {escape(report["region"])}</li>
+<li>padding: {escape(_padding_line(report))}</li>
 <li>LPIPS network: <b>{escape(str(report["lpips_net"]))}</b></li>
 <li>created: {escape(report["created"])}</li>
 </ul>

@@ -33,6 +33,17 @@ class SynthPreset:
             InterHand numbers frames per capture (not per sequence), so they never overlap.
         jpeg_quality: JPEG quality of the images.
         workers: default number of render processes.
+        border_cut_cameras: how many cameras are moved closer and aimed past the hand so
+            that the image border cuts it, as some of InterHand2.6M's cameras do (0: every
+            camera sees the whole hand).
+        white_balance_spread: standard deviation of a per-camera white-balance error
+            (colour-temperature tilt of the red/blue gains, half as much green tint) on top
+            of the exposure and channel gains every camera has (0: none).
+
+    Every preset renders with a key light fixed in the world plus ambient light
+    (:class:`~handnerf.synth.raycast.Lighting`), per-camera RGB gains and JPEG compression;
+    ``tiny`` keeps the two options above off so the test-suite's capture stays small and
+    every view holds the whole hand, ``demo`` and ``fullscale`` switch them on.
     """
 
     name: str
@@ -52,6 +63,8 @@ class SynthPreset:
     frame_step: int = 6
     jpeg_quality: int = 95
     workers: int = 1
+    border_cut_cameras: int = 0
+    white_balance_spread: float = 0.0
 
     def __post_init__(self) -> None:
         if self.side not in ("right", "left"):
@@ -61,6 +74,16 @@ class SynthPreset:
         for field in ("n_cameras", "train_frames", "supersample", "landscape_every", "frame_step"):
             if getattr(self, field) < 1:
                 raise ConfigError(f"synth preset {self.name!r}: {field} must be >= 1")
+        if not 0 <= self.border_cut_cameras <= self.n_cameras:
+            raise ConfigError(
+                f"synth preset {self.name!r}: border_cut_cameras must be in 0..n_cameras "
+                f"({self.n_cameras}), got {self.border_cut_cameras}"
+            )
+        if not 0.0 <= self.white_balance_spread <= 0.2:
+            raise ConfigError(
+                f"synth preset {self.name!r}: white_balance_spread must be in [0, 0.2], "
+                f"got {self.white_balance_spread}"
+            )
         if self.novel_frames < 0:
             raise ConfigError(f"synth preset {self.name!r}: novel_frames must be >= 0")
         last_novel = self.novel_first_frame + self.frame_step * max(self.novel_frames - 1, 0)
@@ -90,10 +113,24 @@ PRESETS: dict[str, SynthPreset] = {
     # Unit tests: a handful of images in a few seconds.
     "tiny": SynthPreset(name="tiny", n_cameras=6, train_frames=3, novel_frames=2),
     # `make demo`: enough views and poses for a CPU fit of a few minutes.
-    "demo": SynthPreset(name="demo", n_cameras=20, train_frames=10, novel_frames=5, workers=2),
+    "demo": SynthPreset(
+        name="demo",
+        n_cameras=20,
+        train_frames=10,
+        novel_frames=5,
+        workers=2,
+        border_cut_cameras=3,
+        white_balance_spread=0.05,
+    ),
     # GPU benchmarks: an InterHand-sized rig and sequence (rendered over processes).
     "fullscale": SynthPreset(
-        name="fullscale", n_cameras=100, train_frames=300, novel_frames=60, workers=8
+        name="fullscale",
+        n_cameras=100,
+        train_frames=300,
+        novel_frames=60,
+        workers=8,
+        border_cut_cameras=12,
+        white_balance_spread=0.05,
     ),
 }
 

@@ -7,6 +7,7 @@ rotation, so ``X_cam = camrot @ (X_world - campos)`` and ``u = fx * X / Z + cx``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,3 +158,71 @@ def make_dome(
             )
         )
     return cameras
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation (3, 3) taking unit vector ``a`` onto unit vector ``b``.
+
+    Requires ``a`` and ``b`` not to point in opposite directions.
+    """
+    a = np.asarray(a, dtype=np.float64) / np.linalg.norm(a)
+    b = np.asarray(b, dtype=np.float64) / np.linalg.norm(b)
+    axis = np.cross(a, b)
+    cos = float(a @ b)
+    skew = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    return np.eye(3) + skew + skew @ skew / (1.0 + cos)
+
+
+def cut_by_border(
+    camera: RigCamera,
+    rng: np.random.Generator,
+    *,
+    distance_range: tuple[float, float] = (0.5, 0.65),
+    inset_px: tuple[float, float] = (5.0, 35.0),
+) -> RigCamera:
+    """``camera`` moved closer and turned so the hand is cut by one edge of its image.
+
+    InterHand2.6M's dome has cameras that see the hand only partly: close ones and ones
+    aimed past it. The camera keeps its direction from the hand but moves to a distance in
+    ``distance_range`` (metres), then pans/tilts (keeping roughly its roll) until the hand's centre,
+    the world origin, lands ``inset_px`` pixels inside a randomly chosen edge. Even edge-on,
+    the hand's half-width there (about 30 mm, 65 px at 0.55 m) exceeds the inset, so part
+    of the hand always lies outside the image.
+    """
+    direction = camera.campos / np.linalg.norm(camera.campos)
+    campos = direction * rng.uniform(*distance_range)
+    inset = rng.uniform(*inset_px)
+    edge = int(rng.integers(4))  # left, right, top, bottom
+    u = camera.width / 2.0 + rng.uniform(-0.15, 0.15) * camera.width
+    v = camera.height / 2.0 + rng.uniform(-0.15, 0.15) * camera.height
+    if edge == 0:
+        u = inset
+    elif edge == 1:
+        u = camera.width - inset
+    elif edge == 2:
+        v = inset
+    else:
+        v = camera.height - inset
+    wanted = np.array(
+        [
+            (u - camera.princpt[0]) / camera.focal[0],
+            (v - camera.princpt[1]) / camera.focal[1],
+            1.0,
+        ]
+    )
+    # Turn the camera (in its own frame) so that the ray to the origin passes through (u, v).
+    current = camera.camrot @ (-campos)
+    camrot = rotation_between(wanted, current).T @ camera.camrot
+    return dataclasses.replace(camera, campos=campos, camrot=camrot)
+
+
+def with_white_balance(camera: RigCamera, rng: np.random.Generator, spread: float) -> RigCamera:
+    """``camera`` with a white-balance error on top of its gain, as auto white balance leaves.
+
+    A colour-temperature tilt (red up, blue down or the reverse, standard deviation
+    ``spread``) and a smaller green/magenta tint multiply the camera's RGB gain.
+    """
+    tilt = rng.normal(0.0, spread)
+    tint = rng.normal(0.0, spread / 2.0)
+    balance = np.clip(np.array([1.0 + tilt, 1.0 + tint, 1.0 - tilt]), 0.7, 1.3)
+    return dataclasses.replace(camera, gain=camera.gain * balance)

@@ -37,7 +37,7 @@ from handnerf.errors import DataError
 from handnerf.files import atomic_write_bytes
 from handnerf.synth.presets import SynthPreset
 from handnerf.synth.raycast import AlbedoFn, HandScene, Lighting
-from handnerf.synth.rig import RigCamera, make_dome
+from handnerf.synth.rig import RigCamera, cut_by_border, make_dome, with_white_balance
 
 #: Bumped when the layout or content of a synthetic capture changes.
 SYNTH_FORMAT_VERSION = 1
@@ -289,6 +289,23 @@ def _albedo_for(model: Any, canonical_vertices: np.ndarray) -> AlbedoFn:
     return functools.partial(skin_albedo, hand=hand)
 
 
+def _real_rig_effects(
+    cameras: list[RigCamera], preset: SynthPreset, rngs: dict[str, np.random.Generator]
+) -> tuple[list[RigCamera], list[str]]:
+    """The preset's white-balance errors and border-cut cameras; returns the cameras and
+    the ids of the border-cut ones."""
+    if preset.white_balance_spread > 0.0:
+        cameras = [
+            with_white_balance(c, rngs["colour"], preset.white_balance_spread) for c in cameras
+        ]
+    chosen = sorted(
+        int(i) for i in rngs["border"].choice(len(cameras), preset.border_cut_cameras, False)
+    )
+    for index in chosen:
+        cameras[index] = cut_by_border(cameras[index], rngs["border"])
+    return cameras, [cameras[i].cam_id for i in chosen]
+
+
 # --------------------------------------------------------------------------- annotations
 
 
@@ -369,15 +386,18 @@ def synthesize_capture(
     lighting = lighting or Lighting()
     paths = CapturePaths(root=root, split=preset.split, capture=preset.capture)
 
-    streams = np.random.SeedSequence(seed).spawn(5)
+    # New streams go last: spawn(n)'s first children do not depend on n, so captures made
+    # without the newer options stay byte-identical.
+    names = ("rig", "shape", "train", "novel", "orient", "border", "colour")
+    streams = np.random.SeedSequence(seed).spawn(len(names))
     rngs = {
-        name: np.random.default_rng(stream)
-        for name, stream in zip(("rig", "shape", "train", "novel", "orient"), streams, strict=True)
+        name: np.random.default_rng(stream) for name, stream in zip(names, streams, strict=True)
     }
     model = HandModel.from_folder(mano_dir, preset.side, dtype=torch.float64)
     plans = plan_frames(preset)
     posed = _pose_hand(model, plans, preset, rngs)
     cameras = make_dome(rngs["rig"], preset.n_cameras, landscape_every=preset.landscape_every)
+    cameras, border_cut = _real_rig_effects(cameras, preset, rngs)
     albedo = _albedo_for(model, posed.canonical_vertices)
     faces = model.faces.numpy().astype(np.int64)
 
@@ -420,7 +440,10 @@ def synthesize_capture(
             },
             "betas": posed.betas.tolist(),
             "lighting": dataclasses.asdict(lighting),
+            # Outside the InterHand layout: a real capture's gains are unknown, so a method
+            # that uses them here would not transfer.
             "camera_gains": {c.cam_id: c.gain.tolist() for c in cameras},
+            "border_cut_cameras": border_cut,
             "background": [0, 0, 0],
             "masks": "gt_masks/{split}/Capture{capture}/{seq}/cam{ID}/image{FRAME:04d}.png",
         },

@@ -81,6 +81,12 @@ def test_crop_outside_the_image_is_black() -> None:
     assert (crop.image[:27, :] == 0).all() and (crop.image[:, :27] == 0).all()
     assert (crop.image[32:, 32:] == 255).all()
     assert 0 < crop.image[29, 100, 0] < 255
+    # `valid` marks exactly the pixels resampled from the image alone: all white, and every
+    # pixel with any black padding mixed in is left out.
+    assert crop.valid is not None and crop.valid.shape == (256, 256)
+    assert (crop.image[crop.valid] == 255).all()
+    assert (crop.image[~crop.valid] < 255).any(axis=-1).mean() > 0.9
+    assert not crop.valid[:31, :].any() and crop.valid[32:, 32:].all()
 
 
 def test_crop_from_projected_points_and_errors() -> None:

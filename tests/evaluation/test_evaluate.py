@@ -45,6 +45,11 @@ def test_eval_writes_report_with_both_sets(report_dir: Path) -> None:
     ):
         assert key in report
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    # The report says how padding is handled; the default protocol drops no view.
+    assert "excluded from every metric" in report["protocol"]["padding_text"]
+    assert report["run"]["dropped_views"] == []
+    assert f"- padding: {report['protocol']['padding_text']}" in (out / "report.md").read_text()
+    assert all(row["padding_px"] >= 0 for row in report["images"])
 
     # The saved PNGs reproduce the reported metrics (inside the mask for this protocol).
     row = report["images"][0]

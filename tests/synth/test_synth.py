@@ -388,3 +388,135 @@ def test_left_hand_capture(tmp_path: Path) -> None:
     data = _load(tmp_path, "data")
     assert {a["hand_type"] for a in data["annotations"]} == {"left"}
     assert _mask(tmp_path, data["images"][0]["file_name"]).sum() > 3000
+
+
+# ------------------------------------------------------------------ what real captures do
+
+
+@pytest.fixture(scope="module")
+def real_rig_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three cameras, one of them cut by the border, with white-balance errors."""
+    from handnerf.synth.writer import synthesize_capture
+
+    preset = get_preset("tiny").with_overrides(
+        n_cameras=3, train_frames=1, novel_frames=0, border_cut_cameras=1, white_balance_spread=0.05
+    )
+    root = tmp_path_factory.mktemp("real_rig")
+    synthesize_capture(root, preset, seed=1, workers=1)
+    return root
+
+
+def _projected_vertices(root: Path, img: dict) -> np.ndarray:
+    """(V, 2) pixel coordinates of the posed hand's vertices in ``img``'s camera."""
+    import torch
+
+    from handnerf.hand.hand_model import HandModel, ManoParams
+
+    model = HandModel.from_folder(None, "right", dtype=torch.float64)
+    entry = _load(root, "MANO_NeuralAnnot")["0"][str(img["frame_idx"])]["right"]
+    params = ManoParams.from_interhand(entry, where="test").to(dtype=torch.float64)
+    with torch.no_grad():
+        vertices_mm = model(params).vertices[0].numpy() * 1000.0
+    cams = _load(root, "camera")["0"]
+    cam = img["camera"]
+    X = (vertices_mm - np.asarray(cams["campos"][cam])) @ np.asarray(cams["camrot"][cam]).T
+    return X[:, :2] / X[:, 2:] * np.asarray(cams["focal"][cam]) + np.asarray(cams["princpt"][cam])
+
+
+def test_border_cut_camera_sees_the_hand_partly(real_rig_capture: Path) -> None:
+    meta = json.loads((real_rig_capture / "synth.json").read_text())
+    assert meta["preset"]["border_cut_cameras"] == 1
+    (cut_id,) = meta["border_cut_cameras"]
+    data = _load(real_rig_capture, "data")
+    for img in data["images"]:
+        mask = _mask(real_rig_capture, img["file_name"])
+        rim = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+        uv = _projected_vertices(real_rig_capture, img)
+        inside = (
+            (uv[:, 0] >= 0)
+            & (uv[:, 0] < img["width"])
+            & (uv[:, 1] >= 0)
+            & (uv[:, 1] < img["height"])
+        )
+        if img["camera"] == cut_id:
+            # The silhouette runs off the image: the mask touches the border along a stretch,
+            # part of the hand projects outside, and most of what is left is still visible.
+            assert rim.sum() >= 10
+            assert 0.02 < 1.0 - inside.mean() < 0.8
+            assert mask.sum() > 3000
+        else:
+            assert not rim.any() and inside.all()
+
+
+def test_camera_gains_differ_and_stay_outside_the_interhand_layout(
+    real_rig_capture: Path,
+) -> None:
+    meta = json.loads((real_rig_capture / "synth.json").read_text())
+    gains = np.asarray(list(meta["camera_gains"].values()))
+    assert gains.shape == (3, 3)
+    # Every camera has its own exposure and white balance: no two gains alike, and the
+    # red/blue balance (not only the brightness) differs between cameras.
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.abs(gains[i] - gains[j]).max() > 1e-3
+    balance = gains[:, 0] / gains[:, 2]
+    assert balance.max() - balance.min() > 1e-2
+    assert set(meta["camera_gains"]) == {
+        img["camera"] for img in _load(real_rig_capture, "data")["images"]
+    }
+    # Gains live only in synth.json: InterHand's camera.json has no such field.
+    assert set(_load(real_rig_capture, "camera")["0"]) == {"campos", "camrot", "focal", "princpt"}
+    # The default-off preset stays without white-balance errors or border-cut cameras.
+    assert (
+        get_preset("tiny").white_balance_spread == 0 and get_preset("tiny").border_cut_cameras == 0
+    )
+    assert get_preset("demo").white_balance_spread > 0 and get_preset("demo").border_cut_cameras > 0
+
+
+def test_lighting_is_fixed_in_the_world_up_to_the_camera_gain() -> None:
+    """A surface point seen by two cameras has the same radiance once each gain is divided out."""
+    from dataclasses import replace
+
+    from handnerf.synth.raycast import srgb_to_linear
+
+    cameras = make_dome(np.random.default_rng(0), 12)
+    # The two closest cameras of the dome (tens of degrees apart), given clearly different
+    # colour gains.
+    centres = np.array([c.campos / np.linalg.norm(c.campos) for c in cameras])
+    cosines = centres @ centres.T - 2.0 * np.eye(len(cameras))
+    i, j = np.unravel_index(np.argmax(cosines), cosines.shape)
+    assert cosines[i, j] < np.cos(np.radians(15.0))  # truly different viewpoints
+    first = replace(cameras[i], gain=np.array([1.12, 1.0, 0.88]))
+    second = replace(cameras[j], gain=np.array([0.9, 0.97, 1.1]))
+    verts, faces = _sphere(0.05)
+    # Diffuse + ambient only: a specular highlight moves with the viewer by nature.
+    scene = HandScene(verts, verts, faces, _grey, Lighting(specular=0.0))
+    views = [scene.render(camera, supersample=1) for camera in (first, second)]
+
+    # Surface points facing both cameras (away from both silhouettes).
+    directions = np.random.default_rng(3).normal(size=(4000, 3))
+    points = directions / np.linalg.norm(directions, axis=1, keepdims=True) * 0.05
+    normals = points / 0.05
+    facing = np.ones(len(points), bool)
+    for camera in (first, second):
+        to_camera = camera.campos - points
+        to_camera /= np.linalg.norm(to_camera, axis=1, keepdims=True)
+        facing &= np.einsum("nc,nc->n", normals, to_camera) > 0.5
+    points = points[facing]
+    assert len(points) > 200
+
+    radiance = []
+    raw = []
+    for camera, view in zip((first, second), views, strict=True):
+        uv, _ = camera.project(points)
+        cols, rows = np.floor(uv).astype(int).T
+        assert view.mask[rows, cols].all()
+        pixels = srgb_to_linear(view.image[rows, cols].astype(np.float64) / 255.0)
+        raw.append(pixels)
+        radiance.append(pixels / camera.gain)
+    lit = radiance[0].mean(axis=1) > 0.02
+    relative = np.abs(radiance[0] - radiance[1])[lit] / radiance[0][lit]
+    assert np.median(relative) < 0.02 and np.mean(relative) < 0.04
+    # Without dividing the gains out the two views disagree: the gains matter.
+    raw_relative = np.abs(raw[0] - raw[1])[lit] / raw[0][lit]
+    assert np.median(raw_relative) > 0.1
