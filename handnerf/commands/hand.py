@@ -2,6 +2,9 @@
 
   handnerf hand --out DIR         write MANO_RIGHT.pkl / MANO_LEFT.pkl of the procedural
                                   hand (MANO's file format, marked "NOT MANO") into DIR
+  handnerf hand --out DIR --resolution mano
+                                  the same at MANO's resolution (778 vertices, MANO-like
+                                  triangle sizes, non-zero pose blend shapes)
   handnerf hand --mano-dir DIR    load a MANO folder (e.g. mano_v1_2/models) the way every
                                   other command will, and print a summary
 
@@ -31,6 +34,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="procedural hand: skin appearance seed (default 0)"
     )
+    parser.add_argument(
+        "--resolution",
+        choices=("dense", "mano"),
+        default="dense",
+        help="procedural hand: 'dense' (default) or 'mano' (778 vertices, pose correctives)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         from handnerf.hand.procedural import write_procedural_mano_dir
 
-        out = write_procedural_mano_dir(args.out, seed=args.seed)
+        out = write_procedural_mano_dir(args.out, seed=args.seed, resolution=args.resolution)
         for name in ("MANO_RIGHT.pkl", "MANO_LEFT.pkl"):
             size_mb = (out / name).stat().st_size / 1e6
-            print(f"wrote {out / name} ({size_mb:.1f} MB, procedural hand, NOT MANO)")
+            print(
+                f"wrote {out / name} ({size_mb:.1f} MB, {args.resolution} procedural hand, "
+                "NOT MANO)"
+            )
         return 0
 
     from handnerf.hand.mano_file import load_mano_file, load_mano_folder
