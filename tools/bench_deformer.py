@@ -78,6 +78,7 @@ def make_scene(seed: int, num_points: int) -> dict[str, Any]:
         "faces": faces,
         "transforms": transforms,
         "weights": weights,
+        "canonical_vertices": canonical_vertices,
         "accuracy_sets": {
             "vertices": (posed_vertices, canonical_vertices),
             "surface": (skin(surface, surface_weights, transforms), surface),
@@ -109,8 +110,11 @@ def run_case(
     args = [scene[key].to(device) for key in ("posed_vertices", "transforms", "weights")]
     vertices, transforms, weights = args
     faces = scene["faces"].to(device)
+    canonical = scene["canonical_vertices"].to(device)
     prepare_s, frames = timed(
-        lambda: deformer.prepare_frames(vertices[None], transforms[None], weights, faces=faces),
+        lambda: deformer.prepare_frames(
+            vertices[None], transforms[None], weights, faces=faces, canonical_vertices=canonical
+        ),
         device,
         repeats,
     )
@@ -121,6 +125,8 @@ def run_case(
         "backend": config.backend,
         "blend": config.blend,
         "k": config.k_neighbors,
+        "near": config.near,
+        "correctives": config.correctives,
         "prepare_ms": 1000 * prepare_s,
         "deform_ms": 1000 * deform_s,
         "points_per_s": len(queries) / deform_s,
@@ -141,6 +147,8 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         ("backend", "backend"),
         ("blend", "blend"),
         ("k", "k"),
+        ("near", "near"),
+        ("correctives", "correctives"),
         ("prepare_ms", "prepare ms"),
         ("deform_ms", "deform ms"),
         ("points_per_s", "Mpts/s"),
@@ -179,6 +187,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA even if present")
+    parser.add_argument(
+        "--max-distance", type=float, default=0.015, help="metres (the avatar uses 0.008)"
+    )
+    parser.add_argument(
+        "--blends-only", action="store_true", help="only the blending schemes (kdtree, CPU)"
+    )
     args = parser.parse_args()
 
     scene = make_scene(args.seed, args.points)
@@ -186,17 +200,24 @@ def main() -> None:
     if torch.cuda.is_available() and not args.no_cuda:
         devices.append(torch.device("cuda"))
     cases = []
-    for device in devices:
+    for device in devices if not args.blends_only else []:
         backends = ["kdtree", "cdist", "grid"] if device.type == "cpu" else ["cdist", "grid"]
         cases += [(device, InverseLBSDeformer.Config(backend=b)) for b in backends]
     # Blending schemes, compared on the exact CPU backend (accuracy does not depend on it).
     blends = (("nearest", 1), ("inverse_distance", 8), ("gaussian", 4), ("gaussian", 8))
-    for blend, k in (*blends, ("surface", 4)):
+    for blend, k in (("inverse_distance", 4), *blends, ("surface", 4)):
         cases.append(
             (devices[0], InverseLBSDeformer.Config(backend="kdtree", blend=blend, k_neighbors=k))
         )
+    # The coarse-mesh modes: distance to the mesh, pose correctives undone.
+    for near, correctives in (("mesh", False), ("vertex", True), ("mesh", True)):
+        config = InverseLBSDeformer.Config(
+            backend="kdtree", blend="surface", near=near, correctives=correctives
+        )
+        cases.append((devices[0], config))
     rows = []
     for device, config in cases:
+        config.max_distance = args.max_distance
         row = run_case(scene, config, device, args.repeats)
         rows.append(row)
         print(json.dumps(row))

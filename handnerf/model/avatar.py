@@ -29,6 +29,7 @@ from handnerf.model.deformer import DeformResult, FrameDeformation, InverseLBSDe
 from handnerf.model.field import HashGridField
 from handnerf.model.occupancy import CanonicalOccupancyGrid
 from handnerf.model.sampler import NerfaccSampler, SamplerConfig, make_sampler
+from handnerf.model.surface_search import surface_lattice
 from handnerf.model.visibility import VertexVisibility
 from handnerf.model.volume import render_samples
 
@@ -188,21 +189,32 @@ class HandAvatar(nn.Module):
             vertex_normals=normals,
             vertex_attributes=visibility,
             faces=faces,
+            canonical_vertices=self.canonical_vertices.to(device),
         )
         margin = self.cfg.posed_margin
         aabbs = torch.cat([verts.amin(1) - margin, verts.amax(1) + margin], dim=-1)
-        shell = self._shell_grids(verts, aabbs)
+        # Judged by the distance to the mesh, a sample in the middle of a large triangle is
+        # near the surface though far from every vertex: seed the shell with the triangles.
+        seed_faces = faces if self.cfg.deformer.near == "mesh" else None
+        shell = self._shell_grids(verts, aabbs, seed_faces)
         return PosedFrames(aabbs=aabbs, shell=shell, deformation=deformation, vertices=verts)
 
-    def _shell_grids(self, verts: Tensor, aabbs: Tensor) -> Tensor:
-        """Voxels within the deformer's max distance of some posed vertex, per frame."""
+    def _shell_grids(self, verts: Tensor, aabbs: Tensor, faces: Tensor | None = None) -> Tensor:
+        """(T,S,S,S) voxels within the deformer's max distance of some posed vertex (T,V,3)
+        per frame, or with ``faces`` (F,3) of some point of the posed triangles."""
         res = self.cfg.shell_resolution
         t = verts.shape[0]
         size = (aabbs[:, 3:] - aabbs[:, :3]) / res  # (T,3)
-        idx = ((verts - aabbs[:, None, :3]) / size[:, None]).floor().long().clamp(0, res - 1)
         grid = torch.zeros(t, res, res, res, dtype=torch.float32, device=verts.device)
-        flat = idx[..., 0] * res * res + idx[..., 1] * res + idx[..., 2]
-        grid.view(t, -1).scatter_(1, flat, 1.0)
+        for frame in range(t):
+            # One frame at a time: a coarse mesh's lattice is ~10^5 points per frame.
+            seeds = verts[frame : frame + 1]
+            if faces is not None:
+                seeds = surface_lattice(seeds, faces, float(size[frame].amin()))
+            rel = (seeds[0] - aabbs[frame, :3]) / size[frame]
+            idx = rel.floor().long().clamp(0, res - 1)
+            flat = idx[:, 0] * res * res + idx[:, 1] * res + idx[:, 2]
+            grid[frame].view(-1).scatter_(0, flat, 1.0)
         # Dilate by the deformer's reach, per axis (the voxels are not cubes). A cube
         # dilation is separable: three 1-D max-pools cost 3k instead of k^3 per voxel.
         reach = torch.ceil(self.cfg.deformer.max_distance / size.amin(0)).long() + 1

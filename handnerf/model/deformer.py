@@ -12,6 +12,22 @@ around the nearest vertices). For a point on the surface that is what forward sk
 used, so it maps back to where it started even in a crease or where two fingers touch,
 where the nearest vertices may belong to the other side.
 
+Coarse meshes (real MANO: edges up to 24 mm, surface points up to 12 mm from every vertex)
+need two more options, both working on the closest point of the posed mesh (found by
+:mod:`handnerf.model.surface_search`) for every sample within reach:
+
+- ``near="mesh"``: emptiness (and the returned distance) is judged by the distance to the
+  closest point on the posed triangles, not to the nearest vertex, which leaves discs of
+  empty space in the middle of large triangles.
+- ``correctives=True``: MANO's pose blend shapes move posed vertices off the LBS of the
+  canonical ones; the canonical position is anchored at the closest point instead,
+  ``c(p) + L^{-1} (x - p)`` with ``p`` the closest posed point, ``c(p)`` the same
+  barycentric point of the canonical (corrective-free) mesh and ``L`` the blended linear
+  part. Exact for every surface point, correctives included, however large the triangle
+  and however bent the joint; off the surface the offset is carried back by the blended
+  rotation as before. (Subtracting the interpolated corrective displacement after inverse
+  LBS instead leaves a second-order error: up to 2.6 mm on the coarse test hand.)
+
 Because skinning is linear in the weights, the per-vertex blended transforms
 ``A_v = sum_b W[v, b] T_b`` are precomputed once per frame; a sample then only blends the
 ``k`` gathered 3x4 matrices of its neighbours, and a batch mixing frames needs no loop over
@@ -39,20 +55,46 @@ import torch
 from torch import nn
 
 from handnerf.errors import ConfigError, ParameterError
+from handnerf.model.blend_math import (
+    blend_bone_quaternions,
+    blend_quaternions,
+    inverse_3x3,
+    invert_affine,
+    matrix_to_quaternion,
+    quaternion_to_matrix,
+)
+from handnerf.model.surface_search import (
+    MeshTables,
+    closest_point_on_triangles,
+    closest_triangles,
+    cover_radius,
+)
+
+__all__ = [
+    "BACKENDS",
+    "BLEND_SCHEMES",
+    "NEAR_MODES",
+    "DeformResult",
+    "FrameDeformation",
+    "InverseLBSDeformer",
+    "closest_point_on_triangles",
+]
 
 BACKENDS = ("auto", "kdtree", "cdist", "grid")
 BLEND_SCHEMES = ("inverse_distance", "gaussian", "nearest", "surface")
+NEAR_MODES = ("vertex", "mesh")
 
 # The "surface" blend looks for the closest triangle among those around this many of the
 # sample's nearest vertices (measured on the demo poses: 2 finds the same triangle as 4
 # for surface samples, 1 misses it near long, thin triangles).
 _SURFACE_CANDIDATE_VERTICES = 2
+# The mesh modes search every sample, off-surface ones included, on coarse meshes whose
+# nearest vertices can all be corners of a neighbouring fan: they look around one more
+# (measured on the coarse test hand: with 2, 0.15 % of surface samples miss their triangle).
+_MESH_CANDIDATE_VERTICES = 3
 # Samples whose neighbours' inverse transforms agree within this (metres) keep the
 # distance-weighted blend: the closest-triangle search would move them by less.
 _SURFACE_AGREEMENT = 2e-5
-# Points per chunk of the closest-triangle search (bounds its (N, C, 3, 3) gathers).
-_SURFACE_CHUNK = 1 << 16
-
 # Elements of one chunk's (points x vertices) distance matrix in the cdist backend: big
 # enough to keep the GPU busy, small enough (64 MiB of float32) not to spike memory.
 _CDIST_CHUNK_ELEMENTS = 1 << 24
@@ -60,9 +102,6 @@ _CDIST_CHUNK_ELEMENTS = 1 << 24
 _KDTREE_PARALLEL_MIN_POINTS = 16384
 # kd-tree searches stop at this multiple of max_distance (see _knn_kdtree).
 _KDTREE_BOUND_FACTOR = 2.0
-# A blended 3x3 part with a smaller |det| has no trustworthy inverse (bones blended
-# against each other); such samples are marked invalid.
-_MIN_DETERMINANT = 1e-6
 
 
 @dataclass
@@ -74,10 +113,13 @@ class DeformResult:
         valid: (N,) bool, the sample lies within ``max_distance`` of the posed surface and
             its blended transform is invertible.
         rotation: (N, 3, 3) blended bone rotation, canonical → posed (orthonormal).
-        distance: (N,) distance in metres to the nearest posed vertex (``inf`` beyond the
-            kd-tree's search bound of 2 x max_distance, or outside the grid backend's box).
+        distance: (N,) distance in metres to the nearest posed vertex, or with
+            ``near="mesh"`` to the closest point of the posed mesh (``inf`` or any value
+            above ``max_distance`` beyond the kd-tree's search bound, or outside the grid
+            backend's box).
         normal: (N, 3) unit posed-surface normal blended from the neighbours' vertex
-            normals with the skinning blend weights (kNN backends, when the frames were
+            normals with the skinning blend weights (barycentric at the closest point in
+            the mesh modes) (kNN backends, when the frames were
             prepared with ``vertex_normals``), else None.
         neighbor_ids, neighbor_weights: (N, k) global vertex ids (``frame * V + vertex``)
             of the sample's neighbours and their blend weights (kNN backends), else None;
@@ -129,11 +171,18 @@ class FrameDeformation:
     grid: _GridField | None = None
     vertex_normals: torch.Tensor | None = None  # (F * V, 3) posed vertex normals
     vertex_attributes: torch.Tensor | None = None  # (F * V, C), see blend_attributes
-    faces: torch.Tensor | None = None  # (T, 3) long, the mesh's triangles (blend="surface")
-    vertex_faces: torch.Tensor | None = None  # (V, M) long: triangles around each vertex, -1 pad
-    face_frames: torch.Tensor | None = None  # (F * T, 13), see _face_frames
+    mesh: MeshTables | None = None  # the posed triangles (blend="surface")
     vertex_inverse: torch.Tensor | None = None  # (F * V, 12) inverse of vertex_affine
+    canonical_vertices: torch.Tensor | None = None  # (F * V, 3), correctives=True
     config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
+    #: Samples farther than this (metres) from every posed vertex are empty: max_distance,
+    #: plus the mesh's cover radius with near="mesh" (a surface point can be that far).
+    reach: float = 0.0
+
+    @property
+    def on_mesh(self) -> bool:
+        """Whether every sample within reach gets its closest point on the mesh."""
+        return self.config.near == "mesh" or self.config.correctives
 
     @property
     def num_frames(self) -> int:
@@ -158,6 +207,8 @@ class FrameDeformation:
                 a single frame was prepared.
             surface: with ``blend="surface"``, False keeps the distance-weighted blend
                 (cheaper; :meth:`refine_to_surface` can finish the job for a subset).
+                Ignored in the mesh modes (``near="mesh"`` or ``correctives``), where the
+                closest point decides emptiness and so is found for every sample.
         """
         points, frame_ids = self._check_query(points, frame_ids)
         if points.shape[0] == 0:
@@ -212,9 +263,47 @@ class FrameDeformation:
         distances, ids = _knn(self, points, frame_ids)
         weights = _blend_weights(distances, cfg)
         global_ids = frame_ids[:, None] * self.num_vertices + ids  # (N, k)
-        if surface and cfg.blend == "surface":
+        distance = distances[:, 0]
+        if self.on_mesh:
+            distance = self._mesh_weights(points, frame_ids, ids, global_ids, weights, distance)
+        elif surface and cfg.blend == "surface":
             self._surface_weights(points, frame_ids, global_ids, weights)
-        return self._assemble(points, global_ids, weights, distances[:, 0])
+        return self._assemble(points, global_ids, weights, distance)
+
+    def _mesh_weights(
+        self,
+        points: torch.Tensor,
+        frame_ids: torch.Tensor,
+        ids: torch.Tensor,
+        global_ids: torch.Tensor,
+        weights: torch.Tensor,
+        distance: torch.Tensor,
+    ) -> torch.Tensor:
+        """Give every sample within reach its closest triangle's corners and barycentric
+        weights (in place in the (N, k) ``global_ids`` and ``weights``; ``ids`` (N, k) are
+        the same neighbours local to their frame); returns the (N,) distance to use."""
+        assert self.mesh is not None
+        reached = torch.nonzero(distance <= self.reach).squeeze(1)
+        if reached.numel() == 0:
+            return distance
+        frames_of = frame_ids[reached]
+        near = ids[reached, :_MESH_CANDIDATE_VERTICES]
+        # The exact candidate search where the distance decides emptiness (up to the
+        # threshold: beyond, a sample is empty whichever candidate is nearest).
+        exact = self.config.max_distance if self.config.near == "mesh" else None
+        tri_ids, tri_weights, dist2 = closest_triangles(
+            self.mesh, points[reached], frames_of, near, exact_within=exact
+        )
+        tri_ids = frames_of[:, None] * self.num_vertices + tri_ids
+        global_ids[reached, :3] = tri_ids
+        global_ids[reached, 3:] = tri_ids[:, :1]
+        weights[reached, :3] = tri_weights
+        weights[reached, 3:] = 0.0
+        if self.config.near != "mesh":
+            return distance
+        distance = distance.clone()
+        distance[reached] = dist2.sqrt()
+        return distance
 
     def _assemble(
         self,
@@ -224,8 +313,16 @@ class FrameDeformation:
         distance: torch.Tensor,
     ) -> DeformResult:
         affine = (weights[..., None] * self.vertex_affine[global_ids]).sum(dim=1)  # (N, 12)
-        quaternion = _blend_quaternions(self.vertex_quaternion[global_ids], weights)
-        result = _finish(points, affine, quaternion, distance, self.config.max_distance)
+        quaternion = blend_quaternions(self.vertex_quaternion[global_ids], weights)
+        anchor = None
+        if self.canonical_vertices is not None:
+            # The blended posed point and its canonical twin (the closest point of the
+            # mesh, within reach): the canonical position is the twin plus the offset.
+            flat = self.posed_vertices.reshape(-1, 3)
+            posed_anchor = (weights[..., None] * flat[global_ids]).sum(dim=1)
+            canonical_anchor = (weights[..., None] * self.canonical_vertices[global_ids]).sum(1)
+            anchor = (posed_anchor, canonical_anchor)
+        result = _finish(points, affine, quaternion, distance, self.config.max_distance, anchor)
         if self.vertex_normals is not None:
             normal = (weights[..., None] * self.vertex_normals[global_ids]).sum(dim=1)
             result.normal = torch.nn.functional.normalize(normal, dim=-1)
@@ -248,7 +345,10 @@ class FrameDeformation:
         if ambiguous.numel():
             frames_of = frame_ids[ambiguous]
             local = global_ids[ambiguous] - frames_of[:, None] * self.num_vertices
-            tri_ids, tri_weights = _closest_triangle(self, points[ambiguous], frames_of, local)
+            assert self.mesh is not None
+            tri_ids, tri_weights, _ = closest_triangles(
+                self.mesh, points[ambiguous], frames_of, local[:, :_SURFACE_CANDIDATE_VERTICES]
+            )
             tri_ids = frames_of[:, None] * self.num_vertices + tri_ids
             global_ids[ambiguous, :3] = tri_ids
             global_ids[ambiguous, 3:] = tri_ids[:, :1]
@@ -261,9 +361,15 @@ class FrameDeformation:
 
         The occupancy test can afford the cheaper distance-weighted blend; the samples the
         field then evaluates (a fraction of them) get the closest-triangle weights here.
-        ``points`` (N, 3) are the posed points ``result`` (N rows) was computed for.
+        ``points`` (N, 3) are the posed points ``result`` (N rows) was computed for. In the
+        mesh modes the result already has them and is returned as is.
         """
-        if self.config.blend != "surface" or result.neighbor_ids is None or not len(points):
+        if (
+            self.config.blend != "surface"
+            or self.on_mesh
+            or result.neighbor_ids is None
+            or not len(points)
+        ):
             return result
         assert result.neighbor_weights is not None
         points = points.detach().to(self.posed_vertices.dtype)
@@ -366,6 +472,15 @@ class InverseLBSDeformer(nn.Module):
         """Voxel edge (metres) of the ``grid`` backend."""
         kdtree_workers: int = -1
         """Threads of scipy's cKDTree queries (-1: torch's CPU thread count)."""
+        near: str = "vertex"
+        """What ``max_distance`` is measured to: the nearest posed ``vertex``, or the closest
+        point of the posed ``mesh`` (right on coarse meshes such as real MANO, whose large
+        triangles hold surface points up to 12 mm from every vertex; needs
+        ``blend="surface"``)."""
+        correctives: bool = False
+        """Undo pose correctives (MANO's ``posedirs``): anchor each sample's canonical
+        position at its closest surface point (needs ``blend="surface"`` and the canonical
+        vertices in ``prepare_frames``)."""
 
     def __init__(self, config: InverseLBSDeformer.Config | None = None) -> None:
         super().__init__()
@@ -402,6 +517,7 @@ class InverseLBSDeformer(nn.Module):
         vertex_normals: torch.Tensor | None = None,
         vertex_attributes: torch.Tensor | None = None,
         faces: torch.Tensor | None = None,
+        canonical_vertices: torch.Tensor | None = None,
     ) -> FrameDeformation:
         """Build the lookup structures of ``F`` frames.
 
@@ -415,6 +531,9 @@ class InverseLBSDeformer(nn.Module):
             vertex_attributes: optional (F, V, C) per-vertex values that
                 :meth:`FrameDeformation.blend_attributes` blends per sample (kNN backends).
             faces: (T, 3) triangles of the mesh (vertex ids); required by ``blend="surface"``.
+            canonical_vertices: (V, 3) or (F, V, 3) canonical vertices without pose
+                correctives (the posed ones are their skinning plus correctives); required
+                by ``correctives=True``, unused otherwise.
 
         Returns:
             a :class:`FrameDeformation` on the device of ``posed_vertices``.
@@ -427,8 +546,8 @@ class InverseLBSDeformer(nn.Module):
             num_frames, num_vertices = posed_vertices.shape[:2]
             affine_bones = bone_transforms[:, :, :3, :].reshape(num_frames, -1, 12)  # (F, J, 12)
             vertex_affine = torch.einsum("fvj,fjc->fvc", skinning_weights, affine_bones)
-            bone_quaternions = _matrix_to_quaternion(bone_transforms[:, :, :3, :3])  # (F, J, 4)
-            vertex_quaternion = _blend_bone_quaternions(bone_quaternions, skinning_weights)
+            bone_quaternions = matrix_to_quaternion(bone_transforms[:, :, :3, :3])  # (F, J, 4)
+            vertex_quaternion = blend_bone_quaternions(bone_quaternions, skinning_weights)
             frames = FrameDeformation(
                 posed_vertices=posed_vertices.contiguous(),
                 vertex_affine=vertex_affine.reshape(num_frames * num_vertices, 12).contiguous(),
@@ -466,11 +585,14 @@ class InverseLBSDeformer(nn.Module):
                         "deformer blend 'surface' needs a nearest-vertex backend (kdtree, "
                         "cdist or auto), not 'grid'"
                     )
-                faces, vertex_faces = _face_tables(faces, num_vertices)
-                frames.faces = faces.to(posed_vertices.device)
-                frames.vertex_faces = vertex_faces.to(posed_vertices.device)
-                frames.face_frames = _face_frames(frames.posed_vertices, frames.faces)
-                frames.vertex_inverse = _invert_affine(frames.vertex_affine)
+                frames.mesh = MeshTables.build(frames.posed_vertices, faces)
+                frames.vertex_inverse = invert_affine(frames.vertex_affine)
+            frames.reach = self.config.max_distance
+            if self.config.near == "mesh":
+                assert frames.mesh is not None
+                frames.reach += cover_radius(frames.posed_vertices, frames.mesh.faces)
+            if self.config.correctives:
+                frames.canonical_vertices = _check_canonical(canonical_vertices, posed_vertices)
             if backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
                 frames.trees = _build_trees(posed_vertices)
             if backend == "grid":
@@ -495,6 +617,15 @@ def _check_config(cfg: InverseLBSDeformer.Config) -> None:
         raise ConfigError(f"{where}: backend must be one of {BACKENDS}, got {cfg.backend!r}")
     if cfg.blend not in BLEND_SCHEMES:
         raise ConfigError(f"{where}: blend must be one of {BLEND_SCHEMES}, got {cfg.blend!r}")
+    if cfg.near not in NEAR_MODES:
+        raise ConfigError(f"{where}: near must be one of {NEAR_MODES}, got {cfg.near!r}")
+    if not isinstance(cfg.correctives, bool):
+        raise ConfigError(f"{where}: correctives must be true or false, got {cfg.correctives!r}")
+    if (cfg.near == "mesh" or cfg.correctives) and cfg.blend != "surface":
+        raise ConfigError(
+            f"{where}: near=mesh and correctives=true work on the closest point of the mesh; "
+            f"they need blend='surface', got {cfg.blend!r}"
+        )
     if cfg.k_neighbors < 1:
         raise ConfigError(f"{where}: k_neighbors must be >= 1, got {cfg.k_neighbors}")
     for name in ("max_distance", "gaussian_sigma", "grid_voxel_size", "idw_power"):
@@ -553,6 +684,34 @@ def _check_frames(
     )
 
 
+def _check_canonical(
+    canonical_vertices: torch.Tensor | None, posed_vertices: torch.Tensor
+) -> torch.Tensor:
+    """(F * V, 3) canonical vertices from (V, 3) or (F, V, 3), checked against (F, V, 3)."""
+    if canonical_vertices is None:
+        raise ConfigError(
+            "deformer correctives=true needs the canonical vertices: pass canonical_vertices "
+            "to prepare_frames"
+        )
+    shape = tuple(posed_vertices.shape)
+    if not isinstance(canonical_vertices, torch.Tensor) or canonical_vertices.shape not in (
+        shape,
+        shape[1:],
+    ):
+        got = (
+            tuple(canonical_vertices.shape)
+            if isinstance(canonical_vertices, torch.Tensor)
+            else type(canonical_vertices)
+        )
+        raise ParameterError(
+            f"prepare_frames: canonical_vertices must have shape {shape[1:]} or {shape}, got {got}"
+        )
+    canonical = canonical_vertices.detach().to(posed_vertices)
+    if not bool(torch.isfinite(canonical).all()):
+        raise ParameterError("prepare_frames: canonical_vertices contains NaN or inf")
+    return canonical.expand(shape).reshape(-1, 3).contiguous()
+
+
 def _empty_result(points: torch.Tensor, frames: FrameDeformation) -> DeformResult:
     """A zero-length result with the same fields a non-empty query of ``frames`` fills."""
     knn = frames.backend != "grid"
@@ -607,47 +766,9 @@ def _knn_count(frames: FrameDeformation) -> int:
         return 1
     if frames.config.blend == "surface":
         # At least a triangle's three columns (the result carries its weights in them).
-        return min(max(k, _SURFACE_CANDIDATE_VERTICES, 3), frames.num_vertices)
+        wanted = _MESH_CANDIDATE_VERTICES if frames.on_mesh else _SURFACE_CANDIDATE_VERTICES
+        return min(max(k, wanted, 3), frames.num_vertices)
     return k
-
-
-def _invert_affine(affine: torch.Tensor) -> torch.Tensor:
-    """(M, 12) row-major 3x4 affine maps -> their (M, 12) inverses (identity where singular)."""
-    matrix = affine.reshape(-1, 3, 4)
-    inverse, invertible = _inverse_3x3(matrix[:, :, :3])
-    eye = torch.eye(3, dtype=affine.dtype, device=affine.device).expand_as(inverse)
-    inverse = torch.where(invertible[:, None, None], inverse, eye)
-    translation = -torch.einsum("mij,mj->mi", inverse, matrix[:, :, 3])
-    return torch.cat([inverse, translation[:, :, None]], dim=2).reshape(-1, 12)
-
-
-def _face_tables(
-    faces: torch.Tensor | None, num_vertices: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checked (T, 3) long faces and the (V, M) table of triangles around each vertex (-1 pad)."""
-    if faces is None:
-        raise ConfigError("deformer blend 'surface' needs the mesh: pass faces to prepare_frames")
-    if not isinstance(faces, torch.Tensor) or faces.ndim != 2 or faces.shape[1] != 3:
-        shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces)
-        raise ParameterError(f"prepare_frames: faces must be a (T, 3) tensor, got {shape}")
-    if faces.dtype.is_floating_point or faces.shape[0] == 0:
-        raise ParameterError("prepare_frames: faces must be a non-empty integer tensor")
-    faces = faces.detach().cpu().long()
-    if int(faces.min()) < 0 or int(faces.max()) >= num_vertices:
-        raise ParameterError(
-            f"prepare_frames: faces must index vertices in [0, {num_vertices}), got range "
-            f"[{int(faces.min())}, {int(faces.max())}]"
-        )
-    corner_vertex = faces.reshape(-1)
-    corner_face = torch.arange(faces.shape[0]).repeat_interleave(3)
-    order = torch.argsort(corner_vertex, stable=True)
-    corner_vertex, corner_face = corner_vertex[order], corner_face[order]
-    counts = torch.bincount(corner_vertex, minlength=num_vertices)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(len(corner_vertex)) - starts[corner_vertex]
-    table = torch.full((num_vertices, max(1, int(counts.max()))), -1, dtype=torch.long)
-    table[corner_vertex, slot] = corner_face
-    return faces, table
 
 
 def _neighbours_disagree(
@@ -661,125 +782,6 @@ def _neighbours_disagree(
     spread = (canonical - canonical[:, :1]).norm(dim=-1)
     spread = torch.where(found, spread, torch.zeros_like(spread))
     return torch.nonzero(spread.amax(dim=1) > _SURFACE_AGREEMENT).squeeze(1)
-
-
-def _face_frames(posed_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(F * T, 13) per frame and triangle: corner a, unit normal n, the dual vectors g1,
-    g2 that give the plane projection's barycentrics as v = (p - a)·g1, w = (p - a)·g2,
-    and 1 for a proper triangle, 0 for a degenerate one (no plane to project on)."""
-    corners = posed_vertices[:, faces]  # (F, T, 3, 3)
-    a = corners[:, :, 0]
-    ab, ac = corners[:, :, 1] - a, corners[:, :, 2] - a
-    d00, d01, d11 = (ab * ab).sum(-1), (ab * ac).sum(-1), (ac * ac).sum(-1)
-    denom = (d00 * d11 - d01 * d01)[..., None]
-    flat = denom <= 1e-12 * (d00 * d11)[..., None].clamp(min=1e-30)
-    safe = torch.where(flat, torch.ones_like(denom), denom)
-    g1 = torch.where(flat, 0.0, (d11[..., None] * ab - d01[..., None] * ac) / safe)
-    g2 = torch.where(flat, 0.0, (d00[..., None] * ac - d01[..., None] * ab) / safe)
-    normal = torch.nn.functional.normalize(torch.cross(ab, ac, dim=-1), dim=-1)
-    proper = (~flat).to(a.dtype)
-    return torch.cat([a, normal, g1, g2, proper], dim=-1).reshape(-1, 13).contiguous()
-
-
-def _closest_triangle(
-    frames: FrameDeformation, points: torch.Tensor, frame_ids: torch.Tensor, ids: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vertex ids (N, 3) and barycentric weights (N, 3) of each point's closest triangle
-    among those around its nearest vertices ``ids`` (N, k), local to its frame.
-
-    Fast path: among the candidates whose plane projection falls inside them, the one with
-    the nearest plane (exact for points above a triangle, the case of every surface
-    sample). Points with no such candidate (beyond an edge or a convex corner) get the
-    exact closest-point search over their candidates.
-    """
-    assert frames.faces is not None and frames.vertex_faces is not None
-    assert frames.face_frames is not None
-    n_faces = frames.faces.shape[0]
-    out_ids = torch.empty(points.shape[0], 3, dtype=torch.long, device=points.device)
-    out_weights = points.new_empty(points.shape[0], 3)
-    near = ids[:, :_SURFACE_CANDIDATE_VERTICES]
-    for start in range(0, points.shape[0], _SURFACE_CHUNK):
-        part = slice(start, start + _SURFACE_CHUNK)
-        candidates = frames.vertex_faces[near[part]].flatten(1)  # (n, C) triangle ids
-        real = candidates >= 0
-        candidates = candidates.clamp(min=0)
-        table = frames.face_frames[frame_ids[part, None] * n_faces + candidates]  # (n, C, 13)
-        ap = points[part, None] - table[..., 0:3]
-        height = (ap * table[..., 3:6]).sum(-1).abs()
-        v = (ap * table[..., 6:9]).sum(-1)
-        w = (ap * table[..., 9:12]).sum(-1)
-        # Degenerate candidates are left to the exact search below (it uses their edges).
-        inside = real & (table[..., 12] > 0) & (v >= 0) & (w >= 0) & (v + w <= 1)
-        score = torch.where(inside, height, torch.full_like(height, torch.inf))
-        best_score, best = score.min(dim=1)
-        rows = torch.arange(len(best), device=points.device)
-        bary = torch.stack([1 - v[rows, best] - w[rows, best], v[rows, best], w[rows, best]], -1)
-        tri_ids = frames.faces[candidates[rows, best]]
-        outside = torch.nonzero(~torch.isfinite(best_score)).squeeze(1)
-        if outside.numel():
-            triangles = frames.faces[candidates[outside]]  # (m, C, 3)
-            flat_vertices = frames.posed_vertices.reshape(-1, 3)
-            frame_of = frame_ids[part][outside]
-            corners = flat_vertices[frame_of[:, None, None] * frames.num_vertices + triangles]
-            exact, dist2 = closest_point_on_triangles(points[part][outside, None], corners)
-            dist2 = torch.where(real[outside], dist2, torch.full_like(dist2, torch.inf))
-            pick = dist2.argmin(dim=1)
-            sub = torch.arange(len(pick), device=points.device)
-            bary[outside] = exact[sub, pick]
-            tri_ids[outside] = triangles[sub, pick]
-        out_ids[part] = tri_ids
-        out_weights[part] = bary
-    return out_ids, out_weights
-
-
-def closest_point_on_triangles(
-    points: torch.Tensor, corners: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Barycentric coordinates (..., 3) of the closest point on each triangle to each point,
-    and its squared distance (...).
-
-    points (..., 3) broadcast against corners (..., 3, 3) (three corners of each triangle).
-    The closest point is the projection onto the plane when that falls inside the
-    triangle, else the closest point of the nearest edge; degenerate triangles use the
-    edges only. Distances are expanded from dot products, so that the only (..., 3)
-    temporaries are the edge vectors (this runs for every candidate of every sample).
-    """
-    a, b, c = corners[..., 0, :], corners[..., 1, :], corners[..., 2, :]
-    ab, ac, ap = b - a, c - a, points - a
-    d00, d01, d11 = (ab * ab).sum(-1), (ab * ac).sum(-1), (ac * ac).sum(-1)
-    d20, d21, dpp = (ap * ab).sum(-1), (ap * ac).sum(-1), (ap * ap).sum(-1)
-    tiny = 1e-30
-    denom = d00 * d11 - d01 * d01
-    flat = denom <= 1e-12 * (d00 * d11).clamp(min=tiny)
-    safe = torch.where(flat, torch.ones_like(denom), denom)
-    v = (d11 * d20 - d01 * d21) / safe
-    w = (d00 * d21 - d01 * d20) / safe
-    u = 1.0 - v - w
-    inside = (u >= 0) & (v >= 0) & (w >= 0) & ~flat
-    plane = dpp - 2 * (v * d20 + w * d21) + v * v * d00 + 2 * v * w * d01 + w * w * d11
-    # Edges: a + t ab, a + t ac, b + t bc, with bp·bc = (d21 - d20) - (d01 - d00) and
-    # |bc|^2 = d00 + d11 - 2 d01, all from the dot products above.
-    d_bc = (d00 + d11 - 2 * d01).clamp(min=tiny)
-    t_ab = (d20 / d00.clamp(min=tiny)).clamp(0.0, 1.0)
-    t_ac = (d21 / d11.clamp(min=tiny)).clamp(0.0, 1.0)
-    t_bc = (((d21 - d20) - (d01 - d00)) / d_bc).clamp(0.0, 1.0)
-    e_ab = dpp - 2 * t_ab * d20 + t_ab * t_ab * d00
-    e_ac = dpp - 2 * t_ac * d21 + t_ac * t_ac * d11
-    # |p - b - t bc|^2 = |bp|^2 - 2 t bp·bc + t^2 |bc|^2, |bp|^2 = dpp - 2 d20 + d00
-    bp_bc = (d21 - d20) - (d01 - d00)
-    e_bc = (dpp - 2 * d20 + d00) - 2 * t_bc * bp_bc + t_bc * t_bc * d_bc
-    zero = torch.zeros_like(u)
-    # Inside, the plane point is closest; else the nearest of the three edge points.
-    use_ab = (e_ab <= e_ac) & (e_ab <= e_bc)
-    use_ac = ~use_ab & (e_ac <= e_bc)
-    edge_d2 = torch.where(use_ab, e_ab, torch.where(use_ac, e_ac, e_bc))
-    bu = torch.where(use_ab, 1 - t_ab, torch.where(use_ac, 1 - t_ac, zero))
-    bv = torch.where(use_ab, t_ab, torch.where(use_ac, zero, 1 - t_bc))
-    bw = torch.where(use_ab, zero, torch.where(use_ac, t_ac, t_bc))
-    bary = torch.stack(
-        [torch.where(inside, u, bu), torch.where(inside, v, bv), torch.where(inside, w, bw)], -1
-    )
-    return bary, torch.where(inside, plane, edge_d2).clamp(min=0.0)
 
 
 def _knn_kdtree(
@@ -797,7 +799,7 @@ def _knn_kdtree(
     # Samples beyond the reach are invalid anyway: bounding the search lets the tree stop
     # early (measured ~2x faster on hand-sized shells). Neighbours it did not find come
     # back as (inf, n); they get weight 0 (1/inf) and the nearest vertex's id.
-    bound = _KDTREE_BOUND_FACTOR * frames.config.max_distance
+    bound = max(_KDTREE_BOUND_FACTOR * frames.config.max_distance, frames.reach)
     d, i = frames.trees[frame].query(query, k=k, workers=workers, distance_upper_bound=bound)
     d = np.asarray(d, dtype=np.float64).reshape(len(query), k)
     i = np.asarray(i, dtype=np.int64).reshape(len(query), k)
@@ -848,89 +850,32 @@ def _blend_weights(distances: torch.Tensor, cfg: InverseLBSDeformer.Config) -> t
     return weights / total
 
 
-def _matrix_to_quaternion(rotations: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) rotation matrices → (..., 4) unit quaternions (w, x, y, z)."""
-    from scipy.spatial.transform import Rotation
-
-    flat = rotations.reshape(-1, 3, 3).cpu().double().numpy()
-    xyzw = Rotation.from_matrix(flat).as_quat() if len(flat) else np.zeros((0, 4))
-    wxyz = np.concatenate([xyzw[:, 3:], xyzw[:, :3]], axis=1)
-    return torch.from_numpy(wxyz).to(rotations).reshape(*rotations.shape[:-2], 4)
-
-
-def _quaternion_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
-    """(N, 4) unit quaternions (w, x, y, z) → (N, 3, 3) rotation matrices.
-
-    Written out rather than imported: kornia's equivalent costs seconds of import time
-    for a dozen multiply-adds.
-    """
-    w, x, y, z = quaternions.unbind(dim=1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z),
-            2 * (x * y - w * z),
-            2 * (x * z + w * y),
-            2 * (x * y + w * z),
-            1 - 2 * (x * x + z * z),
-            2 * (y * z - w * x),
-            2 * (x * z - w * y),
-            2 * (y * z + w * x),
-            1 - 2 * (x * x + y * y),
-        ],
-        dim=1,
-    ).reshape(-1, 3, 3)
-
-
-def _blend_bone_quaternions(bone_quaternions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-vertex blended rotation (F, V, 4) from bone quaternions (F, J, 4), weights (F, V, J)."""
-    dominant = weights.argmax(dim=2)  # (F, V)
-    reference = torch.gather(bone_quaternions, 1, dominant[..., None].expand(-1, -1, 4))
-    sign = torch.sign(torch.einsum("fvc,fjc->fvj", reference, bone_quaternions))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    blended = torch.einsum("fvj,fjc->fvc", weights * sign, bone_quaternions)
-    return blended / blended.norm(dim=2, keepdim=True).clamp_min(1e-12)
-
-
-def _blend_quaternions(quaternions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(N, 4) blend of neighbour quaternions (N, k, 4) with weights (N, k)."""
-    sign = torch.sign((quaternions * quaternions[:, :1]).sum(dim=2))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return ((weights * sign)[..., None] * quaternions).sum(dim=1)
-
-
-def _inverse_3x3(linear: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverses (N, 3, 3) of ``linear`` (N, 3, 3) and whether each is invertible (N,) (the
-    others come back as adjugates, meaningless).
-
-    Closed form (adjugate / determinant): one fused pass per sample, much cheaper than a
-    batched LU on the CPU and exact for a non-rigid blend.
-    """
-    c0 = torch.cross(linear[:, 1], linear[:, 2], dim=1)
-    c1 = torch.cross(linear[:, 2], linear[:, 0], dim=1)
-    c2 = torch.cross(linear[:, 0], linear[:, 1], dim=1)
-    determinant = (linear[:, 0] * c0).sum(dim=1)
-    invertible = determinant.abs() > _MIN_DETERMINANT
-    safe_det = torch.where(invertible, determinant, torch.ones_like(determinant))
-    return torch.stack([c0, c1, c2], dim=2) / safe_det[:, None, None], invertible
-
-
 def _finish(
     points: torch.Tensor,
     affine: torch.Tensor,
     quaternion: torch.Tensor,
     distance: torch.Tensor,
     max_distance: float,
+    anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> DeformResult:
-    """Invert the blended (N, 12) affine transforms and assemble the result."""
+    """Invert the blended (N, 12) affine transforms and assemble the result.
+
+    ``anchor``: (N, 3) posed points and (N, 3) their known canonical positions; the sample's
+    canonical position is then its anchor's plus the inverted offset from it (without, the
+    blended transform's own translation is the anchor).
+    """
     matrix = affine.reshape(-1, 3, 4)
-    inverse, invertible = _inverse_3x3(matrix[:, :, :3])
-    canonical = torch.einsum("nij,nj->ni", inverse, points - matrix[:, :, 3])
+    inverse, invertible = inverse_3x3(matrix[:, :, :3])
+    if anchor is None:
+        canonical = torch.einsum("nij,nj->ni", inverse, points - matrix[:, :, 3])
+    else:
+        canonical = anchor[1] + torch.einsum("nij,nj->ni", inverse, points - anchor[0])
     valid = invertible & (distance <= max_distance)
     canonical = torch.where(invertible[:, None], canonical, points)
     quaternion_norm = quaternion.norm(dim=1, keepdim=True)
     identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=points.dtype, device=points.device)
     quaternion = torch.where(quaternion_norm > 1e-8, quaternion, identity)
-    rotation = _quaternion_to_matrix(quaternion / quaternion.norm(dim=1, keepdim=True))
+    rotation = quaternion_to_matrix(quaternion / quaternion.norm(dim=1, keepdim=True))
     return DeformResult(canonical=canonical, valid=valid, rotation=rotation, distance=distance)
 
 
@@ -959,7 +904,7 @@ def _build_grid(frames: FrameDeformation) -> _GridField:
         global_ids = frame * frames.num_vertices + ids
         rows = slice(frame * nodes_per_frame, (frame + 1) * nodes_per_frame)
         values[rows, :12] = (weights[..., None] * frames.vertex_affine[global_ids]).sum(dim=1)
-        quaternion = _blend_quaternions(frames.vertex_quaternion[global_ids], weights)
+        quaternion = blend_quaternions(frames.vertex_quaternion[global_ids], weights)
         values[rows, 12:16] = quaternion / quaternion.norm(dim=1, keepdim=True).clamp_min(1e-12)
         values[rows, 16] = distances[:, 0]
     return _GridField(values=values, origin=lower, voxel_size=voxel, dims=dims)  # type: ignore[arg-type]
