@@ -6,7 +6,10 @@ writes REPORT_DIR/report.json, report.md, report.html and every image (render, g
 truth, mask) as PNG so anyone can recompute the numbers.
 
 Protocols: handnerf-default (256x256 hand crop, PSNR/SSIM inside the mask, LPIPS-Alex),
-handavatar (256x256 crop, whole crop, LPIPS-VGG), livehand, handnerf, xhand.
+handavatar (256x256 crop, whole crop, LPIPS-VGG, its frame filters), livehand (full frame,
+LPIPS-Alex, also x1000), handnerf (half-size frame, both images zeroed outside the
+projected 3D hand box), xhand (inside the mask; also XHand's 28*log10 code value, labelled).
+Every report also gives PSNR/SSIM/LPIPS inside the ground-truth hand mask.
 LPIPS uses torchvision's standard backbone weights when they are in torch's cache;
 otherwise the packaged ST-LPIPS fallback, and the report says which.
 """
@@ -63,12 +66,22 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(
-        f"protocol {report['protocol']['name']}: {report['region']}; LPIPS network: {report['lpips_net']}"
+        f"protocol {report['protocol']['name']}: {report['region']}; LPIPS network: "
+        f"{report['lpips_net']}, input {report['lpips_input']}"
     )
     for name, agg in report["sets"].items():
+        extras = ""
+        if "lpips_scaled" in agg:
+            extras += f"  LPIPS x1000 (LiveHand's scale) {_fmt(agg['lpips_scaled'], 1)}"
+        if "psnr_xhand_code" in agg:
+            extras += f"  PSNR XHand-code-compatible {_fmt(agg['psnr_xhand_code'], 2)}"
         print(
             f"  {name:11s} n={agg['n_images']:3d}  PSNR {_fmt(agg['psnr'], 2)}  "
-            f"SSIM {_fmt(agg['ssim'], 4)}  LPIPS {_fmt(agg['lpips'], 4)}"
+            f"SSIM {_fmt(agg['ssim'], 4)}  LPIPS {_fmt(agg['lpips'], 4)}{extras}"
+        )
+        print(
+            f"  {'':11s} inside mask  PSNR {_fmt(agg.get('mask_psnr'), 2)}  "
+            f"SSIM {_fmt(agg.get('mask_ssim'), 4)}  LPIPS {_fmt(agg.get('mask_lpips'), 4)}"
         )
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0

@@ -27,15 +27,14 @@ from tqdm import tqdm
 from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.data.cache import interhand_root
-from handnerf.data.crops import bbox_from_mask, crop_hand, downscale
-from handnerf.data.filters import FrameFilterConfig, check_border
+from handnerf.data.crops import crop_hand, downscale
 from handnerf.data.interhand import FrameView, load_image, refuse_seen_novel_pose
 from handnerf.data.masks import ManoMasker, MaskCache
 from handnerf.errors import ConfigError, DataError
 from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
-from handnerf.evaluation.scoring import score_view
+from handnerf.evaluation.scoring import drop_reason, projected_box_mask, score_view
 from handnerf.hand.hand_model import ManoParams
 from handnerf.train.fit_data import open_sequence
 from handnerf.train.run_loader import TrainedRun
@@ -80,12 +79,8 @@ def select_views(run: TrainedRun, splits: tuple[str, ...], max_views: int | None
 
 
 def border_drop_reason(protocol: EvalProtocol, mask: np.ndarray) -> str | None:
-    """Why ``protocol``'s border filter drops a view with hand ``mask`` (H, W), or None."""
-    if protocol.border_filter_px is None:
-        return None
-    height, width = mask.shape[:2]
-    config = FrameFilterConfig(border_margin_px=protocol.border_filter_px)
-    return check_border(bbox_from_mask(mask), width, height, config)
+    """Why ``protocol``'s mask-based filters drop a view with hand ``mask`` (H, W), or None."""
+    return drop_reason(protocol, mask)
 
 
 def evaluate_run(
@@ -110,7 +105,8 @@ def evaluate_run(
     for item in tqdm(views, desc=f"eval {protocol.name}", disable=not progress):
         view = item.view
         mask = masker.mask(view)
-        reason = border_drop_reason(protocol, mask)
+        image = load_image(view)
+        reason = drop_reason(protocol, mask, image)
         if reason is not None:
             dropped.append(
                 {
@@ -123,7 +119,6 @@ def evaluate_run(
             continue
         mano = ManoParams.from_interhand(view.mano, view.mano_where)
         frames = run.avatar.pose_frames(mano.to(run.device))
-        image = load_image(view)
         if protocol.image_mode == "crop":
             assert protocol.crop_scale is not None and protocol.crop_size is not None
             crop = crop_hand(
@@ -158,7 +153,10 @@ def evaluate_run(
         # The hand mask of a pixel that straddles the image border is half padding.
         m = crop.mask.astype(bool) & valid
         gt = crop.image.astype(np.float32) / 255.0 * m[..., None]
-        scores = score_view(pred, gt, m, valid, protocol, perceptual)
+        box = None
+        if protocol.zero_outside_box:
+            box = projected_box_mask(cam, frames.vertices[0].cpu().numpy(), protocol.box_padding_m)
+        scores = score_view(pred, gt, m, valid, protocol, perceptual, box)
         row = {
             "split": item.split,
             "camera": view.camera_id,
@@ -170,16 +168,17 @@ def evaluate_run(
         rows.append(row)
         interrupts.reached("eval.image", len(rows))
         # The saved render shows what was scored: nothing in the padding.
+        shown = valid if box is None else valid & box
         images[image_key(item.split, view.camera_id, view.frame_idx)] = {
-            "render": pred * valid[..., None],
+            "render": pred * shown[..., None],
             "gt": gt,
             "mask": m,
         }
     if not rows and dropped:
         raise DataError(
-            f"protocol {protocol.name}: its border filter "
-            f"({protocol.border_filter_px:g} px) dropped all {len(dropped)} views; "
-            "evaluate more views (--max-views) or use a protocol without the filter"
+            f"protocol {protocol.name}: its frame filters dropped all {len(dropped)} views "
+            f"(first: {dropped[0]['reason']}); evaluate more views (--max-views) or use a "
+            "protocol without filters"
         )
     metrics_jsonl = run.run_dir / "metrics.jsonl"
     run_info = {

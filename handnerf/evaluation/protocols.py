@@ -13,6 +13,14 @@ black padding, not a photograph, so a render there must not be compared against 
 Every protocol excludes them (see :mod:`handnerf.evaluation.scoring`); a protocol whose
 paper drops such frames instead (HandAvatar's border filter) also drops them, with
 ``border_filter_px``. Full-frame protocols have no padding.
+
+Each published protocol is done the way its released code does it (see
+docs/data.md, "What each protocol computes"): HandNeRF zeroes both images outside the
+projected 3D box of the posed hand and scores the whole frame; LiveHand's LPIPS is also
+given x1000 (its paper's scale); HandAvatar drops views with its frame filters; XHand's
+code computes ``28*log10(1/sqrt(MSE))`` over its predicted mask, which a report gives next
+to the correct ``20*log10`` value, labelled as such. Every report also gives the
+inside-the-hand-mask numbers, whatever the protocol.
 """
 
 from __future__ import annotations
@@ -21,11 +29,21 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from handnerf.data.filters import FrameFilterConfig
 from handnerf.errors import ConfigError
 
 ImageMode = Literal["crop", "full"]
 MetricRegion = Literal["crop", "image", "mask"]
 LpipsNet = Literal["alex", "vgg"]
+
+#: What :class:`~handnerf.evaluation.perceptual.PerceptualMetric` feeds LPIPS (it calls
+#: the network with ``normalize=True`` on images in [0, 1]).
+LPIPS_INPUT_TEXT = "[0, 1] with normalize=True (LPIPS maps it to [-1, 1])"
+#: Where the inside-mask numbers every report carries are measured.
+INSIDE_MASK_TEXT = (
+    "inside the ground-truth hand mask: PSNR/SSIM over its pixels, LPIPS on both images "
+    "set to 0 outside it"
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,17 @@ class EvalProtocol:
         border_filter_px: drop a view when the hand's bbox (from its mask) comes within
             this many pixels of the image border, as the protocol's paper does (HandAvatar:
             10); None keeps every view and only masks the crop's padding out.
+        frame_filters: also drop views with the paper's other frame filters (HandAvatar:
+            hand bbox under 80 px, image too dark, grayscale, mask under 3000 px; the
+            thresholds of :class:`~handnerf.data.filters.FrameFilterConfig`).
+        zero_outside_box: set render and ground truth to 0 outside the projected 3D
+            bounding box of the posed hand before scoring (HandNeRF's code).
+        box_padding_m: margin added to each side of that 3D box, metres.
+        lpips_scale: also report LPIPS multiplied by this (LiveHand's tables: 1000).
+        xhand_code_psnr: also report XHand's code value: ``28*log10(1/sqrt(MSE))`` with
+            both images zeroed outside the predicted mask and the MSE over its pixels.
+        paper_lpips_input: what the paper's released code feeds LPIPS, for the report.
+        cameras_note: which cameras the protocol evaluates, when the paper leaves it open.
     """
 
     name: str
@@ -64,6 +93,13 @@ class EvalProtocol:
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     source: str = ""
     border_filter_px: float | None = None
+    frame_filters: bool = False
+    zero_outside_box: bool = False
+    box_padding_m: float = 0.0
+    lpips_scale: float | None = None
+    xhand_code_psnr: bool = False
+    paper_lpips_input: str = ""
+    cameras_note: str = ""
 
     def __post_init__(self) -> None:
         if self.image_mode == "crop":
@@ -91,6 +127,14 @@ class EvalProtocol:
             raise ConfigError(
                 f"protocol {self.name}: border_filter_px must be >= 0, got {self.border_filter_px}"
             )
+        if self.box_padding_m < 0:
+            raise ConfigError(
+                f"protocol {self.name}: box_padding_m must be >= 0, got {self.box_padding_m}"
+            )
+        if self.lpips_scale is not None and self.lpips_scale <= 0:
+            raise ConfigError(
+                f"protocol {self.name}: lpips_scale must be > 0, got {self.lpips_scale}"
+            )
 
     @property
     def uses_mask(self) -> bool:
@@ -100,12 +144,57 @@ class EvalProtocol:
     @property
     def region_text(self) -> str:
         """Human-readable metric region for reports."""
+        if self.zero_outside_box:
+            return (
+                "whole image, black background, with render and ground truth both set to 0 "
+                f"outside the projected 3D box of the posed hand (padded {self.box_padding_m:g} m)"
+            )
         return {
             "crop": f"whole {self.crop_size}x{self.crop_size} crop less any padding past the "
             "image border, black background",
             "image": "whole image, black background",
             "mask": "inside the hand mask (LPIPS on the whole image, black background)",
         }[self.metric_region]
+
+    @property
+    def formula_text(self) -> str:
+        """Human-readable formulas of the protocol's numbers."""
+        text = (
+            "PSNR = 20*log10(1/sqrt(MSE)) (= 10*log10(1/MSE)), MSE over the RGB values of the "
+            "region's pixels; SSIM: Gaussian window 11, sigma 1.5, averaged over the region; "
+            "LPIPS: the whole evaluated image"
+        )
+        if self.lpips_scale is not None:
+            text += f"; LPIPS also given x{self.lpips_scale:g} (the paper's scale)"
+        if self.xhand_code_psnr:
+            text += (
+                "; also XHand-code-compatible PSNR = 28*log10(1/sqrt(MSE)) with both images "
+                "set to 0 outside the predicted mask (render non-black) and the MSE over that "
+                "mask's pixels (hand pixels the render misses are not counted; 28/20 = 1.4x "
+                "the correct dB value)"
+            )
+        return text
+
+    @property
+    def lpips_input_text(self) -> str:
+        """The LPIPS input range we use, and the paper code's when it differs."""
+        if not self.paper_lpips_input:
+            return LPIPS_INPUT_TEXT
+        return f"{LPIPS_INPUT_TEXT}; the paper's code: {self.paper_lpips_input}"
+
+    def frame_filter_config(self) -> FrameFilterConfig | None:
+        """The filters that drop views under this protocol, or None when none do."""
+        if not self.frame_filters:
+            if self.border_filter_px is None:
+                return None
+            return FrameFilterConfig(
+                min_bbox_px=None,
+                border_margin_px=self.border_filter_px,
+                min_max_intensity=None,
+                drop_grayscale=False,
+                min_mask_px=None,
+            )
+        return FrameFilterConfig(border_margin_px=self.border_filter_px)
 
     @property
     def padding_text(self) -> str:
@@ -115,9 +204,15 @@ class EvalProtocol:
         masked = "crop pixels outside the camera image are excluded from every metric"
         if self.border_filter_px is None:
             return f"{masked}; no view is dropped"
+        others = (
+            " or that fail its other frame filters (bbox under 80 px, too dark, grayscale, "
+            "mask under 3000 px)"
+            if self.frame_filters
+            else ""
+        )
         return (
-            f"views whose hand bbox is within {self.border_filter_px:g} px of the image border "
-            f"are dropped (the paper's filter); in the views kept, {masked}"
+            f"views whose hand bbox is within {self.border_filter_px:g} px of the image border"
+            f"{others} are dropped (the paper's filters); in the views kept, {masked}"
         )
 
     @property
@@ -139,6 +234,8 @@ class EvalProtocol:
         data["region_text"] = self.region_text
         data["image_text"] = self.image_text
         data["padding_text"] = self.padding_text
+        data["formula_text"] = self.formula_text
+        data["lpips_input_text"] = self.lpips_input_text
         return data
 
 
@@ -149,7 +246,8 @@ PROTOCOLS: dict[str, EvalProtocol] = {
             name="handavatar",
             description="HandAvatar (CVPR'23): 256x256 hand crop (bbox x1.3), "
             "metrics over the whole crop, LPIPS-VGG; drops views whose hand bbox is within "
-            "10 px of the image border (its frame filter), and excludes any crop padding "
+            "10 px of the image border or that fail its other frame filters (bbox under "
+            "80 px, too dark, grayscale, mask under 3000 px), and excludes any crop padding "
             "left in the views kept",
             image_mode="crop",
             crop_scale=1.3,
@@ -158,36 +256,50 @@ PROTOCOLS: dict[str, EvalProtocol] = {
             lpips_net="vgg",
             source="HandAvatar, Chen et al. CVPR 2023",
             border_filter_px=10.0,
+            frame_filters=True,
+            paper_lpips_input="rescaled to [-1, 1]",
         ),
         EvalProtocol(
             name="livehand",
-            description="LiveHand (ICCV'23): full 512x334 frame, black background, LPIPS-Alex; "
-            "full frames have no padding",
+            description="LiveHand (ICCV'23): full 512x334 frame, black background, LPIPS-Alex "
+            "(also x1000, its paper's scale); full frames have no padding",
             image_mode="full",
             image_scale=1.0,
             metric_region="image",
             lpips_net="alex",
             source="LiveHand, Mundra et al. ICCV 2023",
+            lpips_scale=1000.0,
+            paper_lpips_input="[0, 1] without normalize=True",
         ),
         EvalProtocol(
             name="handnerf",
-            description="HandNeRF (CVPR'23): full frame at half resolution, black outside "
-            "the hand, LPIPS-Alex; full frames have no padding",
+            description="HandNeRF (CVPR'23): full frame at half resolution, black background, "
+            "both images set to 0 outside the projected 3D box of the posed hand, PSNR over "
+            "the whole frame, LPIPS-Alex; full frames have no padding",
             image_mode="full",
             image_scale=0.5,
             metric_region="image",
             lpips_net="alex",
             source="HandNeRF, Guo et al. CVPR 2023",
+            zero_outside_box=True,
+            # Animatable NeRF's default box_padding, which HandNeRF's code base inherits.
+            box_padding_m=0.05,
+            paper_lpips_input="[0, 1] with normalize=True",
+            cameras_note="HandNeRF's 10 training / 18 test camera ids are not public; "
+            "novel_view uses this run's held-out cameras (listed under cameras)",
         ),
         EvalProtocol(
             name="xhand",
-            description="XHand (2024): full 334x512 frame, PSNR/SSIM inside the hand mask, "
+            description="XHand (2024): full 334x512 frame, PSNR/SSIM inside the hand mask "
+            "(correct 20*log10 PSNR; XHand's 28*log10 code value given apart, labelled), "
             "LPIPS-Alex; full frames have no padding",
             image_mode="full",
             image_scale=1.0,
             metric_region="mask",
             lpips_net="alex",
             source="XHand, Gan et al. 2024",
+            xhand_code_psnr=True,
+            paper_lpips_input="[0, 1] without normalize=True",
         ),
         EvalProtocol(
             name="handnerf-default",

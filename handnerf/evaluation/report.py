@@ -2,14 +2,17 @@
 
 Every render, its ground truth and mask are saved as PNG under ``images/`` next to the
 report (named by set, camera and frame) so that anyone can recompute the metrics. The
-HTML embeds its pictures as base64 PNG: one file to open or mail.
+HTML embeds its pictures as base64 PNG: one file to open or mail. The pages themselves
+are laid out in :mod:`handnerf.evaluation.report_pages`.
+
+Rows carry the protocol's ``psnr``/``ssim``/``lpips`` and, optionally, the inside-mask
+numbers (``mask_psnr``/``mask_ssim``/``mask_lpips``) and the protocol's extras
+(``lpips_scaled``, ``psnr_xhand_code``); each is averaged per set like the others.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import io
 import json
 import math
@@ -22,16 +25,15 @@ from typing import Any
 import numpy as np
 
 from handnerf.errors import DataError, ParameterError
-from handnerf.evaluation.protocols import EvalProtocol, get_protocol
+from handnerf.evaluation.protocols import INSIDE_MASK_TEXT, EvalProtocol, get_protocol
+from handnerf.evaluation.report_pages import html_page, markdown_page
 from handnerf.files import atomic_write_bytes, atomic_write_text, remove_temp_files_under
 
 REQUIRED_ROW_FIELDS = ("split", "camera", "frame", "psnr", "ssim")
 METRIC_FIELDS = ("psnr", "ssim", "lpips")
+#: Metrics a row may carry besides the protocol's (None where undefined for a view).
+OPTIONAL_METRIC_FIELDS = ("mask_psnr", "mask_ssim", "mask_lpips", "lpips_scaled", "psnr_xhand_code")
 IMAGE_KINDS = ("render", "gt", "mask")
-# Fixed scale of the error heat-map (mean absolute RGB error), so that heat-maps of
-# different views compare at a glance.
-ERROR_MAP_MAX = 0.25
-N_EXTREME_VIEWS = 3
 
 
 def image_key(split: str, camera: str | int, frame: int) -> str:
@@ -88,9 +90,9 @@ def _check_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if missing:
             raise ParameterError(f"rows[{index}]: missing field(s) {', '.join(missing)}")
         row = dict(row)
-        for field in METRIC_FIELDS:
+        for field in METRIC_FIELDS + OPTIONAL_METRIC_FIELDS:
             value = row.get(field)
-            if value is None and field == "lpips":
+            if value is None and (field == "lpips" or field in OPTIONAL_METRIC_FIELDS):
                 continue
             try:
                 row[field] = float(value)
@@ -117,13 +119,17 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    lpips_values = [row["lpips"] for row in rows if row.get("lpips") is not None]
-    return {
+    aggregate: dict[str, Any] = {
         "n_images": len(rows),
         "psnr": _mean([row["psnr"] for row in rows]),
         "ssim": _mean([row["ssim"] for row in rows]),
-        "lpips": _mean(lpips_values),
+        "lpips": _mean([row["lpips"] for row in rows if row.get("lpips") is not None]),
     }
+    for field in OPTIONAL_METRIC_FIELDS:
+        if any(field in row for row in rows):
+            # Views where a value is undefined (e.g. an empty mask) are left out of its mean.
+            aggregate[field] = _mean([row[field] for row in rows if row.get(field) is not None])
+    return aggregate
 
 
 def _to_uint8(image: Any, label: str) -> np.ndarray:
@@ -144,25 +150,6 @@ def _to_uint8(image: Any, label: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ParameterError(f"{label}: image contains NaN or inf values")
     return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    import imageio.v3 as iio
-
-    return iio.imwrite("<bytes>", image, extension=".png")
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _error_heatmap(render: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 colour map of the mean absolute RGB error, 0..ERROR_MAP_MAX."""
-    from matplotlib import colormaps
-
-    error = np.abs(render.astype(np.float64) - gt.astype(np.float64)).mean(axis=2) / 255.0
-    colours = colormaps["inferno"](np.clip(error / ERROR_MAP_MAX, 0.0, 1.0))[..., :3]
-    return np.round(colours * 255.0).astype(np.uint8)
 
 
 def _save_images(
@@ -276,185 +263,6 @@ def plot_training_curves(records: list[dict[str, Any]]) -> bytes | None:
     return buffer.getvalue()
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "∞" if value > 0 else "–"
-    return f"{value:.{digits}f}"
-
-
-def _summary_lines(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    lines = []
-    for name, aggregate in [*report["sets"].items(), ("overall", report["overall"])]:
-        lines.append(
-            (
-                name,
-                str(aggregate["n_images"]),
-                _fmt(aggregate["psnr"], 2),
-                _fmt(aggregate["ssim"], 4),
-                _fmt(aggregate["lpips"], 4),
-            )
-        )
-    return lines
-
-
-def _padding_line(report: dict[str, Any]) -> str:
-    """How the protocol treats crop padding, and how many views its border filter dropped."""
-    text = str(report["protocol"].get("padding_text", "not recorded"))
-    dropped = (report.get("run") or {}).get("dropped_views") or []
-    return f"{text} ({len(dropped)} views dropped)" if dropped else text
-
-
-def _markdown(report: dict[str, Any], has_curves: bool) -> str:
-    protocol = report["protocol"]
-    out = [
-        "# handnerf evaluation report",
-        "",
-        f"- protocol: **{protocol['name']}**: {protocol['description']}",
-        f"- images: {protocol['image_text']}",
-        f"- metric region: {report['region']}",
-        f"- padding: {_padding_line(report)}",
-        f"- LPIPS network: **{report['lpips_net']}**",
-        f"- created: {report['created']}",
-        "",
-        "## Metrics",
-        "",
-        "| set | images | PSNR (dB) | SSIM | LPIPS |",
-        "|---|---|---|---|---|",
-    ]
-    out += [f"| {' | '.join(cells)} |" for cells in _summary_lines(report)]
-    out += [
-        "",
-        "## Per image",
-        "",
-        "| set | camera | frame | PSNR | SSIM | LPIPS | render |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in report["images"]:
-        link = f"[png]({row['render_png']})" if row.get("render_png") else ""
-        out.append(
-            f"| {row['split']} | {row['camera']} | {row['frame']} | {_fmt(row['psnr'], 2)} | "
-            f"{_fmt(row['ssim'], 4)} | {_fmt(row.get('lpips'), 4)} | {link} |"
-        )
-    if has_curves:
-        out += ["", "## Training curves", "", "![training curves](training_curves.png)"]
-    timings = report.get("timings") or {}
-    if timings:
-        out += ["", "## Timings", ""]
-        out += [f"- {name}: {value}" for name, value in timings.items()]
-    out += ["", "## Machine", ""]
-    out += [f"- {name}: {value}" for name, value in (report.get("machine") or {}).items()]
-    return "\n".join(out) + "\n"
-
-
-def _html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
-        for cells in body
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-
-
-def _extreme_views_html(report: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> str:
-    from handnerf.render.video import side_by_side
-
-    with_images = [
-        row
-        for row in report["images"]
-        if "render" in arrays.get(row["key"], {}) and "gt" in arrays.get(row["key"], {})
-    ]
-    if not with_images:
-        return "<p>No images were saved with this report.</p>"
-    # PSNR of an exact match is inf; it sorts as the best view.
-    ranked = sorted(
-        with_images, key=lambda row: row["psnr"] if row["psnr"] is not None else math.inf
-    )
-    count = min(N_EXTREME_VIEWS, math.ceil(len(ranked) / 2))
-    sections = []
-    for title, chosen in (("Worst views", ranked[:count]), ("Best views", ranked[::-1][:count])):
-        figures = []
-        for row in chosen:
-            pair = arrays[row["key"]]
-            triptych = side_by_side(
-                side_by_side(pair["gt"], pair["render"], gap=4),
-                _error_heatmap(pair["render"], pair["gt"]),
-                gap=4,
-            )
-            caption = (
-                f"{row['split']} · camera {row['camera']} · frame {row['frame']} · "
-                f"PSNR {_fmt(row['psnr'], 2)} · SSIM {_fmt(row['ssim'], 4)} · "
-                f"LPIPS {_fmt(row.get('lpips'), 4)}"
-            )
-            figures.append(
-                f'<figure><img src="{_data_uri(_png_bytes(triptych))}" alt="{html.escape(row["key"])}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
-        sections.append(f"<h3>{title}</h3>" + "".join(figures))
-    legend = (
-        f"<p>Each row: ground truth | render | error heat-map (mean absolute RGB error, "
-        f"black = 0, yellow = {ERROR_MAP_MAX:g} or more).</p>"
-    )
-    return legend + "".join(sections)
-
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-figure{margin:1em 0}img{max-width:100%;image-rendering:pixelated}
-figcaption{font-size:0.9em;color:#555}pre{background:#f7f7f7;padding:1em;overflow:auto}
-"""
-
-
-def _html(
-    report: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]], curves_png: bytes | None
-) -> str:
-    protocol = report["protocol"]
-    summary = _html_table(["set", "images", "PSNR (dB)", "SSIM", "LPIPS"], _summary_lines(report))
-    per_image = _html_table(
-        ["set", "camera", "frame", "PSNR", "SSIM", "LPIPS"],
-        [
-            (
-                row["split"],
-                row["camera"],
-                str(row["frame"]),
-                _fmt(row["psnr"], 2),
-                _fmt(row["ssim"], 4),
-                _fmt(row.get("lpips"), 4),
-            )
-            for row in report["images"]
-        ],
-    )
-    curves = (
-        f'<img src="{_data_uri(curves_png)}" alt="training curves">'
-        if curves_png
-        else "<p>No training log was given.</p>"
-    )
-    run = {name: report.get(name) for name in ("config", "backends", "timings", "machine")}
-    escape = html.escape
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>handnerf evaluation</title>
-<style>{_CSS}</style></head><body>
-<h1>handnerf evaluation report</h1>
-<ul>
-<li>protocol: <b>{escape(protocol["name"])}</b>: {escape(protocol["description"])}</li>
-<li>images: {escape(protocol["image_text"])}</li>
-<li>metric region: {escape(report["region"])}</li>
-<li>padding: {escape(_padding_line(report))}</li>
-<li>LPIPS network: <b>{escape(str(report["lpips_net"]))}</b></li>
-<li>created: {escape(report["created"])}</li>
-</ul>
-<h2>Metrics</h2>{summary}
-<h2>Worst and best views</h2>{_extreme_views_html(report, arrays)}
-<h2>Training curves</h2>{curves}
-<h2>Per image</h2>{per_image}
-<h2>Run</h2><pre>{escape(json.dumps(_jsonable(run), indent=2))}</pre>
-</body></html>
-"""
-
-
 def write_report(
     out_dir: str | Path,
     *,
@@ -524,12 +332,18 @@ def write_report(
     report: dict[str, Any] = {
         "protocol": protocol.to_dict(),
         "region": protocol.region_text,
+        "inside_mask_region": INSIDE_MASK_TEXT,
+        "formula": protocol.formula_text,
+        "lpips_input": protocol.lpips_input_text,
         "lpips_net": lpips_net if lpips_net is not None else "not computed",
         "n_images": overall["n_images"],
         "psnr": overall["psnr"],
         "ssim": overall["ssim"],
         "lpips": overall["lpips"],
         "overall": overall,
+        "cameras": {
+            split: sorted({r["camera"] for r in checked if r["split"] == split}) for split in splits
+        },
         "sets": {
             split: _aggregate([r for r in checked if r["split"] == split]) for split in splits
         },
@@ -545,7 +359,7 @@ def write_report(
     report = _jsonable(report)
     # report.json last and each file atomically: a report.json on disk is always complete
     # and belongs to a finished evaluation, even when the job is killed while writing.
-    atomic_write_text(out_dir / "report.md", _markdown(report, curves_png is not None))
-    atomic_write_text(out_dir / "report.html", _html(report, arrays, curves_png))
+    atomic_write_text(out_dir / "report.md", markdown_page(report, curves_png is not None))
+    atomic_write_text(out_dir / "report.html", html_page(report, arrays, curves_png, _jsonable))
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report

@@ -16,6 +16,12 @@ out of every metric:
   of its own, and whatever the render drew there does not change the score. (Features of
   the valid pixels next to the padding still see the zero border, identically in both
   images; that is as far as LPIPS can leave padding out.)
+
+Besides the protocol's numbers every view gets the inside-mask numbers (PSNR/SSIM over the
+ground-truth hand mask, LPIPS on both images set to 0 outside it), so that reports under
+different protocols share one comparable row, and the protocol's extras: HandNeRF's
+projected-box zeroing (:func:`projected_box_mask`), LiveHand's LPIPS x1000 and XHand's
+code-compatible PSNR (:func:`xhand_code_psnr`).
 """
 
 from __future__ import annotations
@@ -24,10 +30,91 @@ from typing import Any
 
 import numpy as np
 
+from handnerf.data.camera import PinholeCamera
+from handnerf.data.crops import bbox_from_mask
+from handnerf.data.filters import (
+    check_bbox_size,
+    check_border,
+    check_dark,
+    check_grayscale,
+    check_mask_area,
+)
 from handnerf.errors import ParameterError
 from handnerf.evaluation.metrics import psnr, ssim
 from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import EvalProtocol
+
+#: A render pixel counts as "predicted hand" when a channel exceeds this: non-black once
+#: quantised to 8 bits (the renders have no alpha; the background is black).
+PRED_MASK_THRESHOLD = 0.5 / 255.0
+#: XHand's code computes PSNR as ``28*log10(1/sqrt(MSE))``, not ``20*log10``.
+XHAND_CODE_PSNR_FACTOR = 28.0
+
+
+def drop_reason(
+    protocol: EvalProtocol, mask: np.ndarray, image: np.ndarray | None = None
+) -> str | None:
+    """Why ``protocol``'s frame filters drop a view, or None to keep it.
+
+    ``mask`` is the (H, W) hand mask and ``image`` the (H, W, 3) uint8 camera image, both
+    at the camera's native size; without ``image`` the dark and grayscale filters are
+    skipped.
+    """
+    config = protocol.frame_filter_config()
+    if config is None:
+        return None
+    height, width = mask.shape[:2]
+    bbox = bbox_from_mask(mask)
+    reasons = [
+        check_mask_area(mask, config),
+        check_bbox_size(bbox, config),
+        check_border(bbox, width, height, config),
+    ]
+    if image is not None:
+        reasons += [check_dark(image, config), check_grayscale(image, config)]
+    return next((reason for reason in reasons if reason is not None), None)
+
+
+def projected_box_mask(camera: PinholeCamera, vertices: np.ndarray, padding: float) -> np.ndarray:
+    """(H, W) bool: pixels whose ray meets the 3D box around ``vertices``.
+
+    The box is the axis-aligned bounding box of the (N, 3) world ``vertices`` grown by
+    ``padding`` on every side; a pixel's ray (through its centre) meeting it is exactly the
+    pixel lying in the box's projection, which is how HandNeRF's code selects the pixels it
+    keeps (``mask_at_box``).
+    """
+    points = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    if len(points) == 0:
+        raise ParameterError("vertices: no point to bound")
+    low, high = points.min(axis=0) - padding, points.max(axis=0) + padding
+    origins, dirs = camera.world_rays()
+    # Slab test; a direction component of 0 gets a tiny stand-in so that the slab it
+    # cannot leave gives (-inf, inf) or an empty interval, never NaN.
+    safe = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
+    t_low, t_high = (low - origins) / safe, (high - origins) / safe
+    near = np.minimum(t_low, t_high).max(axis=1)
+    far = np.maximum(t_low, t_high).min(axis=1)
+    hit = far >= np.maximum(near, 0.0)
+    return hit.reshape(camera.height, camera.width)
+
+
+def predicted_mask(pred: np.ndarray, threshold: float = PRED_MASK_THRESHOLD) -> np.ndarray:
+    """(H, W) bool: render pixels that are not black (the render's hand)."""
+    return np.asarray(pred).max(axis=-1) > threshold
+
+
+def xhand_code_psnr(pred: np.ndarray, gt: np.ndarray, pred_mask: np.ndarray) -> float | None:
+    """PSNR as XHand's released code computes it, or None when the render is all black.
+
+    Both images are set to 0 outside the PREDICTED mask and the MSE is taken over that
+    mask's pixels (all three channels), then ``28*log10(1/sqrt(MSE))``: i.e. 28/20 of the
+    correct PSNR over the predicted mask. Hand pixels the render misses count for nothing.
+    """
+    keep = np.asarray(pred_mask, dtype=bool)
+    if not keep.any():
+        return None
+    pred_z, gt_z = blank_padding(pred, gt, keep)
+    return XHAND_CODE_PSNR_FACTOR / 20.0 * psnr(pred_z, gt_z, keep)
 
 
 def blank_padding(
@@ -57,6 +144,27 @@ def scored_pixels(protocol: EvalProtocol, mask: np.ndarray, valid: np.ndarray) -
     return None if keep.all() else keep
 
 
+def _inside_mask(
+    pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, perceptual: PerceptualMetric | None
+) -> dict[str, float | None]:
+    """PSNR/SSIM over ``mask``'s pixels and LPIPS of both images set to 0 outside it.
+
+    A view whose mask is empty (or has no pixel 5 px from the border, for SSIM) has no
+    inside-mask score: None.
+    """
+    keep = np.asarray(mask, dtype=bool)
+    pred_m, gt_m = blank_padding(pred, gt, keep)
+    scores: dict[str, float | None] = {"mask_psnr": None, "mask_ssim": None}
+    if keep.any():
+        scores["mask_psnr"] = psnr(pred_m, gt_m, keep)
+        try:
+            scores["mask_ssim"] = ssim(pred_m, gt_m, keep)
+        except ParameterError:  # the mask lies wholly in SSIM's 5-pixel border
+            pass
+    scores["mask_lpips"] = None if perceptual is None else perceptual.score(pred_m, gt_m)
+    return scores
+
+
 def score_view(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -64,6 +172,7 @@ def score_view(
     valid: np.ndarray,
     protocol: EvalProtocol,
     perceptual: PerceptualMetric | None,
+    box: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """PSNR, SSIM and LPIPS of one view, with the crop's padding left out.
 
@@ -74,15 +183,41 @@ def score_view(
         valid: (H, W) bool, False on padding (crop pixels outside the camera image).
         protocol: where PSNR and SSIM are measured.
         perceptual: the LPIPS network, or None to leave LPIPS out.
+        box: (H, W) bool projected 3D box of the posed hand
+            (:func:`projected_box_mask`); required by protocols with ``zero_outside_box``.
 
     Returns:
-        ``{"psnr", "ssim", "lpips" (None without a network), "padding_px"}``.
+        ``{"psnr", "ssim", "lpips" (None without a network), "mask_psnr", "mask_ssim",
+        "mask_lpips", "padding_px"}``, plus ``"box_px"`` (``zero_outside_box``),
+        ``"lpips_scaled"`` (``lpips_scale``), ``"psnr_xhand_code"`` and ``"pred_mask_px"``
+        (``xhand_code_psnr``).
     """
-    pred_eval, gt_eval = blank_padding(pred, gt, valid)
+    keep = np.asarray(valid, dtype=bool)
+    extras: dict[str, Any] = {}
+    if protocol.zero_outside_box:
+        if box is None:
+            raise ParameterError(
+                f"box: protocol {protocol.name} sets pixels outside the projected 3D box to "
+                "0, pass the box (projected_box_mask)"
+            )
+        # HandNeRF's code zeroes both images outside the box and scores the whole frame.
+        keep = keep & np.asarray(box, dtype=bool)
+        extras["box_px"] = int(np.count_nonzero(box))
+    pred_eval, gt_eval = blank_padding(pred, gt, keep)
     region = scored_pixels(protocol, mask, valid)
+    lpips = None if perceptual is None else perceptual.score(pred_eval, gt_eval)
+    if protocol.lpips_scale is not None:
+        extras["lpips_scaled"] = None if lpips is None else lpips * protocol.lpips_scale
+    if protocol.xhand_code_psnr:
+        pred_mask = predicted_mask(pred) & np.asarray(valid, dtype=bool)
+        extras["psnr_xhand_code"] = xhand_code_psnr(pred, gt, pred_mask)
+        extras["pred_mask_px"] = int(np.count_nonzero(pred_mask))
+    hand = np.asarray(mask, dtype=bool) & np.asarray(valid, dtype=bool)
     return {
         "psnr": psnr(pred_eval, gt_eval, region),
         "ssim": ssim(pred_eval, gt_eval, region),
-        "lpips": None if perceptual is None else perceptual.score(pred_eval, gt_eval),
+        "lpips": lpips,
+        **_inside_mask(pred, gt, hand, perceptual),
+        **extras,
         "padding_px": int(np.count_nonzero(~np.asarray(valid, dtype=bool))),
     }

@@ -113,3 +113,37 @@ def test_report_html_renders_in_headless_chromium(report_dir: Path, tmp_path: Pa
         assert split.replace("_", " ") in dom.replace("_", " ")
         assert f"{agg['psnr']:.2f}" in dom
     assert report["lpips_net"] in dom
+
+
+def test_eval_handnerf_protocol_scores_inside_the_projected_box(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "handnerf_report"
+    status = main(
+        [
+            "eval",
+            "--run",
+            str(tiny_run),
+            "--out",
+            str(out),
+            "--protocol",
+            "handnerf",
+            "--split",
+            "novel_view",
+            "--max-views",
+            "1",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    report = json.loads((out / "report.json").read_text())
+    row = report["images"][0]
+    render = iio.imread(out / row["render_png"])
+    # The box covers the hand but not the whole half-size frame, and the saved render is
+    # black outside it (what was scored).
+    assert 0 < row["box_px"] < render.shape[0] * render.shape[1]
+    assert int((render.max(axis=-1) > 0).sum()) <= row["box_px"]
+    assert row["mask_psnr"] is not None and row["mask_lpips"] is not None
+    assert report["overall"]["mask_psnr"] is not None
+    markdown = (out / "report.md").read_text()
+    assert "outside the projected 3D box" in markdown and "inside mask" in markdown
