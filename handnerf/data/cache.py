@@ -27,7 +27,7 @@ import numpy as np
 
 from handnerf import files
 from handnerf.data.camera import PinholeCamera
-from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, square_box
+from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, padding_free, square_box
 from handnerf.data.interhand import SPLITS, FrameView
 from handnerf.errors import DataError, SelectionError
 
@@ -233,6 +233,24 @@ class PreparedCache:
             ) from exc
 
     @property
+    def refined_masks(self) -> bool:
+        """Whether the stored masks are GrabCut refinements of the MANO silhouettes."""
+        return bool(self.index["spec"].get("refine_masks", False))
+
+    @property
+    def filter_counts(self) -> dict[str, int]:
+        """Views dropped by the frame filters, by reason."""
+        return {str(k): int(v) for k, v in dict(self.index.get("filter_counts") or {}).items()}
+
+    @property
+    def crop_text(self) -> str:
+        """The stored image geometry in words, e.g. ``1.3x hand-bbox crops of 256x256 px``."""
+        if self.crop.mode == "crop":
+            size = self.crop.out_size
+            return f"{self.crop.scale:g}x hand-bbox crops of {size}x{size} px"
+        return f"full frames scaled by {self.crop.full_scale:g}"
+
+    @property
     def sequences(self) -> list[str]:
         return sorted({seq for seq, _ in self._frames})
 
@@ -325,12 +343,45 @@ class PreparedCache:
                     "'handnerf prepare' (delete the view's .json to redo it)"
                 )
         assert image is not None and mask is not None
+        source = entry.view.camera
         return Crop(
             image=np.ascontiguousarray(image[..., ::-1]),
             mask=mask > 127,
             camera=entry.camera,
             box=entry.box,
+            # Recomputed from the recorded box: which stored pixels are padding, not photo.
+            valid=padding_free(
+                (source.height, source.width), entry.box, (entry.camera.width, entry.camera.height)
+            ),
         )
+
+    def source_mask(self, entry: CachedView) -> np.ndarray:
+        """``entry``'s stored mask mapped back onto its source image: (H, W) bool.
+
+        The stored crop is an axis-aligned scale and shift of the source pixels inside its
+        box, so the inverse is exact up to resampling (a mask stored at a lower resolution
+        comes back with coarser edges). Source pixels outside the box are background: the
+        box holds the whole mask it was cut around.
+        """
+        stored = self.read(entry).mask
+        assert stored is not None
+        x0, y0, box_w, box_h = entry.box
+        sx, sy = entry.camera.width / box_w, entry.camera.height / box_h
+        # Source pixel centre u + 0.5 lies at crop coordinate (u + 0.5 - x0) * sx, i.e.
+        # at crop pixel index (u + 0.5 - x0) * sx - 0.5 (corner convention of crops.py).
+        to_stored = np.array(
+            [[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5]], np.float64
+        )
+        source = entry.view.camera
+        back = cv2.warpAffine(
+            stored.astype(np.float32),
+            to_stored,
+            (source.width, source.height),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0.0,
+        )
+        return back >= 0.5
 
     def read_cropped(self, entry: CachedView, scale: float, out_size: int) -> Crop:
         """``entry`` as a square hand crop of side ``scale`` x bbox, ``out_size`` pixels.

@@ -316,6 +316,23 @@ def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> Man
 # --------------------------------------------------------------------------- prepared cache
 
 
+def cached_entries(
+    cache: PreparedCache, seq: str, stride: int, exclude_cameras: list[str]
+) -> list[CachedView]:
+    """The kept views of ``seq`` a fit (and its evaluation) uses, by (frame, camera).
+
+    ``stride`` thins the cached frames (those with at least one kept view) further;
+    ``exclude_cameras`` drops cameras. Fit and eval share this so that they agree.
+    """
+    frames = set(cache.frames(seq)[::stride])
+    excluded = set(exclude_cameras)
+    return [
+        e
+        for e in cache.entries(seq)
+        if e.view.frame_idx in frames and e.view.camera_id not in excluded
+    ]
+
+
 def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> FitData:
     """:func:`load_fit_data` from a ``handnerf prepare`` cache: no JSON, no mask rendering.
 
@@ -341,13 +358,7 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
         )
 
     def entries(seq: str, stride: int) -> list[CachedView]:
-        frames = set(cache.frames(seq)[::stride])
-        excluded = set(cfg.exclude_cameras)
-        return [
-            e
-            for e in cache.entries(seq)
-            if e.view.frame_idx in frames and e.view.camera_id not in excluded
-        ]
+        return cached_entries(cache, seq, stride, cfg.exclude_cameras)
 
     train_entries = entries(cfg.train_seq, cfg.stride)
     if not train_entries:

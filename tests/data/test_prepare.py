@@ -305,3 +305,57 @@ def test_interhand_root_of_a_cache_is_its_source(tiny_capture: Path, tiny_cache:
 
     assert interhand_root(tiny_cache) == tiny_capture.resolve()
     assert interhand_root(tiny_capture) == tiny_capture
+
+
+def test_stored_masks_map_back_onto_the_source_image(tiny_capture: Path, tiny_cache: Path) -> None:
+    """``source_mask`` undoes the crop: the MANO silhouette again, and padding marked."""
+    from handnerf.hand.hand_model import HandModel
+
+    cache = PreparedCache(tiny_cache)
+    masker = ManoMasker(HandModel.from_folder(None, "right"))
+    for entry in cache.entries(TRAIN_SEQ)[:4]:
+        back = cache.source_mask(entry)
+        source = entry.view.camera
+        assert back.shape == (source.height, source.width)
+        # 48 px crops of ~250 px boxes: edges come back ~5 px coarse.
+        assert mask_iou(back, masker.mask(entry.view)) > 0.9
+        stored = cache.read(entry)
+        x0, y0, w, h = entry.box
+        inside = x0 >= 0 and y0 >= 0 and x0 + w <= source.width and y0 + h <= source.height
+        assert (stored.valid is None) == inside
+
+
+def test_stored_crops_mark_their_padding(interhand_root: Path, tmp_path: Path) -> None:
+    """Crops past the image border come back with ``valid`` False on the padding."""
+    out = tmp_path / "cache"
+    # Boxes three times the hand's size reach past these small images.
+    wide = CropConfig(mode="crop", scale=3.0, out_size=32)
+    prepare_cache(interhand_root, out, spec(seqs=None, crop=wide), workers=1, progress=False)
+    cache = PreparedCache(out)
+    padded = black = 0
+    for seq in cache.sequences:
+        for entry in cache.entries(seq):
+            crop = cache.read(entry)
+            source = entry.view.camera
+            x0, y0, w, h = entry.box
+            size = entry.camera.width
+            centres = (np.arange(size) + 0.5) * w / size
+            u, v = np.meshgrid(x0 + centres, y0 + (np.arange(size) + 0.5) * h / size)
+            outside = (u < 0) | (v < 0) | (u >= source.width) | (v >= source.height)
+            if crop.valid is None:
+                assert not outside.any()
+                continue
+            padded += 1
+            assert not (crop.valid & outside).any()
+            # A pixel whose whole footprint is past the border is black padding.
+            step_u, step_v = w / size / 2, h / size / 2
+            beyond = (
+                (u + step_u <= 0)
+                | (v + step_v <= 0)
+                | (u - step_u >= source.width)
+                | (v - step_v >= source.height)
+            )
+            assert not crop.image[beyond].any()
+            black += int(np.count_nonzero(beyond))
+            assert crop.valid.any()
+    assert padded > 0 and black > 0

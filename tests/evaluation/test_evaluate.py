@@ -45,6 +45,10 @@ def test_eval_writes_report_with_both_sets(report_dir: Path) -> None:
     ):
         assert key in report
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    # A run fitted straight from a root is evaluated on the root, with MANO masks.
+    assert report["run"]["views_from"] == f"InterHand2.6M root {report['run']['data_root']}"
+    assert report["run"]["masks_from"] == "MANO silhouettes rendered at evaluation"
+    assert "prepared_cache" not in report["run"]
     # The report says how padding is handled; the default protocol drops no view.
     assert "excluded from every metric" in report["protocol"]["padding_text"]
     assert report["run"]["dropped_views"] == []

@@ -7,11 +7,10 @@ import pytest
 
 from handnerf.data.camera import PinholeCamera
 from handnerf.data.crops import Crop, crop_hand
-from handnerf.evaluation.evaluate import border_drop_reason
 from handnerf.evaluation.metrics import psnr
 from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import PROTOCOLS, get_protocol
-from handnerf.evaluation.scoring import blank_padding, score_view
+from handnerf.evaluation.scoring import blank_padding, drop_reason, score_view
 
 CROP_PROTOCOLS = ("handnerf-default", "handavatar")
 
@@ -116,14 +115,14 @@ def test_each_protocol_says_whether_it_drops_or_masks() -> None:
     centred[200:320, 100:200] = True
     handavatar = get_protocol("handavatar")
     assert handavatar.border_filter_px == 10
-    assert "within 10 px" in (border_drop_reason(handavatar, near_border) or "")
-    assert border_drop_reason(handavatar, centred) is None
+    assert "within 10 px" in (drop_reason(handavatar, near_border) or "")
+    assert drop_reason(handavatar, centred) is None
     assert "dropped" in handavatar.padding_text and "excluded" in handavatar.padding_text
     assert "10 px of the image border" in handavatar.description
     for name, protocol in PROTOCOLS.items():
         if name == "handavatar":
             continue
-        assert border_drop_reason(protocol, near_border) is None, name
+        assert drop_reason(protocol, near_border) is None, name
         expected = "no padding" if protocol.image_mode == "full" else "excluded from every"
         assert expected in protocol.padding_text, name
         assert expected in protocol.description, name
