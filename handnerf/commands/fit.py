@@ -28,7 +28,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--mano-dir",
         type=Path,
         default=None,
-        help="your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); default: procedural hand",
+        help=(
+            "your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); required for real captures, "
+            "synthetic ones (with synth.json) default to the procedural hand"
+        ),
     )
     parser.add_argument(
         "--wandb",

@@ -99,7 +99,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--mano-dir",
         type=Path,
         default=None,
-        help="your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); default: procedural hand",
+        help=(
+            "your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); required for real captures, "
+            "synthetic ones (with synth.json) default to the procedural hand"
+        ),
     )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
