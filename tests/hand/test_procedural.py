@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse
+import smplx
+import torch
 import trimesh
 
 from handnerf.errors import ParameterError
-from handnerf.hand import appearance, poses, procedural
+from handnerf.hand import appearance, mano_file, poses, procedural
 
 MANO_KEYS = {
     "v_template", "f", "weights", "J_regressor", "kintree_table", "posedirs", "shapedirs",
@@ -31,8 +33,6 @@ def left() -> dict:
 
 
 def _mano(hand: dict):
-    torch = pytest.importorskip("torch")
-    smplx = pytest.importorskip("smplx")
     model = smplx.MANO(
         model_path=None,
         data_struct=types.SimpleNamespace(**hand),
@@ -180,7 +180,6 @@ def test_written_folder_is_mano_format(tmp_path: Path) -> None:
     assert _allowed_only(data)
     assert data[procedural.PROCEDURAL_KEY]["seed"] == 3
     assert sorted(p.name for p in folder.iterdir()) == ["MANO_LEFT.pkl", "MANO_RIGHT.pkl"]
-    mano_file = pytest.importorskip("handnerf.hand.mano_file")
     hands = mano_file.load_mano_folder(folder)
     assert hands["right"].is_procedural and hands["left"].is_procedural
     np.testing.assert_array_equal(hands["left"].shapedirs, data["shapedirs"])
