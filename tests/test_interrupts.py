@@ -168,3 +168,33 @@ def test_the_cli_called_as_a_library_gives_the_callers_handlers_back(tmp_path: P
     before = {sig: signal.getsignal(sig) for sig in interrupts.SIGNALS}
     assert main(["hand", "--out", str(tmp_path / "hand")]) == 0
     assert {sig: signal.getsignal(sig) for sig in interrupts.SIGNALS} == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_synth_stopped_while_writing_leaves_only_whole_files(tmp_path: Path, sig: int) -> None:
+    """synth (not in the kill harness) stops like every job: 130, nothing half-written."""
+    import imageio.v3 as iio
+
+    trace, out = tmp_path / "progress", tmp_path / "capture"
+    env = os.environ | {
+        interrupts.PROGRESS_ENV: str(trace),
+        interrupts.HOLD_ENV: "write=*.jpg",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "handnerf.cli", "synth", "--preset", "tiny", "--workers", "1"]
+    proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    while "hold" not in (trace.read_text() if trace.exists() else ""):
+        assert proc.poll() is None, proc.stderr.read()
+        threading.Event().wait(0.01)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode == (130 if sig == signal.SIGTERM else -signal.SIGKILL)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    temps = [p for p in files if p.name.startswith(".") and ".tmp" in p.suffixes]
+    # a graceful stop finishes the write in flight; only SIGKILL may leave its temp file
+    assert len(temps) == (0 if sig == signal.SIGTERM else 1), temps
+    images = [p for p in files if p.suffix in (".jpg", ".png")]
+    if sig == signal.SIGTERM:
+        assert images, "the held write (the first image) finishes before the stop"
+    for image in images:
+        assert iio.imread(image).size > 0
