@@ -39,6 +39,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl (default: the procedural hand)",
     )
     parser.add_argument(
+        "--mano-noise",
+        default=None,
+        metavar="DEG,MM",
+        help="write MANO fits with Gaussian errors (DEG degrees per axis-angle component, MM "
+        "mm per translation component; seeded) while rendering from the exact ones, which "
+        "go to exact_mano.json (default: the preset's, 0,0 in every preset)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -54,6 +62,14 @@ def run(args: argparse.Namespace) -> int:
     from handnerf.synth.writer import plan_frames, synthesize_capture
 
     preset = get_preset(args.preset)
+    if args.mano_noise is not None:
+        try:
+            deg, mm = (float(x) for x in args.mano_noise.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--mano-noise must be DEG,MM (two numbers), got {args.mano_noise!r}"
+            ) from None
+        preset = preset.with_overrides(mano_noise_deg=deg, mano_noise_mm=mm)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     total = preset.n_cameras * len(plan_frames(preset))

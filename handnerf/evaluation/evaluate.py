@@ -290,6 +290,7 @@ def evaluate_run(
             )
             continue
         mano = ManoParams.from_interhand(view.mano, view.mano_where)
+        mano = run.frame_mano(view.seq_name, view.frame_idx, mano)
         frames = run.avatar.pose_frames(mano.to(run.device))
         crop = source.crop(item, mask, frames.vertices[0].cpu().numpy(), image)
         assert crop.mask is not None

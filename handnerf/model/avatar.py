@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,9 @@ class PosedFrames:
     shell: Tensor
     deformation: FrameDeformation
     vertices: Tensor  # (T,V,3)
+    #: ``(points (N,3), result) -> canonical (N,3)``: the canonical positions the field
+    #: sees, with a gradient w.r.t. the pose (pose refinement); None: ``result.canonical``.
+    pose_gradient: Callable[[Tensor, DeformResult], Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.aabbs.shape[0])
@@ -288,9 +292,10 @@ class HandAvatar(nn.Module):
                 result = frames.deformation.refine_to_surface(points, result)
             # Blended here, for the samples the field evaluates, not in the occupancy query.
             visibility = frames.deformation.blend_attributes(result)
-            return self.field(
-                result.canonical, result.rotation, dirs[ray_ids], result.normal, visibility
-            )
+            canonical = result.canonical
+            if frames.pose_gradient is not None:
+                canonical = frames.pose_gradient(points, result)
+            return self.field(canonical, result.rotation, dirs[ray_ids], result.normal, visibility)
 
         def correct(rgb: Tensor, opacity: Tensor) -> Tensor:
             return self.field.apply_camera_affine(rgb, opacity, camera_ids)

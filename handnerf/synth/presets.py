@@ -39,6 +39,11 @@ class SynthPreset:
         white_balance_spread: standard deviation of a per-camera white-balance error
             (colour-temperature tilt of the red/blue gains, half as much green tint) on top
             of the exposure and channel gains every camera has (0: none).
+        mano_noise_deg, mano_noise_mm: standard deviations of the Gaussian errors added to
+            the MANO parameters written to ``MANO_NeuralAnnot.json`` (degrees per axis-angle
+            component of the global orientation and the 15 joints, millimetres per
+            translation component); the images are rendered from the exact parameters,
+            which go to ``exact_mano.json`` beside the capture. 0: the annotation is exact.
 
     Every preset renders with a key light fixed in the world plus ambient light
     (:class:`~handnerf.synth.raycast.Lighting`), per-camera RGB gains and JPEG compression;
@@ -65,6 +70,8 @@ class SynthPreset:
     workers: int = 1
     border_cut_cameras: int = 0
     white_balance_spread: float = 0.0
+    mano_noise_deg: float = 0.0
+    mano_noise_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.side not in ("right", "left"):
@@ -83,6 +90,11 @@ class SynthPreset:
             raise ConfigError(
                 f"synth preset {self.name!r}: white_balance_spread must be in [0, 0.2], "
                 f"got {self.white_balance_spread}"
+            )
+        if not (0.0 <= self.mano_noise_deg <= 30.0 and 0.0 <= self.mano_noise_mm <= 50.0):
+            raise ConfigError(
+                f"synth preset {self.name!r}: mano noise must be in [0, 30] degrees and "
+                f"[0, 50] mm, got {self.mano_noise_deg}, {self.mano_noise_mm}"
             )
         if self.novel_frames < 0:
             raise ConfigError(f"synth preset {self.name!r}: novel_frames must be >= 0")
@@ -121,6 +133,7 @@ PRESETS: dict[str, SynthPreset] = {
         workers=2,
         border_cut_cameras=3,
         white_balance_spread=0.05,
+        # MANO fit errors (mano_noise_*) stay 0 until pose refinement is on by default.
     ),
     # GPU benchmarks: an InterHand-sized rig and sequence (rendered over processes).
     "fullscale": SynthPreset(

@@ -11,6 +11,7 @@
       annotations/{split}/InterHand2.6M_{split}_joint_3d.json          (millimetres)
       annotations/{split}/InterHand2.6M_{split}_MANO_NeuralAnnot.json  (trans in metres)
       synth.json                                                       (how it was made)
+      exact_mano.json      (only with MANO noise: the parameters the images show)
 
 Every file is written to a temporary name and renamed into place, so an interrupted run
 never leaves a truncated image under its final name; ``synth.json`` is written last and
@@ -41,6 +42,9 @@ from handnerf.synth.rig import RigCamera, cut_by_border, make_dome, with_white_b
 
 #: Bumped when the layout or content of a synthetic capture changes.
 SYNTH_FORMAT_VERSION = 1
+#: With ``mano_noise_*`` > 0: the exact MANO parameters the images were rendered from, in
+#: MANO_NeuralAnnot.json's layout, at the capture root (recorded in synth.json).
+EXACT_MANO = "exact_mano.json"
 NUM_KEYPOINTS = 21
 #: Largest wrist rotation (radians) away from MANO's rest orientation in a sequence.
 GLOBAL_TURN_RAD = 1.3
@@ -388,7 +392,7 @@ def synthesize_capture(
 
     # New streams go last: spawn(n)'s first children do not depend on n, so captures made
     # without the newer options stay byte-identical.
-    names = ("rig", "shape", "train", "novel", "orient", "border", "colour")
+    names = ("rig", "shape", "train", "novel", "orient", "border", "colour", "mano_noise")
     streams = np.random.SeedSequence(seed).spawn(len(names))
     rngs = {
         name: np.random.default_rng(stream) for name, stream in zip(names, streams, strict=True)
@@ -422,7 +426,21 @@ def synthesize_capture(
         if progress is not None:
             progress(count)
 
-    _write_annotations(paths, preset, plans, cameras, posed)
+    noisy = preset.mano_noise_deg > 0 or preset.mano_noise_mm > 0
+    exact = _mano_json(preset, plans, posed.global_orient, posed.hand_pose_relative, posed)
+    annotated = (
+        _mano_json(preset, plans, *_perturbed_mano(posed, preset, rngs["mano_noise"]))
+        if noisy
+        else exact
+    )
+    _write_annotations(paths, preset, plans, cameras, posed, annotated)
+    if noisy:
+        # Outside the InterHand layout (a real capture has no exact fit): for tests only.
+        atomic_write_json(root / EXACT_MANO, exact)
+    preset_record = dataclasses.asdict(preset)
+    if not noisy:  # captures made before the option keep their synth.json byte-identical
+        for key in ("mano_noise_deg", "mano_noise_mm"):
+            preset_record.pop(key)
     data = model.data
     hand_source = "procedural" if data.is_procedural else str(data.source)
     atomic_write_json(
@@ -430,7 +448,7 @@ def synthesize_capture(
         {
             "format_version": SYNTH_FORMAT_VERSION,
             "handnerf_version": __version__,
-            "preset": dataclasses.asdict(preset),
+            "preset": preset_record,
             "seed": int(seed),
             "hand_model": {
                 "source": hand_source,
@@ -446,6 +464,7 @@ def synthesize_capture(
             "border_cut_cameras": border_cut,
             "background": [0, 0, 0],
             "masks": "gt_masks/{split}/Capture{capture}/{seq}/cam{ID}/image{FRAME:04d}.png",
+            **({"exact_mano": EXACT_MANO} if noisy else {}),
         },
     )
     sequences: dict[str, int] = {}
@@ -462,20 +481,57 @@ def synthesize_capture(
     )
 
 
+def _perturbed_mano(
+    posed: _PosedSequence, preset: SynthPreset, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, _PosedSequence]:
+    """Global orientation (N,3), relative finger pose (N,45) and (via a copy of ``posed``)
+    translation (N,3) with Gaussian fit errors of the preset's size added."""
+    n = len(posed.transl)
+    sigma = np.deg2rad(preset.mano_noise_deg)
+    noise = rng.normal(0.0, 1.0, size=(n, 48 + 3))
+    orient = posed.global_orient + sigma * noise[:, :3]
+    hand_pose = posed.hand_pose_relative + sigma * noise[:, 3:48]
+    transl = posed.transl + 1e-3 * preset.mano_noise_mm * noise[:, 48:]
+    shifted = dataclasses.replace(posed, transl=transl)
+    return orient, hand_pose, shifted
+
+
+def _mano_json(
+    preset: SynthPreset,
+    plans: Sequence[FramePlan],
+    global_orient: np.ndarray,
+    hand_pose_relative: np.ndarray,
+    posed: _PosedSequence,
+) -> dict[str, Any]:
+    """``{capture: {frame: {side: {pose, shape, trans}, other: None}}}`` (MANO_NeuralAnnot);
+    orientation (N,3), relative pose (N,45); shape and translation come from ``posed``."""
+    other = "left" if preset.side == "right" else "right"
+    mano: dict[str, Any] = {}
+    for i, plan in enumerate(plans):
+        mano[str(plan.frame_idx)] = {
+            preset.side: {
+                "pose": np.concatenate([global_orient[i], hand_pose_relative[i]]).tolist(),
+                "shape": posed.betas.tolist(),
+                "trans": posed.transl[i].tolist(),
+            },
+            other: None,
+        }
+    return {str(preset.capture): mano}
+
+
 def _write_annotations(
     paths: CapturePaths,
     preset: SynthPreset,
     plans: Sequence[FramePlan],
     cameras: Sequence[RigCamera],
     posed: _PosedSequence,
+    mano: dict[str, Any],
 ) -> None:
-    """The four InterHand annotation JSONs and skeleton.txt."""
+    """The four InterHand annotation JSONs (``mano``: see :func:`_mano_json`) and skeleton.txt."""
     capture = str(preset.capture)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     joints: dict[str, Any] = {}
-    mano: dict[str, Any] = {}
-    other = "left" if preset.side == "right" else "right"
     for i, plan in enumerate(plans):
         world_coord, joint_valid = _joint_rows(posed.keypoints[i], preset.side)
         frame_key = str(plan.frame_idx)
@@ -484,16 +540,6 @@ def _write_annotations(
             "joint_valid": joint_valid,
             "hand_type": preset.side,
             "hand_type_valid": 1,
-        }
-        mano[frame_key] = {
-            preset.side: {
-                "pose": np.concatenate(
-                    [posed.global_orient[i], posed.hand_pose_relative[i]]
-                ).tolist(),
-                "shape": posed.betas.tolist(),
-                "trans": posed.transl[i].tolist(),
-            },
-            other: None,
         }
         hand_points = np.concatenate([posed.vertices[i], posed.keypoints[i]], axis=0)
         for camera in cameras:
@@ -524,7 +570,24 @@ def _write_annotations(
     atomic_write_json(paths.annotation("data"), {"images": images, "annotations": annotations})
     atomic_write_json(paths.annotation("camera"), _camera_json(cameras, preset.capture))
     atomic_write_json(paths.annotation("joint_3d"), {capture: joints})
-    atomic_write_json(paths.annotation("MANO_NeuralAnnot"), {capture: mano})
+    atomic_write_json(paths.annotation("MANO_NeuralAnnot"), mano)
     atomic_write_bytes(
         paths.root / "annotations" / "skeleton.txt", ("\n".join(skeleton_lines()) + "\n").encode()
+    )
+
+
+def load_exact_mano(root: str | Path, frames: Sequence[int], side: str) -> Any:
+    """The exact :class:`ManoParams` (one row per frame number of ``frames``) of a capture
+    written with MANO noise; :class:`DataError` if it has none."""
+    from handnerf.hand.hand_model import ManoParams
+
+    path = Path(root) / EXACT_MANO
+    if not path.is_file():
+        raise DataError(f"{path}: missing (only captures synthesised with MANO noise have it)")
+    (per_frame,) = json.loads(path.read_text()).values()
+    return ManoParams.stack(
+        [
+            ManoParams.from_interhand(per_frame[str(f)][side], where=f"{path}: frame {f}")
+            for f in frames
+        ]
     )

@@ -45,6 +45,9 @@ class OptimConfig:
     #: Learning rates decay exponentially to ``final_lr_factor`` of their start at the end.
     final_lr_factor: float = 0.05
     warmup_steps: int = 50
+    #: Learning rate of the per-frame MANO corrections (train.refine_pose); it decays with
+    #: the others and starts after train.pose_refine_start steps.
+    pose_lr: float = 5e-3
 
 
 @dataclass
@@ -73,6 +76,14 @@ class TrainConfig:
     amp: bool = True
     #: Non-finite losses tolerated (skipped steps with LR back-off) before stopping.
     max_bad_steps: int = 20
+    #: Learn per-frame corrections of the given MANO fits (handnerf/train/pose_refinement.py).
+    refine_pose: bool = False
+    #: Steps of the field alone before the corrections move (a random field's gradient
+    #: would only push them around).
+    pose_refine_start: int = 50
+    #: Rebuild the posed frames and silhouettes from the refined pose every N steps (the
+    #: gradient always sees the current pose; a rebuild costs ~4 tiny-fit steps).
+    pose_refresh_every: int = 10
 
 
 @dataclass

@@ -163,8 +163,7 @@ def load_fit_data(
                 "novel-pose views",
             )
         selection += "\n" + str(novel_cap.selection_report)
-    # One subject per fit: betas of the first training frame (InterHand fits are per subject).
-    betas = train.mano.betas[0].clone()
+    betas = subject_betas(train.mano)
     fingerprint = _fingerprint(root, cfg, train.views)
     return FitData(
         hand_model=hand_model,
@@ -179,6 +178,15 @@ def load_fit_data(
         hand_identity=hand_identity(hand_model),
         selection=selection,
     )
+
+
+def subject_betas(mano: ManoParams) -> torch.Tensor:
+    """(10,) the one shape of a fit's subject: the mean of its training frames' betas.
+
+    InterHand2.6M fits each frame's shape separately, so they jitter around the subject's;
+    their mean is a better estimate than any single frame's.
+    """
+    return mano.betas.mean(0).clone()
 
 
 def hand_identity(hand_model: HandModel) -> dict[str, str]:
@@ -401,7 +409,7 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
     digest.update(json.dumps([cfg.train_seq, cfg.stride, sorted(cfg.exclude_cameras)]).encode())
     return FitData(
         hand_model=hand_model,
-        betas=train.mano.betas[0].clone(),
+        betas=subject_betas(train.mano),
         camera_names=cameras,
         train_cameras=train_cams,
         holdout_cameras=holdout,

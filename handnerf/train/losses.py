@@ -21,6 +21,8 @@ class LossConfig:
     lpips_start_step: int = 200
     w_mask: float = 0.1
     w_sharpen: float = 0.01
+    #: L2 prior keeping the MANO corrections (train.refine_pose) near the given fit.
+    w_pose_prior: float = 1e-4
 
 
 def photometric_loss(pred: Tensor, target: Tensor, kind: str, delta: float = 0.1) -> Tensor:

@@ -11,11 +11,12 @@ import torch
 
 from handnerf.config import config_from_dict
 from handnerf.errors import CheckpointError
-from handnerf.hand.hand_model import HandModel
+from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.avatar import HandAvatar
 from handnerf.train.checkpoint import LATEST, load_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.fit_data import hand_identity
+from handnerf.train.pose_refinement import refined_mano_of
 from handnerf.train.trainer import pick_device
 
 
@@ -28,6 +29,12 @@ class TrainedRun:
     step: int
     camera_names: list[str]
     device: torch.device
+    #: (seq, frame) -> refined MANO parameters of the training frames (train.refine_pose).
+    refined_mano: dict[tuple[str, int], ManoParams] | None = None
+
+    def frame_mano(self, seq: str, frame: int, given: ManoParams) -> ManoParams:
+        """A frame's parameters: the fit's refined ones for a training frame, else ``given``."""
+        return (self.refined_mano or {}).get((seq, int(frame)), given)
 
     @property
     def data_root(self) -> Path:
@@ -80,4 +87,5 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
         step=int(state["step"]),
         camera_names=camera_names,
         device=dev,
+        refined_mano=refined_mano_of(state),
     )

@@ -37,6 +37,7 @@ from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.fit_data import FitData
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
+from handnerf.train.pose_refinement import PoseRefiner, pose_param_groups, pose_schedules
 from handnerf.train.rays import RayBatch, RaySampler, pixel_rays
 from handnerf.train.silhouette import MeshSilhouette
 
@@ -71,11 +72,17 @@ class Trainer:
         self.avatar = HandAvatar(
             cfg.model, data.hand_model, data.betas, n_cameras=len(data.camera_names)
         ).to(self.device)
-        self.train_frames: PosedFrames = self.avatar.pose_frames(data.train_mano.to(self.device))
-        silhouette = None
-        if cfg.train.jitter_rays and cfg.data.mask_source == "mano":
-            # The masks are MANO silhouettes: a jittered ray's mask is its own hit test.
-            silhouette = MeshSilhouette(self.train_frames.vertices, data.hand_model.faces)
+        self.pose = (
+            PoseRefiner(self.avatar, data.train_mano, data.train.frame_keys, self.device)
+            if cfg.train.refine_pose
+            else None
+        )
+        self.train_frames: PosedFrames = (
+            self.pose.pose_frames()
+            if self.pose is not None
+            else self.avatar.pose_frames(data.train_mano.to(self.device))
+        )
+        silhouette = self._silhouette()
         self.rays = RaySampler(
             data.train_views,
             fg_fraction=cfg.train.fg_fraction,
@@ -95,6 +102,7 @@ class Trainer:
                     "name": "mlp",
                 },
                 {"params": groups["camera"], "lr": o.lr_camera, "name": "camera"},
+                *pose_param_groups(self.pose, o.pose_lr),
             ],
             eps=1e-15,
         )
@@ -105,7 +113,8 @@ class Trainer:
             warm = min(1.0, (step + 1) / max(o.warmup_steps, 1))
             return warm * gamma**step
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        schedules = [schedule] * 3 + pose_schedules(self.pose, schedule, cfg.train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.perceptual = None
@@ -120,9 +129,23 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.metrics_path = self.out / "metrics.jsonl"
 
+    def _silhouette(self) -> MeshSilhouette | None:
+        """With MANO masks a jittered ray's mask is its own hit test of the posed mesh."""
+        if not (self.cfg.train.jitter_rays and self.cfg.data.mask_source == "mano"):
+            return None
+        return MeshSilhouette(self.train_frames.vertices, self.data.hand_model.faces)
+
+    def _repose(self, snapshot: bool = False) -> None:
+        """Posed frames and silhouettes of the refined pose (pose refinement only)."""
+        assert self.pose is not None
+        self.train_frames = self.pose.pose_frames(snapshot)
+        self.rays.silhouette = self._silhouette()
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        pose = {} if self.pose is None else {"pose_refinement": self.pose.state_dict()}
         return {
+            **pose,
             "step": self.step,
             "config": config_to_dict(self.cfg),
             "hand_identity": self.data.hand_identity,
@@ -173,6 +196,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             self.rays.generator.set_state(state["ray_rng"])
             torch.set_rng_state(state["torch_rng"])
+            if self.pose is not None:
+                self.pose.load_state_dict(state["pose_refinement"])
+                self._repose(snapshot=True)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: incompatible checkpoint contents ({exc})") from exc
         self.step = int(state["step"])
@@ -197,6 +223,8 @@ class Trainer:
             n_patch_rays = len(patches)
             batch = _concat(batch, patches)
         batch = _to(batch, self.device)
+        if self.pose is not None:
+            self.pose.attach_gradient(self.train_frames)
         bg = self.background(len(batch))
         if n_patch_rays:  # one background colour per patch keeps LPIPS from judging noise
             bg[-n_patch_rays:] = (
@@ -237,6 +265,8 @@ class Trainer:
             pred_p = rgb[-n_patch_rays:].reshape(-1, patch, patch, 3).permute(0, 3, 1, 2)
             gt_p = target[-n_patch_rays:].reshape(-1, patch, patch, 3).permute(0, 3, 1, 2)
             losses["lpips"] = cfg.loss.w_lpips * self.perceptual(pred_p, gt_p).mean()
+        if self.pose is not None and cfg.loss.w_pose_prior > 0:
+            losses["pose_prior"] = cfg.loss.w_pose_prior * self.pose.prior()
         loss = sum(losses.values())
         assert isinstance(loss, Tensor)
 
@@ -264,6 +294,8 @@ class Trainer:
         self._apply_backoff()
         if cfg.train.occupancy_every > 0 and self.step % cfg.train.occupancy_every == 0:
             self.avatar.update_occupancy(self.step)
+        if self.pose is not None and (self.step + 1) % max(cfg.train.pose_refresh_every, 1) == 0:
+            self._repose()
         with torch.no_grad():
             mse = float(
                 ((rgb[: cfg.train.batch_rays] - target[: cfg.train.batch_rays]) ** 2).mean()
