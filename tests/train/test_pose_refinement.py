@@ -4,6 +4,7 @@ alone, and survives --resume."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,16 @@ REFINE_FIT = [
     "data.mask_source=gt",
     "loss.w_mask=0.5",
 ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """300 small steps: one thread avoids oversubscribing 2 cores (measured: 20 s on one
+    thread, over 200 s with torch's default threads on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +120,7 @@ def test_refinement_leaves_an_exact_fit_alone(tiny_capture: Path, tmp_path: Path
     # Measured: 0.86 deg mean per component (poorly observed ones, e.g. finger twists,
     # drift), 0.7 mm translation; against 4 deg / 4 mm of noise recovered above.
     assert float(torch.rad2deg(rotation.mean())) < 1.5
-    assert float((c.transl * TRANSL_UNIT).abs().max()) < 1e-3
+    assert float((c.transl * TRANSL_UNIT).detach().abs().max()) < 1e-3
     assert moved < 2.0
 
 
