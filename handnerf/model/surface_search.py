@@ -20,8 +20,16 @@ import torch
 
 from handnerf.errors import ConfigError, ParameterError
 
-# Points per chunk of the closest-triangle search (bounds its (N, C, 3, 3) gathers).
+# Points per chunk of the closest-triangle search (bounds its (N, C, 16) gathers).
 SURFACE_CHUNK = 1 << 16
+# Columns of MeshTables.face_frames (see face_frames).
+FACE_COLUMNS = 16
+# Plane distance (metres) of every point from the padding row of MeshTables.face_frames:
+# farther than any candidate triangle, never chosen.
+PADDING_DISTANCE = 1e9
+# Candidates whose lower bound is within this (metres) of the chosen triangle's distance
+# are not searched: the closest point could only be that much nearer.
+TIE_TOLERANCE = 1e-7
 
 
 @dataclass
@@ -31,8 +39,10 @@ class MeshTables:
     Attributes:
         posed_vertices: (F, V, 3) posed vertices.
         faces: (T, 3) long vertex ids of the triangles.
-        vertex_faces: (V, M) long ids of the triangles around each vertex, -1 padded.
-        face_frames: (F * T, 13) per frame and triangle, see :func:`face_frames`.
+        vertex_faces: (V, M) long ids of the triangles around each vertex, padded with
+            ``T`` (the padding row of every frame's ``face_frames``).
+        face_frames: (F * (T + 1), 16) per frame, its triangles and a padding row, see
+            :func:`face_frames`.
     """
 
     posed_vertices: torch.Tensor
@@ -45,6 +55,8 @@ class MeshTables:
         """Check ``faces`` (T, 3) against ``posed_vertices`` (F, V, 3) and build the tables."""
         faces, vertex_faces = face_tables(faces, posed_vertices.shape[1])
         faces = faces.to(posed_vertices.device)
+        # Padding points at each frame's padding row (no mask to apply per candidate).
+        vertex_faces = torch.where(vertex_faces < 0, faces.shape[0], vertex_faces)
         return cls(
             posed_vertices=posed_vertices,
             faces=faces,
@@ -83,9 +95,19 @@ def face_tables(faces: torch.Tensor | None, num_vertices: int) -> tuple[torch.Te
 
 
 def face_frames(posed_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(F * T, 13) per frame and triangle: corner a, unit normal n, the dual vectors g1,
-    g2 that give the plane projection's barycentrics as v = (p - a)·g1, w = (p - a)·g2,
-    and 1 for a proper triangle, 0 for a degenerate one (no plane to project on)."""
+    """(F * (T + 1), 16) per frame: a row per triangle and a padding row, each a 4x4
+    row-major matrix ``M`` whose product with a point's homogeneous (x, 1) gives its signed
+    plane distance h (unit normal n, minus n·a for corner a), its plane projection's
+    barycentrics v and w (rows g1, g2: dual vectors of the edges ab and ac), and in the last
+    row the altitudes of corners a, b, c over their opposite edges and 1 for a proper
+    triangle (0 for a degenerate one, whose first three rows are zero: no plane).
+
+    A barycentric coordinate is the signed distance to the opposite edge's line over that
+    altitude, so ``-u * altitude_a`` (when u < 0) bounds the in-plane distance from the
+    projection to the triangle from below (exactly, when the closest point lies on that
+    edge): :func:`closest_triangles` ranks candidates by that bound. The padding row
+    puts every point at ``PADDING_DISTANCE`` from it.
+    """
     corners = posed_vertices[:, faces]  # (F, T, 3, 3)
     a = corners[:, :, 0]
     ab, ac = corners[:, :, 1] - a, corners[:, :, 2] - a
@@ -96,8 +118,20 @@ def face_frames(posed_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tens
     g1 = torch.where(flat, 0.0, (d11[..., None] * ab - d01[..., None] * ac) / safe)
     g2 = torch.where(flat, 0.0, (d00[..., None] * ac - d01[..., None] * ab) / safe)
     normal = torch.nn.functional.normalize(torch.cross(ab, ac, dim=-1), dim=-1)
-    proper = (~flat).to(a.dtype)
-    return torch.cat([a, normal, g1, g2, proper], dim=-1).reshape(-1, 13).contiguous()
+    normal = torch.where(flat, 0.0, normal)
+    # Altitude over the opposite edge = twice the area / that edge's length.
+    opposite = torch.stack(
+        [(corners[:, :, 2] - corners[:, :, 1]).norm(dim=-1), ac.norm(dim=-1), ab.norm(dim=-1)], -1
+    )
+    altitudes = torch.where(flat, 0.0, safe.sqrt() / opposite.clamp(min=1e-30))
+    rows = [
+        torch.cat([vector, -(vector * a).sum(-1, keepdim=True)], -1) for vector in (normal, g1, g2)
+    ]
+    rows.append(torch.cat([altitudes, (~flat).to(a.dtype)], -1))
+    table = torch.stack(rows, dim=2).reshape(posed_vertices.shape[0], -1, FACE_COLUMNS)
+    padding = table.new_zeros(table.shape[0], 1, FACE_COLUMNS)
+    padding[..., 3] = PADDING_DISTANCE
+    return torch.cat([table, padding], dim=1).reshape(-1, FACE_COLUMNS).contiguous()
 
 
 def closest_point_on_triangles(
@@ -172,68 +206,137 @@ def closest_triangles(
         vertex ids (N, 3) local to the frame, barycentric weights (N, 3) of the closest point
         and its squared distance (N,).
 
-    Fast path: among the candidates whose plane projection falls inside them, the one with
-    the nearest plane (exact for points above a triangle, the case of every surface
-    sample). Points with no such candidate (beyond an edge or a convex corner) get the
-    exact closest-point search over their candidates. With ``exact_within``, so do the points
-    for which another candidate's plane is nearer than the chosen one (its edge could be
-    nearer too: between two fingers, a point beyond one finger's edge projects into the
-    other finger's triangle); without, the distance is that of a real point of the mesh,
-    so it can only overestimate the distance to the mesh.
+    Every candidate gets a cheap lower bound of its distance: the plane distance combined
+    with the in-plane distance to the edge line its projection lies beyond (exact above a
+    triangle, the case of every surface sample, and beyond an edge's interior). The
+    candidate with the lowest bound gets the exact closest point. Then only the candidates
+    whose bound is below that distance (by more than ``TIE_TOLERANCE``) could hold a
+    nearer point: they get the exact search, one (point, candidate) pair at a time, for
+    the points whose chosen candidate's bound is not exact (beyond a corner), and with
+    ``exact_within`` for every point whose lowest bound is within that distance (others
+    are empty whichever candidate is nearest). The distance is always that of a real point
+    of the mesh, so it can only overestimate the distance to the mesh.
     """
-    n_faces = tables.faces.shape[0]
-    num_vertices = tables.posed_vertices.shape[1]
     out_ids = torch.empty(points.shape[0], 3, dtype=torch.long, device=points.device)
     out_weights = points.new_empty(points.shape[0], 3)
     out_dist2 = points.new_empty(points.shape[0])
-    flat_vertices = tables.posed_vertices.reshape(-1, 3)
     for start in range(0, points.shape[0], SURFACE_CHUNK):
         part = slice(start, start + SURFACE_CHUNK)
-        candidates = tables.vertex_faces[near_ids[part]].flatten(1)  # (n, C) triangle ids
-        real = candidates >= 0
-        candidates = candidates.clamp(min=0)
-        table = tables.face_frames[frame_ids[part, None] * n_faces + candidates]  # (n, C, 13)
-        ap = points[part, None] - table[..., 0:3]
-        height = (ap * table[..., 3:6]).sum(-1).abs()
-        v = (ap * table[..., 6:9]).sum(-1)
-        w = (ap * table[..., 9:12]).sum(-1)
-        # Degenerate candidates are left to the exact search below (it uses their edges).
-        inside = real & (table[..., 12] > 0) & (v >= 0) & (w >= 0) & (v + w <= 1)
-        score = torch.where(inside, height, torch.full_like(height, torch.inf))
-        best_score, best = score.min(dim=1)
-        rows = torch.arange(len(best), device=points.device)
-        bary = torch.stack([1 - v[rows, best] - w[rows, best], v[rows, best], w[rows, best]], -1)
-        tri_ids = tables.faces[candidates[rows, best]]
-        dist2 = best_score.square()
-        unsure = ~torch.isfinite(best_score)
-        if exact_within is not None:
-            # A triangle is never nearer than its plane: only a candidate not chosen whose
-            # plane is nearer than the choice can hold a nearer point (degenerate ones,
-            # without a plane, always could).
-            lower = torch.where(table[..., 12] > 0, height, torch.zeros_like(height))
-            lower = torch.where(real & ~inside, lower, torch.full_like(lower, torch.inf))
-            # Points no candidate plane comes within reach of stay as they are (empty).
-            nearest_plane = torch.where(real, height, torch.full_like(height, torch.inf))
-            within = nearest_plane.amin(dim=1) <= exact_within
-            unsure |= (lower.amin(dim=1) < best_score) & within
-        outside = torch.nonzero(unsure).squeeze(1)
-        if outside.numel():
-            triangles = tables.faces[candidates[outside]]  # (m, C, 3)
-            frame_of = frame_ids[part][outside]
-            corners = flat_vertices[frame_of[:, None, None] * num_vertices + triangles]
-            exact_bary, exact_dist2 = closest_point_on_triangles(
-                points[part][outside, None], corners
-            )
-            exact_dist2 = torch.where(real[outside], exact_dist2, torch.inf)
-            pick = exact_dist2.argmin(dim=1)
-            sub = torch.arange(len(pick), device=points.device)
-            bary[outside] = exact_bary[sub, pick]
-            tri_ids[outside] = triangles[sub, pick]
-            dist2[outside] = exact_dist2[sub, pick]
+        tri_ids, bary, dist2 = _closest_in_chunk(
+            tables, points[part], frame_ids[part], near_ids[part], exact_within
+        )
         out_ids[part] = tri_ids
         out_weights[part] = bary
         out_dist2[part] = dist2
     return out_ids, out_weights, out_dist2
+
+
+def _closest_in_chunk(
+    tables: MeshTables,
+    points: torch.Tensor,
+    frame_ids: torch.Tensor,
+    near_ids: torch.Tensor,
+    exact_within: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`closest_triangles` of (n, 3) points (one chunk)."""
+    n_rows = tables.faces.shape[0] + 1  # per frame, with the padding row
+    candidates = tables.vertex_faces[near_ids].flatten(1)  # (n, C) triangle ids
+    n, n_candidates = candidates.shape
+    table = tables.face_frames[frame_ids[:, None] * n_rows + candidates]  # (n, C, 16)
+    homogeneous = torch.cat([points, points.new_ones(n, 1)], dim=1)
+    # One batched product per point: (C * 4, 4) matrices times its (x, 1).
+    hvw = torch.bmm(table.view(n, n_candidates * 4, 4), homogeneous[:, :, None])
+    hvw = hvw.view(n, n_candidates, 4)
+    height, v, w = hvw[..., 0], hvw[..., 1], hvw[..., 2]
+    altitudes = table[..., 12:15]
+    # Beyond an edge by -coordinate x altitude in the plane (0 inside; degenerate triangles
+    # have zero rows and altitudes, so a bound of 0: they are always searched).
+    beyond = torch.maximum(
+        torch.maximum((v + w - 1) * altitudes[..., 0], -v * altitudes[..., 1]),
+        (-w * altitudes[..., 2]).clamp(min=0),
+    )
+    bound2 = height.square() + beyond.square()
+    best_bound2, best = bound2.min(dim=1)
+    rows = torch.arange(len(best), device=points.device)
+    # (Clamped: a vertex in no triangle has only padding, at PADDING_DISTANCE: empty.)
+    tri_ids = tables.faces[candidates[rows, best].clamp(max=n_rows - 2)]  # (n, 3)
+    v, w = v[rows, best], w[rows, best]
+    bary = torch.stack([1 - v - w, v, w], -1)
+    dist2 = best_bound2.clone()
+    # Above the chosen triangle the bound is its distance and the projection's barycentrics
+    # its closest point; elsewhere (beyond an edge or corner, or degenerate) search it.
+    off = torch.nonzero((bary.amin(dim=1) < 0) | (table[rows, best, 15] == 0)).squeeze(1)
+    if off.numel():
+        bary[off], dist2[off] = _closest_point(tables, points[off], frame_ids[off], tri_ids[off])
+        # Beyond a convex corner the closest point is that corner, most often the nearest
+        # vertex, which the lowest bound does not always pick (it underestimates there).
+        _take_nearest_vertex(tables, points, frame_ids, near_ids[:, 0], off, tri_ids, bary, dist2)
+    if exact_within is None:
+        # Only where the chosen bound is not the distance (beyond a corner, or a degenerate
+        # triangle): a nearer candidate may exist there.
+        search = dist2 > best_bound2 + TIE_TOLERANCE * (2 * best_bound2.sqrt() + TIE_TOLERANCE)
+    else:
+        search = best_bound2 <= exact_within**2
+    limit = (dist2.sqrt() - TIE_TOLERANCE).clamp(min=0).square()
+    pairs = search[:, None] & (bound2 < limit[:, None])
+    pairs[rows, best] = False
+    pair_rows, pair_slots = torch.nonzero(pairs, as_tuple=True)
+    if pair_rows.numel() == 0:
+        return tri_ids, bary, dist2
+    pair_tris = tables.faces[candidates[pair_rows, pair_slots]]  # (P, 3)
+    pair_bary, pair_dist2 = _closest_point(
+        tables, points[pair_rows], frame_ids[pair_rows], pair_tris
+    )
+    nearest = dist2.scatter_reduce(0, pair_rows, pair_dist2, reduce="amin")
+    # The pair that reaches a row's new minimum (ties: any of them, one and the same point).
+    wins = torch.nonzero((pair_dist2 < dist2[pair_rows]) & (pair_dist2 == nearest[pair_rows]))
+    wins = wins.squeeze(1)
+    tri_ids[pair_rows[wins]] = pair_tris[wins]
+    bary[pair_rows[wins]] = pair_bary[wins]
+    return tri_ids, bary, nearest
+
+
+def _take_nearest_vertex(
+    tables: MeshTables,
+    points: torch.Tensor,
+    frame_ids: torch.Tensor,
+    nearest: torch.Tensor,
+    rows: torch.Tensor,
+    tri_ids: torch.Tensor,
+    bary: torch.Tensor,
+    dist2: torch.Tensor,
+) -> None:
+    """Where the (n,) ``nearest`` vertex is nearer than the closest point found, of the
+    (m,) ``rows``, make it the closest point (in place: a triangle around it, weight 1)."""
+    num_vertices = tables.posed_vertices.shape[1]
+    vertex = nearest[rows]
+    position = tables.posed_vertices.reshape(-1, 3)[frame_ids[rows] * num_vertices + vertex]
+    vertex_dist2 = (points[rows] - position).square().sum(dim=1)
+    nearer = torch.nonzero(vertex_dist2 < dist2[rows]).squeeze(1)
+    if nearer.numel() == 0:
+        return
+    rows, vertex = rows[nearer], vertex[nearer]
+    # Its first triangle (a vertex in no triangle has only padding: any triangle, the
+    # weights then all 0 and the sample far beyond every candidate anyway).
+    triangle = tables.faces[tables.vertex_faces[vertex, 0].clamp(max=len(tables.faces) - 1)]
+    tri_ids[rows] = triangle
+    bary[rows] = (triangle == vertex[:, None]).to(bary.dtype)
+    dist2[rows] = vertex_dist2[nearer]
+
+
+def _closest_point(
+    tables: MeshTables, points: torch.Tensor, frame_ids: torch.Tensor, tri_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Barycentrics (n, 3) of the closest point of each (n, 3) triangle (vertex ids local to
+    the point's frame) to each (n, 3) point, and its squared distance (n,) measured from
+    that point: the dot-product expansion of :func:`closest_point_on_triangles` loses the
+    distance to cancellation in float32 when it is small (micrometres at 2 cm)."""
+    corners = tables.posed_vertices.reshape(-1, 3)[
+        frame_ids[:, None] * tables.posed_vertices.shape[1] + tri_ids
+    ]
+    bary, _ = closest_point_on_triangles(points, corners)
+    closest = (bary[..., None] * corners).sum(dim=1)
+    return bary, (points - closest).square().sum(dim=1)
 
 
 def cover_radius(posed_vertices: torch.Tensor, faces: torch.Tensor) -> float:

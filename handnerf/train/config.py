@@ -124,6 +124,10 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("model", "field", "shading_hidden_dim"), 32),
     # Before jittered rays every training ray went through its pixel's centre.
     (("train", "jitter_rays"), False),
+    # Before the deformer's mesh modes emptiness was judged by the nearest posed vertex and
+    # pose correctives were left in the canonical positions.
+    (("model", "deformer", "near"), "vertex"),
+    (("model", "deformer", "correctives"), False),
 )
 
 

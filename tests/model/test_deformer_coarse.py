@@ -425,3 +425,39 @@ def test_cover_radius_and_lattice_bound_the_surface(
     spacing = 0.002
     lattice = surface_lattice(hand.posed[None], hand.faces, spacing)[0]
     assert float(torch.cdist(posed, lattice).amin(dim=1).max()) <= spacing
+
+
+@pytest.mark.parametrize("exact_within", [None, MAX_DISTANCE])
+def test_search_finds_the_closest_of_its_candidates(
+    hand: CoarseHand, exact_within: float | None
+) -> None:
+    from handnerf.model.surface_search import (
+        MeshTables,
+        closest_point_on_triangles,
+        closest_triangles,
+    )
+
+    generator = torch.Generator().manual_seed(7)
+    posed, _, _ = surface_samples(hand, seed=6)
+    posed = posed[torch.randperm(len(posed), generator=generator)[:2500]]  # brute force: N x T
+    direction = torch.nn.functional.normalize(torch.randn(len(posed), 3, generator=generator), 1)
+    # Up to 12 mm off the surface: beyond edges and corners, between fingers.
+    points = posed + 0.012 * torch.rand(len(posed), 1, generator=generator) * direction
+    tables = MeshTables.build(hand.posed[None], hand.faces)
+    near = torch.cdist(points, hand.posed).topk(3, dim=1, largest=False).indices
+    frame_ids = torch.zeros(len(points), dtype=torch.long)
+    tri_ids, bary, dist2 = closest_triangles(tables, points, frame_ids, near, exact_within)
+    # Float64 brute force over the same candidates: the triangles around the 3 vertices.
+    candidates = torch.stack(
+        [(hand.faces[None] == near[:, i, None, None]).any(dim=2) for i in range(3)]
+    ).any(dim=0)  # (N, T)
+    _, all_dist2 = closest_point_on_triangles(
+        points.double()[:, None], hand.posed.double()[hand.faces][None]
+    )
+    expected = torch.where(candidates, all_dist2, torch.inf).amin(dim=1).sqrt()
+    found = dist2.double().sqrt()
+    within = expected <= (MAX_DISTANCE if exact_within is not None else torch.inf)
+    assert float((found - expected)[within].abs().max()) < 1e-6
+    # The weights are the closest point's barycentrics on the triangle returned.
+    closest = (bary[..., None] * hand.posed[tri_ids]).sum(dim=1)
+    torch.testing.assert_close((points - closest).norm(dim=1), dist2.sqrt(), atol=1e-6, rtol=0)
