@@ -101,11 +101,6 @@ def read_record(root: Path, seq_name: str, camera_id: str, frame_idx: int) -> di
     return record
 
 
-def remove_temporaries(root: Path) -> int:
-    """Delete the temporary files an interrupted run left behind; returns how many."""
-    return len(files.remove_temp_files_under(root))
-
-
 def camera_to_json(camera: PinholeCamera) -> dict[str, Any]:
     return {
         "K": camera.K.tolist(),

@@ -40,6 +40,7 @@ from handnerf.data.interhand import (
 from handnerf.data.masks import DEFAULT_SUPERSAMPLE, _to_numpy, mesh_silhouette
 from handnerf.data.stream import StreamedSelection, select_views
 from handnerf.errors import ConfigError, DataError, SelectionError
+from handnerf.files import remove_temp_files_under
 
 # --------------------------------------------------------------------------- spec
 
@@ -313,7 +314,7 @@ def prepare_cache(
     # Written only once the selection is known to be good, so a typo leaves no cache behind.
     if not spec_path.is_file():
         cache_format.atomic_write_json(spec_path, job)
-    cache_format.remove_temporaries(out)
+    remove_temp_files_under(out)  # an interrupted run's; only this job writes here
 
     hand_model, vertices_by_frame = _pose_frames(selection, spec)
     faces = np.asarray(_to_numpy(hand_model.faces), dtype=np.int64)
