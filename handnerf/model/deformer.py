@@ -65,6 +65,7 @@ from handnerf.model.blend_math import (
 )
 from handnerf.model.surface_search import (
     MeshTables,
+    TriangleTrees,
     closest_point_on_triangles,
     closest_triangles,
     cover_radius,
@@ -174,6 +175,9 @@ class FrameDeformation:
     mesh: MeshTables | None = None  # the posed triangles (blend="surface")
     vertex_inverse: torch.Tensor | None = None  # (F * V, 12) inverse of vertex_affine
     canonical_vertices: torch.Tensor | None = None  # (F * V, 3), correctives=True
+    #: near="mesh" on the CPU (kdtree backend): libigl trees giving every sample its exact
+    #: closest point of the whole mesh, no neighbour search needed.
+    triangle_trees: TriangleTrees | None = None
     config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
     #: Samples farther than this (metres) from every posed vertex are empty: max_distance,
     #: plus the mesh's cover radius with near="mesh" (a surface point can be that far).
@@ -260,6 +264,8 @@ class FrameDeformation:
         self, points: torch.Tensor, frame_ids: torch.Tensor, surface: bool
     ) -> DeformResult:
         cfg = self.config
+        if self.triangle_trees is not None:
+            return self._deform_closest(points, frame_ids)
         distances, ids = _knn(self, points, frame_ids)
         weights = _blend_weights(distances, cfg)
         global_ids = frame_ids[:, None] * self.num_vertices + ids  # (N, k)
@@ -269,6 +275,14 @@ class FrameDeformation:
         elif surface and cfg.blend == "surface":
             self._surface_weights(points, frame_ids, global_ids, weights)
         return self._assemble(points, global_ids, weights, distance)
+
+    def _deform_closest(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
+        """near="mesh" with libigl: every (N, 3) sample's closest point on its frame's mesh
+        gives its weights (the three corners' barycentrics) and its distance."""
+        assert self.triangle_trees is not None
+        tri_ids, bary, dist2 = self.triangle_trees.closest(points, frame_ids)
+        global_ids = frame_ids[:, None] * self.num_vertices + tri_ids  # (N, 3)
+        return self._assemble(points, global_ids, bary, dist2.sqrt())
 
     def _mesh_weights(
         self,
@@ -593,7 +607,15 @@ class InverseLBSDeformer(nn.Module):
                 frames.reach += cover_radius(frames.posed_vertices, frames.mesh.faces)
             if self.config.correctives:
                 frames.canonical_vertices = _check_canonical(canonical_vertices, posed_vertices)
-            if backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
+            if (
+                self.config.near == "mesh"
+                and backend == "kdtree"
+                and posed_vertices.device.type == "cpu"
+                and TriangleTrees.available()
+            ):
+                assert frames.mesh is not None
+                frames.triangle_trees = TriangleTrees(frames.mesh)
+            elif backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
                 frames.trees = _build_trees(posed_vertices)
             if backend == "grid":
                 frames.grid = _build_grid(frames)
@@ -715,7 +737,7 @@ def _check_canonical(
 def _empty_result(points: torch.Tensor, frames: FrameDeformation) -> DeformResult:
     """A zero-length result with the same fields a non-empty query of ``frames`` fills."""
     knn = frames.backend != "grid"
-    k = _knn_count(frames)
+    k = 3 if frames.triangle_trees is not None else _knn_count(frames)
     return DeformResult(
         canonical=points.new_zeros(0, 3),
         valid=torch.zeros(0, dtype=torch.bool, device=points.device),

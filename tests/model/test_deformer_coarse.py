@@ -296,7 +296,8 @@ def test_old_paths_fail_the_round_trip(
     assert float((corrected.canonical - canonical).norm(dim=1)[kept].max()) < 5e-4
 
 
-def test_distance_is_the_distance_to_the_mesh(hand: CoarseHand) -> None:
+@pytest.mark.parametrize("backend", ["kdtree", "cdist"])
+def test_distance_is_the_distance_to_the_mesh(hand: CoarseHand, backend: str) -> None:
     from handnerf.model.surface_search import closest_point_on_triangles
 
     generator = torch.Generator().manual_seed(5)
@@ -307,12 +308,16 @@ def test_distance_is_the_distance_to_the_mesh(hand: CoarseHand) -> None:
     corners = hand.posed[hand.faces].double()
     _, dist2 = closest_point_on_triangles(points.double()[:, None], corners[None])
     exact = dist2.amin(dim=1).sqrt().float()
-    result = prepare(hand, **MESH_MODE).deform(points)
+    frames = prepare(hand, backend=backend, **MESH_MODE)
+    # On the CPU (kdtree) libigl's trees search the whole mesh; the pure-PyTorch twin
+    # (cdist, the GPU path) searches the triangles around the nearest vertices.
+    assert (frames.triangle_trees is not None) == (backend == "kdtree")
+    result = frames.deform(points)
     # A real point of the mesh: never nearer than the closest one, and (the closest
     # triangle being among those around the nearest vertices) almost always it.
     assert bool((result.distance >= exact - 1e-6).all())
     close = (result.distance - exact).abs() < 1e-5
-    assert float(close.float().mean()) > 0.99
+    assert float(close.float().mean()) > (0.99 if backend == "cdist" else 0.9999)
     torch.testing.assert_close(result.valid, result.distance <= MAX_DISTANCE)
     assert bool(result.valid[exact < MAX_DISTANCE - 1e-3].all())
     assert not bool(result.valid[exact > MAX_DISTANCE + 1e-5].any())
@@ -461,3 +466,23 @@ def test_search_finds_the_closest_of_its_candidates(
     # The weights are the closest point's barycentrics on the triangle returned.
     closest = (bary[..., None] * hand.posed[tri_ids]).sum(dim=1)
     torch.testing.assert_close((points - closest).norm(dim=1), dist2.sqrt(), atol=1e-6, rtol=0)
+
+
+def test_cpu_trees_and_torch_twin_agree(
+    hand: CoarseHand, samples: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+) -> None:
+    posed, _, _ = samples
+    generator = torch.Generator().manual_seed(11)
+    direction = torch.nn.functional.normalize(torch.randn(len(posed), 3, generator=generator), 1)
+    points = posed + 0.01 * torch.rand(len(posed), 1, generator=generator) * direction
+    trees = prepare(hand, backend="kdtree", **MESH_MODE).deform(points)
+    twin = prepare(hand, backend="cdist", **MESH_MODE).deform(points)
+    # Same distance wherever the twin's candidates hold the closest triangle (nearly all).
+    same = (trees.distance - twin.distance).abs() < 1e-6
+    assert float(same.float().mean()) > 0.99
+    assert bool((trees.distance <= twin.distance + 1e-6).all())
+    both = same & trees.valid & twin.valid
+    assert int(both.sum()) > 1000
+    torch.testing.assert_close(trees.canonical[both], twin.canonical[both], atol=2e-5, rtol=0)
+    # (Normals: float32 rounding where the closest point is on an edge.)
+    torch.testing.assert_close(trees.normal[both], twin.normal[both], atol=1e-3, rtol=0)
