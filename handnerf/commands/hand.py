@@ -36,9 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resolution",
-        choices=("dense", "mano"),
-        default="dense",
-        help="procedural hand: 'dense' (default) or 'mano' (778 vertices, pose correctives)",
+        choices=("mano", "dense"),
+        default="mano",
+        help="procedural hand: 'mano' (default: 778 vertices, MANO-like triangles, pose "
+        "correctives) or 'dense' (3.6k vertices, no correctives)",
     )
 
 

@@ -39,6 +39,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl (default: the procedural hand)",
     )
     parser.add_argument(
+        "--procedural-hand",
+        choices=("mano", "dense"),
+        default="mano",
+        help="without --mano-dir: the procedural hand at MANO's resolution ('mano', the "
+        "default: 778 vertices, pose correctives) or the 'dense' one (3.6k vertices); fit "
+        "with the same data.procedural_hand",
+    )
+    parser.add_argument(
         "--mano-noise",
         default=None,
         metavar="DEG,MM",
@@ -79,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             preset,
             seed=args.seed,
             mano_dir=args.mano_dir,
+            procedural=args.procedural_hand,
             workers=args.workers,
             progress=bar.update,
         )

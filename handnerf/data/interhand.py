@@ -85,6 +85,32 @@ def refuse_procedural_hand(root: str | Path, procedural: bool, action: str) -> N
         )
 
 
+def refuse_other_procedural_hand(
+    root: str | Path, procedural: dict[str, Any] | None, setting: str
+) -> None:
+    """Refuse to fit a synthetic capture with another procedural hand than it was made with.
+
+    ``procedural``: the fit's hand's procedural metadata (None: a real MANO model, which
+    is the user's choice). ``setting`` names the option that selects it, for the message.
+    Captures whose ``synth.json`` does not say are not checked.
+    """
+    if procedural is None or not is_synthetic_capture(root):
+        return
+    try:
+        made = json.loads((Path(root) / SYNTH_MARKER).read_text())["hand_model"]["procedural"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(made, dict):
+        return
+    made_with = str(made.get("resolution", "dense"))
+    fitting_with = str(procedural.get("resolution", "dense"))
+    if made_with != fitting_with:
+        raise ProceduralHandError(
+            f"{root}: rendered with the {made_with!r} procedural hand ({SYNTH_MARKER}), but "
+            f"this fit uses the {fitting_with!r} one; set {setting}={made_with}"
+        )
+
+
 def refuse_seen_novel_pose(train_seq: str, novel_pose_seq: str | None) -> None:
     """Refuse a novel-pose sequence equal to the training sequence (NovelPoseSequenceError)."""
     if novel_pose_seq is not None and novel_pose_seq == train_seq:

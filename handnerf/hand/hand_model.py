@@ -289,12 +289,17 @@ class HandModel(torch.nn.Module):
 
     @classmethod
     def from_folder(
-        cls, mano_dir: str | Path | None, side: str, dtype: torch.dtype = torch.float32
+        cls,
+        mano_dir: str | Path | None,
+        side: str,
+        dtype: torch.dtype = torch.float32,
+        procedural: str | None = None,
     ) -> HandModel:
-        """The ``side`` hand of a MANO folder (``None``: the procedural hand)."""
+        """The ``side`` hand of a MANO folder (``None``: the procedural hand of resolution
+        ``procedural``, None: the default)."""
         if side not in ("right", "left"):
             raise ParameterError(f"hand side must be 'right' or 'left', got {side!r}")
-        return cls(load_mano_folder(mano_dir)[side], dtype=dtype)
+        return cls(load_mano_folder(mano_dir, procedural)[side], dtype=dtype)
 
     @property
     def num_vertices(self) -> int:

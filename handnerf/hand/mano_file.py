@@ -531,10 +531,13 @@ def _find_model_file(folder: Path, side: str) -> Path:
     )
 
 
-def load_mano_folder(mano_dir: str | Path | None) -> dict[str, ManoModelData]:
+def load_mano_folder(
+    mano_dir: str | Path | None, procedural: str | None = None
+) -> dict[str, ManoModelData]:
     """Both hands of a MANO-format model folder, keyed ``"right"`` and ``"left"``.
 
-    ``mano_dir=None`` selects the license-free procedural hand. The left-hand shapedirs
+    ``mano_dir=None`` selects the license-free procedural hand of resolution ``procedural``
+    (``"mano"`` or ``"dense"``; None: the default, ``"mano"``). The left-hand shapedirs
     fix (:func:`fix_left_shapedirs`) is applied.
 
     Raises:
@@ -542,9 +545,9 @@ def load_mano_folder(mano_dir: str | Path | None) -> dict[str, ManoModelData]:
             missing (the message lists what the folder holds), or a file is malformed.
     """
     if mano_dir is None:
-        from handnerf.hand.procedural import procedural_mano_dir
+        from handnerf.hand.procedural import DEFAULT_RESOLUTION, procedural_mano_dir
 
-        folder = Path(procedural_mano_dir())
+        folder = Path(procedural_mano_dir(resolution=procedural or DEFAULT_RESOLUTION))
     else:
         folder = Path(mano_dir).expanduser()
     if not folder.is_dir():

@@ -59,6 +59,9 @@ NOTE: str = "license-free procedural hand, NOT MANO"
 PROCEDURAL_KEY: str = "handnerf_procedural"
 #: Mesh resolutions: the dense marching-cubes hand and the 778-vertex MANO-like one.
 RESOLUTIONS: tuple[str, ...] = ("dense", "mano")
+#: The procedural hand used where no MANO folder is given: MANO's resolution, so that the
+#: demo and the tests meet what real MANO brings (large triangles, pose correctives).
+DEFAULT_RESOLUTION = "mano"
 
 #: MANO's kinematic tree: 0 wrist, 1-3 index, 4-6 middle, 7-9 pinky, 10-12 ring, 13-15 thumb.
 PARENTS: tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
@@ -442,10 +445,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HANDNERF_CACHE") or "~/.cache/handnerf").expanduser()
 
 
-def procedural_mano_dir(cache_dir: Path | None = None, resolution: str = "dense") -> Path:
-    """The cached procedural MANO folder ``<cache>/procedural_hand_v{VERSION}``.
+def procedural_mano_dir(
+    cache_dir: Path | None = None, resolution: str = DEFAULT_RESOLUTION
+) -> Path:
+    """The cached procedural MANO folder of a resolution.
 
-    ``resolution="mano"`` selects ``<cache>/procedural_hand_mano_v{coarse_hand.VERSION}``.
+    ``"mano"`` (the default) is ``<cache>/procedural_hand_mano_v{coarse_hand.VERSION}``,
+    ``"dense"`` ``<cache>/procedural_hand_v{VERSION}``.
 
     Generated once (seed 0) into a temporary folder that is renamed into place, so two
     processes racing here both end up with one complete folder.

@@ -38,10 +38,14 @@ from handnerf.model.volume import render_samples
 @dataclass
 class AvatarConfig:
     field: HashGridField.Config = dataclasses.field(default_factory=HashGridField.Config)
-    #: Samples farther than 8 mm from the posed surface are empty: the hand's radiance lives
-    #: in a thin shell around MANO (a wider one only adds samples to evaluate).
+    #: Samples farther than 8 mm from the posed mesh are empty: the hand's radiance lives
+    #: in a thin shell around MANO (a wider one only adds samples to evaluate). Judged by
+    #: the distance to the posed triangles, with skinning weights at the closest point and
+    #: pose correctives undone: right on real MANO's coarse mesh (large triangles).
     deformer: InverseLBSDeformer.Config = dataclasses.field(
-        default_factory=lambda: InverseLBSDeformer.Config(max_distance=0.008)
+        default_factory=lambda: InverseLBSDeformer.Config(
+            max_distance=0.008, blend="surface", near="mesh", correctives=True
+        )
     )
     occupancy: CanonicalOccupancyGrid.Config = dataclasses.field(
         default_factory=CanonicalOccupancyGrid.Config

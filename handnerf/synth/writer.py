@@ -359,6 +359,7 @@ def synthesize_capture(
     mano_dir: str | Path | None = None,
     workers: int | None = None,
     lighting: Lighting | None = None,
+    procedural: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SynthSummary:
     """Render and write a synthetic capture under ``out_dir``.
@@ -368,6 +369,8 @@ def synthesize_capture(
         preset: sizes of the capture (see :mod:`handnerf.synth.presets`).
         seed: seeds rig, shape, poses and orientations; same seed, same files.
         mano_dir: MANO folder (``MANO_RIGHT.pkl``/``MANO_LEFT.pkl``); ``None`` = procedural hand.
+        procedural: without ``mano_dir``, the procedural hand's resolution (``"mano"`` or
+            ``"dense"``; None: the default, ``"mano"``).
         workers: render processes (``None``: the preset's default).
         lighting: the world-fixed light (``None``: :class:`Lighting` defaults).
         progress: called with the number of images finished after each frame.
@@ -397,7 +400,7 @@ def synthesize_capture(
     rngs = {
         name: np.random.default_rng(stream) for name, stream in zip(names, streams, strict=True)
     }
-    model = HandModel.from_folder(mano_dir, preset.side, dtype=torch.float64)
+    model = HandModel.from_folder(mano_dir, preset.side, dtype=torch.float64, procedural=procedural)
     plans = plan_frames(preset)
     posed = _pose_hand(model, plans, preset, rngs)
     cameras = make_dome(rngs["rig"], preset.n_cameras, landscape_every=preset.landscape_every)

@@ -34,6 +34,9 @@ class DataConfig:
     mask_source: str = "mano"
     #: A user's MANO folder (MANO_RIGHT.pkl / MANO_LEFT.pkl); None: the procedural hand.
     mano_dir: str | None = None
+    #: The procedural hand used without mano_dir: "mano" (778 vertices, pose correctives,
+    #: what `handnerf synth` renders by default) or "dense" (3.6k vertices, none).
+    procedural_hand: str = "mano"
 
 
 @dataclass
@@ -128,6 +131,8 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # pose correctives were left in the canonical positions.
     (("model", "deformer", "near"), "vertex"),
     (("model", "deformer", "correctives"), False),
+    # Before the MANO-resolution procedural hand became the default, it was the dense one.
+    (("data", "procedural_hand"), "dense"),
 )
 
 

@@ -22,6 +22,7 @@ from handnerf.data.cache import CachedView, PreparedCache, is_prepared_cache
 from handnerf.data.interhand import (
     FrameView,
     InterHandCapture,
+    refuse_other_procedural_hand,
     refuse_procedural_hand,
     refuse_seen_novel_pose,
 )
@@ -105,8 +106,11 @@ def load_fit_data(
     refuse_seen_novel_pose(cfg.train_seq, cfg.novel_pose_seq)
     if is_prepared_cache(root):
         return _load_fit_data_from_cache(root, cfg, progress)
-    hand_model = HandModel.from_folder(Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand)
+    hand_model = HandModel.from_folder(
+        Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand, procedural=cfg.procedural_hand
+    )
     refuse_procedural_hand(root, hand_model.data.is_procedural, "fit")
+    refuse_other_procedural_hand(root, hand_model.data.procedural, "data.procedural_hand")
     train_cap = open_sequence(root, cfg, cfg.train_seq, cfg.stride)
     if not train_cap.views:
         raise DataError(
@@ -357,7 +361,9 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
             raise SelectionError(
                 f"data.{name}={wanted!r} but the prepared cache {root} holds {name} {cached!r}"
             )
-    hand_model = HandModel.from_folder(Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand)
+    hand_model = HandModel.from_folder(
+        Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand, procedural=cfg.procedural_hand
+    )
     if hand_model.data.sha256 != cache.hand_sha:
         raise DataError(
             f"{root}: its masks were made with another hand model (sha256 {cache.hand_sha[:12]}) "

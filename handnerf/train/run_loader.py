@@ -67,7 +67,7 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
         raise CheckpointError(f"{path}: missing {exc} (not a complete fit checkpoint)") from exc
     dev = pick_device(device)
     mano_dir = Path(cfg.data.mano_dir) if cfg.data.mano_dir else None
-    hand_model = HandModel.from_folder(mano_dir, cfg.data.hand)
+    hand_model = HandModel.from_folder(mano_dir, cfg.data.hand, procedural=cfg.data.procedural_hand)
     if hand_identity(hand_model) != state.get("hand_identity"):
         raise CheckpointError(
             f"{path}: trained with hand model {state.get('hand_identity')}, but "

@@ -200,7 +200,9 @@ def test_left_is_mirror_of_right_for_mirrored_pose(toy_models):
 
 
 def test_procedural_hand_left_mirrors_right(procedural_folder):
-    models = load_mano_folder(None)
+    # The dense hand, which has no pose correctives (the MANO-resolution one, the default,
+    # has them: tests/hand/test_coarse_hand.py).
+    models = load_mano_folder(None, procedural="dense")
     right = HandModel(models["right"], dtype=torch.float64)
     left = HandModel(models["left"], dtype=torch.float64)
     assert right.side == "right" and left.side == "left"

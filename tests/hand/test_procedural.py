@@ -188,7 +188,8 @@ def test_written_folder_is_mano_format(tmp_path: Path) -> None:
 def test_procedural_mano_dir_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HANDNERF_CACHE", str(tmp_path / "cache"))
     folder = procedural.procedural_mano_dir()
-    assert folder == tmp_path / "cache" / f"procedural_hand_v{procedural.VERSION}"
+    # The default is the MANO-resolution hand.
+    assert folder == tmp_path / "cache" / f"procedural_hand_mano_v{procedural.hand_version('mano')}"
     assert (folder / "MANO_RIGHT.pkl").is_file() and (folder / "MANO_LEFT.pkl").is_file()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no leftovers
     stamp = (folder / "MANO_RIGHT.pkl").stat().st_mtime_ns

@@ -328,7 +328,8 @@ def test_auto_backend_on_cpu_is_exact(finger: Finger) -> None:
 
 
 def test_procedural_hand_vertices_map_back_to_canonical() -> None:
-    model = HandModel.from_folder(None, "right")
+    # The dense hand: no pose correctives, so plain inverse LBS is exact at its vertices.
+    model = HandModel.from_folder(None, "right", procedural="dense")
     generator = torch.Generator().manual_seed(9)
     params = ManoParams(
         global_orient=0.5 * torch.randn(2, 3, generator=generator),
@@ -446,10 +447,11 @@ def test_closest_point_on_triangles_matches_trimesh() -> None:
 
 def _hand_in_contact() -> tuple[object, object, torch.Tensor, torch.Tensor]:
     """The procedural hand in a closed, self-touching pose: (model, output, surface samples
-    posed, their true canonical positions)."""
+    posed, their true canonical positions). The dense hand: its vertices are close enough
+    for the vertex blend, and it has no pose correctives."""
     from handnerf.hand.hand_model import HandModel, ManoParams
 
-    model = HandModel.from_folder(None, "right")
+    model = HandModel.from_folder(None, "right", procedural="dense")
     hand_pose = torch.zeros(1, 45)
     hand_pose[0, 2::3] = 1.2  # every finger joint curled about its bending axis: a fist
     params = ManoParams(
