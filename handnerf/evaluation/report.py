@@ -32,7 +32,14 @@ from handnerf.files import atomic_write_bytes, atomic_write_text, remove_temp_fi
 REQUIRED_ROW_FIELDS = ("split", "camera", "frame", "psnr", "ssim")
 METRIC_FIELDS = ("psnr", "ssim", "lpips")
 #: Metrics a row may carry besides the protocol's (None where undefined for a view).
-OPTIONAL_METRIC_FIELDS = ("mask_psnr", "mask_ssim", "mask_lpips", "lpips_scaled", "psnr_xhand_code")
+OPTIONAL_METRIC_FIELDS = (
+    "mask_psnr",
+    "mask_ssim",
+    "mask_lpips",
+    "lpips_scaled",
+    "psnr_xhand_code",
+    "hole_fraction",
+)
 IMAGE_KINDS = ("render", "gt", "mask")
 
 
@@ -129,6 +136,12 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if any(field in row for row in rows):
             # Views where a value is undefined (e.g. an empty mask) are left out of its mean.
             aggregate[field] = _mean([row[field] for row in rows if row.get(field) is not None])
+    if any("hole_region_px" in row for row in rows):
+        # Pooled over the set's hand pixels, as the real-MANO issue measures holes (not the
+        # mean of per-image fractions).
+        region = sum(int(row.get("hole_region_px") or 0) for row in rows)
+        holes = sum(int(row.get("hole_px") or 0) for row in rows)
+        aggregate["hole_fraction"] = holes / region if region else None
     return aggregate
 
 

@@ -33,6 +33,7 @@ METRIC_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("mask_psnr", "PSNR (dB), inside mask", 2),
     ("mask_ssim", "SSIM, inside mask", 4),
     ("mask_lpips", "LPIPS, inside mask", 4),
+    ("hole_fraction", "holes (share of eroded hand px rendered near black)", 5),
 )
 
 

@@ -49,6 +49,12 @@ from handnerf.evaluation.protocols import EvalProtocol
 PRED_MASK_THRESHOLD = 0.5 / 255.0
 #: XHand's code computes PSNR as ``28*log10(1/sqrt(MSE))``, not ``20*log10``.
 XHAND_CODE_PSNR_FACTOR = 28.0
+#: Holes (the real-MANO issue's measure): hand pixels, the MANO mask eroded by
+#: HOLE_ERODE_PX so that silhouette edges do not count, where the ground truth is not dark
+#: (max channel > HOLE_GT_MIN) but the render is near black (max channel < HOLE_RENDER_MAX).
+HOLE_ERODE_PX = 2
+HOLE_GT_MIN = 30.0 / 255.0
+HOLE_RENDER_MAX = 20.0 / 255.0
 
 
 def drop_reason(
@@ -165,6 +171,19 @@ def _inside_mask(
     return scores
 
 
+def hole_pixels(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[int, int]:
+    """(holes, hand pixels): near-black render pixels inside the eroded (H, W) ``mask``
+    where the (H, W, 3) ground truth in [0, 1] is not dark, and how many pixels were tested."""
+    import cv2
+
+    size = 2 * HOLE_ERODE_PX + 1
+    kernel = np.ones((size, size), np.uint8)
+    inside = cv2.erode(np.asarray(mask, dtype=np.uint8), kernel) > 0
+    inside &= np.asarray(gt).max(axis=-1) > HOLE_GT_MIN
+    holes = inside & (np.asarray(pred).max(axis=-1) < HOLE_RENDER_MAX)
+    return int(np.count_nonzero(holes)), int(np.count_nonzero(inside))
+
+
 def score_view(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -188,7 +207,8 @@ def score_view(
 
     Returns:
         ``{"psnr", "ssim", "lpips" (None without a network), "mask_psnr", "mask_ssim",
-        "mask_lpips", "padding_px"}``, plus ``"box_px"`` (``zero_outside_box``),
+        "mask_lpips", "padding_px", "hole_px", "hole_region_px", "hole_fraction"}`` (see
+        :func:`hole_pixels`; the fraction None without hand pixels), plus ``"box_px"`` (``zero_outside_box``),
         ``"lpips_scaled"`` (``lpips_scale``), ``"psnr_xhand_code"`` and ``"pred_mask_px"``
         (``xhand_code_psnr``).
     """
@@ -213,6 +233,7 @@ def score_view(
         extras["psnr_xhand_code"] = xhand_code_psnr(pred, gt, pred_mask)
         extras["pred_mask_px"] = int(np.count_nonzero(pred_mask))
     hand = np.asarray(mask, dtype=bool) & np.asarray(valid, dtype=bool)
+    holes, hole_region = hole_pixels(pred, gt, hand)
     return {
         "psnr": psnr(pred_eval, gt_eval, region),
         "ssim": ssim(pred_eval, gt_eval, region),
@@ -220,4 +241,7 @@ def score_view(
         **_inside_mask(pred, gt, hand, perceptual),
         **extras,
         "padding_px": int(np.count_nonzero(~np.asarray(valid, dtype=bool))),
+        "hole_px": holes,
+        "hole_region_px": hole_region,
+        "hole_fraction": holes / hole_region if hole_region else None,
     }

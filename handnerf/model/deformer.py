@@ -65,6 +65,7 @@ from handnerf.model.blend_math import (
 )
 from handnerf.model.surface_search import (
     MeshTables,
+    TriangleScan,
     TriangleTrees,
     closest_point_on_triangles,
     closest_triangles,
@@ -175,9 +176,9 @@ class FrameDeformation:
     mesh: MeshTables | None = None  # the posed triangles (blend="surface")
     vertex_inverse: torch.Tensor | None = None  # (F * V, 12) inverse of vertex_affine
     canonical_vertices: torch.Tensor | None = None  # (F * V, 3), correctives=True
-    #: near="mesh" on the CPU (kdtree backend): libigl trees giving every sample its exact
-    #: closest point of the whole mesh, no neighbour search needed.
-    triangle_trees: TriangleTrees | None = None
+    #: near="mesh": every sample's exact closest point of the whole mesh (no neighbour
+    #: search needed): libigl trees on the CPU (kdtree backend), else the PyTorch scan.
+    triangle_trees: TriangleTrees | TriangleScan | None = None
     config: InverseLBSDeformer.Config = field(default=None)  # type: ignore[assignment]
     #: Samples farther than this (metres) from every posed vertex are empty: max_distance,
     #: plus the mesh's cover radius with near="mesh" (a surface point can be that far).
@@ -607,15 +608,14 @@ class InverseLBSDeformer(nn.Module):
                 frames.reach += cover_radius(frames.posed_vertices, frames.mesh.faces)
             if self.config.correctives:
                 frames.canonical_vertices = _check_canonical(canonical_vertices, posed_vertices)
-            if (
-                self.config.near == "mesh"
-                and backend == "kdtree"
-                and posed_vertices.device.type == "cpu"
-                and TriangleTrees.available()
-            ):
+            on_cpu = posed_vertices.device.type == "cpu"
+            if self.config.near == "mesh":
                 assert frames.mesh is not None
-                frames.triangle_trees = TriangleTrees(frames.mesh)
-            elif backend in ("kdtree", "grid") and posed_vertices.device.type == "cpu":
+                if backend == "kdtree" and on_cpu and TriangleTrees.available():
+                    frames.triangle_trees = TriangleTrees(frames.mesh)
+                else:
+                    frames.triangle_trees = TriangleScan(frames.mesh)
+            elif backend in ("kdtree", "grid") and on_cpu:
                 frames.trees = _build_trees(posed_vertices)
             if backend == "grid":
                 frames.grid = _build_grid(frames)

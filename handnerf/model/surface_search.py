@@ -28,6 +28,8 @@ FACE_COLUMNS = 16
 # Plane distance (metres) of every point from the padding row of MeshTables.face_frames:
 # farther than any candidate triangle, never chosen.
 PADDING_DISTANCE = 1e9
+# (Point, triangle) pairs per chunk of TriangleScan's bounding-sphere distances.
+SCAN_CHUNK_PAIRS = 1 << 22
 # Candidates whose lower bound is within this (metres) of the chosen triangle's distance
 # are not searched: the closest point could only be that much nearer.
 TIE_TOLERANCE = 1e-7
@@ -295,6 +297,62 @@ def _closest_in_chunk(
     tri_ids[pair_rows[wins]] = pair_tris[wins]
     bary[pair_rows[wins]] = pair_bary[wins]
     return tri_ids, bary, nearest
+
+
+class TriangleScan:
+    """The exact closest point of the whole mesh in pure PyTorch (any device).
+
+    The twin of :class:`TriangleTrees` for the GPU (and the CPU without libigl): every
+    triangle gets a lower bound of its distance from its bounding sphere (one ``cdist``
+    per chunk of points), the triangle with the lowest bound an exact test, and then only
+    the triangles whose bound is below that distance get one too. Unlike the search among
+    the nearest vertices' triangles (:func:`closest_triangles`), it cannot miss a
+    triangle, e.g. under fingers curled onto the palm, whose vertices are nearer.
+    """
+
+    def __init__(self, tables: MeshTables) -> None:
+        self.tables = tables
+        corners = tables.posed_vertices[:, tables.faces]  # (F, T, 3, 3)
+        self.centres = corners.mean(dim=2)  # (F, T, 3)
+        self.radii = (corners - self.centres[:, :, None]).norm(dim=-1).amax(dim=-1)  # (F, T)
+
+    def closest(
+        self, points: torch.Tensor, frame_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`TriangleTrees.closest`."""
+        n_triangles = self.tables.faces.shape[0]
+        face = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+        chunk = max(1, SCAN_CHUNK_PAIRS // max(n_triangles, 1))
+        for frame in torch.unique(frame_ids).tolist():
+            rows = torch.nonzero(frame_ids == frame).squeeze(1)
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                face[part] = self._scan(points[part], frame)
+        tri_ids = self.tables.faces[face]
+        bary, dist2 = _closest_point(self.tables, points, frame_ids, tri_ids)
+        return tri_ids, bary, dist2
+
+    def _scan(self, points: torch.Tensor, frame: int) -> torch.Tensor:
+        """(n,) id of the closest triangle of ``frame`` to each (n, 3) point."""
+        bound = (torch.cdist(points, self.centres[frame]) - self.radii[frame]).clamp(min=0)
+        first = bound.argmin(dim=1)  # (n,)
+        frame_ids = torch.full_like(first, frame)
+        _, best2 = _closest_point(self.tables, points, frame_ids, self.tables.faces[first])
+        limit = best2.sqrt() + TIE_TOLERANCE
+        pairs = bound < limit[:, None]
+        pairs[torch.arange(len(first), device=points.device), first] = False
+        pair_rows, pair_tris = torch.nonzero(pairs, as_tuple=True)
+        if pair_rows.numel() == 0:
+            return first
+        _, pair_dist2 = _closest_point(
+            self.tables, points[pair_rows], frame_ids[pair_rows], self.tables.faces[pair_tris]
+        )
+        nearest = best2.scatter_reduce(0, pair_rows, pair_dist2, reduce="amin")
+        wins = torch.nonzero((pair_dist2 < best2[pair_rows]) & (pair_dist2 == nearest[pair_rows]))
+        wins = wins.squeeze(1)
+        first = first.clone()
+        first[pair_rows[wins]] = pair_tris[wins]
+        return first
 
 
 class TriangleTrees:

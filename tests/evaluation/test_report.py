@@ -263,3 +263,15 @@ def test_broken_training_log_names_file_and_line(tmp_path: Path) -> None:
         read_metrics_jsonl(log)
     with pytest.raises(DataError, match="cannot read"):
         read_metrics_jsonl(tmp_path / "absent.jsonl")
+
+
+def test_holes_are_pooled_over_a_sets_hand_pixels(tmp_path: Path) -> None:
+    rows, _ = _views(2)
+    for row in rows:
+        row["lpips"] = None
+    rows[0].update(hole_px=1, hole_region_px=100, hole_fraction=0.01)
+    rows[1].update(hole_px=0, hole_region_px=900, hole_fraction=0.0)
+    report = write_report(tmp_path, protocol="handavatar", rows=rows, images={}, run_info={})
+    # 1 of 1000 hand pixels (the mean of the two images' fractions would be 0.005).
+    assert report["overall"]["hole_fraction"] == pytest.approx(0.001)
+    assert "holes" in (tmp_path / "report.md").read_text()

@@ -10,7 +10,7 @@ from handnerf.data.crops import Crop, crop_hand
 from handnerf.evaluation.metrics import psnr
 from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import PROTOCOLS, get_protocol
-from handnerf.evaluation.scoring import blank_padding, drop_reason, score_view
+from handnerf.evaluation.scoring import blank_padding, drop_reason, hole_pixels, score_view
 
 CROP_PROTOCOLS = ("handnerf-default", "handavatar")
 
@@ -127,3 +127,22 @@ def test_each_protocol_says_whether_it_drops_or_masks() -> None:
         assert expected in protocol.padding_text, name
         assert expected in protocol.description, name
         assert protocol.to_dict()["padding_text"] == protocol.padding_text
+
+
+def test_holes_are_near_black_render_pixels_inside_the_eroded_hand() -> None:
+    gt = np.full((40, 40, 3), 0.6, np.float32)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True  # eroded by 2 px: rows/cols 12..27, 16 x 16 = 256 px
+    pred = gt.copy()
+    pred[18:21, 18:21] = 0.02  # a 3x3 hole in the middle of the hand
+    pred[10, 10:30] = 0.0  # black silhouette edge: inside the erosion band, not a hole
+    pred[20, 5] = 0.0  # outside the hand
+    gt[25, 25] = 0.05  # a dark ground-truth pixel (a shadow) the render may keep dark
+    pred[25, 25] = 0.0
+    holes, region = hole_pixels(pred, gt, mask)
+    assert (holes, region) == (9, 255)
+    pred[18:21, 18:21] = 20.0 / 255.0  # at the threshold: dim, not a hole
+    assert hole_pixels(pred, gt, mask) == (0, 255)
+    scores = score_view(pred, gt, mask, np.ones((40, 40), bool), get_protocol("handavatar"), None)
+    assert scores["hole_px"] == 0 and scores["hole_region_px"] == 255
+    assert scores["hole_fraction"] == 0.0
