@@ -27,11 +27,8 @@ def _fit_and_eval(capture: Path, out: Path, overrides: list[str], extra: list[st
     run, report = out / "run", out / "report"
     args = ["fit", "--data", str(capture), "--out", str(run), "--no-progress"]
     assert main([*args, *overrides, FIT_STEPS, *extra]) == 0
-    status = main(
-        ["eval", "--run", str(run), "--out", str(report), "--protocol", "handavatar"]
-        + ["--no-progress"]
-    )
-    assert status == 0
+    evaluate = ["eval", "--run", str(run), "--out", str(report), "--protocol", "handavatar"]
+    assert main([*evaluate, "--no-progress"]) == 0
     return report
 
 
