@@ -2,8 +2,9 @@
 
 Each component owns a nested ``Config`` dataclass (threestudio style); a run's config is
 a tree of them. :func:`load_config` merges, in order: the dataclass defaults, a YAML file,
-then command-line overrides such as ``field.hidden_dim=128``. Unknown keys and values of
-the wrong type raise :class:`~handnerf.errors.ConfigError` naming the key.
+then command-line overrides such as ``field.hidden_dim=128``. Unknown keys, values of
+the wrong type and values outside a field's :func:`choice` raise
+:class:`~handnerf.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -16,6 +17,31 @@ from typing import Any, TypeVar
 from handnerf.errors import ConfigError
 
 T = TypeVar("T")
+
+#: Field metadata key of the values a string field accepts (see :func:`choice`).
+CHOICES = "choices"
+
+
+def choice(default: str, options: Sequence[str]) -> Any:
+    """A string config field that accepts only ``options`` (checked when a config loads,
+    with an error naming the key: a typo such as ``train.background=white`` must not
+    silently fall back to another behaviour)."""
+    if default not in options:
+        raise ValueError(f"default {default!r} is not one of {tuple(options)}")
+    return dataclasses.field(default=default, metadata={CHOICES: tuple(options)})
+
+
+def check_choices(cfg: Any, prefix: str = "") -> None:
+    """Raise ConfigError for the first field of the ``cfg`` dataclass tree whose value is
+    not one of its :func:`choice` options."""
+    for spec in dataclasses.fields(cfg):
+        value = getattr(cfg, spec.name)
+        key = f"{prefix}{spec.name}"
+        options = spec.metadata.get(CHOICES)
+        if options is not None and value not in options:
+            raise ConfigError(f"{key} must be one of {', '.join(options)}; got {value!r}")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_choices(value, f"{key}.")
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -47,6 +73,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             f"invalid config{where}: {exc.msg if hasattr(exc, 'msg') else exc}"
         ) from exc
     assert isinstance(obj, cls)
+    check_choices(obj)
     return obj
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from handnerf.config import choice
 from handnerf.model.avatar import AvatarConfig
 from handnerf.model.visibility import VertexVisibility
 from handnerf.train.losses import LossConfig
@@ -14,12 +15,12 @@ from handnerf.train.losses import LossConfig
 class DataConfig:
     """Which part of a capture to fit, and how its images are prepared."""
 
-    split: str = "test"
+    split: str = choice("test", ("train", "val", "test"))
     capture: int = 0
     train_seq: str = "ROM04_RT_Occlusion"
     #: Sequence used for novel-pose evaluation (None: none).
     novel_pose_seq: str | None = "ROM03_RT_No_Occlusion"
-    hand: str = "right"
+    hand: str = choice("right", ("right", "left"))
     #: Cameras kept out of training for novel-view evaluation; empty: every ``holdout_every``-th.
     holdout_cameras: list[str] = field(default_factory=list)
     holdout_every: int = 6
@@ -31,12 +32,12 @@ class DataConfig:
     crop_scale: float = 1.3
     crop_size: int = 128
     #: "mano": silhouettes rendered from MANO (what real data has); "gt": synthetic GT masks.
-    mask_source: str = "mano"
+    mask_source: str = choice("mano", ("mano", "gt"))
     #: A user's MANO folder (MANO_RIGHT.pkl / MANO_LEFT.pkl); None: the procedural hand.
     mano_dir: str | None = None
     #: The procedural hand used without mano_dir: "mano" (778 vertices, pose correctives,
     #: what `handnerf synth` renders by default) or "dense" (3.6k vertices, none).
-    procedural_hand: str = "mano"
+    procedural_hand: str = choice("mano", ("mano", "dense"))
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TrainConfig:
     #: LPIPS patches per step (0 disables the perceptual loss) and their side in px.
     lpips_patches: int = 1
     lpips_patch_size: int = 32
-    background: str = "random"  # random | black
+    background: str = choice("random", ("random", "black"))
     fg_fraction: float = 0.7
     #: Rays through a random point of their pixel (colour interpolated there; with MANO
     #: masks, the mask is that ray's own hit test of the posed mesh) instead of the centre:

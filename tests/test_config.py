@@ -1,0 +1,30 @@
+"""Config loading: choices are checked when a config loads, with the key in the error."""
+
+from __future__ import annotations
+
+import pytest
+
+from handnerf.config import load_config
+from handnerf.errors import ConfigError
+from handnerf.train.config import FitConfig
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.background=white", "train.background"),
+        ("data.hand=both", "data.hand"),
+        ("data.mask_source=sam", "data.mask_source"),
+        ("data.procedural_hand=fine", "data.procedural_hand"),
+        ("data.split=dev", "data.split"),
+    ],
+)
+def test_a_value_outside_the_choices_names_the_key_and_the_choices(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key} must be one of .*; got '"):
+        load_config(FitConfig, overrides=[override])
+
+
+def test_every_choice_is_accepted() -> None:
+    cfg = load_config(FitConfig, overrides=["train.background=black", "data.hand=left"])
+    assert (cfg.train.background, cfg.data.hand) == ("black", "left")
+    assert load_config(FitConfig).data.procedural_hand == "mano"
