@@ -140,6 +140,16 @@ class ManoParams:
             transl=values["trans"],
         )
 
+    def to_interhand(self, row: int = 0) -> dict[str, list[float]]:
+        """Row ``row`` as a ``MANO_NeuralAnnot.json`` entry ``{'pose': 48, 'shape': 10,
+        'trans': 3}`` (the inverse of :meth:`from_interhand`)."""
+        pose = torch.cat([self.global_orient[row], self.hand_pose[row]])
+        return {
+            "pose": [float(v) for v in pose.detach().cpu().reshape(-1)],
+            "shape": [float(v) for v in self.betas[row].detach().cpu().reshape(-1)],
+            "trans": [float(v) for v in self.transl[row].detach().cpu().reshape(-1)],
+        }
+
     @classmethod
     def stack(cls, params: Sequence[ManoParams]) -> ManoParams:
         """Concatenate batches along the batch dimension."""

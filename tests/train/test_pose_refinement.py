@@ -147,3 +147,36 @@ def test_resume_keeps_the_corrections(
     for key in ("orient", "hand_pose", "transl", "refined_hand_pose", "refined_transl"):
         assert torch.allclose(a[key], b[key], atol=1e-6), key
     assert b["frame_keys"] == [[s, f] for s, f in data.train.frame_keys]
+
+
+def test_export_writes_the_refined_fits_in_the_released_schema(
+    noisy_capture: Path, tmp_path: Path, small_fit: list[str], tiny_run: Path, capsys
+) -> None:
+    from handnerf.cli import main
+    from handnerf.train.pose_refinement import refined_mano_of
+
+    pose = ["train.refine_pose=true", "train.pose_refine_start=1", "train.pose_refresh_every=2"]
+    fit = run_fit(
+        noisy_capture,
+        tmp_path / "run",
+        overrides=[*small_fit, *pose, "train.steps=4"],
+        progress=False,
+    )
+    out = tmp_path / "refined.json"
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(out)]) == 0
+    refined = refined_mano_of(load_checkpoint(fit.checkpoint))
+    assert refined
+    written = json.loads(out.read_text())
+    assert list(written) == ["0"]  # the run's capture
+    assert sorted(int(f) for f in written["0"]) == sorted(f for _, f in refined)
+    for (_, frame), params in refined.items():
+        entry = written["0"][str(frame)]
+        assert entry["left"] is None
+        back = ManoParams.from_interhand(entry["right"], f"frame {frame}")
+        for name in ("global_orient", "hand_pose", "betas", "transl"):
+            torch.testing.assert_close(getattr(back, name), getattr(params, name).float())
+    # A fit without refinement has nothing better than its input: a clear error, exit 2.
+    capsys.readouterr()
+    assert main(["export", "--run", str(tiny_run)]) == 2
+    assert "train.refine_pose=true" in capsys.readouterr().err
+    assert not (tiny_run / "refined_MANO_NeuralAnnot.json").exists()
