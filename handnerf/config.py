@@ -77,6 +77,39 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return obj
 
 
+def overrides_from_yaml(path: str | Path) -> list[str]:
+    """A YAML config file as ``key=value`` overrides (dotted keys, leaves only), to layer
+    it over another config file (e.g. ``configs/tiny.yaml``'s sizes over a test's)."""
+    import json
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in many types
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got a list")
+    overrides: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, DictConfig):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, ListConfig):
+                overrides.append(f"{prefix}{key}={json.dumps(OmegaConf.to_container(value))}")
+            elif value is None or isinstance(value, bool):
+                overrides.append(f"{prefix}{key}={json.dumps(value)}")
+            else:
+                overrides.append(f"{prefix}{key}={value}")
+
+    walk(tree, "")
+    return overrides
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, JSON-serialisable dict of a config dataclass (paths become strings)."""
 

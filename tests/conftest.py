@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from handnerf.train.config import TINY_FIT_OVERRIDES
+from handnerf.config import overrides_from_yaml
+
+#: configs/tiny.yaml as key=value overrides: the unit-test size of a fit.
+TINY_FIT_OVERRIDES = overrides_from_yaml(
+    Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+)
 
 TINY_SEED = 7
 

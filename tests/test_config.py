@@ -28,3 +28,20 @@ def test_every_choice_is_accepted() -> None:
     cfg = load_config(FitConfig, overrides=["train.background=black", "data.hand=left"])
     assert (cfg.train.background, cfg.data.hand) == ("black", "left")
     assert load_config(FitConfig).data.procedural_hand == "mano"
+
+
+def test_a_yaml_file_as_overrides_gives_the_same_config(tmp_path) -> None:
+    from pathlib import Path
+
+    from handnerf.config import overrides_from_yaml
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    overrides = overrides_from_yaml(tiny)
+    assert "model.field.encoding.n_levels=4" in overrides
+    assert load_config(FitConfig, tiny) == load_config(FitConfig, None, overrides)
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("data:\n  exclude_cameras: ['400002']\n  novel_pose_seq: null\n")
+    cfg = load_config(FitConfig, None, overrides_from_yaml(odd))
+    assert cfg.data.exclude_cameras == ["400002"] and cfg.data.novel_pose_seq is None
+    with pytest.raises(ConfigError, match="config file not found"):
+        overrides_from_yaml(tmp_path / "missing.yaml")

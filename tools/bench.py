@@ -43,11 +43,11 @@ from typing import Any
 
 import torch
 
-from handnerf.config import load_config
+from handnerf.config import load_config, overrides_from_yaml
 from handnerf.errors import ConfigError, DataError, HandnerfError
 from handnerf.model.encoding import HashGridEncoding, tcnn_available
 from handnerf.model.sampler import nerfacc_available
-from handnerf.train.config import TINY_FIT_OVERRIDES, FitConfig
+from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
 from handnerf.train.trainer import Trainer, machine_info, render_image
 
@@ -58,7 +58,7 @@ PSNR_TARGETS = (30.0, 33.0)
 #: Every run: the novel-pose sequence plays no part in any number measured here.
 BASE_OVERRIDES = ["data.novel_pose_seq=null"]
 #: ``--quick`` (tests): a unit-test-sized model and fit on top of the config.
-QUICK_OVERRIDES = [*TINY_FIT_OVERRIDES, "train.steps=6"]
+QUICK_OVERRIDES = [*overrides_from_yaml(REPO / "configs" / "tiny.yaml"), "train.steps=6"]
 
 
 @dataclasses.dataclass(frozen=True)

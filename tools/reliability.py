@@ -48,13 +48,13 @@ sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 from reliability_report import run_fast_tests, write_report  # noqa: E402
 
+from handnerf.config import overrides_from_yaml  # noqa: E402
 from handnerf.interrupts import HOLD_ENV, PROGRESS_ENV  # noqa: E402
-from handnerf.train.config import TINY_FIT_OVERRIDES  # noqa: E402
 
 FIT_STEPS = 30
 #: A fit small enough to run many times on a laptop CPU.
 FIT_OVERRIDES: list[str] = [
-    *TINY_FIT_OVERRIDES,
+    *overrides_from_yaml(REPO / "configs" / "tiny.yaml"),
     "train.val_every=0",
     "train.val_views=1",
     "train.log_every=2",

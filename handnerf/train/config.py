@@ -99,26 +99,6 @@ class FitConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-#: ``key=value`` overrides of a fit small enough to run many times on a laptop CPU in
-#: seconds (unit tests, the reliability harness, the bench's ``--quick`` mode). It learns,
-#: but it is no avatar: a smoke-test size, not a quality setting.
-TINY_FIT_OVERRIDES: tuple[str, ...] = (
-    "data.crop_size=48",
-    "data.holdout_every=3",
-    "model.field.encoding.n_levels=4",
-    "model.field.encoding.log2_hashmap_size=12",
-    "model.field.hidden_dim=16",
-    "model.field.color_hidden_dim=16",
-    "model.field.view_sh_degree=1",
-    "model.sampler.n_samples=24",
-    "model.occupancy.resolution=24",
-    "model.shell_resolution=32",
-    "train.batch_rays=256",
-    "train.lpips_patches=0",
-    "optim.warmup_steps=1",
-)
-
-
 #: Keys added to the config after runs were already being saved, with the value that
 #: reproduces how those runs were trained (not necessarily today's default).
 ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (

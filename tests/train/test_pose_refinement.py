@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from handnerf.config import load_config
+from handnerf.config import load_config, overrides_from_yaml
 from handnerf.hand.hand_model import ManoParams
 from handnerf.train.checkpoint import load_checkpoint
-from handnerf.train.config import TINY_FIT_OVERRIDES, FitConfig
+from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
 from handnerf.train.fit_job import run_fit
 from handnerf.train.pose_refinement import TRANSL_UNIT
@@ -25,7 +25,7 @@ TINY_SEED = 7  # tests/conftest.py's: the same poses as the exact tiny capture
 #: ~15 s on one CPU core. The synthetic capture's true masks: a silhouette rendered from
 #: the (noisy) MANO fit follows the pose and so cannot tell which pose is right.
 REFINE_FIT = [
-    *TINY_FIT_OVERRIDES,
+    *overrides_from_yaml(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"),
     "train.val_every=0",
     "train.checkpoint_every=0",
     "train.log_every=1000",
