@@ -129,15 +129,14 @@ class HandAvatar(nn.Module):
         lo = canon.min(0).values - cfg.canonical_margin
         hi = canon.max(0).values + cfg.canonical_margin
         aabb = torch.cat([lo, hi])
-        field_cfg = cfg.field
-        field_cfg.n_cameras = n_cameras
         self.visibility = VertexVisibility(cfg.visibility)
-        field_cfg.n_visibility = cfg.visibility.n_directions
-        self.field = HashGridField(field_cfg, aabb=aabb)
+        self.field = HashGridField(
+            cfg.field, aabb=aabb, n_cameras=n_cameras, n_visibility=cfg.visibility.n_directions
+        )
         self.occupancy = CanonicalOccupancyGrid(aabb, cfg.occupancy)
         self.occupancy.init_from_points(canon)
         self.deformer = InverseLBSDeformer(cfg.deformer)
-        if field_cfg.use_world_normal and cfg.deformer.backend == "grid":
+        if cfg.field.use_world_normal and cfg.deformer.backend == "grid":
             raise ConfigError(
                 "model.deformer.backend=grid gives no surface normals; use kdtree/cdist/auto or "
                 "set model.field.use_world_normal=false"

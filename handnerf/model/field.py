@@ -104,7 +104,7 @@ class CameraColorAffine(nn.Module):
     def __init__(self, n_cameras: int) -> None:
         super().__init__()
         if n_cameras < 1:
-            raise ConfigError(f"field.n_cameras must be >= 1, got {n_cameras}")
+            raise ConfigError(f"field: n_cameras must be >= 1, got {n_cameras}")
         self.n_cameras = n_cameras
         self.matrix = nn.Parameter(torch.eye(3).repeat(n_cameras, 1, 1))
         self.bias = nn.Parameter(torch.zeros(n_cameras, 3))
@@ -121,7 +121,7 @@ class CameraColorAffine(nn.Module):
             int(camera_ids.min()) < 0 or int(camera_ids.max()) >= self.n_cameras
         ):
             raise ParameterError(
-                f"camera_ids must lie in [0, {self.n_cameras}) (field.n_cameras), "
+                f"camera_ids must lie in [0, {self.n_cameras}) (n_cameras), "
                 f"got range [{int(camera_ids.min())}, {int(camera_ids.max())}]"
             )
         matrix = self.matrix[camera_ids]
@@ -157,10 +157,6 @@ class HashGridField(nn.Module):
         #: Colour also sees the blended bone rotation (9 numbers). Off by default: it
         #: fits training poses but extrapolates badly to novel ones (measured on the demo).
         use_pose_rotation: bool = False
-        #: Colour also sees this many self-shadow visibilities (see
-        #: :mod:`handnerf.model.visibility`); set by the avatar from
-        #: ``model.visibility.n_directions``.
-        n_visibility: int = 0
         #: SH degree of the view direction (tcnn convention, degree**2 terms); 0 = off.
         view_sh_degree: int = 4
         #: How colour is formed. "mlp": one MLP maps every colour input to RGB. "shaded":
@@ -172,26 +168,33 @@ class HashGridField(nn.Module):
         color_model: str = "mlp"
         #: Width of the shading MLP of ``color_model="shaded"``.
         shading_hidden_dim: int = 32
-        n_cameras: int = 1
         use_camera_affine: bool = True
         #: Canonical AABB [xmin, ymin, zmin, xmax, ymax, zmax] in metres; normally set from
         #: the canonical hand mesh by the caller (``aabb=`` argument or :meth:`set_aabb`).
         aabb: list[float] = field(default_factory=lambda: [-0.15, -0.15, -0.15, 0.15, 0.15, 0.15])
 
     def __init__(
-        self, cfg: Config | None = None, aabb: Tensor | Sequence[float] | None = None
+        self,
+        cfg: Config | None = None,
+        aabb: Tensor | Sequence[float] | None = None,
+        n_cameras: int = 1,
+        n_visibility: int = 0,
     ) -> None:
+        """``n_cameras``: cameras of the rig, one colour affine each; ``n_visibility``:
+        self-shadow visibilities the colour also sees (see :mod:`handnerf.model.visibility`).
+        Both come from the data and the avatar, not from the user's config."""
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else HashGridField.Config()
+        self.n_visibility = n_visibility
         if cfg.view_sh_degree < 0 or cfg.view_sh_degree > 4:
             raise ConfigError(f"field.view_sh_degree must be 0..4, got {cfg.view_sh_degree}")
-        if cfg.n_visibility < 0:
-            raise ConfigError(f"field.n_visibility must be >= 0, got {cfg.n_visibility}")
+        if n_visibility < 0:
+            raise ConfigError(f"field: n_visibility must be >= 0, got {n_visibility}")
         if cfg.geo_feat_dim < 0 or cfg.hidden_dim < 1 or cfg.color_hidden_dim < 1:
             raise ConfigError("field.hidden_dim, color_hidden_dim must be >= 1, geo_feat_dim >= 0")
         if cfg.color_model not in ("mlp", "shaded"):
             raise ConfigError(f"field.color_model must be mlp or shaded, got {cfg.color_model!r}")
-        n_shading_in = (3 if cfg.use_world_normal else 0) + cfg.n_visibility
+        n_shading_in = (3 if cfg.use_world_normal else 0) + n_visibility
         if cfg.color_model == "shaded" and (cfg.geo_feat_dim < 1 or n_shading_in == 0):
             raise ConfigError(
                 "field.color_model=shaded needs geo_feat_dim >= 1 (albedo) and a world normal "
@@ -212,7 +215,7 @@ class HashGridField(nn.Module):
             cfg.geo_feat_dim
             + (3 if cfg.use_world_normal else 0)
             + (9 if cfg.use_pose_rotation else 0)
-            + cfg.n_visibility
+            + n_visibility
             + cfg.view_sh_degree**2
         )
         if n_color_in == 0:
@@ -230,7 +233,7 @@ class HashGridField(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         self.camera_affine: CameraColorAffine | None = (
-            CameraColorAffine(cfg.n_cameras) if cfg.use_camera_affine else None
+            CameraColorAffine(n_cameras) if cfg.use_camera_affine else None
         )
 
     @torch.no_grad()
@@ -300,11 +303,11 @@ class HashGridField(nn.Module):
                     f"field: rot must have shape ({n},3,3) or ({n},9), got {tuple(rot.shape)}"
                 )
             inputs.append(rot.reshape(n, 9).float())
-        if self.cfg.n_visibility > 0:
-            if visibility is None or visibility.shape != (n, self.cfg.n_visibility):
+        if self.n_visibility > 0:
+            if visibility is None or visibility.shape != (n, self.n_visibility):
                 got = None if visibility is None else tuple(visibility.shape)
                 raise ParameterError(
-                    f"field: visibility must have shape ({n},{self.cfg.n_visibility}), got {got}"
+                    f"field: visibility must have shape ({n},{self.n_visibility}), got {got}"
                 )
             # Centred: an unshadowed sample and a shadowed one differ in sign, not scale.
             inputs.append(visibility.float() * 2.0 - 1.0)

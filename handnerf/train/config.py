@@ -117,6 +117,14 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
 )
 
 
+#: Keys older runs saved that are no longer config: values derived from the data, now
+#: passed to the model as arguments (the rig's camera count, the visibility width).
+REMOVED_KEYS: tuple[tuple[str, ...], ...] = (
+    ("model", "field", "n_cameras"),
+    ("model", "field", "n_visibility"),
+)
+
+
 def upgrade_saved_config(saved: Any) -> Any:
     """A checkpoint's config dict in today's layout, keeping what its weights were trained with.
 
@@ -124,7 +132,8 @@ def upgrade_saved_config(saved: Any) -> Any:
     reproduces its training: runs saved before self-shadowing read as
     ``model.visibility.n_directions=0``, before jittered rays as ``train.jitter_rays=false``.
     Render and eval load such runs unchanged; ``--resume`` needs those values given as
-    overrides (and names the key otherwise). Anything else is returned unchanged.
+    overrides (and names the key otherwise). Keys of :data:`REMOVED_KEYS` are dropped.
+    Anything else is returned unchanged.
     """
     if not isinstance(saved, dict):
         return saved
@@ -138,4 +147,13 @@ def upgrade_saved_config(saved: Any) -> Any:
             node[key] = node = dict(child)
         else:
             node.setdefault(path[-1], value)
+    for path in REMOVED_KEYS:
+        node = upgraded
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                break
+            node[key] = node = dict(child)
+        else:
+            node.pop(path[-1], None)
     return upgraded

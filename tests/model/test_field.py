@@ -18,7 +18,6 @@ AABB = [-0.1, -0.05, -0.02, 0.1, 0.05, 0.02]
 def small_config(**overrides: object) -> HashGridField.Config:
     # The rotation-conditioned colour path; the normal path has its own test below.
     cfg = HashGridField.Config(
-        n_cameras=3,
         hidden_dim=32,
         color_hidden_dim=32,
         use_world_normal=False,
@@ -45,7 +44,7 @@ def inside_points(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def test_output_shapes_ranges_and_small_initial_density() -> None:
     gen = torch.Generator().manual_seed(0)
-    field = HashGridField(small_config(), aabb=AABB)
+    field = HashGridField(small_config(), aabb=AABB, n_cameras=3)
     x = inside_points(500, gen)
     with torch.no_grad():
         sigma, rgb = field(x, random_rotations(500, gen), torch.randn(500, 3, generator=gen))
@@ -62,7 +61,7 @@ def test_output_shapes_ranges_and_small_initial_density() -> None:
 
 
 def test_density_is_zero_outside_the_canonical_box() -> None:
-    field = HashGridField(small_config(), aabb=AABB)
+    field = HashGridField(small_config(), aabb=AABB, n_cameras=3)
     outside = torch.tensor([[0.2, 0.0, 0.0], [0.0, -0.06, 0.0], [0.0, 0.0, 0.03], [1e3, 1e3, 1e3]])
     assert (field.density(outside) == 0).all()
     assert (field.density(torch.zeros(1, 3)) > 0).all()
@@ -70,7 +69,7 @@ def test_density_is_zero_outside_the_canonical_box() -> None:
 
 def test_rotation_layouts_agree_and_colour_depends_on_pose() -> None:
     gen = torch.Generator().manual_seed(1)
-    field = HashGridField(small_config(), aabb=AABB)
+    field = HashGridField(small_config(), aabb=AABB, n_cameras=3)
     x, view = inside_points(64, gen), torch.randn(64, 3, generator=gen)
     rot = random_rotations(64, gen)
     sigma_a, rgb_a = field(x, rot, view)
@@ -82,7 +81,9 @@ def test_rotation_layouts_agree_and_colour_depends_on_pose() -> None:
     sigma_d, _ = field(x, random_rotations(64, gen), torch.randn(64, 3, generator=gen))
     assert torch.equal(sigma_a, sigma_d)
 
-    blind = HashGridField(small_config(use_pose_rotation=False, view_sh_degree=0), aabb=AABB)
+    blind = HashGridField(
+        small_config(use_pose_rotation=False, view_sh_degree=0), aabb=AABB, n_cameras=3
+    )
     _, rgb_1 = blind(x, rot, view)
     _, rgb_2 = blind(x, random_rotations(64, gen), torch.randn(64, 3, generator=gen))
     assert torch.equal(rgb_1, rgb_2)
@@ -90,7 +91,9 @@ def test_rotation_layouts_agree_and_colour_depends_on_pose() -> None:
 
 def test_colour_depends_on_world_normal_and_requires_it() -> None:
     gen = torch.Generator().manual_seed(4)
-    field = HashGridField(small_config(use_world_normal=True, use_pose_rotation=False), aabb=AABB)
+    field = HashGridField(
+        small_config(use_world_normal=True, use_pose_rotation=False), aabb=AABB, n_cameras=3
+    )
     x, view = inside_points(32, gen), torch.randn(32, 3, generator=gen)
     rot = random_rotations(32, gen)
     n1 = torch.nn.functional.normalize(torch.randn(32, 3, generator=gen), dim=-1)
@@ -108,7 +111,10 @@ def test_colour_depends_on_world_normal_and_requires_it() -> None:
 def test_colour_depends_on_visibility_and_requires_its_shape() -> None:
     gen = torch.Generator().manual_seed(6)
     field = HashGridField(
-        small_config(use_world_normal=False, use_pose_rotation=False, n_visibility=8), aabb=AABB
+        small_config(use_world_normal=False, use_pose_rotation=False),
+        aabb=AABB,
+        n_cameras=3,
+        n_visibility=8,
     )
     x, view, rot = (
         inside_points(32, gen),
@@ -127,16 +133,15 @@ def test_colour_depends_on_visibility_and_requires_its_shape() -> None:
     with pytest.raises(ParameterError, match="visibility"):
         field(x, rot, view, visibility=lit[:, :7])
     with pytest.raises(ConfigError, match="n_visibility"):
-        HashGridField(small_config(n_visibility=-1), aabb=AABB)
+        HashGridField(small_config(), aabb=AABB, n_cameras=3, n_visibility=-1)
 
 
 def shaded_field(gen_seed: int = 0, **overrides: object) -> HashGridField:
-    cfg = small_config(
-        use_world_normal=True, use_pose_rotation=False, n_visibility=4, color_model="shaded"
-    )
+    cfg = small_config(use_world_normal=True, use_pose_rotation=False, color_model="shaded")
+    n_visibility = int(overrides.pop("n_visibility", 4))  # type: ignore[call-overload]
     for key, value in overrides.items():
         setattr(cfg, key, value)
-    field = HashGridField(cfg, aabb=AABB)
+    field = HashGridField(cfg, aabb=AABB, n_cameras=3, n_visibility=n_visibility)
     # Random (not zero) density-MLP outputs, so the albedo differs between points.
     with torch.no_grad():
         gen = torch.Generator().manual_seed(gen_seed)
@@ -209,9 +214,11 @@ def test_shaded_colour_learns_every_part_and_stays_in_range() -> None:
 
 def test_shaded_colour_config_errors() -> None:
     with pytest.raises(ConfigError, match="color_model"):
-        HashGridField(small_config(color_model="pbr"), aabb=AABB)
+        HashGridField(small_config(color_model="pbr"), aabb=AABB, n_cameras=3)
     with pytest.raises(ConfigError, match="shaded"):
-        HashGridField(small_config(color_model="shaded"), aabb=AABB)  # no normal, no visibility
+        HashGridField(
+            small_config(color_model="shaded"), aabb=AABB, n_cameras=3
+        )  # no normal, no visibility
     with pytest.raises(ConfigError, match="shaded"):
         HashGridField(
             small_config(color_model="shaded", use_world_normal=True, geo_feat_dim=0), aabb=AABB
@@ -269,7 +276,7 @@ def test_camera_affine_starts_as_identity_and_rejects_unknown_cameras() -> None:
 
 def test_gradients_reach_every_parameter_group_through_rendering() -> None:
     gen = torch.Generator().manual_seed(3)
-    field = HashGridField(small_config(), aabb=AABB)
+    field = HashGridField(small_config(), aabb=AABB, n_cameras=3)
     groups = field.param_groups()
     assert set(groups) == {"grid", "mlp", "camera"} and all(groups.values())
     all_ids = {id(p) for p in field.parameters()}
@@ -310,11 +317,11 @@ def test_gradients_reach_every_parameter_group_through_rendering() -> None:
 def test_state_dict_round_trip_restores_outputs_and_aabb() -> None:
     gen = torch.Generator().manual_seed(4)
     cfg = small_config()
-    field = HashGridField(cfg, aabb=AABB)
+    field = HashGridField(cfg, aabb=AABB, n_cameras=3)
     with torch.no_grad():
         for p in field.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    clone = HashGridField(cfg)  # default aabb: must come back from the state dict
+    clone = HashGridField(cfg, n_cameras=3)  # default aabb: must come back from the state dict
     clone.load_state_dict(field.state_dict())
     assert torch.equal(clone.aabb, torch.tensor(AABB))
     x, rot, view = (
@@ -327,7 +334,7 @@ def test_state_dict_round_trip_restores_outputs_and_aabb() -> None:
 
 
 def test_bad_inputs_raise_handnerf_errors() -> None:
-    field = HashGridField(small_config(), aabb=AABB)
+    field = HashGridField(small_config(), aabb=AABB, n_cameras=3)
     with pytest.raises(ParameterError, match="x_canon"):
         field(torch.zeros(4, 2), torch.eye(3).expand(4, 3, 3), torch.ones(4, 3))
     with pytest.raises(ParameterError, match="rot"):
