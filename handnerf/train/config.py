@@ -139,21 +139,23 @@ def upgrade_saved_config(saved: Any) -> Any:
         return saved
     upgraded = dict(saved)
     for path, value in ADDED_KEYS:
-        node = upgraded
-        for key in path[:-1]:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                break
-            node[key] = node = dict(child)
-        else:
-            node.setdefault(path[-1], value)
+        parent = _copied_parent(upgraded, path)
+        if parent is not None:
+            parent.setdefault(path[-1], value)
     for path in REMOVED_KEYS:
-        node = upgraded
-        for key in path[:-1]:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                break
-            node[key] = node = dict(child)
-        else:
-            node.pop(path[-1], None)
+        parent = _copied_parent(upgraded, path)
+        if parent is not None:
+            parent.pop(path[-1], None)
     return upgraded
+
+
+def _copied_parent(tree: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """The dict holding ``path``'s last key in ``tree``, its ancestors copied on the way
+    (the checkpoint's own dicts are never modified); None where a level is not a dict."""
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            return None
+        node[key] = node = dict(child)
+    return node
