@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from handnerf.commands.mano_option import add_mano_dir
+
 HELP = "fit a per-subject avatar to a capture (resumable)"
 
 
@@ -24,15 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder to write")
     parser.add_argument("--config", type=Path, default=None, help="YAML config (configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue RUN/checkpoints/latest.pt")
-    parser.add_argument(
-        "--mano-dir",
-        type=Path,
-        default=None,
-        help=(
-            "your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); required for real captures, "
-            "synthetic ones (with synth.json) default to the procedural hand"
-        ),
-    )
+    add_mano_dir(parser)
     parser.add_argument(
         "--wandb",
         action="store_true",

@@ -23,6 +23,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from handnerf.commands.mano_option import add_mano_dir
+
 HELP = "stream a selection of an InterHand2.6M split into a compact, resumable cache"
 
 #: Keys a protocol file's ``prepare:`` section may set (the flags' names).
@@ -95,15 +97,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="refine MANO silhouettes against the photo with GrabCut (real photos)",
     )
-    parser.add_argument(
-        "--mano-dir",
-        type=Path,
-        default=None,
-        help=(
-            "your MANO folder (MANO_RIGHT.pkl, MANO_LEFT.pkl); required for real captures, "
-            "synthetic ones (with synth.json) default to the procedural hand"
-        ),
-    )
+    add_mano_dir(parser)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
