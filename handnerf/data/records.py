@@ -301,10 +301,14 @@ def load_image(view: FrameView) -> np.ndarray:
     return array
 
 
-def camera_from_json(
+def interhand_camera(
     path: Path, cams: dict[str, Any], capture: int, cam_id: str, width: int, height: int
 ) -> PinholeCamera:
-    """The camera ``cam_id`` of one capture's camera.json entry ``cams`` (errors name ``path``)."""
+    """The camera ``cam_id`` of one capture's InterHand camera.json entry ``cams``.
+
+    ``cams`` holds ``campos`` (mm), ``camrot``, ``focal`` and ``princpt`` keyed by camera id;
+    the camera gets data.json's ``width``/``height``. Errors name ``path``.
+    """
     where = f"{path}: cams['{capture}'] camera '{cam_id}'"
     fields = {}
     for name in ("campos", "camrot", "focal", "princpt"):

@@ -25,7 +25,7 @@ from handnerf.data.records import (
     HAND_ROWS,
     FrameView,
     ImageAnnotation,
-    camera_from_json,
+    interhand_camera,
     joint_3d_keypoints,
     load_image,
     normalize_camera_id,
@@ -294,7 +294,7 @@ def build_frame_views(
         width, height = int(img["width"]), int(img["height"])
         cam_key = (cam_id, width, height)
         if cam_key not in camera_cache:
-            camera_cache[cam_key] = camera_from_json(
+            camera_cache[cam_key] = interhand_camera(
                 files.camera, cams, capture, cam_id, width, height
             )
         image_path = image_root / str(img["file_name"])

@@ -55,7 +55,7 @@ _MARKER = "__handnerf_nonfinite__"
 _DELIMITERS = (b",", b":", b"[", b"]", b"{", b"}", b" ", b"\n")
 
 
-class _NonFiniteReader:
+class NonFiniteReader:
     """A binary file wrapper that quotes bare NaN / Infinity tokens for a strict parser.
 
     Each block handed out ends just before a delimiter, so no token is split between
@@ -94,16 +94,16 @@ class _NonFiniteReader:
         return rewritten
 
 
-def _restore_nonfinite(value: Any) -> Any:
-    """``value`` with the marker strings of :class:`_NonFiniteReader` back as floats."""
+def restore_nonfinite(value: Any) -> Any:
+    """``value`` with the marker strings of :class:`NonFiniteReader` back as floats."""
     if isinstance(value, str):
         return float(value[len(_MARKER) :]) if value.startswith(_MARKER) else value
     if isinstance(value, list):
-        return [_restore_nonfinite(v) for v in value]
+        return [restore_nonfinite(v) for v in value]
     if isinstance(value, dict):
-        return {k: _restore_nonfinite(v) for k, v in value.items()}
+        return {k: restore_nonfinite(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return tuple(_restore_nonfinite(v) for v in value)
+        return tuple(restore_nonfinite(v) for v in value)
     return value
 
 
@@ -111,10 +111,10 @@ def _stream(path: Path, prefix: str, kind: str = "items") -> Iterator[Any]:
     """Yield ``ijson.items`` (or ``kvitems``) of ``path`` under ``prefix``; errors name the file."""
     try:
         with path.open("rb") as handle:
-            reader = _NonFiniteReader(handle)
+            reader = NonFiniteReader(handle)
             walker = ijson.kvitems if kind == "kvitems" else ijson.items
             for item in walker(reader, prefix, use_float=True):
-                yield _restore_nonfinite(item) if reader.replaced else item
+                yield restore_nonfinite(item) if reader.replaced else item
     except ijson.JSONError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
     except OSError as exc:
