@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader (or a killed job's re-run) sees the old file or the new one.
+"""Files and the machine: atomic writes, the cache root, the device and machine info.
+
+The one I/O module of the core layer (it imports only :mod:`handnerf.interrupts`; torch
+is imported inside the functions that need it, so data-only tools do not load it).
+
+Atomic file writes: a reader (or a killed job's re-run) sees the old file or the new one.
 
 Every file a job leaves behind goes through :func:`atomic_path`: the content is written to
 a temporary file in the target's folder (``.NAME.XXXX.tmp``), flushed and fsynced, and
@@ -11,13 +16,17 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handnerf import interrupts
+
+if TYPE_CHECKING:
+    import torch
 
 #: Every temporary file is named ``.NAME.XXXX.tmp`` or ``.NAME.XXXX.tmp.EXT``.
 TEMP_PATTERNS: tuple[str, ...] = (".*.tmp", ".*.tmp.*")
@@ -91,3 +100,44 @@ def remove_stale_temp_files(path: str | Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cache_root() -> Path:
+    """Root of handnerf's on-disk caches: ``$HANDNERF_CACHE``, or ``~/.cache/handnerf``."""
+    root = os.environ.get("HANDNERF_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "handnerf"
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device ``name``; ``'auto'`` is the first GPU when there is one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def machine_info() -> dict[str, Any]:
+    """Python, torch, OS, CPU and accelerator of this machine, for reproducibility.
+
+    One schema for every report (fit, evaluation, benchmarks): ``cuda`` is a bool;
+    ``cuda_device`` (GPU name) and ``cuda_version`` (torch's CUDA build) are None
+    without a GPU.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": cuda,
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda_version": torch.version.cuda if cuda else None,
+    }

@@ -30,7 +30,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import sys
@@ -45,11 +44,12 @@ import torch
 
 from handnerf.config import load_config, overrides_from_yaml
 from handnerf.errors import ConfigError, DataError, HandnerfError
+from handnerf.files import cache_root, machine_info
 from handnerf.model.encoding import HashGridEncoding, tcnn_available
 from handnerf.model.sampler import nerfacc_available
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
-from handnerf.train.trainer import Trainer, machine_info, render_image
+from handnerf.train.trainer import Trainer, render_image
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
@@ -129,7 +129,6 @@ def capture_root(data: Path | None, preset: str, seed: int, frames: int = 0) -> 
         if not data.is_dir():
             raise DataError(f"--data {data}: no such folder (an InterHand2.6M-layout root)")
         return data
-    from handnerf.hand.mano_file import cache_dir
     from handnerf.synth.presets import get_preset
     from handnerf.synth.writer import synthesize_capture
 
@@ -138,7 +137,7 @@ def capture_root(data: Path | None, preset: str, seed: int, frames: int = 0) -> 
     if frames > 0:
         spec = spec.with_overrides(train_frames=frames, novel_frames=1)
         name += f"-frames{frames}"
-    root = cache_dir() / "bench" / name
+    root = cache_root() / "bench" / name
     # synth.json is written last: its presence means a complete capture.
     if not (root / "synth.json").is_file():
         print(f"synthesising the {preset} capture into {root} (once)", file=sys.stderr)
@@ -152,13 +151,11 @@ def mask_cache_for(root: Path) -> Path:
     MANO silhouettes of a large capture take long to render; the cache's own keys do not
     tell captures apart, so each capture (as its annotations stand now) gets a folder.
     """
-    from handnerf.hand.mano_file import cache_dir
-
     digest = hashlib.sha256(str(root.resolve()).encode())
     for path in sorted((root / "annotations").rglob("*.json")):
         st = path.stat()
         digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return cache_dir() / "bench" / "masks" / digest.hexdigest()[:16]
+    return cache_root() / "bench" / "masks" / digest.hexdigest()[:16]
 
 
 def backend_combinations(
@@ -452,8 +449,6 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             results.append(bench_combination(combo_cfg, data, work, grid, sampler, args.minutes, s))
     machine = {
         **machine_info(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         # Other processes on the machine skew every number; record how busy it was.
         "load_average_start": list(load_avg),
@@ -491,7 +486,10 @@ def _fmt(value: float, digits: int = 1) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """A Markdown table of ``report`` (one row per backend combination)."""
     m = report["machine"]
-    where = m.get("gpu") or f"{m['processor']}, {m['cpu_count']} cores, {m['cpu_threads']} threads"
+    where = (
+        m.get("cuda_device")
+        or f"{m['processor']}, {m['cpu_count']} cores, {m['cpu_threads']} threads"
+    )
     results = report["results"]
     full_res = results[0]["render"]["full_frame"]["resolution"] if results else "full"
     crop_res = results[0]["render"]["crop"]["resolution"] if results else "crop"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from handnerf.files import machine_info
 from handnerf.model.encoding import COHERENT_PRIMES, HashGridEncoding, tcnn_available
 
 
@@ -122,15 +122,7 @@ def run(points: int, repeats: int, devices: list[str]) -> dict[str, Any]:
             results.append(bench_one("tinycudann", tc, tc.params, x, repeats))
     return {
         "config": {**HashGridEncoding(cfg).encoding_config(), "n_params": enc.n_params},
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        },
+        "machine": {**machine_info(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "repeats": repeats,
         "results": results,
     }
@@ -140,8 +132,8 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         f"Hash grid fwd+bwd, {report['results'][0]['points']} points, best of "
-        f"{report['repeats']}; torch {m['torch']}, {m['torch_threads']} threads, "
-        f"{m['processor']} ({m['cpu_count']} cores){', ' + m['cuda'] if m['cuda'] else ''}",
+        f"{report['repeats']}; torch {m['torch']}, {m['cpu_threads']} threads, "
+        f"{m['processor']} ({m['cpu_count']} cores){', ' + m['cuda_device'] if m['cuda'] else ''}",
         "",
         "| impl | device | fwd (ms) | fwd+bwd (ms) | fwd+bwd points/s | speed-up |",
         "|---|---|---:|---:|---:|---:|",

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from handnerf import files
-from handnerf.data.camera import PinholeCamera
+from handnerf.data.camera import PinholeCamera, camera_from_json
 from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, padding_free, square_box
 from handnerf.data.interhand import SPLITS, FrameView
 from handnerf.errors import DataError, SelectionError
@@ -99,27 +99,6 @@ def read_record(root: Path, seq_name: str, camera_id: str, frame_idx: int) -> di
     ):
         return None
     return record
-
-
-def camera_to_json(camera: PinholeCamera) -> dict[str, Any]:
-    return {
-        "K": camera.K.tolist(),
-        "R": camera.R.tolist(),
-        "t": camera.t.tolist(),
-        "width": camera.width,
-        "height": camera.height,
-    }
-
-
-def camera_from_json(entry: dict[str, Any], name: str) -> PinholeCamera:
-    return PinholeCamera(
-        K=np.asarray(entry["K"], dtype=np.float64),
-        R=np.asarray(entry["R"], dtype=np.float64),
-        t=np.asarray(entry["t"], dtype=np.float64),
-        width=int(entry["width"]),
-        height=int(entry["height"]),
-        name=name,
-    )
 
 
 # --------------------------------------------------------------------------- reading

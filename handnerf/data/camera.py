@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -240,3 +241,26 @@ class PinholeCamera:
             height=out_height,
             name=self.name,
         )
+
+
+def camera_to_json(camera: PinholeCamera) -> dict[str, Any]:
+    """``camera`` as JSON: ``K`` (3, 3), ``R`` (3, 3), ``t`` (3,), ``width``, ``height``."""
+    return {
+        "K": camera.K.tolist(),
+        "R": camera.R.tolist(),
+        "t": camera.t.tolist(),
+        "width": camera.width,
+        "height": camera.height,
+    }
+
+
+def camera_from_json(entry: dict[str, Any], name: str) -> PinholeCamera:
+    """The camera :func:`camera_to_json` wrote (a prepared cache's ``cameras`` entry)."""
+    return PinholeCamera(
+        K=np.asarray(entry["K"], dtype=np.float64),
+        R=np.asarray(entry["R"], dtype=np.float64),
+        t=np.asarray(entry["t"], dtype=np.float64),
+        width=int(entry["width"]),
+        height=int(entry["height"]),
+        name=name,
+    )

@@ -205,12 +205,13 @@ def hand_model_sha(hand_model: Any) -> str:
     zero = {"pose": np.zeros(48), "shape": np.zeros(10), "trans": np.zeros(3)}
     output = hand_model.forward(ManoParams.from_interhand(zero, "zero pose"))
     digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(_to_numpy(hand_model.faces), dtype=np.int64).tobytes())
-    digest.update(np.round(_to_numpy(output.vertices), 6).astype(np.float64).tobytes())
+    digest.update(np.ascontiguousarray(to_numpy(hand_model.faces), dtype=np.int64).tobytes())
+    digest.update(np.round(to_numpy(output.vertices), 6).astype(np.float64).tobytes())
     return digest.hexdigest()
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def to_numpy(value: Any) -> np.ndarray:
+    """``value`` (a torch tensor on any device, or anything array-like) as a numpy array."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
@@ -233,7 +234,7 @@ class ManoMasker:
         self.hand_model = hand_model
         self.cache = cache
         self.supersample = int(supersample)
-        self.faces = _to_numpy(hand_model.faces).astype(np.int64)
+        self.faces = to_numpy(hand_model.faces).astype(np.int64)
         self._model_sha = model_sha
         self._vertices: dict[tuple[int, str, int, str], np.ndarray] = {}
         self.computed = 0
@@ -258,7 +259,7 @@ class ManoMasker:
         if todo:
             params = [ManoParams.from_interhand(v.mano, v.mano_where) for v in todo.values()]
             output = self.hand_model.forward(ManoParams.stack(params))
-            vertices = _to_numpy(output.vertices).astype(np.float64)
+            vertices = to_numpy(output.vertices).astype(np.float64)
             for key, verts in zip(todo, vertices, strict=True):
                 self._vertices[key] = verts
         return [self._vertices[frame_key(v)] for v in views]

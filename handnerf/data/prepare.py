@@ -27,6 +27,7 @@ import numpy as np
 
 from handnerf import interrupts
 from handnerf.data import cache as cache_format
+from handnerf.data.camera import camera_to_json
 from handnerf.data.crops import CropConfig, prepare_view
 from handnerf.data.filters import FrameFilterConfig, check_frame
 from handnerf.data.interhand import (
@@ -37,7 +38,7 @@ from handnerf.data.interhand import (
     load_image,
     refuse_procedural_hand,
 )
-from handnerf.data.masks import DEFAULT_SUPERSAMPLE, _to_numpy, mesh_silhouette
+from handnerf.data.masks import DEFAULT_SUPERSAMPLE, mesh_silhouette, to_numpy
 from handnerf.data.stream import StreamedSelection, select_views
 from handnerf.errors import ConfigError, DataError, SelectionError
 from handnerf.files import remove_temp_files_under
@@ -317,7 +318,7 @@ def prepare_cache(
     remove_temp_files_under(out)  # an interrupted run's; only this job writes here
 
     hand_model, vertices_by_frame = _pose_frames(selection, spec)
-    faces = np.asarray(_to_numpy(hand_model.faces), dtype=np.int64)
+    faces = np.asarray(to_numpy(hand_model.faces), dtype=np.int64)
 
     records: dict[tuple[str, str, int], dict[str, Any]] = {}
     todo: list[tuple[FrameView, np.ndarray]] = []
@@ -479,7 +480,7 @@ def _build_index(
                     else view.keypoints_valid.tolist(),
                 }
             )
-        cameras.setdefault(view.camera_id, cache_format.camera_to_json(view.camera))
+        cameras.setdefault(view.camera_id, camera_to_json(view.camera))
     data = getattr(hand_model, "data", None)
     digest = hashlib.sha256(json.dumps(job, sort_keys=True).encode())
     for record in kept_views:

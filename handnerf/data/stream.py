@@ -13,14 +13,14 @@ materialised:
   only the selected frames are kept.
 
 Peak memory is therefore set by the selection, not by the split. The selection order,
-the counts in :class:`~handnerf.data.interhand.SelectionReport` and the resulting
-:class:`~handnerf.data.interhand.FrameView` s are the same as ``InterHandCapture``'s.
+the counts in :class:`~handnerf.data.selection.SelectionReport` and the resulting
+:class:`~handnerf.data.records.FrameView` s are the same as ``InterHandCapture``'s.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,25 +28,10 @@ from typing import Any, BinaryIO
 import ijson
 import numpy as np
 
-from handnerf.data.camera import PinholeCamera
-from handnerf.data.interhand import (
-    HAND_ROWS,
-    HANDS,
-    SPLITS,
-    AnnotationFiles,
-    FrameView,
-    ImageAnnotation,
-    SelectedViews,
-    SelectionReport,
-    camera_from_json,
-    check_image_record,
-    find_annotation_files,
-    joint_3d_keypoints,
-    normalize_camera_id,
-    note_two_hand_frames,
-    parse_annotation,
-    parse_mano_entry,
-)
+from handnerf.data import selection
+from handnerf.data.annotations import HANDS, AnnotationFiles
+from handnerf.data.records import FrameView, check_image_record, parse_mano_entry
+from handnerf.data.selection import CaptureSource, SelectedViews, SelectionReport, SelectionRequest
 from handnerf.errors import DataError, SelectionError
 
 #: Keys of data.json image records that a selection keeps (the rest are dropped on read).
@@ -70,7 +55,7 @@ _MARKER = "__handnerf_nonfinite__"
 _DELIMITERS = (b",", b":", b"[", b"]", b"{", b"}", b" ", b"\n")
 
 
-class _NonFiniteReader:
+class NonFiniteReader:
     """A binary file wrapper that quotes bare NaN / Infinity tokens for a strict parser.
 
     Each block handed out ends just before a delimiter, so no token is split between
@@ -109,16 +94,16 @@ class _NonFiniteReader:
         return rewritten
 
 
-def _restore_nonfinite(value: Any) -> Any:
-    """``value`` with the marker strings of :class:`_NonFiniteReader` back as floats."""
+def restore_nonfinite(value: Any) -> Any:
+    """``value`` with the marker strings of :class:`NonFiniteReader` back as floats."""
     if isinstance(value, str):
         return float(value[len(_MARKER) :]) if value.startswith(_MARKER) else value
     if isinstance(value, list):
-        return [_restore_nonfinite(v) for v in value]
+        return [restore_nonfinite(v) for v in value]
     if isinstance(value, dict):
-        return {k: _restore_nonfinite(v) for k, v in value.items()}
+        return {k: restore_nonfinite(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return tuple(_restore_nonfinite(v) for v in value)
+        return tuple(restore_nonfinite(v) for v in value)
     return value
 
 
@@ -126,10 +111,10 @@ def _stream(path: Path, prefix: str, kind: str = "items") -> Iterator[Any]:
     """Yield ``ijson.items`` (or ``kvitems``) of ``path`` under ``prefix``; errors name the file."""
     try:
         with path.open("rb") as handle:
-            reader = _NonFiniteReader(handle)
+            reader = NonFiniteReader(handle)
             walker = ijson.kvitems if kind == "kvitems" else ijson.items
             for item in walker(reader, prefix, use_float=True):
-                yield _restore_nonfinite(item) if reader.replaced else item
+                yield restore_nonfinite(item) if reader.replaced else item
     except ijson.JSONError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
     except OSError as exc:
@@ -175,38 +160,19 @@ class StreamedSelection(SelectedViews):
     selection_report: SelectionReport
 
 
-def select_views(
-    root: str | Path,
-    split: str = "test",
-    capture: int = 0,
-    seqs: str | Sequence[str] | None = None,
-    hand: str = "right",
-    cameras: Iterable[str | int] | None = None,
-    exclude_cameras: Iterable[str | int] | None = None,
-    stride: int = 1,
-    drop_grayscale_cameras: bool = False,
-) -> StreamedSelection:
-    """Stream the selection ``InterHandCapture(root, ...)`` makes, with bounded memory.
+def select_views(root: str | Path, **options: Any) -> StreamedSelection:
+    """Stream the selection ``InterHandCapture(root, **options)`` makes, with bounded memory.
 
-    Arguments and errors are those of :class:`~handnerf.data.interhand.InterHandCapture`;
-    in addition a hand with no MANO fit in any selected frame raises SelectionError
-    saying how many frames the other hand has.
+    Options and errors are those of :class:`~handnerf.data.interhand.InterHandCapture`
+    (see :class:`~handnerf.data.selection.SelectionRequest`); in addition a hand with no
+    MANO fit in any selected frame raises SelectionError saying how many frames the other
+    hand has.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"InterHand2.6M root not found: {root}")
-    if split not in SPLITS:
-        raise SelectionError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
-    if hand not in HANDS:
-        raise SelectionError(f"unknown hand {hand!r}; hands are {', '.join(HANDS)}")
-    if int(stride) < 1:
-        raise SelectionError(f"stride must be >= 1, got {stride}")
-    capture, stride = int(capture), int(stride)
-    files = find_annotation_files(root, split)
-    report = SelectionReport()
-    if files.layout != "current":
-        report.notes.append(f"annotation layout: {files.layout}")
-    wanted_seqs = None if seqs is None else ({seqs} if isinstance(seqs, str) else set(seqs))
+    request = SelectionRequest(Path(root), **options)
+    files, report = selection.start_selection(request)
+    root, split, hand = request.root, request.split, request.hand
+    capture, stride = int(request.capture), int(request.stride)
+    wanted_seqs = request.wanted_seqs()
 
     # Pass 1 over data.json's images: keep the capture's records of the wanted sequences.
     n_split = 0
@@ -291,39 +257,11 @@ def select_views(
         )
     del mano_entries
 
-    available_cams = sorted({normalize_camera_id(img["camera"]) for img in with_mano})
-    all_cams = sorted({normalize_camera_id(img["camera"]) for img in in_seqs})
-    keep_cams = set(available_cams)
-    for label, requested in (("camera", cameras), ("excluded camera", exclude_cameras)):
-        if requested is None:
-            continue
-        requested_ids = {normalize_camera_id(c) for c in requested}
-        unknown = sorted(requested_ids - set(all_cams))
-        if unknown:
-            raise SelectionError(
-                f"{label}(s) {', '.join(unknown)} not in capture {capture} "
-                f"(sequences {', '.join(sorted(wanted_seqs))}); cameras: {', '.join(all_cams)}"
-            )
-        keep_cams = keep_cams & requested_ids if label == "camera" else keep_cams - requested_ids
-    if drop_grayscale_cameras:
-        grayscale = {c for c in keep_cams if c.startswith("4100")}
-        keep_cams -= grayscale
-        if grayscale:
-            report.notes.append(f"dropped {len(grayscale)} grayscale (4100xx) cameras")
-    with_cams = [img for img in with_mano if normalize_camera_id(img["camera"]) in keep_cams]
-    report.add_step(f"cameras kept ({len(keep_cams)} of {len(available_cams)})", len(with_cams))
-
-    kept_frames: set[tuple[str, int]] = set()
-    for seq in wanted_seqs:
-        seq_frames = sorted({int(img["frame_idx"]) for img in with_cams if img["seq_name"] == seq})
-        kept_frames.update((seq, f) for f in seq_frames[::stride])
-    strided = [img for img in with_cams if (img["seq_name"], int(img["frame_idx"])) in kept_frames]
-    report.add_step(f"frame stride {stride}", len(strided))
-
-    views = _build_views(root, files, split, capture, hand, strided, mano_by_frame, report)
-    report.add_step("selected views", len(views))
-    if not views:
-        raise SelectionError(f"the selection keeps no image of {root}\n{report}")
+    with_cams = selection.keep_cameras(with_mano, in_seqs, capture, wanted_seqs, request, report)
+    strided = selection.stride_frames(with_cams, wanted_seqs, stride, report)
+    views = _stream_views(
+        CaptureSource(root, files, split, capture, hand), strided, mano_by_frame, report
+    )
     return StreamedSelection(
         root=root,
         split=split,
@@ -336,30 +274,17 @@ def select_views(
     )
 
 
-def _build_views(
-    root: Path,
-    files: AnnotationFiles,
-    split: str,
-    capture: int,
-    hand: str,
+def _stream_views(
+    source: CaptureSource,
     images: list[dict[str, Any]],
     mano_by_frame: dict[int, dict[str, np.ndarray]],
     report: SelectionReport,
 ) -> list[FrameView]:
-    wanted_ids = {img["id"] for img in images}
-    annotation_by_image: dict[Any, ImageAnnotation] = {}
-    if wanted_ids:
-        # Pass 2 over data.json: annotations of the kept images only.
-        for index, ann in enumerate(_stream(files.data, "annotations.item")):
-            if not isinstance(ann, dict):
-                raise DataError(f"{files.data}: annotations[{index}] is not an object")
-            image_id = ann.get("image_id")
-            if isinstance(image_id, list | dict) or image_id not in wanted_ids:
-                continue
-            annotation_by_image[image_id] = parse_annotation(
-                ann, f"{files.data}: annotations[{index}]"
-            )
-
+    """Stream the annotations, cameras and joints of ``images`` and build their views."""
+    files, capture = source.files, source.capture
+    # Pass 2 over data.json: annotations of the kept images only.
+    annotations = _stream(files.data, "annotations.item") if images else ()
+    annotation_by_image = selection.annotations_by_image(images, annotations, files.data)
     cams = stream_capture_entry(files.camera, capture)
     if cams is None:
         raise DataError(f"{files.camera}: no entry for capture '{capture}'")
@@ -367,58 +292,12 @@ def _build_views(
     joints: dict[int, Any] | None = None
     if files.joint_3d is not None:
         joints = stream_frames(files.joint_3d, capture, frames) or None
-    if joints is None:
-        report.notes.append("no joint_3d annotation: keypoints_world is None")
-
-    camera_cache: dict[tuple[str, int, int], PinholeCamera] = {}
-    keypoint_cache: dict[int, tuple[np.ndarray | None, np.ndarray | None, str | None]] = {}
-    image_root = root / "images" / split
-    views: list[FrameView] = []
-    for img in images:
-        cam_id = normalize_camera_id(img["camera"])
-        width, height = int(img["width"]), int(img["height"])
-        cam_key = (cam_id, width, height)
-        if cam_key not in camera_cache:
-            camera_cache[cam_key] = camera_from_json(
-                files.camera, cams, capture, cam_id, width, height
-            )
-        image_path = image_root / str(img["file_name"])
-        if not image_path.is_file():
-            report.skip("image file missing")
-            continue
-        frame = int(img["frame_idx"])
-        if frame not in keypoint_cache:
-            keypoint_cache[frame] = (
-                (None, None, None)
-                if joints is None
-                else joint_3d_keypoints(
-                    joints.get(frame), f"{files.joint_3d}: joints['{capture}']['{frame}']", hand
-                )
-            )
-        keypoints, valid, hand_type = keypoint_cache[frame]
-        ann = annotation_by_image.get(img["id"])
-        if ann is not None:
-            if valid is None and ann.joint_valid is not None:
-                valid = ann.joint_valid[HAND_ROWS[hand]]
-            hand_type = hand_type or ann.hand_type
-        views.append(
-            FrameView(
-                image_path=image_path,
-                split=split,
-                capture=capture,
-                seq_name=str(img["seq_name"]),
-                camera_id=cam_id,
-                frame_idx=frame,
-                camera=camera_cache[cam_key],
-                mano=mano_by_frame[frame],
-                hand=hand,
-                keypoints_world=keypoints,
-                keypoints_valid=valid if keypoints is not None else None,
-                bbox=None if ann is None else ann.bbox,
-                image_id=int(img["id"]),
-                hand_type=hand_type,
-            )
-        )
-    views.sort(key=lambda v: (v.seq_name, v.frame_idx, v.camera_id))
-    note_two_hand_frames(views, report)
-    return views
+    return selection.build_frame_views(
+        source,
+        images,
+        mano_by_frame,
+        annotation_by_image,
+        cams,
+        None if joints is None else joints.get,
+        report,
+    )

@@ -49,10 +49,11 @@ from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
 from handnerf.evaluation.scoring import drop_reason, projected_box_mask, score_view
+from handnerf.files import machine_info
 from handnerf.hand.hand_model import ManoParams
 from handnerf.train.fit_data import cached_entries, open_sequence
 from handnerf.train.run_loader import TrainedRun
-from handnerf.train.trainer import machine_info, render_image
+from handnerf.train.trainer import render_image
 
 SPLITS = ("novel_view", "novel_pose")
 

@@ -16,8 +16,6 @@ import datetime as _dt
 import io
 import json
 import math
-import os
-import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,12 @@ import numpy as np
 from handnerf.errors import DataError, ParameterError
 from handnerf.evaluation.protocols import INSIDE_MASK_TEXT, EvalProtocol, get_protocol
 from handnerf.evaluation.report_pages import html_page, markdown_page
-from handnerf.files import atomic_write_bytes, atomic_write_text, remove_temp_files_under
+from handnerf.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    machine_info,
+    remove_temp_files_under,
+)
 
 REQUIRED_ROW_FIELDS = ("split", "camera", "frame", "psnr", "ssim")
 METRIC_FIELDS = ("psnr", "ssim", "lpips")
@@ -48,23 +51,6 @@ def image_key(split: str, camera: str | int, frame: int) -> str:
     safe_split = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(split))
     safe_camera = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(camera))
     return f"{safe_split}_cam{safe_camera}_frame{int(frame):06d}"
-
-
-def machine_info() -> dict[str, Any]:
-    """Python, torch, OS and accelerator of this machine, for reproducibility."""
-    import torch
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import pickle
 import types
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from handnerf.errors import ModelFileError, UnsafePickleError
-from handnerf.files import atomic_path
+from handnerf.files import atomic_path, cache_root
 
 Side = Literal["right", "left"]
 
@@ -435,14 +434,8 @@ def _build(arrays: dict[str, Any], path: Path, sha256: str, side: Side) -> ManoM
 # --------------------------------------------------------------------------- cache
 
 
-def cache_dir() -> Path:
-    """Root of handnerf's on-disk caches: ``$HANDNERF_CACHE`` or ``~/.cache/handnerf``."""
-    root = os.environ.get("HANDNERF_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "handnerf"
-
-
 def _cache_path(sha256: str) -> Path:
-    return cache_dir() / "mano" / f"{sha256}-v{_CACHE_FORMAT}.npz"
+    return cache_root() / "mano" / f"{sha256}-v{_CACHE_FORMAT}.npz"
 
 
 def _read_cache(cache_file: Path, path: Path) -> dict[str, Any] | None:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from handnerf.files import atomic_path
+from handnerf.files import cache_root as default_cache_dir
 
 #: Bump when the generated geometry or file content changes (names the cache folder).
 VERSION: int = 1
@@ -438,11 +439,6 @@ def write_procedural_mano_dir(out_dir: Path, seed: int = 0, resolution: str = "d
     for side, name in (("right", "MANO_RIGHT.pkl"), ("left", "MANO_LEFT.pkl")):
         _write_pickle_atomic(build_procedural_hand(side, seed, resolution), out_dir / name)
     return out_dir
-
-
-def default_cache_dir() -> Path:
-    """``$HANDNERF_CACHE``, or ``~/.cache/handnerf``."""
-    return Path(os.environ.get("HANDNERF_CACHE") or "~/.cache/handnerf").expanduser()
 
 
 def procedural_mano_dir(

@@ -9,11 +9,11 @@ from typing import Any
 
 from handnerf.config import config_to_dict, load_config
 from handnerf.errors import CheckpointError, ConfigError, ResourceError
-from handnerf.files import atomic_write_bytes, remove_temp_files_under
+from handnerf.files import atomic_write_bytes, machine_info, remove_temp_files_under
 from handnerf.train.checkpoint import LATEST
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import load_fit_data
-from handnerf.train.trainer import FitResult, Trainer, machine_info
+from handnerf.train.trainer import FitResult, Trainer
 
 
 def run_fit(

@@ -137,7 +137,7 @@ def test_nonfinite_tokens_survive_any_chunking(tmp_path: Path, chunk: int) -> No
     """Python's json writes NaN/Infinity; the strict streaming parser must still read them."""
     import ijson
 
-    from handnerf.data.stream import _NonFiniteReader, _restore_nonfinite
+    from handnerf.data.stream import NonFiniteReader, restore_nonfinite
 
     value = {
         "0": {
@@ -148,9 +148,9 @@ def test_nonfinite_tokens_survive_any_chunking(tmp_path: Path, chunk: int) -> No
     path = tmp_path / "x.json"
     path.write_text(json.dumps(value))
     with path.open("rb") as handle:
-        reader = _NonFiniteReader(handle, chunk=chunk)
+        reader = NonFiniteReader(handle, chunk=chunk)
         (parsed,) = list(ijson.items(reader, "", use_float=True))
-    restored = _restore_nonfinite(parsed)
+    restored = restore_nonfinite(parsed)
     pose = restored["0"]["5"]["right"]["pose"]
     assert pose[0] == 1.5 and np.isnan(pose[1]) and pose[2] == -np.inf
     assert restored["0"]["5"]["right"]["trans"] == [np.inf]

@@ -94,7 +94,9 @@ def test_quick_cpu_bench_reports_every_part(
     # A GPU report with a target reached renders its time, step and GPU memory.
     r["time_to_psnr"]["targets"]["30"] = {"reached": True, "step": 4, "train_seconds": 12.3}
     r["memory"] = {"peak_gpu_mib": 1234.0}
-    report.update(device="cuda", machine={**report["machine"], "gpu": "Some GPU"})
+    report.update(
+        device="cuda", machine={**report["machine"], "cuda": True, "cuda_device": "Some GPU"}
+    )
     gpu_table = bench.markdown(report)
     assert "(Some GPU)" in gpu_table and "peak GPU memory (MiB)" in gpu_table
     gpu_row = gpu_table.strip().splitlines()[-1]
