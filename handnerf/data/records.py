@@ -188,7 +188,8 @@ def parse_hand_type(entry: dict[str, Any], where: str) -> str | None:
     """An annotation's ``hand_type`` (one of :data:`HAND_TYPES`), None when absent or when
     ``hand_type_valid`` is false/0; DataError naming ``where`` for any other value."""
     valid = True
-    if entry.get("hand_type_valid") is not None:
+    # Absent (older layouts) means valid; present, it must be a flag (null is not one).
+    if "hand_type_valid" in entry:
         flag = validity_flags(entry["hand_type_valid"], f"{where}['hand_type_valid']")
         if flag.shape != ():
             raise DataError(f"{where}['hand_type_valid'] must be one 0/1 or true/false")

@@ -88,3 +88,14 @@ def test_evaluation_refuses_a_run_whose_novel_poses_were_trained_on(
     cfg.novel_pose_seq = "ROM03_RT_No_Occlusion"
     chosen = select_views(run, ("novel_pose",), None)  # type: ignore[arg-type]
     assert {item.view.seq_name for item in chosen} == {"ROM03_RT_No_Occlusion"}
+
+
+def test_hand_type_validity_must_be_a_flag_when_present() -> None:
+    from handnerf.data.records import parse_hand_type
+    from handnerf.errors import DataError
+
+    assert parse_hand_type({"hand_type": "right"}, "ann") == "right"  # absent: valid
+    assert parse_hand_type({"hand_type": "right", "hand_type_valid": 0}, "ann") is None
+    assert parse_hand_type({"hand_type": "left", "hand_type_valid": True}, "ann") == "left"
+    with pytest.raises(DataError, match=r"ann\['hand_type_valid'\]"):
+        parse_hand_type({"hand_type": "right", "hand_type_valid": None}, "ann")
