@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from handnerf.hand import procedural, rig
+from handnerf.hand import joint_layout, procedural, rig
 
 #: Bump when the generated geometry or file content changes (names the cache folder).
 VERSION: int = 1
@@ -329,7 +329,7 @@ def pose_blend_shapes(
 
     normals = trimesh.Trimesh(v_template, faces, process=False).vertex_normals
     flex_axes = poses.joint_axes("right")[:, 0]
-    radii_m = 1e-3 * procedural.SCALE * np.array(procedural.FINGER_RADII_MM)
+    radii_m = 1e-3 * joint_layout.SCALE * np.array(procedural.FINGER_RADII_MM)
     posedirs = np.zeros((len(v_template), 3, 135))
     for finger, chain in enumerate(procedural.FINGER_CHAINS):
         for level, joint in enumerate(chain):

@@ -25,7 +25,8 @@ import functools
 import numpy as np
 
 from handnerf.errors import ParameterError
-from handnerf.hand.procedural import _check_side, _mirror_pose, rest_joint_layout
+from handnerf.hand.joint_layout import rest_joint_layout
+from handnerf.hand.sides import check_side, mirror_pose
 
 NUM_JOINTS = 15
 
@@ -46,7 +47,7 @@ _THUMB_ROWS = (12, 13, 14)
 
 def joint_axes(side: str = "right") -> np.ndarray:
     """Per-joint orthonormal axes (flex, abd, twist) in MANO's rest frame; (15, 3, 3)."""
-    return _joint_axes(_check_side(side)).copy()
+    return _joint_axes(check_side(side)).copy()
 
 
 @functools.lru_cache(maxsize=2)
@@ -67,7 +68,7 @@ def _joint_axes(side: str) -> np.ndarray:
             else:
                 axes[joint_id - 1] = [flex, -palm_normal, direction]
     if side == "left":
-        axes = _mirror_pose(axes.reshape(NUM_JOINTS, 9)).reshape(NUM_JOINTS, 3, 3)
+        axes = mirror_pose(axes.reshape(NUM_JOINTS, 9)).reshape(NUM_JOINTS, 3, 3)
     axes.setflags(write=False)
     return axes
 
@@ -77,13 +78,13 @@ def pose_from_angles(angles: np.ndarray, side: str = "right") -> np.ndarray:
     angles = np.asarray(angles, dtype=np.float64)
     if angles.shape != (NUM_JOINTS, 3):
         raise ParameterError(f"angles must have shape (15, 3), got {angles.shape}")
-    return np.einsum("ja,jai->ji", angles, _joint_axes(_check_side(side))).reshape(45)
+    return np.einsum("ja,jai->ji", angles, _joint_axes(check_side(side))).reshape(45)
 
 
 def angles_from_pose(pose: np.ndarray, side: str = "right") -> np.ndarray:
     """Absolute axis-angle pose (45,) -> anatomical angles (15, 3) (exact inverse)."""
     pose = _check_pose(pose, "pose")
-    return np.einsum("ji,jai->ja", pose.reshape(NUM_JOINTS, 3), _joint_axes(_check_side(side)))
+    return np.einsum("ji,jai->ja", pose.reshape(NUM_JOINTS, 3), _joint_axes(check_side(side)))
 
 
 def clip_angles(angles: np.ndarray) -> np.ndarray:
@@ -308,7 +309,7 @@ def rom_sequence(
         raise ParameterError(f"unknown sequence kind {kind!r}; known: {sorted(SEQUENCE_KINDS)}")
     if n_frames < 1:
         raise ParameterError(f"n_frames must be >= 1, got {n_frames}")
-    side = _check_side(side)
+    side = check_side(side)
     names = list(SEQUENCE_KINDS[kind])
     if kind == "novel":
         names = [names[i] for i in rng.permutation(len(names))]

@@ -26,8 +26,9 @@ Sources: MANO's rest joints and ``hands_mean`` as hard-coded in public hand-avat
 (e.g. HandAvatar/LiveHand InterHand loaders' ``th_hands_mean_right``, manopth wrappers'
 ``t_mano = [0.09566994, 0.00638343, 0.0061863]``), gmntu/mobilehand issue #12 (MANO right
 hand "palm towards the Y axis", fingers in the x-z plane) and manopth issue #25 (left
-hand: rotations mirrored). The joint layout below is those rest joints rounded to the
-millimetre and scaled by 1.08 about the wrist (wrist to middle tip about 18.2 cm).
+hand: rotations mirrored). The joint layout (:mod:`handnerf.hand.joint_layout`) is those
+rest joints rounded to the millimetre and scaled by 1.08 about the wrist (wrist to middle
+tip about 18.2 cm); side names and mirroring are :mod:`handnerf.hand.sides`.
 
 Geometry: a signed distance field (palm slab, thenar pad, wrist, tapered finger tubes,
 smooth unions) meshed with scikit-image marching cubes and Taubin-smoothed with trimesh.
@@ -52,6 +53,9 @@ import numpy as np
 
 from handnerf.files import atomic_path
 from handnerf.files import cache_root as default_cache_dir
+from handnerf.hand import poses
+from handnerf.hand.joint_layout import JOINTS_MM
+from handnerf.hand.sides import check_side, mirror_points, mirror_pose
 
 #: Bump when the generated geometry or file content changes (names the cache folder).
 VERSION: int = 1
@@ -78,32 +82,9 @@ FINGER_CHAINS: tuple[tuple[int, int, int], ...] = (
 FINGER_NAMES: tuple[str, ...] = ("thumb", "index", "middle", "ring", "pinky")
 
 _MANO_ROOT_AS_STORED = 4294967295  # MANO stores the root's parent -1 as uint32
-#: Scale of the designed layout about the wrist (see the module docstring).
-SCALE: float = 1.08
 _NUM_POSE_BASIS = 135
 _GRID_SPACING_MM = 3.8
 
-#: Rest joints in millimetres, MANO's frame, before scaling (see the module docstring).
-JOINTS_MM: np.ndarray = np.array(
-    [
-        [95.0, 6.0, 6.0],  # 0 wrist
-        [8.0, 1.0, 27.0],  # 1 index MCP
-        [-25.0, 5.0, 29.0],
-        [-47.0, 4.0, 29.0],
-        [1.0, 5.0, 3.0],  # 4 middle MCP
-        [-30.0, 7.0, -3.0],
-        [-53.0, 5.5, -7.0],
-        [27.0, -3.5, -37.0],  # 7 pinky MCP
-        [10.0, -3.5, -49.5],
-        [-6.0, -4.0, -60.0],
-        [14.0, 2.5, -20.5],  # 10 ring MCP
-        [-14.5, 4.5, -25.5],
-        [-38.0, 3.0, -33.0],
-        [71.5, -9.0, 32.0],  # 13 thumb CMC
-        [52.0, -8.0, 55.5],
-        [30.0, -13.5, 70.0],
-    ]
-)
 # Distal phalanx length (last joint to the very tip), mm: thumb, index, middle, ring, pinky.
 _DISTAL_MM = (25.0, 21.0, 23.0, 22.0, 19.0)
 #: Finger tube radii (mm) at the chain's three joints and at the tip's centre, per finger.
@@ -136,17 +117,6 @@ _PALM_OUTLINE_MM = np.array(
 )
 
 
-def rest_joint_layout(side: str = "right") -> np.ndarray:
-    """Designed rest joints in metres, MANO's frame; the regressed ``J`` is within ~1 mm.
-
-    Returns:
-        (16, 3) joint positions (left: x-mirrored).
-    """
-    side = _check_side(side)
-    joints = scaled_mm(JOINTS_MM) * 1e-3
-    return _mirror_points(joints) if side == "left" else joints
-
-
 def _check_resolution(resolution: str) -> str:
     if resolution not in RESOLUTIONS:
         from handnerf.errors import ParameterError
@@ -162,25 +132,6 @@ def hand_version(resolution: str = "dense") -> int:
     from handnerf.hand import coarse_hand
 
     return coarse_hand.VERSION
-
-
-def _check_side(side: str) -> str:
-    if side not in ("right", "left"):
-        from handnerf.errors import ParameterError
-
-        raise ParameterError(f"hand side must be 'right' or 'left', got {side!r}")
-    return side
-
-
-def scaled_mm(points_mm: np.ndarray) -> np.ndarray:
-    wrist = JOINTS_MM[0]
-    return wrist + SCALE * (np.asarray(points_mm, dtype=np.float64) - wrist)
-
-
-def _mirror_points(points: np.ndarray) -> np.ndarray:
-    mirrored = np.array(points, dtype=np.float64, copy=True)
-    mirrored[..., 0] *= -1.0
-    return mirrored
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,12 +259,6 @@ def mesh_right_mm() -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------
 
 
-def _mirror_pose(pose: np.ndarray) -> np.ndarray:
-    mirrored = np.array(pose, dtype=np.float64, copy=True).reshape(*pose.shape[:-1], -1, 3)
-    mirrored[..., 1:] *= -1.0
-    return mirrored.reshape(pose.shape)
-
-
 def mirror_posedirs(posedirs: np.ndarray) -> np.ndarray:
     """Pose blend shapes (V, 3, 135) of the x-mirrored hand.
 
@@ -360,9 +305,9 @@ def build_procedural_hand(side: str, seed: int = 0, resolution: str = "dense") -
     """
     import scipy.sparse
 
-    from handnerf.hand import appearance, poses
+    from handnerf.hand import appearance
 
-    side = _check_side(side)
+    side = check_side(side)
     _check_resolution(resolution)
     if resolution not in _CORE_CACHE:
         _CORE_CACHE[resolution] = _right_hand_core(resolution)
@@ -383,12 +328,12 @@ def build_procedural_hand(side: str, seed: int = 0, resolution: str = "dense") -
     regressor = core["J_regressor"].copy()
     posedirs = core["posedirs"].copy()
     if side == "left":
-        v_template = _mirror_points(v_template)
+        v_template = mirror_points(v_template)
         faces = faces[:, ::-1].copy()
         posedirs = mirror_posedirs(posedirs)
         shapedirs[:, 0, :] *= -1.0
-        hands_mean = _mirror_pose(hands_mean)
-        components = _mirror_pose(components)
+        hands_mean = mirror_pose(hands_mean)
+        components = mirror_pose(components)
         coeffs = coeffs.copy()
     joints = np.asarray(regressor @ v_template)
 

@@ -15,14 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from handnerf.hand.procedural import (
-    FINGER_CHAINS,
-    FINGER_RADII_MM,
-    JOINTS_MM,
-    PARENTS,
-    chain_points_mm,
-    scaled_mm,
-)
+from handnerf.hand.joint_layout import JOINTS_MM, scaled_mm
+from handnerf.hand.procedural import FINGER_CHAINS, FINGER_RADII_MM, PARENTS, chain_points_mm
 
 NUM_BETAS: int = 10
 

@@ -12,7 +12,7 @@ matter (the directions nearest the rig's lights). Because visibility is computed
 posed MANO mesh, it is equally defined for poses never seen in training.
 
 Ray casting uses Embree through trimesh (``embreex``, a dependency), via the same
-:func:`~handnerf.synth.raycast.embree_intersector` as the synthetic renderer.
+:func:`~handnerf.geometry.raycast.mesh_intersector` as the synthetic renderer.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from handnerf.errors import ConfigError, ParameterError
-from handnerf.synth.raycast import embree_intersector
+from handnerf.geometry.raycast import mesh_intersector
 
 
 def fibonacci_directions(n: int) -> Tensor:
@@ -73,8 +73,6 @@ class VertexVisibility:
 
     @torch.no_grad()
     def __call__(self, vertices: Tensor, normals: Tensor, faces: Tensor) -> Tensor:
-        import trimesh
-
         if vertices.ndim != 3 or vertices.shape[-1] != 3 or normals.shape != vertices.shape:
             raise ParameterError(
                 "visibility: vertices and normals must both be (T,V,3), got "
@@ -91,8 +89,7 @@ class VertexVisibility:
             verts = vertices[frame].detach().cpu().double().numpy()
             if not np.isfinite(verts).all():
                 raise ParameterError(f"visibility: frame {frame} has non-finite posed vertices")
-            mesh = trimesh.Trimesh(vertices=verts, faces=faces_np, process=False)
-            caster = embree_intersector(mesh)
+            caster = mesh_intersector(verts, faces_np)
             normal = normals[frame].detach().cpu().double().numpy()
             # A direction behind the surface is dark by definition (as in Lambertian
             # shading); casting it would let a ray from the offset start graze out.

@@ -2,7 +2,8 @@
 
 - :mod:`handnerf.synth.presets`: ``tiny`` / ``demo`` / ``fullscale`` capture sizes.
 - :mod:`handnerf.synth.rig`: the dome of calibrated cameras (InterHand camera conventions).
-- :mod:`handnerf.synth.raycast`: Embree ray-cast ground truth (textured, shadowed, masks).
+- :mod:`handnerf.synth.raycast`: Embree ray-cast ground truth (textured, shadowed, masks),
+  on the mesh ray casting of :mod:`handnerf.geometry.raycast`.
 - :mod:`handnerf.synth.writer`: :func:`synthesize_capture`, the InterHand-layout writer.
 
 Usage::

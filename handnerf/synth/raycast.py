@@ -8,7 +8,8 @@ texture moves with the hand; shading is Lambertian + Blinn-Phong specular from a
 fixed in the world (shadow rays give self-shadows) plus a sky-tinted ambient term, with
 smooth (barycentric vertex) normals. The background is black. Colour is computed in linear
 light, multiplied by the camera's gain, averaged over the pixel's sub-samples and encoded
-as sRGB.
+as sRGB. The generic mesh ray casting (Embree, exact first hits) is
+:mod:`handnerf.geometry.raycast`; this module shades and renders.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from handnerf.errors import HandnerfError
+from handnerf.geometry.raycast import embree_intersector, first_hits
 from handnerf.synth.rig import WORLD_UP, RigCamera
 
 #: Albedo of canonical points: (N, 3) canonical positions (metres) -> (N, 3) sRGB albedo in [0, 1].
@@ -66,18 +67,6 @@ class RenderedView:
     image: np.ndarray
     mask: np.ndarray
     coverage: np.ndarray = field(repr=False)
-
-
-def embree_intersector(mesh: object) -> object:
-    """Trimesh's Embree intersector for ``mesh``; refuses the slow pure-numpy fallback."""
-    try:
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
-    except ImportError as exc:  # embreex missing or broken: trimesh would silently go slow
-        raise HandnerfError(
-            "ray casting the hand mesh needs Embree (package 'embreex'); "
-            f"importing trimesh.ray.ray_pyembree failed: {exc}"
-        ) from exc
-    return RayMeshIntersector(mesh)
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
@@ -131,33 +120,10 @@ class HandScene:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """First hits of rays (N, 3): (N,) triangle index or -1, (N,) distance, (N, 3) barycentrics.
 
-        Embree answers which triangle; the exact distance and barycentrics are recomputed
-        here in float64 (Möller-Trumbore on the hit triangle) for smooth interpolation.
+        See :func:`handnerf.geometry.raycast.first_hits` (exact float64 refinement of
+        Embree's hits, for smooth interpolation).
         """
-        tri = np.asarray(self.intersector.intersects_first(origins, directions), dtype=np.int64)
-        n = len(origins)
-        t = np.full(n, np.inf)
-        bary = np.zeros((n, 3))
-        hit = tri >= 0
-        if hit.any():
-            corners = self.triangles[tri[hit]]
-            o, d = origins[hit], directions[hit]
-            e1 = corners[:, 1] - corners[:, 0]
-            e2 = corners[:, 2] - corners[:, 0]
-            p = np.cross(d, e2)
-            det = np.einsum("ij,ij->i", e1, p)
-            det = np.where(np.abs(det) < 1e-18, 1e-18, det)
-            s = o - corners[:, 0]
-            u = np.einsum("ij,ij->i", s, p) / det
-            q = np.cross(s, e1)
-            v = np.einsum("ij,ij->i", d, q) / det
-            t[hit] = np.einsum("ij,ij->i", e2, q) / det
-            # Embree's float32 hit can sit a hair outside the triangle; clamp to it.
-            uv = np.clip(np.stack([u, v], axis=-1), 0.0, 1.0)
-            total = uv.sum(axis=-1, keepdims=True)
-            uv = np.where(total > 1.0, uv / total, uv)
-            bary[hit] = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=-1)
-        return tri, t, bary
+        return first_hits(self.intersector, self.triangles, origins, directions)
 
     def shade(
         self, tri: np.ndarray, points: np.ndarray, bary: np.ndarray, view_dirs: np.ndarray

@@ -2,7 +2,7 @@
 
 The MANO masks of a capture are rasterised at the training resolution; jittered training
 rays (:mod:`handnerf.train.rays`) need the mask at any point of a pixel, which is a ray
-cast against the same posed mesh (Embree, via trimesh).
+cast against the same posed mesh (Embree, via trimesh; :mod:`handnerf.geometry.raycast`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from handnerf.errors import ParameterError
+from handnerf.geometry.raycast import mesh_intersector
 
 
 class MeshSilhouette:
@@ -37,12 +38,7 @@ class MeshSilhouette:
 
     def _scene(self, frame: int) -> object:
         if frame not in self._scenes:
-            import trimesh
-
-            from handnerf.synth.raycast import embree_intersector
-
-            mesh = trimesh.Trimesh(self.vertices[frame], self.faces, process=False)
-            self._scenes[frame] = embree_intersector(mesh)
+            self._scenes[frame] = mesh_intersector(self.vertices[frame], self.faces)
         return self._scenes[frame]
 
     def __call__(self, origins: Tensor, dirs: Tensor, frame_ids: Tensor) -> Tensor:

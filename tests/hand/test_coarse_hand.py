@@ -24,7 +24,7 @@ from scipy.spatial.transform import Rotation
 
 from handnerf.commands import hand as hand_command
 from handnerf.errors import ParameterError
-from handnerf.hand import appearance, coarse_hand, poses, procedural
+from handnerf.hand import appearance, coarse_hand, joint_layout, poses, procedural
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.hand.mano_file import load_mano_folder
 
@@ -103,15 +103,15 @@ def test_surface_points_are_mano_far_from_vertices(right: dict) -> None:
 
 
 def test_vertices_lie_on_the_designed_surface(right: dict) -> None:
-    wrist = procedural.rest_joint_layout("right")[0] / MM  # the layout is scaled about it
-    layout = wrist + (right["v_template"] / MM - wrist) / procedural.SCALE
+    wrist = joint_layout.rest_joint_layout("right")[0] / MM  # the layout is scaled about it
+    layout = wrist + (right["v_template"] / MM - wrist) / joint_layout.SCALE
     assert np.abs(procedural.hand_sdf_mm(layout)).max() < 0.05
 
 
 def test_rig_is_consistent(right: dict) -> None:
     assert isinstance(right["J_regressor"], scipy.sparse.csc_matrix)
     np.testing.assert_allclose(right["J_regressor"] @ right["v_template"], right["J"], atol=1e-12)
-    np.testing.assert_allclose(right["J"], procedural.rest_joint_layout("right"), atol=1e-3)
+    np.testing.assert_allclose(right["J"], joint_layout.rest_joint_layout("right"), atol=1e-3)
     weights = right["weights"]
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-9)
     assert weights.min() >= 0 and np.all(weights.max(axis=0) > 0.95)

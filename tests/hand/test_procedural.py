@@ -14,7 +14,7 @@ import torch
 import trimesh
 
 from handnerf.errors import ParameterError
-from handnerf.hand import appearance, mano_file, poses, procedural
+from handnerf.hand import appearance, joint_layout, mano_file, poses, procedural
 
 MANO_KEYS = {
     "v_template", "f", "weights", "J_regressor", "kintree_table", "posedirs", "shapedirs",
@@ -104,7 +104,7 @@ def test_mesh_is_watertight_with_outward_normals(right: dict, left: dict) -> Non
 
 def test_joints_regressed_and_weights_normalised(right: dict) -> None:
     np.testing.assert_allclose(right["J_regressor"] @ right["v_template"], right["J"], atol=1e-12)
-    np.testing.assert_allclose(right["J"], procedural.rest_joint_layout("right"), atol=3e-3)
+    np.testing.assert_allclose(right["J"], joint_layout.rest_joint_layout("right"), atol=3e-3)
     weights = right["weights"]
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-9)
     assert weights.min() >= 0
