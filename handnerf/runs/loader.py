@@ -1,4 +1,8 @@
-"""Open a finished (or interrupted) fit for rendering and evaluation."""
+"""Open a finished (or interrupted) fit for rendering and evaluation.
+
+Reads what :mod:`handnerf.train` wrote (``run.json``, the config and the checkpoint) and
+rebuilds the :class:`HandAvatar`; rendering it is :func:`handnerf.model.renderer.render_camera`.
+"""
 
 from __future__ import annotations
 
