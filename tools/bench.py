@@ -9,7 +9,7 @@ sampler: ``nerfacc`` / ``torch``; on CPU only torch + torch) on a synthetic capt
 - time to 30 and 33 dB: training wall time (validation excluded) until the PSNR on
   held-out cameras first reaches each target, within a ``--minutes`` budget;
 - render FPS of the trained avatar on a held-out view: full frame (512x334 on the
-  synthetic rig) and a 256x256 hand crop, through ``render_image`` (the inference path);
+  synthetic rig) and a 256x256 hand crop, through ``render_camera`` (the inference path);
 - peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak RSS on CPU.
 
 Writes JSON (``--out PATH``) and a Markdown table (stdout, and ``PATH`` with ``.md``).
@@ -46,10 +46,11 @@ from handnerf.config import load_config, overrides_from_yaml
 from handnerf.errors import ConfigError, DataError, HandnerfError
 from handnerf.files import cache_root, machine_info
 from handnerf.model.encoding import HashGridEncoding, tcnn_available
+from handnerf.model.renderer import CameraTensors, render_camera
 from handnerf.model.sampler import nerfacc_available
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
-from handnerf.train.trainer import Trainer, render_image
+from handnerf.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
@@ -300,16 +301,15 @@ def _scaled_K(K: torch.Tensor, scale: float) -> torch.Tensor:
 
 def _time_render(trainer: Trainer, view: dict[str, Any], repeats: int) -> dict[str, Any]:
     frames = trainer.train_frames
+    camera = CameraTensors(
+        K=view["K"], R=view["R"], t=view["t"], height=view["height"], width=view["width"]
+    )
 
     def render() -> torch.Tensor:
-        return render_image(
+        return render_camera(
             trainer.avatar,
             frames,
-            view["K"],
-            view["R"],
-            view["t"],
-            view["height"],
-            view["width"],
+            camera,
             view["frame_id"],
             view["camera_id"],
             trainer.device,

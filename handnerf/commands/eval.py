@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from handnerf.evaluation.evaluate import evaluate_run
     from handnerf.evaluation.protocols import get_protocol
-    from handnerf.train.run_loader import load_run
+    from handnerf.runs.loader import load_run
 
     protocol = get_protocol(args.protocol)
     splits = tuple(s.strip() for s in args.split.split(",") if s.strip())

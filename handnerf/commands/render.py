@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from handnerf.errors import ConfigError, SelectionError
     from handnerf.render.jobs import render_orbit, render_pose_sequence
     from handnerf.render.video import write_video
+    from handnerf.runs.loader import load_run
     from handnerf.train.fit_data import sequence_mano
-    from handnerf.train.run_loader import load_run
 
     if args.size < 8:
         raise ConfigError(f"--size must be >= 8, got {args.size}")

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from handnerf import interrupts
@@ -51,9 +50,9 @@ from handnerf.evaluation.report import image_key, write_report
 from handnerf.evaluation.scoring import drop_reason, projected_box_mask, score_view
 from handnerf.files import machine_info
 from handnerf.hand.hand_model import ManoParams
+from handnerf.model.renderer import render_camera
+from handnerf.runs.loader import TrainedRun
 from handnerf.train.fit_data import cached_entries, open_sequence
-from handnerf.train.run_loader import TrainedRun
-from handnerf.train.trainer import render_image
 
 SPLITS = ("novel_view", "novel_pose")
 
@@ -298,19 +297,7 @@ def evaluate_run(
         cam = crop.camera
         t_render = time.monotonic()
         camera_id = run.camera_index(view.camera_id)
-        pred = render_image(
-            run.avatar,
-            frames,
-            torch.from_numpy(cam.K).float(),
-            torch.from_numpy(cam.R).float(),
-            torch.from_numpy(cam.t).float(),
-            cam.height,
-            cam.width,
-            0,
-            camera_id,
-            run.device,
-            chunk=chunk,
-        ).numpy()
+        pred = render_camera(run.avatar, frames, cam, 0, camera_id, run.device, chunk=chunk).numpy()
         render_seconds += time.monotonic() - t_render
         valid = crop.valid_pixels
         # The hand mask of a pixel that straddles the image border is half padding.

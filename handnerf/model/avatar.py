@@ -7,7 +7,8 @@
    :class:`InverseLBSDeformer` lookup structures (with per-vertex normals and
    :class:`VertexVisibility`), the posed bounding boxes, and a coarse
    posed-space "shell" grid of voxels near the posed surface.
-2. :meth:`HandAvatar.render_rays` asks the sampler for samples inside each ray's posed box;
+2. :meth:`HandAvatar.render_rays` asks the sampler for samples inside each posed box a
+   :class:`RayBundle` ray crosses;
    a sample is evaluated only if it lies in the shell, is within the deformer's distance of
    the surface, and its canonical position is occupied. Those samples go to the field with
    their blended posed normal and self-shadow visibility (pose-dependent shading) and the
@@ -29,6 +30,7 @@ from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.deformer import DeformResult, FrameDeformation, InverseLBSDeformer
 from handnerf.model.field import HashGridField
 from handnerf.model.occupancy import CanonicalOccupancyGrid
+from handnerf.model.rays import RayBundle
 from handnerf.model.sampler import NerfaccSampler, SamplerConfig, make_sampler
 from handnerf.model.surface_search import surface_lattice
 from handnerf.model.visibility import VertexVisibility
@@ -265,17 +267,17 @@ class HandAvatar(nn.Module):
     def render_rays(
         self,
         frames: PosedFrames,
-        origins: Tensor,
-        dirs: Tensor,
-        frame_ids: Tensor,
-        camera_ids: Tensor | None,
+        rays: RayBundle,
         background: Tensor,
         training: bool = False,
     ) -> dict[str, Tensor]:
-        """Render rays (R,3) of frames ``frame_ids`` (R,) seen by ``camera_ids`` (R,).
+        """Render R ``rays`` of ``frames`` (each of its ``frame_ids``, seen by its ``camera_ids``).
 
         Returns rgb (R,3) composited over ``background`` (R,3)|(3,), opacity (R,), depth (R,).
+        ``training``: stratified (jittered) samples along each ray.
         """
+        origins, dirs = rays.origins, rays.directions
+        frame_ids, camera_ids = rays.frame_ids, rays.camera_ids
         occupied_fn = self._occupied_fn(frames, frame_ids)
         samples = self.sampler.sample(
             origins,

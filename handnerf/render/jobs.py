@@ -6,28 +6,18 @@ black background and return uint8 frames for :func:`handnerf.render.video.write_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from handnerf import interrupts
+from handnerf.data.camera import PinholeCamera
 from handnerf.errors import ConfigError, DataError
 from handnerf.hand.hand_model import ManoParams
+from handnerf.model.avatar import PosedFrames
+from handnerf.model.renderer import render_camera
+from handnerf.runs.loader import TrainedRun
 from handnerf.synth.rig import look_at_rotation
-from handnerf.train.run_loader import TrainedRun
-from handnerf.train.trainer import render_image
-
-
-@dataclass
-class VirtualCamera:
-    """A pinhole camera (metres, X_cam = R X + t, OpenCV axes) for rendering only."""
-
-    K: np.ndarray
-    R: np.ndarray
-    t: np.ndarray
-    size: int
 
 
 def framing_camera(
@@ -37,15 +27,15 @@ def framing_camera(
     size: int,
     roll: float = 0.0,
     margin: float = 1.25,
-) -> VirtualCamera:
-    """A camera at ``campos`` looking at ``target`` whose square image holds a sphere of
-    ``radius`` around the target (times ``margin``)."""
+) -> PinholeCamera:
+    """A virtual camera at ``campos`` looking at ``target`` whose square image of ``size``
+    px holds a sphere of ``radius`` around the target (times ``margin``)."""
     R = look_at_rotation(campos, target, roll)
     distance = float(np.linalg.norm(target - campos))
     half_angle = np.arcsin(min(0.99, margin * radius / distance))
     focal = 0.5 * size / np.tan(half_angle)
     K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]])
-    return VirtualCamera(K=K, R=R, t=-R @ campos, size=size)
+    return PinholeCamera(K=K, R=R, t=-R @ campos, width=size, height=size, name="virtual")
 
 
 def orbit_cameras(
@@ -55,7 +45,7 @@ def orbit_cameras(
     size: int,
     distance: float = 0.6,
     elevation_deg: float = 20.0,
-) -> list[VirtualCamera]:
+) -> list[PinholeCamera]:
     """``n`` cameras on a horizontal circle around ``center`` (world z up), elevated a little."""
     cams = []
     elev = np.deg2rad(elevation_deg)
@@ -69,21 +59,10 @@ def orbit_cameras(
 
 
 def _render(
-    run: TrainedRun, frames, frame_id: int, cam: VirtualCamera, camera_id: int | None, chunk: int
+    run: TrainedRun, frames: PosedFrames, frame_id: int, cam: PinholeCamera, chunk: int
 ) -> np.ndarray:
-    img = render_image(
-        run.avatar,
-        frames,
-        torch.as_tensor(cam.K).float(),
-        torch.as_tensor(cam.R).float(),
-        torch.as_tensor(cam.t).float(),
-        cam.size,
-        cam.size,
-        frame_id,
-        camera_id,
-        run.device,
-        chunk=chunk,
-    )
+    """Frame ``frame_id`` seen by a virtual camera (canonical colour: no camera affine)."""
+    img = render_camera(run.avatar, frames, cam, frame_id, None, run.device, chunk=chunk)
     return (img.numpy() * 255).round().astype(np.uint8)
 
 
@@ -111,7 +90,7 @@ def render_orbit(
     cams = orbit_cameras(center, radius, n_frames, size)
     out = []
     for cam in tqdm(cams, desc="orbit", disable=not progress):
-        out.append(_render(run, frames, 0, cam, None, chunk))
+        out.append(_render(run, frames, 0, cam, chunk))
         interrupts.reached("render.frame", len(out))
     return out
 
@@ -164,6 +143,6 @@ def render_pose_sequence(
         azim = 2 * np.pi * i / len(seq) if orbit else 0.0
         offset = 0.6 * np.array([np.cos(azim) * 0.94, np.sin(azim) * 0.94, 0.34])
         cam = framing_camera(center + offset, center, radius, size)
-        out.append(_render(run, frames, i, cam, None, chunk))
+        out.append(_render(run, frames, i, cam, chunk))
         interrupts.reached("render.frame", len(out))
     return out

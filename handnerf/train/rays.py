@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from handnerf.model.rays import RayBundle, pixel_rays
+from handnerf.model.renderer import CameraTensors
+
 #: (origins (R,3), unit dirs (R,3), frame_ids (R,)) -> (R,) bool: the ray hits the hand.
 SilhouetteFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -50,52 +53,43 @@ class ViewStack:
     def width(self) -> int:
         return int(self.images.shape[2])
 
+    def camera(self, i: int) -> CameraTensors:
+        """The camera of view ``i`` (for rendering its whole image)."""
+        return CameraTensors(
+            K=self.K[i], R=self.R[i], t=self.t[i], height=self.height, width=self.width
+        )
+
 
 @dataclass
 class RayBatch:
-    """origins/dirs (R,3) world, unit dirs; rgb (R,3); mask (R,); frame_ids, camera_ids (R,)."""
+    """Training rays with what they should render.
 
-    origins: Tensor
-    dirs: Tensor
+    rays: the :class:`RayBundle` (R rays, with camera ids); rgb (R,3) target colours in
+    [0,1]; mask (R,) bool, whether the ray sees the hand.
+    """
+
+    rays: RayBundle
     rgb: Tensor
     mask: Tensor
-    frame_ids: Tensor
-    camera_ids: Tensor
 
     def __len__(self) -> int:
-        return int(self.origins.shape[0])
+        return len(self.rays)
 
+    def cat(self, other: RayBatch) -> RayBatch:
+        """These rays followed by ``other``'s."""
+        return RayBatch(
+            rays=self.rays.cat(other.rays),
+            rgb=torch.cat([self.rgb, other.rgb]),
+            mask=torch.cat([self.mask, other.mask]),
+        )
 
-def pixel_rays(
-    K: Tensor, R: Tensor, t: Tensor, u: Tensor, v: Tensor, offset: Tensor | float = 0.5
-) -> tuple[Tensor, Tensor]:
-    """World rays through ``(u, v) + offset`` (default: pixel centres).
-
-    K, R (R,3,3), t (R,3), u, v (R,) integer pixel coordinates, offset a number or (R,2)
-    (x, y) within the pixel -> origins, unit dirs (R,3). Camera convention:
-    X_cam = R X_world + t, OpenCV axes.
-    """
-    off = torch.as_tensor(offset, dtype=K.dtype, device=K.device).expand(u.shape[0], 2)
-    pix = torch.stack(
-        [
-            u.to(K.dtype) + off[:, 0],
-            v.to(K.dtype) + off[:, 1],
-            torch.ones(u.shape[0], dtype=K.dtype, device=K.device),
-        ],
-        -1,
-    )
-    d_cam = torch.linalg.solve(K, pix.unsqueeze(-1)).squeeze(-1)
-    d_world = (R.transpose(-1, -2) @ d_cam.unsqueeze(-1)).squeeze(-1)
-    origins = -(R.transpose(-1, -2) @ t.unsqueeze(-1)).squeeze(-1)
-    return origins, torch.nn.functional.normalize(d_world, dim=-1)
-
-
-def image_rays(K: Tensor, R: Tensor, t: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """All rays of one view, row-major: K, R (3,3), t (3,) -> origins, dirs (H*W,3)."""
-    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    u, v = u.reshape(-1), v.reshape(-1)
-    n = u.shape[0]
-    return pixel_rays(K.expand(n, 3, 3), R.expand(n, 3, 3), t.expand(n, 3), u, v)
+    def to(self, device: torch.device, non_blocking: bool = False) -> RayBatch:
+        """The same batch on ``device``."""
+        return RayBatch(
+            rays=self.rays.to(device, non_blocking=non_blocking),
+            rgb=self.rgb.to(device, non_blocking=non_blocking),
+            mask=self.mask.to(device, non_blocking=non_blocking),
+        )
 
 
 class RaySampler:
@@ -156,14 +150,13 @@ class RaySampler:
                 mask = self.silhouette(origins, dirs, views.frame_ids[view]).to(torch.bool)
             else:
                 mask = _bilinear(views.masks.unsqueeze(-1), view, x, y)[:, 0] > 0.5
-        return RayBatch(
+        rays = RayBundle(
             origins=origins,
-            dirs=dirs,
-            rgb=rgb,
-            mask=mask,
+            directions=dirs,
             frame_ids=views.frame_ids[view],
             camera_ids=views.camera_ids[view],
         )
+        return RayBatch(rays=rays, rgb=rgb, mask=mask)
 
     def sample_patches(self, n_patches: int, size: int) -> tuple[RayBatch, int]:
         """``n_patches`` square patches of ``size`` px centred on hand pixels (for LPIPS).

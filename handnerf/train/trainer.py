@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,25 +26,19 @@ from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.errors import (
     CheckpointError,
-    ConfigError,
     ResourceError,
     TrainingDivergedError,
 )
-from handnerf.files import atomic_write_bytes
+from handnerf.files import atomic_write_bytes, pick_device
 from handnerf.model.avatar import HandAvatar, PosedFrames
+from handnerf.model.renderer import is_out_of_memory, render_camera
 from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.fit_data import FitData
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
 from handnerf.train.pose_refinement import PoseRefiner, pose_param_groups, pose_schedules
-from handnerf.train.rays import RayBatch, RaySampler, pixel_rays
+from handnerf.train.rays import RaySampler, ViewStack
 from handnerf.train.silhouette import MeshSilhouette
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -221,8 +214,8 @@ class Trainer:
         if use_lpips:
             patches, patch = self.rays.sample_patches(cfg.train.lpips_patches, patch)
             n_patch_rays = len(patches)
-            batch = _concat(batch, patches)
-        batch = _to(batch, self.device)
+            batch = batch.cat(patches)
+        batch = batch.to(self.device, non_blocking=True)
         if self.pose is not None:
             self.pose.attach_gradient(self.train_frames)
         bg = self.background(len(batch))
@@ -238,15 +231,7 @@ class Trainer:
 
         try:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                out = self.avatar.render_rays(
-                    self.train_frames,
-                    batch.origins,
-                    batch.dirs,
-                    batch.frame_ids,
-                    batch.camera_ids,
-                    bg,
-                    training=True,
-                )
+                out = self.avatar.render_rays(self.train_frames, batch.rays, bg, training=True)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -355,21 +340,12 @@ class Trainer:
         return {"val_psnr": float(np.mean(psnrs)), "val_views": len(psnrs)}
 
     @torch.no_grad()
-    def render_view(self, frames: PosedFrames, views: Any, i: int) -> Tensor:
+    def render_view(self, frames: PosedFrames, views: ViewStack, i: int) -> Tensor:
+        """View ``i`` of ``views`` (H,W,3) on black, through the inference path."""
         was_training = self.avatar.training
         self.avatar.eval()
-        img = render_image(
-            self.avatar,
-            frames,
-            views.K[i],
-            views.R[i],
-            views.t[i],
-            views.height,
-            views.width,
-            int(views.frame_ids[i]),
-            int(views.camera_ids[i]),
-            self.device,
-        )
+        frame_id, camera_id = int(views.frame_ids[i]), int(views.camera_ids[i])
+        img = render_camera(self.avatar, frames, views.camera(i), frame_id, camera_id, self.device)
         self.avatar.train(was_training)
         return img
 
@@ -454,135 +430,6 @@ class Trainer:
         return FitResult(
             step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path
         )
-
-
-def render_image(
-    avatar: HandAvatar,
-    frames: PosedFrames,
-    K: Tensor,
-    R: Tensor,
-    t: Tensor,
-    height: int,
-    width: int,
-    frame_id: int,
-    camera_id: int | None,
-    device: torch.device,
-    chunk: int | None = None,
-    background: Tensor | None = None,
-    amp: bool | None = None,
-) -> Tensor:
-    """Render one (H,W,3) float32 CPU image in ray chunks, so memory stays bounded at any size.
-
-    This is the inference path: ``torch.inference_mode`` (no autograd graph, no version
-    counters), rays made and composited on ``device`` with a single copy back, samples
-    culled by the avatar's occupancy (and marched by nerfacc's fused kernels where
-    available), and on CUDA the field under fp16 autocast as in training (``amp``: None
-    means on for CUDA; False gives plain fp32, e.g. to compare backends). ``chunk``: rays
-    per :meth:`HandAvatar.render_rays` call (None: 65536 on CUDA, 8192 on CPU).
-    ``camera_id=None`` renders the canonical colour, without a camera's colour affine
-    (virtual cameras, cameras the fit never saw).
-    A chunk that runs out of memory is retried in halves (down to ``MIN_RENDER_CHUNK`` rays)
-    instead of failing; only then is a :class:`ResourceError` raised. The result is an
-    ordinary tensor (not an inference tensor), so callers may modify it in place.
-    """
-    device = torch.device(device)
-    if chunk is None:
-        # A GPU needs large launches to be busy; on a CPU smaller chunks stay in cache.
-        chunk = 1 << 16 if device.type == "cuda" else 8192
-    if chunk < 1:
-        raise ConfigError(f"chunk must be a positive number of rays, got {chunk}")
-    use_amp = device.type == "cuda" and amp is not False
-    with torch.inference_mode():
-        v, u = torch.meshgrid(
-            torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-        )
-        u, v = u.reshape(-1), v.reshape(-1)
-        n = u.shape[0]
-        Kd, Rd, td = (x.to(device, torch.float32) for x in (K, R, t))
-        # The rays of image_rays, made on the device: on a GPU, building them on the CPU
-        # and copying them over would cost more than rendering a small frame.
-        origins, dirs = pixel_rays(Kd.expand(n, 3, 3), Rd.expand(n, 3, 3), td.expand(n, 3), u, v)
-        bg = (background if background is not None else torch.zeros(3)).to(device, torch.float32)
-        out = torch.empty(n, 3, device=device)
-        # Chunks only ever shrink (on OOM), so slices of these serve every chunk.
-        fid = torch.full((min(chunk, n),), frame_id, dtype=torch.long, device=device)
-        cid = None if camera_id is None else torch.full_like(fid, camera_id)
-        s = 0
-        while s < n:
-            o = origins[s : s + chunk]
-            d = dirs[s : s + chunk]
-            m = o.shape[0]
-            try:
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    res = avatar.render_rays(
-                        frames,
-                        o,
-                        d,
-                        fid[:m],
-                        None if cid is None else cid[:m],
-                        bg.expand(m, 3),
-                        training=False,
-                    )
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                if m <= MIN_RENDER_CHUNK:
-                    raise ResourceError(
-                        f"rendering {height}x{width} rays in chunks of {m} does not fit in "
-                        f"{device.type} memory ({str(exc).splitlines()[0]})"
-                    ) from exc
-                chunk = max(MIN_RENDER_CHUNK, m // 2)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            out[s : s + m] = res["rgb"].float().clamp(0, 1)
-            s += m
-        image = out.reshape(height, width, 3)
-    # Copied outside inference mode: an ordinary CPU tensor that callers may write into.
-    return image.to("cpu", copy=True)
-
-
-#: Smallest ray chunk :func:`render_image` falls back to when memory runs out.
-MIN_RENDER_CHUNK = 256
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation failure (CUDA OOM or the CPU allocator giving up)."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return "out of memory" in text or "can't allocate memory" in text
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _concat(a: RayBatch, b: RayBatch) -> RayBatch:
-    return RayBatch(
-        *(
-            torch.cat([getattr(a, f), getattr(b, f)])
-            for f in ("origins", "dirs", "rgb", "mask", "frame_ids", "camera_ids")
-        )
-    )
-
-
-def _to(batch: RayBatch, device: torch.device) -> RayBatch:
-    return RayBatch(
-        *(
-            getattr(batch, f).to(device, non_blocking=True)
-            for f in ("origins", "dirs", "rgb", "mask", "frame_ids", "camera_ids")
-        )
-    )
 
 
 def _save_png(path: Path, image: Tensor) -> None:

@@ -27,7 +27,7 @@ from handnerf.errors import DataError
 from handnerf.evaluation.evaluate import evaluate_run, select_views
 from handnerf.evaluation.metrics import psnr
 from handnerf.evaluation.protocols import EvalProtocol, get_protocol
-from handnerf.train.run_loader import load_run
+from handnerf.runs.loader import load_run
 
 TRAIN_SEQ = "ROM04_RT_Occlusion"
 NOVEL_SEQ = "ROM03_RT_No_Occlusion"

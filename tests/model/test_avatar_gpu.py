@@ -1,4 +1,4 @@
-"""Avatar-level checks of the GPU paths and of the inference path (``render_image``).
+"""Avatar-level checks of the GPU paths and of the inference path (``render_camera``).
 
 On CUDA: a checkpoint trained with one hash-grid backend (tcnn / torch) renders the same
 image with the other, the nerfacc and torch samplers render the same avatar, and fp16
@@ -19,10 +19,11 @@ from torch import Tensor
 from handnerf.config import load_config
 from handnerf.model.avatar import HandAvatar
 from handnerf.model.encoding import tcnn_available
+from handnerf.model.renderer import render_camera
 from handnerf.train.checkpoint import load_checkpoint
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
-from handnerf.train.trainer import Trainer, psnr_from_mse, render_image
+from handnerf.train.trainer import Trainer, psnr_from_mse
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -64,14 +65,10 @@ def render_heldout(avatar: HandAvatar, data: FitData, i: int = 0, **kwargs: obje
     views = data.val_views
     assert views is not None
     frames = avatar.pose_frames(data.train_mano.to(device))
-    return render_image(
+    return render_camera(
         avatar,
         frames,
-        views.K[i],
-        views.R[i],
-        views.t[i],
-        views.height,
-        views.width,
+        views.camera(i),
         int(views.frame_ids[i]),
         int(views.camera_ids[i]),
         device,
@@ -155,7 +152,7 @@ def test_nerfacc_and_torch_samplers_render_the_same_avatar(
 @pytest.mark.parametrize(
     "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
 )
-def test_render_image_is_an_inference_path_and_training_goes_on(
+def test_render_camera_is_an_inference_path_and_training_goes_on(
     fit_data: FitData, small_fit: list[str], tmp_path: Path, device: str
 ) -> None:
     cfg = make_config(small_fit, f"train.device={device}")

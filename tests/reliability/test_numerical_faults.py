@@ -18,11 +18,13 @@ import handnerf.train.trainer as trainer_module
 from handnerf.cli import main
 from handnerf.config import load_config
 from handnerf.errors import ResourceError, TrainingDivergedError
+from handnerf.model.rays import RayBundle
+from handnerf.model.renderer import render_camera
 from handnerf.train.checkpoint import LATEST, load_checkpoint
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
 from handnerf.train.losses import photometric_loss
-from handnerf.train.trainer import Trainer, render_image
+from handnerf.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -185,29 +187,25 @@ def test_render_falls_back_to_smaller_chunks_when_memory_runs_out(
     args = (
         trainer.avatar,
         trainer.train_frames,
-        views.K[0],
-        views.R[0],
-        views.t[0],
-        views.height,
-        views.width,
+        views.camera(0),
         int(views.frame_ids[0]),
         int(views.camera_ids[0]),
         trainer.device,
     )
-    reference = render_image(*args, chunk=views.height * views.width)
+    reference = render_camera(*args, chunk=views.height * views.width)
     real = trainer.avatar.render_rays
     refused: list[int] = []
     rendered: list[int] = []
 
-    def limited(frames: Any, origins: torch.Tensor, *rest: Any, **kw: Any) -> Any:
-        if len(origins) > 600:  # pretend anything bigger does not fit
-            refused.append(len(origins))
+    def limited(frames: Any, rays: RayBundle, *rest: Any, **kw: Any) -> Any:
+        if len(rays) > 600:  # pretend anything bigger does not fit
+            refused.append(len(rays))
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
-        rendered.append(len(origins))
-        return real(frames, origins, *rest, **kw)
+        rendered.append(len(rays))
+        return real(frames, rays, *rest, **kw)
 
     monkeypatch.setattr(trainer.avatar, "render_rays", limited)
-    image = render_image(*args, chunk=views.height * views.width)
+    image = render_camera(*args, chunk=views.height * views.width)
     assert refused[0] == views.height * views.width and max(rendered) <= 600
     assert sum(rendered) == views.height * views.width
     assert torch.allclose(image, reference, atol=1e-5)
@@ -217,7 +215,7 @@ def test_render_falls_back_to_smaller_chunks_when_memory_runs_out(
 
     monkeypatch.setattr(trainer.avatar, "render_rays", never_fits)
     with pytest.raises(ResourceError, match="does not fit"):
-        render_image(*args, chunk=4096)
+        render_camera(*args, chunk=4096)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only")

@@ -11,8 +11,8 @@ import torch
 
 from handnerf.cli import main
 from handnerf.render.jobs import interpolate_mano, orbit_cameras, render_orbit
+from handnerf.runs.loader import load_run
 from handnerf.train.fit_data import sequence_mano
-from handnerf.train.run_loader import load_run
 
 
 def test_orbit_cameras_look_at_the_centre() -> None:

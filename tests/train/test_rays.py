@@ -9,9 +9,10 @@ import torch
 
 from handnerf.config import load_config
 from handnerf.errors import ParameterError
+from handnerf.model.rays import pixel_rays
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import load_fit_data
-from handnerf.train.rays import RaySampler, ViewStack, pixel_rays
+from handnerf.train.rays import RaySampler, ViewStack
 from handnerf.train.silhouette import MeshSilhouette
 from handnerf.train.trainer import Trainer
 
@@ -41,7 +42,7 @@ def test_jittered_rays_sample_their_pixel_and_interpolate_its_colour() -> None:
     # Project each ray back into its camera: it lands inside its own pixel, not on its centre.
     view = flat // 48
     u, v = (flat % 48) % 8, (flat % 48) // 8
-    cam = batch.origins + batch.dirs  # a point along the ray, world
+    cam = batch.rays.origins + batch.rays.directions  # a point along the ray, world
     x_cam = torch.einsum("nij,nj->ni", views.R[view], cam) + views.t[view]
     pix = torch.einsum("nij,nj->ni", views.K[view], x_cam)
     px, py = pix[:, 0] / pix[:, 2], pix[:, 1] / pix[:, 2]
@@ -56,8 +57,8 @@ def test_jittered_rays_sample_their_pixel_and_interpolate_its_colour() -> None:
     # Without jitter: the pixel centres and the stored colours.
     centre = sampler.gather(flat)
     origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v)
-    torch.testing.assert_close(centre.origins, origins)
-    torch.testing.assert_close(centre.dirs, dirs)
+    torch.testing.assert_close(centre.rays.origins, origins)
+    torch.testing.assert_close(centre.rays.directions, dirs)
     torch.testing.assert_close(centre.rgb, views.images[view, v, u])
 
 
@@ -86,7 +87,8 @@ def test_mesh_silhouette_agrees_with_the_mano_masks(trainer_with_jitter) -> None
     hw = views.height * views.width
     flat = torch.arange(min(len(views), 6) * hw)
     centre = trainer.rays.gather(flat)
-    hit = silhouette(centre.origins, centre.dirs, centre.frame_ids)
+    rays = centre.rays
+    hit = silhouette(rays.origins, rays.directions, rays.frame_ids)
     # The masks are the mesh rasterised with coverage; pixel-centre hits differ only on
     # the silhouette's edge pixels.
     agree = float((hit == centre.mask).float().mean())
@@ -94,7 +96,8 @@ def test_mesh_silhouette_agrees_with_the_mano_masks(trainer_with_jitter) -> None
     assert int(hit.sum()) > 0.5 * int(centre.mask.sum())
     # Jittered batches take their mask from the hit test of the jittered ray itself.
     batch = trainer.rays.sample(512)
-    assert torch.equal(batch.mask, silhouette(batch.origins, batch.dirs, batch.frame_ids))
+    rays = batch.rays
+    assert torch.equal(batch.mask, silhouette(rays.origins, rays.directions, rays.frame_ids))
     stats = trainer.training_step()
     assert torch.isfinite(torch.tensor(stats["loss"]))
 

@@ -1,4 +1,8 @@
-"""Open a finished (or interrupted) fit for rendering and evaluation."""
+"""Open a finished (or interrupted) fit for rendering and evaluation.
+
+Reads what :mod:`handnerf.train` wrote (``run.json``, the config and the checkpoint) and
+rebuilds the :class:`HandAvatar`; rendering it is :func:`handnerf.model.renderer.render_camera`.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,13 @@ import torch
 
 from handnerf.config import config_from_dict
 from handnerf.errors import CheckpointError
+from handnerf.files import pick_device
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.avatar import HandAvatar
 from handnerf.train.checkpoint import LATEST, load_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.fit_data import hand_identity
 from handnerf.train.pose_refinement import refined_mano_of
-from handnerf.train.trainer import pick_device
 
 
 @dataclass
