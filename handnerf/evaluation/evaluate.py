@@ -44,12 +44,12 @@ from handnerf.data.crops import Crop, CropConfig, crop_hand, downscale
 from handnerf.data.interhand import FrameView, load_image, refuse_seen_novel_pose
 from handnerf.data.masks import ManoMasker, MaskCache
 from handnerf.errors import ConfigError, DataError
-from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
 from handnerf.evaluation.scoring import drop_reason, projected_box_mask, score_view
 from handnerf.files import machine_info
 from handnerf.hand.hand_model import ManoParams
+from handnerf.metrics.perceptual import PerceptualMetric
 from handnerf.model.renderer import render_camera
 from handnerf.runs.loader import TrainedRun
 from handnerf.train.fit_data import cached_entries, open_sequence

@@ -36,7 +36,7 @@ ImageMode = Literal["crop", "full"]
 MetricRegion = Literal["crop", "image", "mask"]
 LpipsNet = Literal["alex", "vgg"]
 
-#: What :class:`~handnerf.evaluation.perceptual.PerceptualMetric` feeds LPIPS (it calls
+#: What :class:`~handnerf.metrics.perceptual.PerceptualMetric` feeds LPIPS (it calls
 #: the network with ``normalize=True`` on images in [0, 1]).
 LPIPS_INPUT_TEXT = "[0, 1] with normalize=True (LPIPS maps it to [-1, 1])"
 #: Where the inside-mask numbers every report carries are measured.

@@ -40,9 +40,9 @@ from handnerf.data.filters import (
     check_mask_area,
 )
 from handnerf.errors import ParameterError
-from handnerf.evaluation.metrics import psnr, ssim
-from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import EvalProtocol
+from handnerf.metrics.image import psnr, ssim
+from handnerf.metrics.perceptual import PerceptualMetric
 
 #: A render pixel counts as "predicted hand" when a channel exceeds this: non-black once
 #: quantised to 8 bits (the renders have no alpha; the background is black).

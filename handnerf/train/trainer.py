@@ -112,7 +112,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.perceptual = None
         if cfg.loss.w_lpips > 0 and cfg.train.lpips_patches > 0:
-            from handnerf.evaluation.perceptual import PerceptualMetric
+            from handnerf.metrics.perceptual import PerceptualMetric
 
             self.perceptual = PerceptualMetric(net=cfg.loss.lpips_net, device=self.device)
         self.step = 0

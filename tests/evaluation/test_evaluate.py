@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from handnerf.cli import main
-from handnerf.evaluation.metrics import psnr, ssim
+from handnerf.metrics.image import psnr, ssim
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from handnerf.data.interhand import InterHandCapture
 from handnerf.data.prepare import PrepareSpec, prepare_cache
 from handnerf.errors import DataError
 from handnerf.evaluation.evaluate import evaluate_run, select_views
-from handnerf.evaluation.metrics import psnr
 from handnerf.evaluation.protocols import EvalProtocol, get_protocol
+from handnerf.metrics.image import psnr
 from handnerf.runs.loader import load_run
 
 TRAIN_SEQ = "ROM04_RT_Occlusion"

@@ -12,7 +12,6 @@ import pytest
 
 from handnerf.data.camera import PinholeCamera
 from handnerf.errors import ParameterError
-from handnerf.evaluation.metrics import psnr
 from handnerf.evaluation.protocols import PROTOCOLS, get_protocol
 from handnerf.evaluation.report import image_key, write_report
 from handnerf.evaluation.scoring import (
@@ -22,6 +21,7 @@ from handnerf.evaluation.scoring import (
     score_view,
     xhand_code_psnr,
 )
+from handnerf.metrics.image import psnr
 
 SIZE = 100
 

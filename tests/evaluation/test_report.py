@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from handnerf.errors import ConfigError, DataError, ParameterError
-from handnerf.evaluation.metrics import psnr, ssim
 from handnerf.evaluation.protocols import PROTOCOLS, EvalProtocol, get_protocol
 from handnerf.evaluation.report import image_key, read_metrics_jsonl, write_report
+from handnerf.metrics.image import psnr, ssim
 
 # ---------------------------------------------------------------- protocols
 

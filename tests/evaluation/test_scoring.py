@@ -7,10 +7,10 @@ import pytest
 
 from handnerf.data.camera import PinholeCamera
 from handnerf.data.crops import Crop, crop_hand
-from handnerf.evaluation.metrics import psnr
-from handnerf.evaluation.perceptual import PerceptualMetric
 from handnerf.evaluation.protocols import PROTOCOLS, get_protocol
 from handnerf.evaluation.scoring import blank_padding, drop_reason, hole_pixels, score_view
+from handnerf.metrics.image import psnr
+from handnerf.metrics.perceptual import PerceptualMetric
 
 CROP_PROTOCOLS = ("handnerf-default", "handavatar")
 

@@ -123,7 +123,7 @@ def test_run_saved_before_newer_config_keys_still_loads_and_resumes(
     run = load_run(run_dir, device="cpu")
     assert run.cfg.model.visibility.n_directions == 0
     assert run.cfg.train.jitter_rays is False and run.cfg.model.field.color_model == "mlp"
-    assert run.avatar.field.cfg.n_visibility == 0
+    assert run.avatar.field.n_visibility == 0
     mano = sequence_mano(run.data_root, run.cfg.data, run.cfg.data.train_seq, 1).index(0)
     frame = render_orbit(run, mano, n_frames=1, size=16, progress=False)[0]
     assert frame.shape == (16, 16, 3)

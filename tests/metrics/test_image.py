@@ -10,7 +10,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from handnerf.errors import ParameterError
-from handnerf.evaluation.metrics import psnr, ssim, ssim_map
+from handnerf.metrics.image import psnr, ssim, ssim_map
 
 SKIMAGE_SSIM = dict(
     gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=-1

@@ -516,7 +516,7 @@ class PerceptualMetric:
 
     def score(self, pred: Any, gt: Any) -> float:
         """Distance between two (H, W, 3) float images in [0, 1] (numpy or torch)."""
-        from handnerf.evaluation.metrics import to_image_tensor
+        from handnerf.metrics.image import to_image_tensor
 
         pred_t, gt_t = to_image_tensor(pred, "pred"), to_image_tensor(gt, "gt")
         if pred_t.shape != gt_t.shape:

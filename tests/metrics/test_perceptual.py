@@ -13,7 +13,7 @@ import torch
 
 from handnerf.errors import ParameterError
 from handnerf.evaluation import perceptual
-from handnerf.evaluation.perceptual import (
+from handnerf.metrics.perceptual import (
     BACKBONES,
     LINEAR_HEADS_SHA256,
     WEIGHTS_DIR_ENV,
