@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,30 +124,17 @@ def load_fit_data(
         raise SelectionError("data: every camera is held out; nothing left to train on")
     camera_index = {c: i for i, c in enumerate(cameras)}
 
-    train = prepare_view_set(
-        [v for v in train_cap.views if v.camera_id in train_cams],
-        train_cap,
-        hand_model,
-        cfg,
-        camera_index,
-        mask_cache,
-        progress,
-        "train views",
-    )
-    val_views = [v for v in train_cap.views if v.camera_id in holdout]
-    val = (
-        prepare_view_set(
-            val_views,
-            train_cap,
-            hand_model,
-            cfg,
-            camera_index,
-            mask_cache,
-            progress,
-            "held-out views",
-            frame_keys=train.frame_keys,
-            mano=train.mano,
+    def views_of(views: list[FrameView], what: str, **frames: Any) -> ViewSet:
+        """Prepared views of the training sequence (same capture, hand, crops, cameras)."""
+        return prepare_view_set(
+            views, train_cap, hand_model, cfg, camera_index, mask_cache, progress, what, **frames
         )
+
+    train = views_of([v for v in train_cap.views if v.camera_id in train_cams], "train views")
+    val_views = [v for v in train_cap.views if v.camera_id in holdout]
+    # The held-out cameras see the training frames: same frame ids and MANO rows.
+    val = (
+        views_of(val_views, "held-out views", frame_keys=train.frame_keys, mano=train.mano)
         if val_views
         else None
     )
