@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from handnerf.errors import ParameterError
-from handnerf.evaluation import perceptual
+from handnerf.metrics import perceptual
 from handnerf.metrics.perceptual import (
     BACKBONES,
     LINEAR_HEADS_SHA256,
