@@ -66,7 +66,6 @@ from handnerf.model.surface_search import (
     TriangleScan,
     TriangleTrees,
     closest_point_on_triangles,
-    cover_radius,
 )
 
 __all__ = [
@@ -199,10 +198,6 @@ class InverseLBSDeformer(nn.Module):
                     )
                 frames.mesh = MeshTables.build(frames.posed_vertices, faces)
                 frames.vertex_inverse = invert_affine(frames.vertex_affine)
-            frames.reach = self.config.max_distance
-            if self.config.near == "mesh":
-                assert frames.mesh is not None
-                frames.reach += cover_radius(frames.posed_vertices, frames.mesh.faces)
             if self.config.correctives:
                 frames.canonical_vertices = _check_canonical(canonical_vertices, posed_vertices)
             on_cpu = posed_vertices.device.type == "cpu"
@@ -220,7 +215,6 @@ class InverseLBSDeformer(nn.Module):
                     frames.vertex_affine,
                     frames.vertex_quaternion,
                     self.config,
-                    frames.reach,
                     frames.trees,
                 )
         return frames

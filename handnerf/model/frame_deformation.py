@@ -93,9 +93,6 @@ class FrameDeformation:
     #: search needed): libigl trees on the CPU (kdtree backend), else the PyTorch scan.
     triangle_trees: TriangleTrees | TriangleScan | None = None
     config: DeformerConfig = field(default=None)  # type: ignore[assignment]
-    #: Samples farther than this (metres) from every posed vertex are empty: max_distance,
-    #: plus the mesh's cover radius with near="mesh" (a surface point can be that far).
-    reach: float = 0.0
 
     @property
     def on_mesh(self) -> bool:
@@ -185,7 +182,7 @@ class FrameDeformation:
         global_ids = frame_ids[:, None] * self.num_vertices + ids  # (N, k)
         distance = distances[:, 0]
         if self.on_mesh:
-            distance = self._mesh_weights(points, frame_ids, ids, global_ids, weights, distance)
+            self._mesh_weights(points, frame_ids, ids, global_ids, weights, distance)
         elif surface and cfg.blend == "surface":
             self._surface_weights(points, frame_ids, global_ids, weights)
         return self._assemble(points, global_ids, weights, distance)
@@ -206,32 +203,24 @@ class FrameDeformation:
         global_ids: torch.Tensor,
         weights: torch.Tensor,
         distance: torch.Tensor,
-    ) -> torch.Tensor:
-        """Give every sample within reach its closest triangle's corners and barycentric
-        weights (in place in the (N, k) ``global_ids`` and ``weights``; ``ids`` (N, k) are
-        the same neighbours local to their frame); returns the (N,) distance to use."""
+    ) -> None:
+        """``correctives`` with near="vertex": give every sample within ``max_distance`` of a
+        vertex (the (N,) ``distance``) its closest triangle's corners and barycentric weights,
+        in place in the (N, k) ``global_ids`` and ``weights`` (``ids``: the same neighbours
+        local to their frame). near="mesh" never comes here: its frames carry
+        ``triangle_trees``, which search the whole mesh."""
         assert self.mesh is not None
-        reached = torch.nonzero(distance <= self.reach).squeeze(1)
+        reached = torch.nonzero(distance <= self.config.max_distance).squeeze(1)
         if reached.numel() == 0:
-            return distance
+            return
         frames_of = frame_ids[reached]
         near = ids[reached, :_MESH_CANDIDATE_VERTICES]
-        # The exact candidate search where the distance decides emptiness (up to the
-        # threshold: beyond, a sample is empty whichever candidate is nearest).
-        exact = self.config.max_distance if self.config.near == "mesh" else None
-        tri_ids, tri_weights, dist2 = closest_triangles(
-            self.mesh, points[reached], frames_of, near, exact_within=exact
-        )
+        tri_ids, tri_weights, _ = closest_triangles(self.mesh, points[reached], frames_of, near)
         tri_ids = frames_of[:, None] * self.num_vertices + tri_ids
         global_ids[reached, :3] = tri_ids
         global_ids[reached, 3:] = tri_ids[:, :1]
         weights[reached, :3] = tri_weights
         weights[reached, 3:] = 0.0
-        if self.config.near != "mesh":
-            return distance
-        distance = distance.clone()
-        distance[reached] = dist2.sqrt()
-        return distance
 
     def _assemble(
         self,
@@ -375,7 +364,6 @@ def _knn(
         frame_ids,
         _knn_count(frames),
         frames.config,
-        frames.reach,
         trees,
     )
 

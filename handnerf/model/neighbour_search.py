@@ -45,14 +45,13 @@ def knn(
     frame_ids: torch.Tensor,
     k: int,
     cfg: DeformerConfig,
-    reach: float,
     trees: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances (N, k), ascending, and ids (N, k) of each sample's nearest frame vertices.
 
     ``posed_vertices`` (F, V, 3); ``points`` (N, 3) with ``frame_ids`` (N,) into the
     frames; ``trees``: one ``cKDTree`` per frame (:func:`build_trees`) to query, else the
-    chunked cdist; ``reach`` (metres) bounds the kd-tree search (see :func:`knn_kdtree`).
+    chunked cdist.
     """
     num_frames = posed_vertices.shape[0]
     distances = points.new_empty(points.shape[0], k)
@@ -68,7 +67,7 @@ def knn(
                 continue
             frame_points = points[selection]
         if trees is not None:
-            d, i = knn_kdtree(trees[frame], frame_points, k, cfg, reach)
+            d, i = knn_kdtree(trees[frame], frame_points, k, cfg)
         else:
             d, i = knn_cdist(posed_vertices[frame], frame_points, k)
         distances[selection] = d
@@ -77,7 +76,7 @@ def knn(
 
 
 def knn_kdtree(
-    tree: object, points: torch.Tensor, k: int, cfg: DeformerConfig, reach: float
+    tree: object, points: torch.Tensor, k: int, cfg: DeformerConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances (N, k), ascending, and ids (N, k) of the ``k`` vertices of ``tree`` (a
     ``cKDTree``) nearest to ``points`` (N, 3), on the points' device and dtype."""
@@ -89,10 +88,10 @@ def knn_kdtree(
         workers = torch.get_num_threads()
     if len(query) < _KDTREE_PARALLEL_MIN_POINTS:
         workers = 1  # starting threads costs more than a small query
-    # Samples beyond the reach are invalid anyway: bounding the search lets the tree stop
+    # Samples beyond max_distance are invalid anyway: bounding the search lets the tree stop
     # early (measured ~2x faster on hand-sized shells). Neighbours it did not find come
     # back as (inf, n); they get weight 0 (1/inf) and the nearest vertex's id.
-    bound = max(_KDTREE_BOUND_FACTOR * cfg.max_distance, reach)
+    bound = _KDTREE_BOUND_FACTOR * cfg.max_distance
     d, i = tree.query(  # type: ignore[attr-defined]
         query, k=k, workers=workers, distance_upper_bound=bound
     )
@@ -166,7 +165,6 @@ def build_grid(
     vertex_affine: torch.Tensor,
     vertex_quaternion: torch.Tensor,
     cfg: DeformerConfig,
-    reach: float,
     trees: list | None = None,
 ) -> GridField:
     """Sample the exact kNN deformation on a voxel grid over each frame's padded box.
@@ -190,7 +188,7 @@ def build_grid(
     for frame in range(num_frames):
         nodes = lower[frame] + offsets
         if trees is not None:
-            distances, ids = knn_kdtree(trees[frame], nodes, k, cfg, reach)
+            distances, ids = knn_kdtree(trees[frame], nodes, k, cfg)
         else:
             distances, ids = knn_cdist(vertices[frame], nodes, k)
         weights = neighbour_weights(distances, cfg)

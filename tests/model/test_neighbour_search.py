@@ -26,8 +26,8 @@ def test_kdtree_and_cdist_find_the_same_neighbours() -> None:
     points = 0.05 * torch.randn(500, 3, generator=generator, dtype=torch.float64)
     frame_ids = torch.randint(2, (500,), generator=generator)
     cfg = DeformerConfig(max_distance=1.0)  # every point in reach: no bounded misses
-    d_tree, i_tree = knn(vertices, points, frame_ids, 4, cfg, 1.0, build_trees(vertices))
-    d_cdist, i_cdist = knn(vertices, points, frame_ids, 4, cfg, 1.0)
+    d_tree, i_tree = knn(vertices, points, frame_ids, 4, cfg, build_trees(vertices))
+    d_cdist, i_cdist = knn(vertices, points, frame_ids, 4, cfg)
     torch.testing.assert_close(d_tree, d_cdist, rtol=0, atol=1e-12)
     assert torch.equal(i_tree, i_cdist)
     assert bool((d_tree[:, 1:] >= d_tree[:, :-1]).all())  # ascending
@@ -37,12 +37,12 @@ def test_kdtree_and_cdist_find_the_same_neighbours() -> None:
     torch.testing.assert_close(d_cdist[rows], brute.values, rtol=0, atol=1e-12)
 
 
-def test_kdtree_search_is_bounded_by_the_reach() -> None:
+def test_kdtree_search_is_bounded_by_the_max_distance() -> None:
     vertices = _cloud(2, frames=1)
     far = torch.full((3, 3), 10.0, dtype=torch.float64)
     cfg = DeformerConfig(max_distance=0.01)
     distances, ids = knn(
-        vertices, far, torch.zeros(3, dtype=torch.long), 2, cfg, 0.01, build_trees(vertices)
+        vertices, far, torch.zeros(3, dtype=torch.long), 2, cfg, build_trees(vertices)
     )
     assert bool(torch.isinf(distances).all())  # beyond the bound: not found, invalid
     assert bool(((ids >= 0) & (ids < vertices.shape[1])).all())  # yet valid ids to gather
@@ -72,7 +72,7 @@ def test_grid_reproduces_its_nodes() -> None:
         torch.randn(num, 4, generator=generator, dtype=torch.float64), dim=1
     )
     cfg = DeformerConfig(blend="nearest", grid_voxel_size=0.01, max_distance=0.01)
-    grid = build_grid(vertices, affine, quaternion, cfg, cfg.max_distance)
+    grid = build_grid(vertices, affine, quaternion, cfg)
     assert grid.values.shape == (2 * grid.dims[0] * grid.dims[1] * grid.dims[2], 17)
     # a node of frame 1: its stored values come back exactly (all trilinear weight on it)
     node = torch.tensor([[3, 4, 5]], dtype=torch.float64)
