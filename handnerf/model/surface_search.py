@@ -290,10 +290,7 @@ def _closest_in_chunk(
     pair_bary, pair_dist2 = _closest_point(
         tables, points[pair_rows], frame_ids[pair_rows], pair_tris
     )
-    nearest = dist2.scatter_reduce(0, pair_rows, pair_dist2, reduce="amin")
-    # The pair that reaches a row's new minimum (ties: any of them, one and the same point).
-    wins = torch.nonzero((pair_dist2 < dist2[pair_rows]) & (pair_dist2 == nearest[pair_rows]))
-    wins = wins.squeeze(1)
+    nearest, wins = _pair_winners(dist2, pair_rows, pair_dist2)
     tri_ids[pair_rows[wins]] = pair_tris[wins]
     bary[pair_rows[wins]] = pair_bary[wins]
     return tri_ids, bary, nearest
@@ -347,12 +344,21 @@ class TriangleScan:
         _, pair_dist2 = _closest_point(
             self.tables, points[pair_rows], frame_ids[pair_rows], self.tables.faces[pair_tris]
         )
-        nearest = best2.scatter_reduce(0, pair_rows, pair_dist2, reduce="amin")
-        wins = torch.nonzero((pair_dist2 < best2[pair_rows]) & (pair_dist2 == nearest[pair_rows]))
-        wins = wins.squeeze(1)
+        _, wins = _pair_winners(best2, pair_rows, pair_dist2)
         first = first.clone()
         first[pair_rows[wins]] = pair_tris[wins]
         return first
+
+
+def _pair_winners(
+    best2: torch.Tensor, pair_rows: torch.Tensor, pair_dist2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's new minimum (n,) of its ``best2`` (n,) and its (P,) pairs' squared
+    distances (rows ``pair_rows`` (P,)), and the indices of the pairs that reach it below
+    the old one (ties: any of them, one and the same point)."""
+    nearest = best2.scatter_reduce(0, pair_rows, pair_dist2, reduce="amin")
+    wins = torch.nonzero((pair_dist2 < best2[pair_rows]) & (pair_dist2 == nearest[pair_rows]))
+    return nearest, wins.squeeze(1)
 
 
 class TriangleTrees:
