@@ -320,8 +320,7 @@ class TriangleScan:
         n_triangles = self.tables.faces.shape[0]
         face = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
         chunk = max(1, SCAN_CHUNK_PAIRS // max(n_triangles, 1))
-        for frame in torch.unique(frame_ids).tolist():
-            rows = torch.nonzero(frame_ids == frame).squeeze(1)
+        for frame, rows in rows_by_frame(frame_ids):
             for start in range(0, len(rows), chunk):
                 part = rows[start : start + chunk]
                 face[part] = self._scan(points[part], frame)
@@ -348,6 +347,16 @@ class TriangleScan:
         first = first.clone()
         first[pair_rows[wins]] = pair_tris[wins]
         return first
+
+
+def rows_by_frame(frame_ids: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """``(frame, rows)`` of every frame present in the (N,) ``frame_ids``, its rows in
+    order: one sort and one host sync for the whole batch (a training step's rays come
+    from every frame), not a pass over all rows per frame."""
+    order = torch.argsort(frame_ids, stable=True)
+    frames, counts = torch.unique_consecutive(frame_ids[order], return_counts=True)
+    groups = torch.split(order, counts.tolist())
+    return list(zip(frames.tolist(), groups, strict=True))
 
 
 def _pair_winners(
@@ -399,8 +408,7 @@ class TriangleTrees:
         face = torch.empty(points.shape[0], dtype=torch.long)
         query = points.detach().cpu().double().numpy()
         frames = frame_ids.cpu()
-        for frame in torch.unique(frames).tolist():
-            rows = torch.nonzero(frames == frame).squeeze(1)
+        for frame, rows in rows_by_frame(frames):
             _, nearest, _ = self._trees[frame].squared_distance(
                 self._vertices[frame], self._faces, np.ascontiguousarray(query[rows.numpy()])
             )
