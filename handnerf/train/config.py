@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from handnerf.config import choice
+from handnerf.hand.procedural import DEFAULT_RESOLUTION, RESOLUTIONS
 from handnerf.model.avatar import AvatarConfig
 from handnerf.model.visibility import VertexVisibility
 from handnerf.train.losses import LossConfig
@@ -37,7 +38,7 @@ class DataConfig:
     mano_dir: str | None = None
     #: The procedural hand used without mano_dir: "mano" (778 vertices, pose correctives,
     #: what `handnerf synth` renders by default) or "dense" (3.6k vertices, none).
-    procedural_hand: str = choice("mano", ("mano", "dense"))
+    procedural_hand: str = choice(DEFAULT_RESOLUTION, RESOLUTIONS)
 
 
 @dataclass
