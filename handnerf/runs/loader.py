@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 
-from handnerf.config import config_from_dict
 from handnerf.errors import CheckpointError
 from handnerf.files import pick_device
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.avatar import HandAvatar
 from handnerf.train.checkpoint import LATEST, load_checkpoint
-from handnerf.train.config import FitConfig, upgrade_saved_config
+from handnerf.train.config import FitConfig, saved_fit_config
 from handnerf.train.fit_data import hand_identity
 from handnerf.train.pose_refinement import refined_mano_of
 
@@ -62,8 +61,8 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
         raise CheckpointError(f"{info_path}: unreadable or missing 'data_root' ({exc})") from exc
     path = checkpoint or run_dir / "checkpoints" / LATEST
     state = load_checkpoint(path)
+    cfg = saved_fit_config(state, path)
     try:
-        cfg = config_from_dict(FitConfig, upgrade_saved_config(state["config"]))
         camera_names = list(state["camera_names"])
         betas = state["betas"]
         model_state = state["model"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from handnerf.config import choice
+from handnerf.config import choice, config_from_dict
+from handnerf.errors import CheckpointError
 from handnerf.hand.procedural import DEFAULT_RESOLUTION, RESOLUTIONS
 from handnerf.model.avatar import AvatarConfig
 from handnerf.model.visibility import VertexVisibility
@@ -148,6 +150,14 @@ def upgrade_saved_config(saved: Any) -> Any:
         if parent is not None:
             parent.pop(path[-1], None)
     return upgraded
+
+
+def saved_fit_config(state: dict[str, Any], where: str | Path) -> FitConfig:
+    """The :class:`FitConfig` a checkpoint ``state`` (read from ``where``) was trained with,
+    upgraded to today's layout (:func:`upgrade_saved_config`)."""
+    if "config" not in state:
+        raise CheckpointError(f"{where}: missing 'config' (not a complete fit checkpoint)")
+    return config_from_dict(FitConfig, upgrade_saved_config(state["config"]))
 
 
 def _copied_parent(tree: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:

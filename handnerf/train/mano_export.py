@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from handnerf.config import config_from_dict
 from handnerf.data.mano_annotations import write_mano_annotations
 from handnerf.errors import CheckpointError
 from handnerf.train.checkpoint import LATEST, load_checkpoint
-from handnerf.train.config import FitConfig, upgrade_saved_config
+from handnerf.train.config import saved_fit_config
 from handnerf.train.pose_refinement import refined_mano_of
 
 #: Written into the run folder unless another path is given.
@@ -43,10 +42,7 @@ def export_refined_mano(
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / LATEST
     state = load_checkpoint(path)
-    try:
-        cfg = config_from_dict(FitConfig, upgrade_saved_config(state["config"]))
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: missing {exc} (not a complete fit checkpoint)") from exc
+    cfg = saved_fit_config(state, path)
     refined = refined_mano_of(state)
     if not refined:
         raise CheckpointError(
