@@ -1,7 +1,8 @@
 """Typed configs filled from YAML files and ``key=value`` overrides.
 
-Each component owns a nested ``Config`` dataclass (threestudio style); a run's config is
-a tree of them. :func:`load_config` merges, in order: the dataclass defaults, a YAML file,
+Each component has a ``<Name>Config`` dataclass beside it (threestudio style: the
+component's settings live with the component, filled from YAML); a run's config is a tree
+of them, e.g. ``AvatarConfig.field`` is a ``FieldConfig``. :func:`load_config` merges, in order: the dataclass defaults, a YAML file,
 then command-line overrides such as ``field.hidden_dim=128``. Unknown keys, values of
 the wrong type and values outside a field's :func:`choice` raise
 :class:`~handnerf.errors.ConfigError` naming the key.

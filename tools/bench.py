@@ -45,7 +45,7 @@ import torch
 from handnerf.config import load_config, overrides_from_yaml
 from handnerf.errors import ConfigError, DataError, HandnerfError
 from handnerf.files import cache_root, machine_info
-from handnerf.model.encoding import HashGridEncoding, tcnn_available
+from handnerf.model.encoding import EncodingConfig, HashGridEncoding, tcnn_available
 from handnerf.model.renderer import CameraTensors, render_camera
 from handnerf.model.sampler import nerfacc_available
 from handnerf.train.config import FitConfig
@@ -190,7 +190,7 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
 
 
 def bench_encoding(
-    cfg: HashGridEncoding.Config, backend: str, device: torch.device, s: Settings
+    cfg: EncodingConfig, backend: str, device: torch.device, s: Settings
 ) -> dict[str, Any]:
     """fwd and fwd+bwd points/s of the configured grid with ``backend``."""
     tool = bench_encoding_module()

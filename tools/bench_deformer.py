@@ -26,6 +26,7 @@ import torch
 
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.deformer import InverseLBSDeformer
+from handnerf.model.deformer_config import DeformerConfig
 
 
 def skin(points: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
@@ -104,7 +105,7 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[fl
 
 
 def run_case(
-    scene: dict[str, Any], config: InverseLBSDeformer.Config, device: torch.device, repeats: int
+    scene: dict[str, Any], config: DeformerConfig, device: torch.device, repeats: int
 ) -> dict[str, Any]:
     deformer = InverseLBSDeformer(config)
     args = [scene[key].to(device) for key in ("posed_vertices", "transforms", "weights")]
@@ -202,16 +203,14 @@ def main() -> None:
     cases = []
     for device in devices if not args.blends_only else []:
         backends = ["kdtree", "cdist", "grid"] if device.type == "cpu" else ["cdist", "grid"]
-        cases += [(device, InverseLBSDeformer.Config(backend=b)) for b in backends]
+        cases += [(device, DeformerConfig(backend=b)) for b in backends]
     # Blending schemes, compared on the exact CPU backend (accuracy does not depend on it).
     blends = (("nearest", 1), ("inverse_distance", 8), ("gaussian", 4), ("gaussian", 8))
     for blend, k in (("inverse_distance", 4), *blends, ("surface", 4)):
-        cases.append(
-            (devices[0], InverseLBSDeformer.Config(backend="kdtree", blend=blend, k_neighbors=k))
-        )
+        cases.append((devices[0], DeformerConfig(backend="kdtree", blend=blend, k_neighbors=k)))
     # The coarse-mesh modes: distance to the mesh, pose correctives undone.
     for near, correctives in (("mesh", False), ("vertex", True), ("mesh", True)):
-        config = InverseLBSDeformer.Config(
+        config = DeformerConfig(
             backend="kdtree", blend="surface", near=near, correctives=correctives
         )
         cases.append((devices[0], config))

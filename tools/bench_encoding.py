@@ -21,7 +21,12 @@ from typing import Any
 import torch
 
 from handnerf.files import machine_info
-from handnerf.model.encoding import COHERENT_PRIMES, HashGridEncoding, tcnn_available
+from handnerf.model.encoding import (
+    COHERENT_PRIMES,
+    EncodingConfig,
+    HashGridEncoding,
+    tcnn_available,
+)
 
 
 def plain_encode(x: torch.Tensor, params: torch.Tensor, enc: HashGridEncoding) -> torch.Tensor:
@@ -98,7 +103,7 @@ def bench_one(
 
 
 def run(points: int, repeats: int, devices: list[str]) -> dict[str, Any]:
-    cfg = HashGridEncoding.Config(backend="torch")
+    cfg = EncodingConfig(backend="torch")
     results = []
     for dev in devices:
         device = torch.device(dev)
@@ -118,7 +123,7 @@ def run(points: int, repeats: int, devices: list[str]) -> dict[str, Any]:
         )
         results += [plain, ours]
         if device.type == "cuda" and tcnn_available():
-            tc = HashGridEncoding(HashGridEncoding.Config(backend="tcnn")).to(device)
+            tc = HashGridEncoding(EncodingConfig(backend="tcnn")).to(device)
             results.append(bench_one("tinycudann", tc, tc.params, x, repeats))
     return {
         "config": {**HashGridEncoding(cfg).encoding_config(), "n_params": enc.n_params},

@@ -28,34 +28,33 @@ from torch import Tensor, nn
 from handnerf.errors import ConfigError
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.deformer import DeformResult, FrameDeformation, InverseLBSDeformer
-from handnerf.model.field import HashGridField
-from handnerf.model.occupancy import CanonicalOccupancyGrid
+from handnerf.model.deformer_config import DeformerConfig
+from handnerf.model.field import FieldConfig, HashGridField
+from handnerf.model.occupancy import CanonicalOccupancyGrid, OccupancyConfig
 from handnerf.model.rays import RayBundle
 from handnerf.model.sampler import NerfaccSampler, SamplerConfig, make_sampler
 from handnerf.model.surface_search import surface_lattice
-from handnerf.model.visibility import VertexVisibility
+from handnerf.model.visibility import VertexVisibility, VisibilityConfig
 from handnerf.model.volume import render_samples
 
 
 @dataclass
 class AvatarConfig:
-    field: HashGridField.Config = dataclasses.field(default_factory=HashGridField.Config)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     #: Samples farther than 8 mm from the posed mesh are empty: the hand's radiance lives
     #: in a thin shell around MANO (a wider one only adds samples to evaluate). Judged by
     #: the distance to the posed triangles, with skinning weights at the closest point and
     #: pose correctives undone: right on real MANO's coarse mesh (large triangles).
-    deformer: InverseLBSDeformer.Config = dataclasses.field(
-        default_factory=lambda: InverseLBSDeformer.Config(
+    deformer: DeformerConfig = dataclasses.field(
+        default_factory=lambda: DeformerConfig(
             max_distance=0.008, blend="surface", near="mesh", correctives=True
         )
     )
-    occupancy: CanonicalOccupancyGrid.Config = dataclasses.field(
-        default_factory=CanonicalOccupancyGrid.Config
-    )
+    occupancy: OccupancyConfig = dataclasses.field(default_factory=OccupancyConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     #: Self-shadowing: per-vertex visibility of world directions on the posed mesh, blended
     #: into every sample and given to the colour MLP (n_directions=0: off).
-    visibility: VertexVisibility.Config = dataclasses.field(default_factory=VertexVisibility.Config)
+    visibility: VisibilityConfig = dataclasses.field(default_factory=VisibilityConfig)
     #: Padding (m) of the canonical box around the canonical mesh and of each posed box.
     canonical_margin: float = 0.02
     posed_margin: float = 0.015

@@ -85,13 +85,10 @@ class InverseLBSDeformer(nn.Module):
 
     Usage::
 
-        deformer = InverseLBSDeformer(InverseLBSDeformer.Config())
+        deformer = InverseLBSDeformer(DeformerConfig())
         frames = deformer.prepare_frames(posed_vertices, bone_transforms, skinning_weights)
         result = frames.deform(points, frame_ids)  # or deformer(frames, points, frame_ids)
     """
-
-    #: The deformer's settings (:class:`~handnerf.model.deformer_config.DeformerConfig`).
-    Config = DeformerConfig
 
     def __init__(self, config: DeformerConfig | None = None) -> None:
         super().__init__()

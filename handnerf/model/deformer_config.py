@@ -1,4 +1,4 @@
-"""Settings of the inverse-LBS deformer (``InverseLBSDeformer.Config``) and their checks.
+"""Settings of the inverse-LBS deformer (``DeformerConfig``) and their checks.
 
 Apart from :mod:`handnerf.model.deformer` so that the query side
 (:mod:`handnerf.model.frame_deformation`) and the lookup backends

@@ -359,6 +359,22 @@ class _GridTables:
         return torch.stack(grads, dim=-1)
 
 
+@dataclass
+class EncodingConfig:
+    """Settings of :class:`HashGridEncoding`."""
+
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    # Growth of the resolution per level; 1.4 spans 16 .. ~2500 over 16 levels. Unlike
+    # 1.5 (16 * 1.5**l is a whole number for l <= 4), 16 * 1.4**l is never whole, so
+    # tcnn's fast-math exp2f cannot round a level's resolution differently from ours
+    # and tcnn checkpoints keep the same table layout as the torch grid.
+    per_level_scale: float = 1.4
+    backend: str = "auto"  # auto|torch|tcnn
+
+
 class HashGridEncoding(nn.Module):
     """tiny-cuda-nn-compatible multiresolution hash grid (torch twin + lazy ``tcnn``).
 
@@ -367,22 +383,9 @@ class HashGridEncoding(nn.Module):
     layout, so state dicts move between backends.
     """
 
-    @dataclass
-    class Config:
-        n_levels: int = 16
-        n_features_per_level: int = 2
-        log2_hashmap_size: int = 19
-        base_resolution: int = 16
-        # Growth of the resolution per level; 1.4 spans 16 .. ~2500 over 16 levels. Unlike
-        # 1.5 (16 * 1.5**l is a whole number for l <= 4), 16 * 1.4**l is never whole, so
-        # tcnn's fast-math exp2f cannot round a level's resolution differently from ours
-        # and tcnn checkpoints keep the same table layout as the torch grid.
-        per_level_scale: float = 1.4
-        backend: str = "auto"  # auto|torch|tcnn
-
-    def __init__(self, cfg: HashGridEncoding.Config | None = None, n_input_dims: int = 3) -> None:
+    def __init__(self, cfg: EncodingConfig | None = None, n_input_dims: int = 3) -> None:
         super().__init__()
-        cfg = cfg if cfg is not None else HashGridEncoding.Config()
+        cfg = cfg if cfg is not None else EncodingConfig()
         _validate(cfg, n_input_dims)
         self.cfg = cfg
         self.n_input_dims = n_input_dims
@@ -472,12 +475,12 @@ class HashGridEncoding(nn.Module):
         return _GridFunction.apply(x.to(self.params.dtype), self.params, tables)
 
 
-def make_hash_grid(cfg: HashGridEncoding.Config, n_input_dims: int = 3) -> HashGridEncoding:
+def make_hash_grid(cfg: EncodingConfig, n_input_dims: int = 3) -> HashGridEncoding:
     """Build the encoding for ``cfg`` (see :class:`HashGridEncoding`)."""
     return HashGridEncoding(cfg, n_input_dims=n_input_dims)
 
 
-def _validate(cfg: HashGridEncoding.Config, n_input_dims: int) -> None:
+def _validate(cfg: EncodingConfig, n_input_dims: int) -> None:
     def bad(field: str, rule: str, value: Any) -> ConfigError:
         return ConfigError(f"hash grid config: '{field}' {rule}, got {value!r}")
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from handnerf.errors import ConfigError, ParameterError
-from handnerf.model.encoding import HashGridEncoding, make_hash_grid
+from handnerf.model.encoding import EncodingConfig, make_hash_grid
 
 #: Above this, trunc_exp's gradient stops growing (exp(15) ~ 3.3e6): keeps early steps stable.
 _TRUNC_EXP_GRAD_LIMIT = 15.0
@@ -128,54 +128,57 @@ class CameraColorAffine(nn.Module):
         return (matrix @ rgb.unsqueeze(-1)).squeeze(-1) + self.bias[camera_ids] * opacity[:, None]
 
 
+@dataclass
+class FieldConfig:
+    """Settings of :class:`HashGridField`."""
+
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    hidden_dim: int = 64
+    n_hidden_layers: int = 1
+    geo_feat_dim: int = 15
+    #: Initial pre-activation density: 100 * trunc_exp(-1) ~ 37 /m, i.e. alpha ~ 0.04 per
+    #: mm-sized step, so training starts from nearly empty space, not from fog.
+    density_bias_init: float = -1.0
+    #: sigma = density_scale * trunc_exp(h). Canonical space is in metres, where a
+    #: hand's opaque density is ~1e3 /m; the scale puts that within ~2 units of the
+    #: initial pre-activation instead of ~8, so the field becomes opaque in tens of
+    #: steps rather than thousands.
+    density_scale: float = 100.0
+    color_hidden_dim: int = 64
+    n_color_hidden_layers: int = 2
+    #: Colour sees the posed surface normal in world space (3 numbers): with a light
+    #: fixed in the world, shading is mostly a function of albedo and this normal, so
+    #: it generalises to poses whose rotations were never seen in training.
+    use_world_normal: bool = True
+    #: Colour also sees the blended bone rotation (9 numbers). Off by default: it
+    #: fits training poses but extrapolates badly to novel ones (measured on the demo).
+    use_pose_rotation: bool = False
+    #: SH degree of the view direction (tcnn convention, degree**2 terms); 0 = off.
+    view_sh_degree: int = 4
+    #: How colour is formed. "mlp": one MLP maps every colour input to RGB. "shaded":
+    #: RGB = albedo(canonical features) x shading(world normal, visibility), refined
+    #: by a residual MLP of every input (zero at the start) in logit space. With a light
+    #: fixed in the world, a canonical albedo times a world-space shading term is what
+    #: the image is made of, so one shading function learned from every pixel serves
+    #: every pose and view instead of each surface point learning its own.
+    color_model: str = "mlp"
+    #: Width of the shading MLP of ``color_model="shaded"``.
+    shading_hidden_dim: int = 32
+    use_camera_affine: bool = True
+    #: Canonical AABB [xmin, ymin, zmin, xmax, ymax, zmax] in metres; normally set from
+    #: the canonical hand mesh by the caller (``aabb=`` argument or :meth:`set_aabb`).
+    aabb: list[float] = field(default_factory=lambda: [-0.15, -0.15, -0.15, 0.15, 0.15, 0.15])
+
+
 class HashGridField(nn.Module):
     """Canonical density + pose-, view- and camera-aware colour.
 
     ``forward(x_canon (N,3) m, rot (N,3,3)|(N,9), view_dir (N,3), normal (N,3)) -> sigma (N,), rgb (N,3)``.
     """
 
-    @dataclass
-    class Config:
-        encoding: HashGridEncoding.Config = field(default_factory=HashGridEncoding.Config)
-        hidden_dim: int = 64
-        n_hidden_layers: int = 1
-        geo_feat_dim: int = 15
-        #: Initial pre-activation density: 100 * trunc_exp(-1) ~ 37 /m, i.e. alpha ~ 0.04 per
-        #: mm-sized step, so training starts from nearly empty space, not from fog.
-        density_bias_init: float = -1.0
-        #: sigma = density_scale * trunc_exp(h). Canonical space is in metres, where a
-        #: hand's opaque density is ~1e3 /m; the scale puts that within ~2 units of the
-        #: initial pre-activation instead of ~8, so the field becomes opaque in tens of
-        #: steps rather than thousands.
-        density_scale: float = 100.0
-        color_hidden_dim: int = 64
-        n_color_hidden_layers: int = 2
-        #: Colour sees the posed surface normal in world space (3 numbers): with a light
-        #: fixed in the world, shading is mostly a function of albedo and this normal, so
-        #: it generalises to poses whose rotations were never seen in training.
-        use_world_normal: bool = True
-        #: Colour also sees the blended bone rotation (9 numbers). Off by default: it
-        #: fits training poses but extrapolates badly to novel ones (measured on the demo).
-        use_pose_rotation: bool = False
-        #: SH degree of the view direction (tcnn convention, degree**2 terms); 0 = off.
-        view_sh_degree: int = 4
-        #: How colour is formed. "mlp": one MLP maps every colour input to RGB. "shaded":
-        #: RGB = albedo(canonical features) x shading(world normal, visibility), refined
-        #: by a residual MLP of every input (zero at the start) in logit space. With a light
-        #: fixed in the world, a canonical albedo times a world-space shading term is what
-        #: the image is made of, so one shading function learned from every pixel serves
-        #: every pose and view instead of each surface point learning its own.
-        color_model: str = "mlp"
-        #: Width of the shading MLP of ``color_model="shaded"``.
-        shading_hidden_dim: int = 32
-        use_camera_affine: bool = True
-        #: Canonical AABB [xmin, ymin, zmin, xmax, ymax, zmax] in metres; normally set from
-        #: the canonical hand mesh by the caller (``aabb=`` argument or :meth:`set_aabb`).
-        aabb: list[float] = field(default_factory=lambda: [-0.15, -0.15, -0.15, 0.15, 0.15, 0.15])
-
     def __init__(
         self,
-        cfg: Config | None = None,
+        cfg: FieldConfig | None = None,
         aabb: Tensor | Sequence[float] | None = None,
         n_cameras: int = 1,
         n_visibility: int = 0,
@@ -184,7 +187,7 @@ class HashGridField(nn.Module):
         self-shadow visibilities the colour also sees (see :mod:`handnerf.model.visibility`).
         Both come from the data and the avatar, not from the user's config."""
         super().__init__()
-        self.cfg = cfg = cfg if cfg is not None else HashGridField.Config()
+        self.cfg = cfg = cfg if cfg is not None else FieldConfig()
         self.n_visibility = n_visibility
         if cfg.view_sh_degree < 0 or cfg.view_sh_degree > 4:
             raise ConfigError(f"field.view_sh_degree must be 0..4, got {cfg.view_sh_degree}")

@@ -26,6 +26,24 @@ from torch import Tensor, nn
 from handnerf.errors import ConfigError, ParameterError
 
 
+@dataclass
+class OccupancyConfig:
+    """Settings of :class:`CanonicalOccupancyGrid`."""
+
+    resolution: int = 64
+    occ_thresh: float = 0.01
+    ema_decay: float = 0.95
+    warmup_steps: int = 256
+    update_every: int = 16
+    #: Interval length turning density into the occupancy ``sigma * step`` that the
+    #: threshold applies to; None: the cell's edge length.
+    step_size: float | None = None
+    #: init_from_points: cells whose centre lies within this distance (m) of the mesh
+    #: start occupied; cells farther than ``keep_radius`` are excluded (None: none).
+    init_radius: float = 0.006
+    keep_radius: float | None = 0.03
+
+
 class CanonicalOccupancyGrid(nn.Module):
     """Binary occupancy over the canonical AABB with nerfacc's EMA update.
 
@@ -33,24 +51,9 @@ class CanonicalOccupancyGrid(nn.Module):
     binary grid may have changed, so posed-space caches know when to rebuild.
     """
 
-    @dataclass
-    class Config:
-        resolution: int = 64
-        occ_thresh: float = 0.01
-        ema_decay: float = 0.95
-        warmup_steps: int = 256
-        update_every: int = 16
-        #: Interval length turning density into the occupancy ``sigma * step`` that the
-        #: threshold applies to; None: the cell's edge length.
-        step_size: float | None = None
-        #: init_from_points: cells whose centre lies within this distance (m) of the mesh
-        #: start occupied; cells farther than ``keep_radius`` are excluded (None: none).
-        init_radius: float = 0.006
-        keep_radius: float | None = 0.03
-
-    def __init__(self, aabb: Tensor | Sequence[float], cfg: Config | None = None) -> None:
+    def __init__(self, aabb: Tensor | Sequence[float], cfg: OccupancyConfig | None = None) -> None:
         super().__init__()
-        self.cfg = cfg = cfg if cfg is not None else CanonicalOccupancyGrid.Config()
+        self.cfg = cfg = cfg if cfg is not None else OccupancyConfig()
         if cfg.resolution < 2:
             raise ConfigError(f"occupancy.resolution must be >= 2, got {cfg.resolution}")
         if not 0.0 <= cfg.ema_decay <= 1.0:

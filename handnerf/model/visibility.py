@@ -39,6 +39,17 @@ def fibonacci_directions(n: int) -> Tensor:
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1).float()
 
 
+@dataclass
+class VisibilityConfig:
+    """Settings of :class:`VertexVisibility`."""
+
+    #: World directions tested per vertex; 0 turns self-shadowing off.
+    n_directions: int = 32
+    #: Rays start this far (m) off the surface along the vertex normal, so they do not
+    #: hit the vertex's own triangles.
+    offset: float = 5e-4
+
+
 class VertexVisibility:
     """Per-vertex visibility of ``n_directions`` world directions against the posed mesh.
 
@@ -47,16 +58,8 @@ class VertexVisibility:
     leaves the hand).
     """
 
-    @dataclass
-    class Config:
-        #: World directions tested per vertex; 0 turns self-shadowing off.
-        n_directions: int = 32
-        #: Rays start this far (m) off the surface along the vertex normal, so they do not
-        #: hit the vertex's own triangles.
-        offset: float = 5e-4
-
-    def __init__(self, cfg: Config | None = None) -> None:
-        self.cfg = cfg = cfg if cfg is not None else VertexVisibility.Config()
+    def __init__(self, cfg: VisibilityConfig | None = None) -> None:
+        self.cfg = cfg = cfg if cfg is not None else VisibilityConfig()
         if cfg.n_directions < 0:
             raise ConfigError(
                 f"visibility.n_directions must be >= 0 (0: off), got {cfg.n_directions}"

@@ -10,7 +10,7 @@ from handnerf.config import choice, config_from_dict
 from handnerf.errors import CheckpointError
 from handnerf.hand.procedural import DEFAULT_RESOLUTION, RESOLUTIONS
 from handnerf.model.avatar import AvatarConfig
-from handnerf.model.visibility import VertexVisibility
+from handnerf.model.visibility import VisibilityConfig
 from handnerf.train.losses import LossConfig
 
 
@@ -106,7 +106,7 @@ class FitConfig:
 #: reproduces how those runs were trained (not necessarily today's default).
 ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # Before self-shadowing the colour MLP took no visibility inputs.
-    (("model", "visibility"), asdict(VertexVisibility.Config(n_directions=0))),
+    (("model", "visibility"), asdict(VisibilityConfig(n_directions=0))),
     (("model", "field", "color_model"), "mlp"),
     (("model", "field", "shading_hidden_dim"), 32),
     # Before jittered rays every training ray went through its pixel's centre.

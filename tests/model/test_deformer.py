@@ -11,6 +11,7 @@ import torch
 from handnerf.errors import ConfigError, ParameterError
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.deformer import DeformResult, InverseLBSDeformer
+from handnerf.model.deformer_config import DeformerConfig
 
 FINGER_LENGTH = 0.09
 FINGER_RADIUS = 0.008
@@ -121,7 +122,7 @@ POSE_B = finger_pose(root_angle=-0.4, bend1=0.3, bend2=0.8, shift=0.05)
 def deform_one(
     finger: Finger, pose: torch.Tensor, points: torch.Tensor, **config: object
 ) -> DeformResult:
-    deformer = InverseLBSDeformer(InverseLBSDeformer.Config(**config))  # type: ignore[arg-type]
+    deformer = InverseLBSDeformer(DeformerConfig(**config))  # type: ignore[arg-type]
     posed_vertices = skin(finger.vertices, finger.weights, pose)
     frames = deformer.prepare_frame(posed_vertices, pose, finger.weights)
     return frames.deform(points)
@@ -237,7 +238,7 @@ def test_batch_of_two_frames_matches_single_frames(finger: Finger) -> None:
     )
     posed_vertices = torch.stack([skin(finger.vertices, finger.weights, p) for p in poses])
     for backend in ("kdtree", "cdist", "grid"):
-        deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend=backend))
+        deformer = InverseLBSDeformer(DeformerConfig(backend=backend))
         frames = deformer.prepare_frames(posed_vertices, poses, finger.weights)
         batched = deformer(frames, posed, frame_ids)
         assert frames.num_frames == 2
@@ -311,11 +312,11 @@ def test_bad_inputs_raise_named_errors(finger: Finger) -> None:
     with pytest.raises(ParameterError, match="frame_ids must lie"):
         frames.deform(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
     with pytest.raises(ConfigError, match="backend"):
-        InverseLBSDeformer(InverseLBSDeformer.Config(backend="octree"))
+        InverseLBSDeformer(DeformerConfig(backend="octree"))
     with pytest.raises(ConfigError, match="max_distance"):
-        InverseLBSDeformer(InverseLBSDeformer.Config(max_distance=-1.0))
+        InverseLBSDeformer(DeformerConfig(max_distance=-1.0))
     with pytest.raises(ConfigError, match="blend"):
-        InverseLBSDeformer(InverseLBSDeformer.Config(blend="linear"))
+        InverseLBSDeformer(DeformerConfig(blend="linear"))
 
 
 def test_auto_backend_on_cpu_is_exact(finger: Finger) -> None:
@@ -340,7 +341,7 @@ def test_procedural_hand_vertices_map_back_to_canonical() -> None:
     with torch.no_grad():
         output = model(params)
     weights = model.skinning_weights.float()
-    deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend="kdtree"))
+    deformer = InverseLBSDeformer(DeformerConfig(backend="kdtree"))
     frames = deformer.prepare_frames(
         output.vertices.float(), output.bone_transforms.float(), weights
     )
@@ -370,7 +371,7 @@ def test_blended_normals_follow_the_posed_surface() -> None:
         output = model(params)
     posed = output.vertices.float()
     normals = vertex_normals(posed, model.faces)
-    deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend="kdtree"))
+    deformer = InverseLBSDeformer(DeformerConfig(backend="kdtree"))
     frames = deformer.prepare_frames(
         posed,
         output.bone_transforms.float(),
@@ -407,7 +408,7 @@ def test_vertex_attributes_are_blended_like_the_skinning(finger: Finger) -> None
     posed = skin(finger.vertices, finger.weights, bones)
     n = finger.vertices.shape[0]
     attributes = torch.rand(1, n, 5, generator=torch.Generator().manual_seed(2))
-    deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend="kdtree"))
+    deformer = InverseLBSDeformer(DeformerConfig(backend="kdtree"))
     frames = deformer.prepare_frames(
         posed[None], bones[None], finger.weights, vertex_attributes=attributes
     )
@@ -423,7 +424,7 @@ def test_vertex_attributes_are_blended_like_the_skinning(finger: Finger) -> None
         deformer.prepare_frames(
             posed[None], bones[None], finger.weights, vertex_attributes=attributes[:, :-1]
         )
-    grid = InverseLBSDeformer(InverseLBSDeformer.Config(backend="grid"))
+    grid = InverseLBSDeformer(DeformerConfig(backend="grid"))
     with pytest.raises(ConfigError, match="attributes"):
         grid.prepare_frames(posed[None], bones[None], finger.weights, vertex_attributes=attributes)
 
@@ -480,7 +481,7 @@ def test_surface_blend_maps_surface_points_back_where_nearest_vertices_mislead(
     model, output, posed, canonical = _hand_in_contact()
     errors = {}
     for blend in ("inverse_distance", "surface"):
-        deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend=backend, blend=blend))
+        deformer = InverseLBSDeformer(DeformerConfig(backend=backend, blend=blend))
         frames = deformer.prepare_frames(
             output.vertices.float(),  # type: ignore[attr-defined]
             output.bone_transforms.float(),  # type: ignore[attr-defined]
@@ -508,7 +509,7 @@ def test_surface_blend_maps_surface_points_back_where_nearest_vertices_mislead(
 
 def test_refine_to_surface_finishes_a_distance_weighted_result() -> None:
     model, output, posed, _ = _hand_in_contact()
-    deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend="kdtree", blend="surface"))
+    deformer = InverseLBSDeformer(DeformerConfig(backend="kdtree", blend="surface"))
     frames = deformer.prepare_frames(
         output.vertices.float(),  # type: ignore[attr-defined]
         output.bone_transforms.float(),  # type: ignore[attr-defined]
@@ -527,7 +528,7 @@ def test_refine_to_surface_finishes_a_distance_weighted_result() -> None:
     for name in ("canonical", "valid", "rotation", "normal", "neighbor_ids", "neighbor_weights"):
         torch.testing.assert_close(getattr(refined, name), getattr(full, name), atol=1e-6, rtol=0)
     # Other blends leave the result alone.
-    plain = InverseLBSDeformer(InverseLBSDeformer.Config(backend="kdtree"))
+    plain = InverseLBSDeformer(DeformerConfig(backend="kdtree"))
     plain_frames = plain.prepare_frames(
         output.vertices.float(),  # type: ignore[attr-defined]
         output.bone_transforms.float(),  # type: ignore[attr-defined]
@@ -539,7 +540,7 @@ def test_refine_to_surface_finishes_a_distance_weighted_result() -> None:
 
 def test_surface_blend_needs_a_valid_mesh(finger: Finger) -> None:
     posed = skin(finger.vertices, finger.weights, POSE_A)
-    surface = InverseLBSDeformer(InverseLBSDeformer.Config(backend="kdtree", blend="surface"))
+    surface = InverseLBSDeformer(DeformerConfig(backend="kdtree", blend="surface"))
     with pytest.raises(ConfigError, match="faces"):
         surface.prepare_frame(posed, POSE_A, finger.weights)
     with pytest.raises(ParameterError, match="faces"):
@@ -548,7 +549,7 @@ def test_surface_blend_needs_a_valid_mesh(finger: Finger) -> None:
         surface.prepare_frames(
             posed[None], POSE_A[None], finger.weights, faces=finger.faces + len(posed)
         )
-    grid = InverseLBSDeformer(InverseLBSDeformer.Config(backend="grid", blend="surface"))
+    grid = InverseLBSDeformer(DeformerConfig(backend="grid", blend="surface"))
     with pytest.raises(ConfigError, match="grid"):
         grid.prepare_frames(posed[None], POSE_A[None], finger.weights, faces=finger.faces)
     # On the finger (no contact) it agrees with the skinning everywhere.
@@ -582,7 +583,7 @@ def test_cuda_matches_cpu(finger: Finger) -> None:
     posed_vertices = skin(finger.vertices, finger.weights, POSE_A)
     cpu = deform_one(finger, POSE_A, posed, backend="kdtree")
     for backend in ("auto", "cdist", "grid"):
-        deformer = InverseLBSDeformer(InverseLBSDeformer.Config(backend=backend))
+        deformer = InverseLBSDeformer(DeformerConfig(backend=backend))
         frames = deformer.prepare_frame(posed_vertices.cuda(), POSE_A.cuda(), finger.weights.cuda())
         gpu = frames.deform(posed.cuda())
         error = (gpu.canonical.cpu() - cpu.canonical).norm(dim=1)

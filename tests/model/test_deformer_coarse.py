@@ -15,6 +15,7 @@ import torch
 
 from handnerf.errors import ConfigError, ParameterError
 from handnerf.model.deformer import FrameDeformation, InverseLBSDeformer
+from handnerf.model.deformer_config import DeformerConfig
 from handnerf.model.surface_search import TriangleScan, TriangleTrees
 
 FINGER_Y = (-0.044, -0.022, 0.0, 0.022, 0.044)
@@ -221,7 +222,7 @@ def surface_samples(
 
 
 def prepare(hand: CoarseHand, **config: object) -> FrameDeformation:
-    cfg = InverseLBSDeformer.Config(max_distance=MAX_DISTANCE, **config)  # type: ignore[arg-type]
+    cfg = DeformerConfig(max_distance=MAX_DISTANCE, **config)  # type: ignore[arg-type]
     return InverseLBSDeformer(cfg).prepare_frames(
         hand.posed[None],
         hand.transforms[None],
@@ -329,7 +330,7 @@ def test_normals_and_attributes_are_barycentric_at_the_closest_point(
     hand: CoarseHand, samples: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 ) -> None:
     posed, canonical, _ = samples
-    cfg = InverseLBSDeformer.Config(max_distance=MAX_DISTANCE, **MESH_MODE)  # type: ignore[arg-type]
+    cfg = DeformerConfig(max_distance=MAX_DISTANCE, **MESH_MODE)  # type: ignore[arg-type]
     attributes = torch.cat([hand.canonical, hand.normals], dim=1)
     frames = InverseLBSDeformer(cfg).prepare_frames(
         hand.posed[None],
@@ -380,7 +381,7 @@ def test_two_frames_match_single_frames(hand: CoarseHand) -> None:
     other = make_coarse_hand(bends=(0.2, 0.5, 0.3))
     posed_a, canonical_a, _ = surface_samples(hand, seed=3)
     posed_b, canonical_b, _ = surface_samples(other, seed=4)
-    cfg = InverseLBSDeformer.Config(max_distance=MAX_DISTANCE, **MESH_MODE)  # type: ignore[arg-type]
+    cfg = DeformerConfig(max_distance=MAX_DISTANCE, **MESH_MODE)  # type: ignore[arg-type]
     frames = InverseLBSDeformer(cfg).prepare_frames(
         torch.stack([hand.posed, other.posed]),
         torch.stack([hand.transforms, other.transforms]),
@@ -400,19 +401,19 @@ def test_two_frames_match_single_frames(hand: CoarseHand) -> None:
 
 def test_mesh_mode_configuration_errors(hand: CoarseHand) -> None:
     with pytest.raises(ConfigError, match="near"):
-        InverseLBSDeformer(InverseLBSDeformer.Config(blend="surface", near="triangle"))
+        InverseLBSDeformer(DeformerConfig(blend="surface", near="triangle"))
     for options in ({"near": "mesh"}, {"correctives": True}):
         with pytest.raises(ConfigError, match="blend='surface'"):
-            InverseLBSDeformer(InverseLBSDeformer.Config(**options))  # type: ignore[arg-type]
+            InverseLBSDeformer(DeformerConfig(**options))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="correctives"):
-        InverseLBSDeformer(InverseLBSDeformer.Config(blend="surface", correctives=1))  # type: ignore[arg-type]
-    deformer = InverseLBSDeformer(InverseLBSDeformer.Config(**MESH_MODE))  # type: ignore[arg-type]
+        InverseLBSDeformer(DeformerConfig(blend="surface", correctives=1))  # type: ignore[arg-type]
+    deformer = InverseLBSDeformer(DeformerConfig(**MESH_MODE))  # type: ignore[arg-type]
     args = (hand.posed[None], hand.transforms[None], hand.weights)
     with pytest.raises(ConfigError, match="canonical_vertices"):
         deformer.prepare_frames(*args, faces=hand.faces)
     with pytest.raises(ParameterError, match="canonical_vertices"):
         deformer.prepare_frames(*args, faces=hand.faces, canonical_vertices=hand.canonical[:-1])
-    grid = InverseLBSDeformer(InverseLBSDeformer.Config(backend="grid", **MESH_MODE))  # type: ignore[arg-type]
+    grid = InverseLBSDeformer(DeformerConfig(backend="grid", **MESH_MODE))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="grid"):
         grid.prepare_frames(*args, faces=hand.faces, canonical_vertices=hand.canonical)
 

@@ -10,15 +10,21 @@ import pytest
 import torch
 
 from handnerf.errors import ConfigError, ParameterError
-from handnerf.model.encoding import HashGridEncoding, grid_levels, make_hash_grid, tcnn_available
+from handnerf.model.encoding import (
+    EncodingConfig,
+    HashGridEncoding,
+    grid_levels,
+    make_hash_grid,
+    tcnn_available,
+)
 
-Config = HashGridEncoding.Config
+Config = EncodingConfig
 
 # The coherent prime hash's primes, dimension 0 first (tiny-cuda-nn common_device.h).
 PRIMES = (1, 2654435761, 805459861, 3674653429)
 
 
-def reference_levels(cfg: HashGridEncoding.Config, dims: int) -> list[tuple[float, int, int, int]]:
+def reference_levels(cfg: EncodingConfig, dims: int) -> list[tuple[float, int, int, int]]:
     """(scale, resolution, table entries, entry offset) per level, from tcnn's formulas."""
     f32 = np.float32
     out = []
@@ -33,7 +39,7 @@ def reference_levels(cfg: HashGridEncoding.Config, dims: int) -> list[tuple[floa
     return out
 
 
-def reference_encode(x: np.ndarray, params: np.ndarray, cfg: HashGridEncoding.Config) -> np.ndarray:
+def reference_encode(x: np.ndarray, params: np.ndarray, cfg: EncodingConfig) -> np.ndarray:
     """Slow, loop-per-level-and-corner encoding straight from tiny-cuda-nn's kernel."""
     n, dims = x.shape
     feats = cfg.n_features_per_level
@@ -65,7 +71,7 @@ def reference_encode(x: np.ndarray, params: np.ndarray, cfg: HashGridEncoding.Co
     return out
 
 
-def random_encoding(cfg: HashGridEncoding.Config, dims: int = 3, seed: int = 0) -> HashGridEncoding:
+def random_encoding(cfg: EncodingConfig, dims: int = 3, seed: int = 0) -> HashGridEncoding:
     torch.manual_seed(seed)
     enc = make_hash_grid(cfg, n_input_dims=dims)
     with torch.no_grad():  # O(1) values make index mistakes visible above float noise
@@ -114,7 +120,7 @@ def random_encoding(cfg: HashGridEncoding.Config, dims: int = 3, seed: int = 0) 
         ),
     ],
 )
-def test_matches_reference(cfg: HashGridEncoding.Config, dims: int) -> None:
+def test_matches_reference(cfg: EncodingConfig, dims: int) -> None:
     enc = random_encoding(cfg, dims)
     levels = reference_levels(cfg, dims)
     dense = [res**dims <= entries for _, res, entries, _ in levels]

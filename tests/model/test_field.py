@@ -8,16 +8,22 @@ import pytest
 import torch
 
 from handnerf.errors import ConfigError, ParameterError
-from handnerf.model.field import CameraColorAffine, HashGridField, spherical_harmonics, trunc_exp
+from handnerf.model.field import (
+    CameraColorAffine,
+    FieldConfig,
+    HashGridField,
+    spherical_harmonics,
+    trunc_exp,
+)
 from handnerf.model.sampler import TorchSampler
 from handnerf.model.volume import render_samples
 
 AABB = [-0.1, -0.05, -0.02, 0.1, 0.05, 0.02]
 
 
-def small_config(**overrides: object) -> HashGridField.Config:
+def small_config(**overrides: object) -> FieldConfig:
     # The rotation-conditioned colour path; the normal path has its own test below.
-    cfg = HashGridField.Config(
+    cfg = FieldConfig(
         hidden_dim=32,
         color_hidden_dim=32,
         use_world_normal=False,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from handnerf.errors import ConfigError, ParameterError
-from handnerf.model.occupancy import CanonicalOccupancyGrid
+from handnerf.model.occupancy import CanonicalOccupancyGrid, OccupancyConfig
 
 AABB = [-0.1, -0.1, -0.1, 0.1, 0.1, 0.1]
 BALL_CENTRE = torch.tensor([0.04, 0.0, 0.0])
@@ -19,7 +19,7 @@ def ball_density(x: torch.Tensor) -> torch.Tensor:
 
 
 def make_grid(resolution: int = 16, **overrides: object) -> CanonicalOccupancyGrid:
-    cfg = CanonicalOccupancyGrid.Config(resolution=resolution)
+    cfg = OccupancyConfig(resolution=resolution)
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return CanonicalOccupancyGrid(AABB, cfg)

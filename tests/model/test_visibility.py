@@ -7,7 +7,7 @@ import torch
 import trimesh
 
 from handnerf.errors import ConfigError, ParameterError
-from handnerf.model.visibility import VertexVisibility, fibonacci_directions
+from handnerf.model.visibility import VertexVisibility, VisibilityConfig, fibonacci_directions
 
 
 def _sphere(centre: tuple[float, float, float], radius: float = 0.01) -> trimesh.Trimesh:
@@ -34,7 +34,7 @@ def test_directions_are_unit_and_evenly_spread() -> None:
 
 def test_convex_mesh_sees_exactly_its_outer_hemisphere() -> None:
     verts, normals, faces = _as_frames(_sphere((0.0, 0.0, 0.0)))
-    vis = VertexVisibility(VertexVisibility.Config(n_directions=32))
+    vis = VertexVisibility(VisibilityConfig(n_directions=32))
     seen = vis(verts, normals, faces)[0]  # (V, K)
     facing = normals[0] @ vis.directions.T  # (V, K) cos between normal and direction
     clear = facing.abs() > 0.2  # grazing rays depend on the facets: not tested
@@ -44,7 +44,7 @@ def test_convex_mesh_sees_exactly_its_outer_hemisphere() -> None:
 def test_an_occluder_casts_a_shadow_that_moves_with_the_pose() -> None:
     """The top of a lower sphere cannot see straight up while another sphere hangs above it;
     move the upper sphere aside (a new pose) and the same vertex sees the sky again."""
-    cfg = VertexVisibility.Config(n_directions=48)
+    cfg = VisibilityConfig(n_directions=48)
     vis = VertexVisibility(cfg)
     up = int(torch.argmax(vis.directions[:, 2]))
     lower = _sphere((0.0, 0.0, 0.0))
@@ -60,14 +60,14 @@ def test_an_occluder_casts_a_shadow_that_moves_with_the_pose() -> None:
 
 
 def test_off_gives_no_directions_and_bad_input_is_named() -> None:
-    off = VertexVisibility(VertexVisibility.Config(n_directions=0))
+    off = VertexVisibility(VisibilityConfig(n_directions=0))
     assert not off.enabled
     verts, normals, faces = _as_frames(_sphere((0.0, 0.0, 0.0)))
     assert off(verts, normals, faces).shape == (1, verts.shape[1], 0)
     with pytest.raises(ConfigError, match="n_directions"):
-        VertexVisibility(VertexVisibility.Config(n_directions=-1))
+        VertexVisibility(VisibilityConfig(n_directions=-1))
     with pytest.raises(ConfigError, match="offset"):
-        VertexVisibility(VertexVisibility.Config(offset=float("nan")))
+        VertexVisibility(VisibilityConfig(offset=float("nan")))
     on = VertexVisibility()
     with pytest.raises(ParameterError, match=r"\(T,V,3\)"):
         on(verts[0], normals[0], faces)
