@@ -92,17 +92,7 @@ class _DeformCache:
 
     def store(self, points: Tensor, keep: Tensor, result: DeformResult, keep_idx: Tensor) -> None:
         self.points = points[keep]
-        self.result = DeformResult(
-            canonical=result.canonical[keep_idx],
-            valid=result.valid[keep_idx],
-            rotation=result.rotation[keep_idx],
-            distance=result.distance[keep_idx],
-            normal=None if result.normal is None else result.normal[keep_idx],
-            neighbor_ids=None if result.neighbor_ids is None else result.neighbor_ids[keep_idx],
-            neighbor_weights=(
-                None if result.neighbor_weights is None else result.neighbor_weights[keep_idx]
-            ),
-        )
+        self.result = result.subset(keep_idx)
 
     def lookup(self, points: Tensor) -> DeformResult | None:
         if (
@@ -236,22 +226,37 @@ class HandAvatar(nn.Module):
         return grid[:, 0] > 0
 
     # ------------------------------------------------------------------ occupancy
-    def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):
+    def in_shell(self, frames: PosedFrames, points: Tensor, frame_ids: Tensor) -> Tensor:
+        """(M,) bool: the (M,3) posed ``points`` of frames ``frame_ids`` (M,) lie in their
+        frame's box and in a voxel of its shell grid (a cheap test, no deformation)."""
         res = self.cfg.shell_resolution
+        box = frames.aabbs[frame_ids]
+        rel = (points - box[:, :3]) / (box[:, 3:] - box[:, :3]) * res
+        idx = rel.floor().long()
+        inside = ((idx >= 0) & (idx < res)).all(-1)
+        idx = idx.clamp(0, res - 1)
+        return inside & frames.shell[frame_ids, idx[:, 0], idx[:, 1], idx[:, 2]]
 
+    def deform_occupied(
+        self, frames: PosedFrames, points: Tensor, frame_ids: Tensor, orient: bool = True
+    ) -> tuple[Tensor, DeformResult]:
+        """Deform (M,3) posed ``points`` (frames ``frame_ids`` (M,)) and test them: (M,) bool,
+        near the posed surface and in an occupied canonical cell, and the deformation
+        (M rows). The distance-weighted blend decides (``surface=False``); the samples kept
+        get the closest-triangle weights of ``blend="surface"`` in :meth:`radiance`.
+        ``orient=False`` leaves out the rotation and normal (see :meth:`sample_color`) and
+        skips the blend of samples out of the deformer's reach (canonical: the point)."""
+        result = frames.deformation.deform(
+            points, frame_ids, surface=False, orient=orient, reach_only=not orient
+        )
+        return result.valid & self.occupancy.query(result.canonical), result
+
+    def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):
         def occupied(points: Tensor, ray_ids: Tensor) -> Tensor:
             fid = frame_ids[ray_ids]
-            box = frames.aabbs[fid]
-            rel = (points - box[:, :3]) / (box[:, 3:] - box[:, :3]) * res
-            idx = rel.floor().long()
-            inside = ((idx >= 0) & (idx < res)).all(-1)
-            idx = idx.clamp(0, res - 1)
-            keep = inside & frames.shell[fid, idx[:, 0], idx[:, 1], idx[:, 2]]
+            keep = self.in_shell(frames, points, fid)
             keep_idx = torch.nonzero(keep).squeeze(1)
-            # The distance-weighted blend decides occupancy; the samples kept get the
-            # closest-triangle weights of blend="surface" in radiance() (a fraction of these).
-            result = frames.deformation.deform(points[keep_idx], fid[keep_idx], surface=False)
-            occ = result.valid & self.occupancy.query(result.canonical)
+            occ, result = self.deform_occupied(frames, points[keep_idx], fid[keep_idx])
             keep[keep_idx] = occ
             self._cache.store(points, keep, result, torch.nonzero(occ).squeeze(1))
             return keep
@@ -289,17 +294,9 @@ class HandAvatar(nn.Module):
         )
 
         def radiance(points: Tensor, ray_ids: Tensor) -> tuple[Tensor, Tensor]:
-            result = self._cache.lookup(points)
-            if result is None:
-                result = frames.deformation.deform(points, frame_ids[ray_ids])
-            else:
-                result = frames.deformation.refine_to_surface(points, result)
-            # Blended here, for the samples the field evaluates, not in the occupancy query.
-            visibility = frames.deformation.blend_attributes(result)
-            canonical = result.canonical
-            if frames.pose_gradient is not None:
-                canonical = frames.pose_gradient(points, result)
-            return self.field(canonical, result.rotation, dirs[ray_ids], result.normal, visibility)
+            return self.radiance(
+                frames, points, frame_ids[ray_ids], dirs[ray_ids], self._cache.lookup(points)
+            )
 
         def correct(rgb: Tensor, opacity: Tensor) -> Tensor:
             return self.field.apply_camera_affine(rgb, opacity, camera_ids)
@@ -307,6 +304,50 @@ class HandAvatar(nn.Module):
         out = render_samples(samples, origins, dirs, radiance, background, correct)
         self._cache = _DeformCache()
         return out
+
+    def radiance(
+        self,
+        frames: PosedFrames,
+        points: Tensor,
+        frame_ids: Tensor,
+        view_dirs: Tensor,
+        result: DeformResult | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Density (M,) and colour (M,3) of the field at (M,3) posed ``points`` of frames
+        ``frame_ids`` (M,) seen along unit ``view_dirs`` (M,3) (before any camera affine).
+
+        ``result``: these points' deformation from :meth:`deform_occupied`, if known (it is
+        finished to the closest-triangle weights here); None deforms them.
+        """
+        if result is None:
+            result = frames.deformation.deform(points, frame_ids)
+        else:
+            result = frames.deformation.refine_to_surface(points, result)
+        sigma, geo = self.sample_density(frames, points, result)
+        return sigma, self.sample_color(frames, result, geo, view_dirs)
+
+    def sample_density(
+        self, frames: PosedFrames, points: Tensor, result: DeformResult
+    ) -> tuple[Tensor, Tensor]:
+        """The first half of :meth:`radiance`: density (M,) and geometry features (M,G) of
+        the (M,3) posed ``points`` with their finished deformation ``result`` (from
+        ``deform``, or :meth:`deform_occupied` then ``refine_to_surface``)."""
+        canonical = result.canonical
+        if frames.pose_gradient is not None:
+            canonical = frames.pose_gradient(points, result)
+        return self.field.density_and_features(canonical)
+
+    def sample_color(
+        self, frames: PosedFrames, result: DeformResult, geo: Tensor, view_dirs: Tensor
+    ) -> Tensor:
+        """The second half of :meth:`radiance`: colour (M,3) of samples with deformation
+        ``result`` and features ``geo`` (M,G) from :meth:`sample_density`, seen along
+        ``view_dirs`` (M,3). The rotation and normal are blended here if the deformation
+        left them out (``orient=False``), and so is the self-shadow visibility: the costly
+        inputs of the colour, needed only where a sample is seen."""
+        result = frames.deformation.orient(result)
+        visibility = frames.deformation.blend_attributes(result)
+        return self.field.color(geo, result.rotation, view_dirs, result.normal, visibility)
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:

@@ -256,7 +256,9 @@ class HashGridField(nn.Module):
         inside = ((u >= 0) & (u <= 1)).all(dim=-1)
         return u.clamp(0.0, 1.0), inside
 
-    def _density_and_features(self, x_canon: Tensor) -> tuple[Tensor, Tensor]:
+    def density_and_features(self, x_canon: Tensor) -> tuple[Tensor, Tensor]:
+        """x_canon (N,3) metres -> sigma (N,) >= 0 and the geometry features (N,geo_feat_dim)
+        that :meth:`color` takes (the first half of :meth:`forward`)."""
         if x_canon.ndim != 2 or x_canon.shape[-1] != 3:
             raise ParameterError(
                 f"field: x_canon must have shape (N,3), got {tuple(x_canon.shape)}"
@@ -272,12 +274,12 @@ class HashGridField(nn.Module):
 
     def density(self, x_canon: Tensor) -> Tensor:
         """x_canon (N,3) metres -> sigma (N,) >= 0 (per metre)."""
-        return self._density_and_features(x_canon)[0]
+        return self.density_and_features(x_canon)[0]
 
     def forward(
         self,
         x_canon: Tensor,
-        rot: Tensor,
+        rot: Tensor | None,
         view_dir: Tensor,
         normal: Tensor | None = None,
         visibility: Tensor | None = None,
@@ -288,8 +290,22 @@ class HashGridField(nn.Module):
 
         Returns sigma (N,) >= 0 and rgb (N,3) in [0,1].
         """
-        n = x_canon.shape[0]
-        sigma, geo = self._density_and_features(x_canon)
+        sigma, geo = self.density_and_features(x_canon)
+        return sigma, self.color(geo, rot, view_dir, normal, visibility)
+
+    def color(
+        self,
+        geo: Tensor,
+        rot: Tensor | None,
+        view_dir: Tensor,
+        normal: Tensor | None = None,
+        visibility: Tensor | None = None,
+    ) -> Tensor:
+        """rgb (N,3) in [0,1] from the geometry features ``geo`` (N,geo_feat_dim) of
+        :meth:`density_and_features` and the other inputs of :meth:`forward` (the second
+        half of it: inference computes colour only where a sample is visible). ``rot`` may
+        be None unless ``use_pose_rotation``."""
+        n = geo.shape[0]
         inputs = [geo]
         shading_inputs: list[Tensor] = []
         if self.cfg.use_world_normal:
@@ -301,9 +317,10 @@ class HashGridField(nn.Module):
             inputs.append(normal.float())
             shading_inputs.append(inputs[-1])
         if self.cfg.use_pose_rotation:
-            if rot.shape not in ((n, 3, 3), (n, 9)):
+            if rot is None or rot.shape not in ((n, 3, 3), (n, 9)):
                 raise ParameterError(
-                    f"field: rot must have shape ({n},3,3) or ({n},9), got {tuple(rot.shape)}"
+                    f"field: rot must have shape ({n},3,3) or ({n},9), got "
+                    f"{None if rot is None else tuple(rot.shape)}"
                 )
             inputs.append(rot.reshape(n, 9).float())
         if self.n_visibility > 0:
@@ -324,13 +341,13 @@ class HashGridField(nn.Module):
             inputs.append(spherical_harmonics(dirs, self.cfg.view_sh_degree))
         logits = self.color_mlp(torch.cat(inputs, dim=-1))
         if self.albedo_mlp is None or self.shading_mlp is None:
-            return sigma, torch.sigmoid(logits)
+            return torch.sigmoid(logits)
         # Both factors lie in (0,1), so their product is a colour; the residual acts on its
         # logit, which keeps the result in (0,1) with a gradient everywhere (no clamp).
         albedo = torch.sigmoid(self.albedo_mlp(geo))
         shading = torch.sigmoid(self.shading_mlp(torch.cat(shading_inputs, dim=-1)))
         base = (albedo * shading).clamp(1e-6, 1.0 - 1e-6)
-        return sigma, torch.sigmoid(torch.logit(base) + logits)
+        return torch.sigmoid(torch.logit(base) + logits)
 
     def apply_camera_affine(
         self, rgb: Tensor, opacity: Tensor, camera_ids: Tensor | None

@@ -10,7 +10,7 @@ inverted (:func:`_finish`) into the :class:`DeformResult`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -41,7 +41,8 @@ class DeformResult:
         canonical: (N, 3) canonical-space positions (meaningless where ``valid`` is false).
         valid: (N,) bool, the sample lies within ``max_distance`` of the posed surface and
             its blended transform is invertible.
-        rotation: (N, 3, 3) blended bone rotation, canonical → posed (orthonormal).
+        rotation: (N, 3, 3) blended bone rotation, canonical → posed (orthonormal); None
+            only from ``deform(..., orient=False)`` (see :meth:`FrameDeformation.orient`).
         distance: (N,) distance in metres to the nearest posed vertex, or with
             ``near="mesh"`` to the closest point of the posed mesh (``inf`` or any value
             above ``max_distance`` beyond the kd-tree's search bound, or outside the grid
@@ -57,11 +58,20 @@ class DeformResult:
 
     canonical: torch.Tensor
     valid: torch.Tensor
-    rotation: torch.Tensor
+    rotation: torch.Tensor | None
     distance: torch.Tensor
     normal: torch.Tensor | None = None
     neighbor_ids: torch.Tensor | None = None
     neighbor_weights: torch.Tensor | None = None
+
+    def subset(self, rows: torch.Tensor) -> DeformResult:
+        """The result of the samples ``rows`` ((M,) indices or (N,) bool) only."""
+        return DeformResult(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                for f in fields(self)
+            }
+        )
 
 
 @dataclass
@@ -112,7 +122,12 @@ class FrameDeformation:
         return self.posed_vertices.device
 
     def deform(
-        self, points: torch.Tensor, frame_ids: torch.Tensor | None = None, surface: bool = True
+        self,
+        points: torch.Tensor,
+        frame_ids: torch.Tensor | None = None,
+        surface: bool = True,
+        orient: bool = True,
+        reach_only: bool = False,
     ) -> DeformResult:
         """Map posed samples to canonical space.
 
@@ -124,6 +139,11 @@ class FrameDeformation:
                 (cheaper; :meth:`refine_to_surface` can finish the job for a subset).
                 Ignored in the mesh modes (``near="mesh"`` or ``correctives``), where the
                 closest point decides emptiness and so is found for every sample.
+            orient: False leaves ``rotation`` and ``normal`` None (kNN backends): the
+                occupancy test needs neither; :meth:`orient` adds them for a subset.
+            reach_only: with ``orient=False`` and the whole-mesh search (``near="mesh"``),
+                samples beyond ``max_distance`` are not blended: their ``canonical`` is the
+                point itself (they are invalid, so an occupancy test drops them anyway).
         """
         points, frame_ids = self._check_query(points, frame_ids)
         if points.shape[0] == 0:
@@ -131,7 +151,9 @@ class FrameDeformation:
         with torch.no_grad():
             if self.backend == "grid":
                 return self._deform_grid(points, frame_ids)
-            return self._deform_knn(points, frame_ids, surface)
+            if reach_only and not orient and self.triangle_trees is not None:
+                return self._deform_reached(points, frame_ids)
+            return self._deform_knn(points, frame_ids, surface, orient)
 
     def _check_query(
         self, points: torch.Tensor, frame_ids: torch.Tensor | None
@@ -172,11 +194,11 @@ class FrameDeformation:
         return points, frame_ids
 
     def _deform_knn(
-        self, points: torch.Tensor, frame_ids: torch.Tensor, surface: bool
+        self, points: torch.Tensor, frame_ids: torch.Tensor, surface: bool, orient: bool = True
     ) -> DeformResult:
         cfg = self.config
         if self.triangle_trees is not None:
-            return self._deform_closest(points, frame_ids)
+            return self._deform_closest(points, frame_ids, orient)
         distances, ids = _knn(self, points, frame_ids)
         weights = neighbour_weights(distances, cfg)
         global_ids = frame_ids[:, None] * self.num_vertices + ids  # (N, k)
@@ -185,15 +207,38 @@ class FrameDeformation:
             self._mesh_weights(points, frame_ids, ids, global_ids, weights, distance)
         elif surface and cfg.blend == "surface":
             self._surface_weights(points, frame_ids, global_ids, weights)
-        return self._assemble(points, global_ids, weights, distance)
+        return self._assemble(points, global_ids, weights, distance, orient)
 
-    def _deform_closest(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
+    def _deform_closest(
+        self, points: torch.Tensor, frame_ids: torch.Tensor, orient: bool = True
+    ) -> DeformResult:
         """near="mesh" with libigl: every (N, 3) sample's closest point on its frame's mesh
         gives its weights (the three corners' barycentrics) and its distance."""
         assert self.triangle_trees is not None
         tri_ids, bary, dist2 = self.triangle_trees.closest(points, frame_ids)
         global_ids = frame_ids[:, None] * self.num_vertices + tri_ids  # (N, 3)
-        return self._assemble(points, global_ids, bary, dist2.sqrt())
+        return self._assemble(points, global_ids, bary, dist2.sqrt(), orient)
+
+    def _deform_reached(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
+        """``_deform_closest`` without orientation, blended only within reach."""
+        assert self.triangle_trees is not None
+        tri_ids, bary, dist2 = self.triangle_trees.closest(points, frame_ids)
+        global_ids = frame_ids[:, None] * self.num_vertices + tri_ids  # (N, 3)
+        distance = dist2.sqrt()
+        near = torch.nonzero(distance <= self.config.max_distance).squeeze(1)
+        part = self._assemble(points[near], global_ids[near], bary[near], distance[near], False)
+        canonical = points.clone()
+        canonical[near] = part.canonical
+        valid = torch.zeros_like(distance, dtype=torch.bool)
+        valid[near] = part.valid
+        return DeformResult(
+            canonical=canonical,
+            valid=valid,
+            rotation=None,
+            distance=distance,
+            neighbor_ids=global_ids,
+            neighbor_weights=bary,
+        )
 
     def _mesh_weights(
         self,
@@ -228,9 +273,9 @@ class FrameDeformation:
         global_ids: torch.Tensor,
         weights: torch.Tensor,
         distance: torch.Tensor,
+        orient: bool = True,
     ) -> DeformResult:
         affine = (weights[..., None] * self.vertex_affine[global_ids]).sum(dim=1)  # (N, 12)
-        quaternion = blend_quaternions(self.vertex_quaternion[global_ids], weights)
         anchor = None
         if self.canonical_vertices is not None:
             # The blended posed point and its canonical twin (the closest point of the
@@ -239,11 +284,23 @@ class FrameDeformation:
             posed_anchor = (weights[..., None] * flat[global_ids]).sum(dim=1)
             canonical_anchor = (weights[..., None] * self.canonical_vertices[global_ids]).sum(1)
             anchor = (posed_anchor, canonical_anchor)
-        result = _finish(points, affine, quaternion, distance, self.config.max_distance, anchor)
+        result = _finish(points, affine, None, distance, self.config.max_distance, anchor)
+        result.neighbor_ids, result.neighbor_weights = global_ids, weights
+        return self.orient(result) if orient else result
+
+    def orient(self, result: DeformResult) -> DeformResult:
+        """``result`` (from ``deform(..., orient=False)``, kNN backends) with its blended
+        rotation and normal added, in place; computed only for the samples that need
+        them (the field's colour, not the occupancy test)."""
+        if result.rotation is not None or result.neighbor_ids is None:
+            return result
+        assert result.neighbor_weights is not None
+        global_ids, weights = result.neighbor_ids, result.neighbor_weights
+        quaternion = blend_quaternions(self.vertex_quaternion[global_ids], weights)
+        result.rotation = _rotation(quaternion)
         if self.vertex_normals is not None:
             normal = (weights[..., None] * self.vertex_normals[global_ids]).sum(dim=1)
             result.normal = torch.nn.functional.normalize(normal, dim=-1)
-        result.neighbor_ids, result.neighbor_weights = global_ids, weights
         return result
 
     def _surface_weights(
@@ -298,12 +355,16 @@ class FrameDeformation:
             if changed.numel() == 0:
                 return result
             part = self._assemble(
-                points[changed], global_ids[changed], weights[changed], result.distance[changed]
+                points[changed],
+                global_ids[changed],
+                weights[changed],
+                result.distance[changed],
+                orient=result.rotation is not None,
             )
         out = DeformResult(
             canonical=result.canonical.clone(),
             valid=result.valid.clone(),
-            rotation=result.rotation.clone(),
+            rotation=None if result.rotation is None else result.rotation.clone(),
             distance=result.distance,
             normal=None if result.normal is None else result.normal.clone(),
             neighbor_ids=global_ids,
@@ -311,7 +372,8 @@ class FrameDeformation:
         )
         out.canonical[changed] = part.canonical
         out.valid[changed] = part.valid
-        out.rotation[changed] = part.rotation
+        if out.rotation is not None and part.rotation is not None:
+            out.rotation[changed] = part.rotation
         if out.normal is not None and part.normal is not None:
             out.normal[changed] = part.normal
         return out
@@ -395,7 +457,7 @@ def _neighbours_disagree(
 def _finish(
     points: torch.Tensor,
     affine: torch.Tensor,
-    quaternion: torch.Tensor,
+    quaternion: torch.Tensor | None,
     distance: torch.Tensor,
     max_distance: float,
     anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -404,7 +466,8 @@ def _finish(
 
     ``anchor``: (N, 3) posed points and (N, 3) their known canonical positions; the sample's
     canonical position is then its anchor's plus the inverted offset from it (without, the
-    blended transform's own translation is the anchor).
+    blended transform's own translation is the anchor). ``quaternion`` (N, 4) blended
+    rotations, or None: no ``rotation`` (see :meth:`FrameDeformation.orient`).
     """
     matrix = affine.reshape(-1, 3, 4)
     inverse, invertible = inverse_3x3(matrix[:, :, :3])
@@ -414,8 +477,13 @@ def _finish(
         canonical = anchor[1] + torch.einsum("nij,nj->ni", inverse, points - anchor[0])
     valid = invertible & (distance <= max_distance)
     canonical = torch.where(invertible[:, None], canonical, points)
-    quaternion_norm = quaternion.norm(dim=1, keepdim=True)
-    identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=points.dtype, device=points.device)
-    quaternion = torch.where(quaternion_norm > 1e-8, quaternion, identity)
-    rotation = quaternion_to_matrix(quaternion / quaternion.norm(dim=1, keepdim=True))
+    rotation = None if quaternion is None else _rotation(quaternion)
     return DeformResult(canonical=canonical, valid=valid, rotation=rotation, distance=distance)
+
+
+def _rotation(quaternion: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) rotations of blended (N, 4) quaternions (identity where they cancel out)."""
+    quaternion_norm = quaternion.norm(dim=1, keepdim=True)
+    identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=quaternion.dtype, device=quaternion.device)
+    quaternion = torch.where(quaternion_norm > 1e-8, quaternion, identity)
+    return quaternion_to_matrix(quaternion / quaternion.norm(dim=1, keepdim=True))

@@ -15,6 +15,7 @@ from torch import Tensor
 from handnerf.data.camera import PinholeCamera
 from handnerf.errors import ConfigError, ResourceError
 from handnerf.model.avatar import HandAvatar, PosedFrames
+from handnerf.model.marching import MIN_TRANSMITTANCE, can_march, march_rays
 from handnerf.model.rays import RayBundle, pixel_rays
 
 #: Smallest ray chunk :func:`render_camera` falls back to when memory runs out.
@@ -81,6 +82,8 @@ def render_camera(
     chunk: int | None = None,
     background: Tensor | None = None,
     amp: bool | None = None,
+    marching: bool | None = None,
+    min_transmittance: float = MIN_TRANSMITTANCE,
 ) -> Tensor:
     """Render frame ``frame_id`` of ``frames`` seen by ``camera``: one (H,W,3) float32 CPU
     image, in ray chunks so memory stays bounded at any size.
@@ -93,6 +96,12 @@ def render_camera(
     ``chunk``: rays per :meth:`HandAvatar.render_rays` call (None: 65536 on CUDA, 8192 on
     CPU). ``camera_id=None`` renders the canonical colour, without a camera's colour affine
     (virtual cameras, cameras the fit never saw). ``background``: (3,) colour, default black.
+    ``marching``: None (default) renders front to back with early ray termination
+    (:func:`handnerf.model.marching.march_rays`: the same samples, occupancy test and
+    field, but a ray stops once its transmittance is below ``min_transmittance``, so
+    the image differs by at most that much per channel) wherever the avatar's sampler
+    allows it (the torch sampler: CPU, or CUDA without nerfacc); False: the reference
+    path, :meth:`HandAvatar.render_rays` on every shell sample.
     A chunk that runs out of memory is retried in halves (down to ``MIN_RENDER_CHUNK`` rays)
     instead of failing; only then is a :class:`ResourceError` raised. The result is an
     ordinary tensor (not an inference tensor), so callers may modify it in place.
@@ -105,6 +114,7 @@ def render_camera(
     if chunk < 1:
         raise ConfigError(f"chunk must be a positive number of rays, got {chunk}")
     use_amp = device.type == "cuda" and amp is not False
+    march = can_march(avatar) if marching is None else marching
     with torch.inference_mode():
         origins, dirs = camera_rays(cam, device)
         n = origins.shape[0]
@@ -124,7 +134,10 @@ def render_camera(
             )
             try:
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    res = avatar.render_rays(frames, rays, bg.expand(m, 3), training=False)
+                    if march:
+                        res = march_rays(avatar, frames, rays, bg, min_transmittance)
+                    else:
+                        res = avatar.render_rays(frames, rays, bg.expand(m, 3), training=False)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc):
                     raise
