@@ -13,6 +13,9 @@ sampler: ``nerfacc`` / ``torch``; on CPU only torch + torch) on a synthetic capt
 - peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak RSS on CPU.
 
 Writes JSON (``--out PATH``) and a Markdown table (stdout, and ``PATH`` with ``.md``).
+``--render-run RUN`` runs only the render benchmark of a fitted run instead
+(``tools/bench_render.py``: the reference against the fast inference path at 256x256 and
+128x128, their PSNR, and the interactive preview's FPS).
 Without ``--data`` the ``--preset`` capture is synthesised once into
 ``$HANDNERF_CACHE/bench/<preset>-seed<seed>``.
 
@@ -109,10 +112,10 @@ def settings_for(device: torch.device, quick: bool) -> Settings:
 # --------------------------------------------------------------------------- setup
 
 
-def bench_encoding_module() -> ModuleType:
-    """``tools/bench_encoding.py`` (a script beside this one, not a package module)."""
-    path = Path(__file__).with_name("bench_encoding.py")
-    spec = importlib.util.spec_from_file_location("handnerf_tools_bench_encoding", path)
+def bench_encoding_module(name: str = "bench_encoding") -> ModuleType:
+    """``tools/<name>.py`` (a script beside this one, not a package module)."""
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"handnerf_tools_{name}", path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"{path}: cannot load the encoding benchmark")
     module = importlib.util.module_from_spec(spec)
@@ -547,12 +550,28 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads")
     parser.add_argument("--quick", action="store_true", help="tiny model, seconds (tests)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (.md beside it)")
+    parser.add_argument(
+        "--render-run",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="only the render benchmark of a fitted run: reference vs fast path at 256x256 "
+        "and 128x128, PSNR difference, preview FPS (tools/bench_render.py)",
+    )
+    parser.add_argument("--views", type=int, default=4, help="--render-run: held-out views")
+    parser.add_argument("--repeats", type=int, default=3, help="--render-run: renders each")
     return parser.parse_args(list(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.render_run is not None:
+        render_argv = ["--run", str(args.render_run), "--views", str(args.views)]
+        render_argv += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+        if args.out is not None:
+            render_argv += ["--out", str(args.out)]
+        return int(bench_encoding_module("bench_render").main(render_argv))
     try:
         report = run_bench(args, argv)
     except HandnerfError as exc:

@@ -54,6 +54,19 @@ class CameraTensors:
         )
 
 
+def resized_camera(camera: PinholeCamera | CameraTensors, width: int, height: int) -> CameraTensors:
+    """``camera`` resampled to ``width`` x ``height`` pixels: the same viewpoint and field
+    of view (intrinsics scaled per axis, so the image corners stay on the same rays), e.g.
+    a low-resolution preview of a view."""
+    if width < 1 or height < 1:
+        raise ConfigError(f"a camera image needs >= 1 pixel a side, got {width}x{height}")
+    cam = CameraTensors.of(camera)
+    scale = torch.tensor([width / cam.width, height / cam.height, 1.0], dtype=cam.K.dtype)
+    return CameraTensors(
+        K=scale[:, None] * cam.K, R=cam.R, t=cam.t, height=int(height), width=int(width)
+    )
+
+
 def camera_rays(camera: CameraTensors, device: torch.device) -> tuple[Tensor, Tensor]:
     """All H*W rays of ``camera`` through pixel centres, row-major, made on ``device``:
     origins, unit directions (H*W,3).
