@@ -18,6 +18,7 @@ import handnerf.train.trainer as trainer_module
 from handnerf.cli import main
 from handnerf.config import load_config
 from handnerf.errors import ResourceError, TrainingDivergedError
+from handnerf.model import renderer
 from handnerf.model.rays import RayBundle
 from handnerf.model.renderer import render_camera
 from handnerf.train.checkpoint import LATEST, load_checkpoint
@@ -177,9 +178,15 @@ def test_out_of_memory_in_a_training_step_names_the_knobs(
         trainer.training_step()
 
 
+@pytest.mark.parametrize("marching", [False, True])
 def test_render_falls_back_to_smaller_chunks_when_memory_runs_out(
-    small_data: tuple[FitConfig, FitData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_data: tuple[FitConfig, FitData],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    marching: bool,
 ) -> None:
+    """Both paths of render_camera: the reference (HandAvatar.render_rays) and the fast
+    one (march_rays, what render_camera calls by default on the CPU)."""
     cfg, data = small_data
     trainer = Trainer(cfg, data, tmp_path)
     trainer.avatar.eval()
@@ -192,20 +199,32 @@ def test_render_falls_back_to_smaller_chunks_when_memory_runs_out(
         int(views.camera_ids[0]),
         trainer.device,
     )
-    reference = render_camera(*args, chunk=views.height * views.width)
-    real = trainer.avatar.render_rays
+    reference = render_camera(*args, chunk=views.height * views.width, marching=marching)
     refused: list[int] = []
     rendered: list[int] = []
+    if marching:
+        real_march = renderer.march_rays
 
-    def limited(frames: Any, rays: RayBundle, *rest: Any, **kw: Any) -> Any:
-        if len(rays) > 600:  # pretend anything bigger does not fit
-            refused.append(len(rays))
-            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
-        rendered.append(len(rays))
-        return real(frames, rays, *rest, **kw)
+        def limited(avatar: Any, frames: Any, rays: RayBundle, *rest: Any, **kw: Any) -> Any:
+            if len(rays) > 600:  # pretend anything bigger does not fit
+                refused.append(len(rays))
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
+            rendered.append(len(rays))
+            return real_march(avatar, frames, rays, *rest, **kw)
 
-    monkeypatch.setattr(trainer.avatar, "render_rays", limited)
-    image = render_camera(*args, chunk=views.height * views.width)
+        monkeypatch.setattr(renderer, "march_rays", limited)
+    else:
+        real = trainer.avatar.render_rays
+
+        def limited(frames: Any, rays: RayBundle, *rest: Any, **kw: Any) -> Any:  # type: ignore[misc]
+            if len(rays) > 600:  # pretend anything bigger does not fit
+                refused.append(len(rays))
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
+            rendered.append(len(rays))
+            return real(frames, rays, *rest, **kw)
+
+        monkeypatch.setattr(trainer.avatar, "render_rays", limited)
+    image = render_camera(*args, chunk=views.height * views.width, marching=marching)
     assert refused[0] == views.height * views.width and max(rendered) <= 600
     assert sum(rendered) == views.height * views.width
     assert torch.allclose(image, reference, atol=1e-5)
@@ -214,8 +233,9 @@ def test_render_falls_back_to_smaller_chunks_when_memory_runs_out(
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(trainer.avatar, "render_rays", never_fits)
+    monkeypatch.setattr(renderer, "march_rays", never_fits)
     with pytest.raises(ResourceError, match="does not fit"):
-        render_camera(*args, chunk=4096)
+        render_camera(*args, chunk=4096, marching=marching)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only")
