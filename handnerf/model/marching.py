@@ -66,11 +66,13 @@ def march_rays(
     min_transmittance: float = MIN_TRANSMITTANCE,
     min_weight: float = MIN_WEIGHT,
     round_samples: int = ROUND_SAMPLES,
+    n_samples: int | None = None,
 ) -> dict[str, Tensor]:
     """Render R ``rays`` of ``frames`` front to back (see the module docstring).
 
     ``background`` (R,3) or (3,); ``min_transmittance`` 0 and ``min_weight`` 0 visit every
-    sample the reference does. Returns rgb (R,3) composited, opacity (R,), depth (R,)
+    sample the reference does. ``n_samples``: bins per ray instead of the avatar's sampler's
+    (fewer: a coarser, faster preview; None: the avatar's, the reference image). Returns rgb (R,3) composited, opacity (R,), depth (R,)
     (expected depth of the hit part, 0 for empty rays) and, as 0-d tensors, the work done:
     n_deformed (samples deformed), n_evaluated (densities), n_colored (colours).
     Inference only: evaluation bins (no jitter), no gradients.
@@ -87,7 +89,8 @@ def march_rays(
     n_rays = origins.shape[0]
     device = origins.device
     # The reference's samples: bin centres between the ray's entry and exit of its box.
-    samples = avatar.sampler.sample(
+    sampler = avatar.sampler if n_samples is None else TorchSampler(n_samples)
+    samples = sampler.sample(
         origins, dirs, frame_ids, frames.aabbs, occupied_fn=None, stratified=False
     )
     assert samples.mask is not None

@@ -97,6 +97,7 @@ def render_camera(
     amp: bool | None = None,
     marching: bool | None = None,
     min_transmittance: float = MIN_TRANSMITTANCE,
+    n_samples: int | None = None,
 ) -> Tensor:
     """Render frame ``frame_id`` of ``frames`` seen by ``camera``: one (H,W,3) float32 CPU
     image, in ray chunks so memory stays bounded at any size.
@@ -114,7 +115,9 @@ def render_camera(
     field, but a ray stops once its transmittance is below ``min_transmittance``, so
     the image differs by at most that much per channel) wherever the avatar's sampler
     allows it (the torch sampler: CPU, or CUDA without nerfacc); False: the reference
-    path, :meth:`HandAvatar.render_rays` on every shell sample.
+    path, :meth:`HandAvatar.render_rays` on every shell sample. ``n_samples`` (fast path
+    only): samples per ray instead of the avatar's, e.g. fewer for an interactive preview
+    while the view moves (None: the avatar's; the image then is the reference's).
     A chunk that runs out of memory is retried in halves (down to ``MIN_RENDER_CHUNK`` rays)
     instead of failing; only then is a :class:`ResourceError` raised. The result is an
     ordinary tensor (not an inference tensor), so callers may modify it in place.
@@ -128,6 +131,8 @@ def render_camera(
         raise ConfigError(f"chunk must be a positive number of rays, got {chunk}")
     use_amp = device.type == "cuda" and amp is not False
     march = can_march(avatar) if marching is None else marching
+    if n_samples is not None and not march:
+        raise ConfigError("n_samples (samples per ray) applies to the fast path only")
     with torch.inference_mode():
         origins, dirs = camera_rays(cam, device)
         n = origins.shape[0]
@@ -148,7 +153,9 @@ def render_camera(
             try:
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     if march:
-                        res = march_rays(avatar, frames, rays, bg, min_transmittance)
+                        res = march_rays(
+                            avatar, frames, rays, bg, min_transmittance, n_samples=n_samples
+                        )
                     else:
                         res = avatar.render_rays(frames, rays, bg.expand(m, 3), training=False)
             except (torch.OutOfMemoryError, RuntimeError) as exc:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from handnerf.errors import ParameterError
+from handnerf.errors import ConfigError, ParameterError
 from handnerf.model.marching import MIN_TRANSMITTANCE, march_rays
 from handnerf.model.rays import RayBundle
 from handnerf.model.renderer import CameraTensors, camera_rays, render_camera
@@ -95,3 +95,21 @@ def test_fast_path_refuses_bad_thresholds(tiny_run: Path) -> None:
     )
     with pytest.raises(ParameterError, match="round_samples >= 1"):
         march_rays(run.avatar, frames, rays, torch.zeros(3), round_samples=0)
+
+
+def test_fewer_samples_per_ray_give_a_coarser_cheaper_preview(tiny_run: Path) -> None:
+    run, frames, cam = scene(tiny_run, density_scale=3e4)
+    n = run.avatar.sampler.n_samples
+    full = render_camera(run.avatar, frames, cam, 0, None)
+    assert torch.equal(render_camera(run.avatar, frames, cam, 0, None, n_samples=n), full)
+    coarse = render_camera(run.avatar, frames, cam, 0, None, n_samples=n // 2)
+    assert not torch.equal(coarse, full)
+    assert psnr(coarse, full) > 20.0, "the same hand, sampled more coarsely"
+    origins, dirs = camera_rays(CameraTensors.of(cam), run.device)
+    rays = RayBundle(origins, dirs, torch.zeros(len(origins), dtype=torch.long))
+    with torch.no_grad():
+        fine = march_rays(run.avatar, frames, rays, torch.zeros(3))
+        half = march_rays(run.avatar, frames, rays, torch.zeros(3), n_samples=n // 2)
+    assert int(half["n_deformed"]) < int(fine["n_deformed"])
+    with pytest.raises(ConfigError, match="applies to the fast path only"):
+        render_camera(run.avatar, frames, cam, 0, None, marching=False, n_samples=8)

@@ -42,6 +42,8 @@ def test_render_bench_reports_both_paths_and_the_preview(
         assert r["psnr_fast_db"] == pytest.approx(r["psnr_reference_db"] + r["psnr_difference_db"])
     preview = report["preview"]
     assert preview["size"] == "128x128" and preview["fps"] == pytest.approx(1 / preview["median_s"])
+    assert preview["half_samples"] == 12  # configs/tiny.yaml: 24 samples per ray
+    assert preview["half_samples_psnr_vs_full_db"] > 20
     table = out.with_suffix(".md").read_text()
     assert "| 256x256 |" in table and "| 128x128 |" in table and "FPS" in table
     assert table in capsys.readouterr().out
