@@ -46,7 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="evaluate at most this many views per set (evenly spaced)",
     )
-    parser.add_argument("--chunk", type=int, default=16384, help="rays per rendering chunk")
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="rays per rendering chunk (default: the renderer's)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true")
 

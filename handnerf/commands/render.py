@@ -48,8 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chunk",
         type=int,
-        default=16384,
-        help="rays per rendering chunk: lower it if memory runs out",
+        default=None,
+        help="rays per rendering chunk: lower it if memory runs out (default: the renderer's)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true")

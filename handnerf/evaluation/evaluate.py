@@ -262,7 +262,7 @@ def evaluate_run(
     out_dir: Path,
     splits: tuple[str, ...] = SPLITS,
     max_views: int | None = None,
-    chunk: int = 16384,
+    chunk: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``run`` under ``protocol`` and write the report into ``out_dir``."""

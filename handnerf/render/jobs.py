@@ -59,7 +59,7 @@ def orbit_cameras(
 
 
 def _render(
-    run: TrainedRun, frames: PosedFrames, frame_id: int, cam: PinholeCamera, chunk: int
+    run: TrainedRun, frames: PosedFrames, frame_id: int, cam: PinholeCamera, chunk: int | None
 ) -> np.ndarray:
     """Frame ``frame_id`` seen by a virtual camera (canonical colour: no camera affine)."""
     img = render_camera(run.avatar, frames, cam, frame_id, None, run.device, chunk=chunk)
@@ -78,7 +78,7 @@ def render_orbit(
     mano: ManoParams,
     n_frames: int = 36,
     size: int = 192,
-    chunk: int = 16384,
+    chunk: int | None = None,
     progress: bool = True,
 ) -> list[np.ndarray]:
     """Novel views: the camera circles the hand posed by ``mano`` (one frame)."""
@@ -123,7 +123,7 @@ def render_pose_sequence(
     n_frames: int = 36,
     size: int = 192,
     orbit: bool = False,
-    chunk: int = 16384,
+    chunk: int | None = None,
     progress: bool = True,
 ) -> list[np.ndarray]:
     """Novel poses: the avatar driven by ``mano`` (another sequence), seen by a camera that
