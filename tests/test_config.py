@@ -17,6 +17,13 @@ from handnerf.train.config import FitConfig
         ("data.mask_source=sam", "data.mask_source"),
         ("data.procedural_hand=fine", "data.procedural_hand"),
         ("data.split=dev", "data.split"),
+        ("model.deformer.blend=linear", "model.deformer.blend"),
+        ("model.deformer.near=face", "model.deformer.near"),
+        ("model.deformer.backend=octree", "model.deformer.backend"),
+        ("model.field.color_model=pbr", "model.field.color_model"),
+        ("model.field.encoding.backend=cuda", "model.field.encoding.backend"),
+        ("model.sampler.kind=uniform", "model.sampler.kind"),
+        ("loss.photometric=l2", "loss.photometric"),
     ],
 )
 def test_a_value_outside_the_choices_names_the_key_and_the_choices(override: str, key: str) -> None:

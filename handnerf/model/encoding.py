@@ -89,6 +89,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from handnerf.config import choice
 from handnerf.errors import ConfigError, ParameterError
 
 BACKENDS = ("auto", "torch", "tcnn")
@@ -363,16 +364,21 @@ class _GridTables:
 class EncodingConfig:
     """Settings of :class:`HashGridEncoding`."""
 
+    #: Grid levels, coarse to fine (the output has n_levels * n_features_per_level numbers).
     n_levels: int = 16
+    #: Features stored per table entry (tcnn supports 1, 2, 4 and 8).
     n_features_per_level: int = 2
+    #: log2 of the entries per hashed level; levels with fewer cells are dense, not hashed.
     log2_hashmap_size: int = 19
+    #: Cells per axis of the coarsest level over the unit cube.
     base_resolution: int = 16
     # Growth of the resolution per level; 1.4 spans 16 .. ~2500 over 16 levels. Unlike
     # 1.5 (16 * 1.5**l is a whole number for l <= 4), 16 * 1.4**l is never whole, so
     # tcnn's fast-math exp2f cannot round a level's resolution differently from ours
     # and tcnn checkpoints keep the same table layout as the torch grid.
     per_level_scale: float = 1.4
-    backend: str = "auto"  # auto|torch|tcnn
+    #: Which implementation: tiny-cuda-nn where it can run, else the PyTorch twin.
+    backend: str = choice("auto", ("auto", "torch", "tcnn"))
 
 
 class HashGridEncoding(nn.Module):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from handnerf.config import choice
 from handnerf.errors import ConfigError, ParameterError
 from handnerf.model.encoding import EncodingConfig, make_hash_grid
 
@@ -161,7 +162,7 @@ class FieldConfig:
     #: fixed in the world, a canonical albedo times a world-space shading term is what
     #: the image is made of, so one shading function learned from every pixel serves
     #: every pose and view instead of each surface point learning its own.
-    color_model: str = "mlp"
+    color_model: str = choice("mlp", ("mlp", "shaded"))
     #: Width of the shading MLP of ``color_model="shaded"``.
     shading_hidden_dim: int = 32
     use_camera_affine: bool = True

@@ -27,6 +27,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from handnerf.config import choice
 from handnerf.errors import ConfigError, ParameterError
 
 OccupiedFn = Callable[[Tensor, Tensor], Tensor]
@@ -348,7 +349,7 @@ Sampler = TorchSampler | NerfaccSampler
 @dataclass
 class SamplerConfig:
     #: auto: nerfacc on CUDA when its kernels work, else torch.
-    kind: str = "auto"
+    kind: str = choice("auto", ("auto", "torch", "nerfacc"))
     #: TorchSampler: samples per ray across the posed AABB.
     n_samples: int = 64
     #: NerfaccSampler: marching step (m) and posed-space grid resolution.

@@ -155,20 +155,9 @@ def load_fit_data(
                 "novel-pose views",
             )
         selection += "\n" + str(novel_cap.selection_report)
-    betas = subject_betas(train.mano)
     fingerprint = _fingerprint(root, cfg, train.views)
-    return FitData(
-        hand_model=hand_model,
-        betas=betas,
-        camera_names=cameras,
-        train_cameras=train_cams,
-        holdout_cameras=holdout,
-        train=train,
-        val=val,
-        novel_pose=novel,
-        fingerprint=fingerprint,
-        hand_identity=hand_identity(hand_model),
-        selection=selection,
+    return _fit_data(
+        hand_model, cameras, train_cams, holdout, (train, val, novel), fingerprint, selection
     )
 
 
@@ -401,16 +390,33 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
             selection += f"\nnote: novel-pose sequence {cfg.novel_pose_seq} is not in the cache"
     digest = hashlib.sha256(cache.fingerprint.encode())
     digest.update(json.dumps([cfg.train_seq, cfg.stride, sorted(cfg.exclude_cameras)]).encode())
+    fingerprint = digest.hexdigest()[:16]
+    return _fit_data(
+        hand_model, cameras, train_cams, holdout, (train, val, novel), fingerprint, selection
+    )
+
+
+def _fit_data(
+    hand_model: HandModel,
+    cameras: list[str],
+    train_cameras: list[str],
+    holdout: list[str],
+    sets: tuple[ViewSet, ViewSet | None, ViewSet | None],
+    fingerprint: str,
+    selection: str,
+) -> FitData:
+    """The :class:`FitData` of both readers: ``sets`` = (train, held-out, novel-pose)."""
+    train, val, novel = sets
     return FitData(
         hand_model=hand_model,
         betas=subject_betas(train.mano),
         camera_names=cameras,
-        train_cameras=train_cams,
+        train_cameras=train_cameras,
         holdout_cameras=holdout,
         train=train,
         val=val,
         novel_pose=novel,
-        fingerprint=digest.hexdigest()[:16],
+        fingerprint=fingerprint,
         hand_identity=hand_identity(hand_model),
         selection=selection,
     )
