@@ -90,6 +90,7 @@ class ViewerApp:
             server.scene.set_up_direction(up / np.linalg.norm(up))
         self._build_gui(server)
         self._add_frustums(server)
+        self._hide_own_frustum(self.renderer.camera)
         server.on_client_connect(self._on_connect)
         self.renderer.start()
         self._player = threading.Thread(target=self._play_loop, name="handnerf-viewer-play")
@@ -280,6 +281,7 @@ class ViewerApp:
             )
         self.selected_camera = camera
         view = ViewCamera.from_pinhole(self.capture.cameras[camera])
+        self._hide_own_frustum(view)
         self.renderer.update(camera=view)
         if self.camera_dropdown.value != camera:
             self.camera_dropdown.value = camera  # its callback returns here, a no-op repeat
@@ -298,6 +300,22 @@ class ViewerApp:
             client.camera.up_direction = view.up
             client.camera.look_at = view.center + distance * view.forward
 
+    def camera_moved(
+        self, wxyz: np.ndarray, position: np.ndarray, fov: float, aspect: float
+    ) -> None:
+        """A browser's camera moved (viser's camera -> world ``wxyz``, ``position``, vertical
+        ``fov``, canvas ``aspect``): draw from there."""
+        view = ViewCamera.from_viser(wxyz, position, fov, aspect)
+        self._hide_own_frustum(view)
+        self.renderer.update(camera=view)
+
+    def _hide_own_frustum(self, view: ViewCamera) -> None:
+        """Hide the frustum of a capture camera the view sits in (it would wrap the screen)."""
+        for name, handle in self.frustums.items():
+            inside = float(np.linalg.norm(self.capture.cameras[name].center - view.center)) < 0.01
+            if handle.visible == inside:
+                handle.visible = not inside
+
     def _update_ground_truth(self) -> None:
         photo = None
         if self.ground_truth_checkbox.value:
@@ -312,11 +330,7 @@ class ViewerApp:
 
         @client.camera.on_update
         def _(camera: viser.CameraHandle) -> None:
-            self.renderer.update(
-                camera=ViewCamera.from_viser(
-                    camera.wxyz, camera.position, camera.fov, camera.aspect
-                )
-            )
+            self.camera_moved(camera.wxyz, camera.position, camera.fov, camera.aspect)
 
         last = self.renderer.last_frame
         if last is not None:
