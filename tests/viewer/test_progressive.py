@@ -30,7 +30,7 @@ class Recorder:
         self.calls.append(size)
         self.entered.set()
         assert self.release.wait(WAIT)
-        value = int(round(float(pose.global_orient[0, 0]) * 100))
+        value = round(float(pose.global_orient[0, 0]) * 100)
         return np.full((size, size, 3), value, np.uint8)
 
     def show(self, frame: ViewFrame) -> None:
