@@ -84,7 +84,8 @@ class ViewerApp:
         self.server = server = viser.ViserServer(host=host, port=port, verbose=False)
         if port != 0 and server.get_port() != port:
             self.say(f"handnerf view: port {port} is busy; serving on port {server.get_port()}")
-        server.gui.configure_theme(control_width="large")
+        # No share button: it would tunnel this local server to a public URL.
+        server.gui.configure_theme(control_width="large", show_share_button=False)
         up = np.mean([-c.R[1] for c in self.capture.cameras.values()], axis=0)
         if np.linalg.norm(up) > 1e-6:
             server.scene.set_up_direction(up / np.linalg.norm(up))
@@ -279,12 +280,13 @@ class ViewerApp:
             raise ConfigError(
                 f"unknown camera {camera!r}; the capture has {list(self.capture.cameras)}"
             )
+        if self.camera_dropdown.value != camera:
+            self.camera_dropdown.value = camera  # its callback comes back here
+            return
         self.selected_camera = camera
         view = ViewCamera.from_pinhole(self.capture.cameras[camera])
         self._hide_own_frustum(view)
         self.renderer.update(camera=view)
-        if self.camera_dropdown.value != camera:
-            self.camera_dropdown.value = camera  # its callback returns here, a no-op repeat
         if self.server is not None:
             for client in self.server.get_clients().values():
                 self._move_client(client, view)
