@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--bend", type=float, default=0.9, help="index MCP z, radians")
     args = parser.parse_args()
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from handnerf.runs.loader import load_run
@@ -51,8 +52,13 @@ def main() -> None:
                 app.sliders[slider].value = args.bend
                 app.renderer.wait_still(600)
                 time.sleep(2.0)  # the browser decodes and draws the last image
-                for close in page.locator(".mantine-Notification-closeButton").all():
-                    close.click()
+                # Close the "software WebGL" notice: it is about this headless browser.
+                try:
+                    page.get_by_text("Software WebGL").wait_for(timeout=20_000)
+                    page.locator(".mantine-Notification-closeButton").first.click()
+                    time.sleep(1.0)  # its closing animation
+                except PlaywrightTimeout:
+                    pass  # a browser with hardware WebGL shows no such notice
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(args.out))
             finally:
