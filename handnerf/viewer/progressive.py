@@ -4,7 +4,9 @@ Every change (a slider, the camera, the scrubber) bumps a version. The worker re
 latest version as a preview (``preview_size`` px on the longer side); when no change has
 arrived by the time that preview is shown, the view is still, and it renders the same
 version at ``full_size``. Changes that arrive during a render are merged: only the latest
-is drawn. Stillness is decided by what arrives, not by a clock.
+is drawn, and a full-size render in flight is dropped at once (the renderer is asked
+between bands of rows), so moving again never waits for a stale still. Stillness is
+decided by what arrives, not by a clock.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class ViewFrame:
     seconds: float
 
 
-RenderFn = Callable[[ManoParams, ViewCamera, int], np.ndarray]
+#: ``(pose, camera, size, cancelled) -> image``, or None when ``cancelled()`` stopped it.
+RenderFn = Callable[[ManoParams, ViewCamera, int, Callable[[], bool]], np.ndarray | None]
 ShowFn = Callable[[ViewFrame], None]
 
 
@@ -163,13 +166,23 @@ class ProgressiveRenderer:
                     return self._version, self._pose, self._camera, True
                 self._cond.wait()
 
+    def _moved_on(self, version: int, full: bool) -> Callable[[], bool]:
+        """Whether a render of ``version`` has become stale (only full renders may stop)."""
+        if not full:
+            return lambda: False
+        return lambda: self._stopping or self._version != version
+
     def _work(self) -> None:
         while (job := self._next()) is not None:
             version, pose, camera, full = job
             size = self.full_size if full else self.preview_size
             start = time.perf_counter()
             try:
-                image = self._render(pose, camera, size)
+                # A full image is stale as soon as anything changes: the worker drops it
+                # and previews the change. Previews always finish (they are the feedback).
+                image = self._render(pose, camera, size, self._moved_on(version, full))
+                if image is None:
+                    continue
                 frame = ViewFrame(
                     image, pose, camera, size, version, full, time.perf_counter() - start
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -25,11 +26,21 @@ class Recorder:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.release.set()
+        self.full_entered = threading.Event()
+        self.release_full = threading.Event()
+        self.release_full.set()
 
-    def render(self, pose: ManoParams, camera: ViewCamera, size: int) -> np.ndarray:
+    def render(
+        self, pose: ManoParams, camera: ViewCamera, size: int, cancelled: Callable[[], bool]
+    ) -> np.ndarray | None:
         self.calls.append(size)
         self.entered.set()
         assert self.release.wait(WAIT)
+        if size == 64:  # a full image
+            self.full_entered.set()
+            assert self.release_full.wait(WAIT)
+            if cancelled():
+                return None
         value = round(float(pose.global_orient[0, 0]) * 100)
         return np.full((size, size, 3), value, np.uint8)
 
@@ -82,6 +93,26 @@ def test_changes_during_a_render_are_merged_and_only_the_latest_is_drawn() -> No
         r.stop()
 
 
+def test_a_stale_full_render_is_dropped_for_the_new_change() -> None:
+    rec = Recorder()
+    r = ProgressiveRenderer(rec.render, rec.show, _pose(0.1), CAMERA, full_size=64, preview_size=16)
+    r.start()
+    try:
+        r.wait_still(WAIT)
+        rec.release_full.clear()
+        rec.full_entered.clear()
+        r.update(pose=_pose(0.2))
+        assert rec.full_entered.wait(WAIT)  # 0.2 was previewed; its full image is in flight
+        latest = r.update(pose=_pose(0.3))
+        rec.release_full.set()
+        still = r.wait_still(WAIT)
+        assert still.version == latest and still.image[0, 0, 0] == 30
+        drawn = [(int(f.image[0, 0, 0]), f.full) for f in rec.shown[2:]]
+        assert drawn == [(20, False), (30, False), (30, True)]  # never a full image of 0.2
+    finally:
+        r.stop()
+
+
 def test_a_failing_render_is_reported_and_the_next_change_renders_again() -> None:
     errors: list[BaseException] = []
     failed = threading.Event()
@@ -91,7 +122,9 @@ def test_a_failing_render_is_reported_and_the_next_change_renders_again() -> Non
         errors.append(exc)
         failed.set()
 
-    def render(pose: ManoParams, camera: ViewCamera, size: int) -> np.ndarray:
+    def render(
+        pose: ManoParams, camera: ViewCamera, size: int, cancelled: Callable[[], bool]
+    ) -> np.ndarray:
         if float(pose.global_orient[0, 0]) < 0:
             raise RuntimeError("bad pose")
         return np.zeros((size, size, 3), np.uint8)
