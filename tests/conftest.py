@@ -80,3 +80,14 @@ def tiny_run(tiny_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     run = tmp_path_factory.mktemp("runs") / "tiny_run"
     run_fit(tiny_capture, run, overrides=[*SMALL_FIT, "train.steps=6"], progress=False)
     return run
+
+
+@pytest.fixture
+def nerfacc_standin() -> Iterator[object]:
+    """nerfacc's compiled kernels stood in for by pure PyTorch on the CPU (see
+    tests/nerfacc_standin.py): the packed/nerfacc path runs here; yields the stand-in
+    (its ``calls`` count the kernel calls made)."""
+    from tests.nerfacc_standin import install
+
+    with install() as standin:
+        yield standin
