@@ -117,7 +117,12 @@ class NerfaccStandIn:
 
     # -- scans -----------------------------------------------------------------------------
     def exclusive_sum(
-        self, chunk_starts: Tensor, chunk_cnts: Tensor, inputs: Tensor, normalize: bool, backward: bool
+        self,
+        chunk_starts: Tensor,
+        chunk_cnts: Tensor,
+        inputs: Tensor,
+        normalize: bool,
+        backward: bool,
     ) -> Tensor:
         self.calls["exclusive_sum"] += 1
         if normalize:
@@ -125,7 +130,12 @@ class NerfaccStandIn:
         return _segmented_scan(chunk_starts, chunk_cnts, inputs, inclusive=False, backward=backward)
 
     def inclusive_sum(
-        self, chunk_starts: Tensor, chunk_cnts: Tensor, inputs: Tensor, normalize: bool, backward: bool
+        self,
+        chunk_starts: Tensor,
+        chunk_cnts: Tensor,
+        inputs: Tensor,
+        normalize: bool,
+        backward: bool,
     ) -> Tensor:
         self.calls["inclusive_sum"] += 1
         if normalize:
@@ -271,7 +281,9 @@ class NerfaccStandIn:
         intervals.ray_indices = torch.zeros(n_edges, dtype=torch.long)
         intervals.ray_indices[right] = ray
         intervals.ray_indices[right - 1] = ray
-        edge_cnts = torch.bincount(intervals.ray_indices, minlength=n_rays) if n_edges else sample_cnts
+        edge_cnts = (
+            torch.bincount(intervals.ray_indices, minlength=n_rays) if n_edges else sample_cnts
+        )
         intervals.chunk_cnts = edge_cnts
         intervals.chunk_starts = torch.cumsum(edge_cnts, 0) - edge_cnts
         # Where marching stopped: the first lattice point whose step's middle is past hi.

@@ -182,10 +182,12 @@ class HashGridField(nn.Module):
         aabb: Tensor | Sequence[float] | None = None,
         n_cameras: int = 1,
         n_visibility: int = 0,
+        device: torch.device | str = "cpu",
     ) -> None:
         """``n_cameras``: cameras of the rig, one colour affine each; ``n_visibility``:
         self-shadow visibilities the colour also sees (see :mod:`handnerf.model.visibility`).
-        Both come from the data and the avatar, not from the user's config."""
+        Both come from the data and the avatar, not from the user's config. ``device``:
+        where the field will run (it decides the hash grid's ``auto`` backend)."""
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else FieldConfig()
         self.n_visibility = n_visibility
@@ -206,7 +208,7 @@ class HashGridField(nn.Module):
         self.register_buffer("aabb", torch.zeros(6))
         self.set_aabb(aabb if aabb is not None else cfg.aabb)
 
-        self.encoding = make_hash_grid(cfg.encoding, n_input_dims=3)
+        self.encoding = make_hash_grid(cfg.encoding, n_input_dims=3, device=device)
         n_enc = int(self.encoding.n_output_dims)
         self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1 + cfg.geo_feat_dim)
         with torch.no_grad():

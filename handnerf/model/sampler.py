@@ -66,7 +66,10 @@ class SampleBatch:
         sample, in :meth:`eval_points` order) is false."""
         if self.ray_indices is not None:
             return SampleBatch(
-                self.t_starts[keep], self.t_ends[keep], self.n_rays, ray_indices=self.ray_indices[keep]
+                self.t_starts[keep],
+                self.t_ends[keep],
+                self.n_rays,
+                ray_indices=self.ray_indices[keep],
             )
         assert self.mask is not None
         mask = self.mask.clone()
@@ -308,7 +311,9 @@ class NerfaccSampler:
         present = present_t.tolist()
         boxes = frame_aabbs[present_t]  # (m,6)
         if occupied_fn is None:
-            binaries = torch.ones((len(present), res, res, res), dtype=torch.bool, device=origins.device)
+            binaries = torch.ones(
+                (len(present), res, res, res), dtype=torch.bool, device=origins.device
+            )
         else:
             missing = [i for i, frame in enumerate(present) if frame not in self._cache]
             if missing:

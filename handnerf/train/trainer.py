@@ -63,7 +63,11 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
         self.avatar = HandAvatar(
-            cfg.model, data.hand_model, data.betas, n_cameras=len(data.camera_names)
+            cfg.model,
+            data.hand_model,
+            data.betas,
+            n_cameras=len(data.camera_names),
+            device=self.device,
         ).to(self.device)
         self.pose = (
             PoseRefiner(self.avatar, data.train_mano, data.train.frame_keys, self.device)

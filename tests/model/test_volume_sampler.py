@@ -394,7 +394,11 @@ def test_packed_rendering_with_nerfacc_kernels_matches_batched_with_gradients(
     leaves = []
     outs = []
     for packed in (False, True):
-        s = sigmas[mask].clone().requires_grad_(True) if packed else sigmas.clone().requires_grad_(True)
+        s = (
+            sigmas[mask].clone().requires_grad_(True)
+            if packed
+            else sigmas.clone().requires_grad_(True)
+        )
         c = rgbs[mask].clone().requires_grad_(True) if packed else rgbs.clone().requires_grad_(True)
         if packed:
             out = render_packed(
@@ -411,7 +415,9 @@ def test_packed_rendering_with_nerfacc_kernels_matches_batched_with_gradients(
         assert torch.allclose(dense[key], packed_out[key], atol=1e-5), key
     assert torch.allclose(packed_out["weights"], dense["weights"][ray_ids, sample_ids], atol=1e-6)
     (ds, dc), (ps, pc) = leaves
-    assert ds.grad is not None and ps.grad is not None and dc.grad is not None and pc.grad is not None
+    assert (
+        ds.grad is not None and ps.grad is not None and dc.grad is not None and pc.grad is not None
+    )
     assert float(ps.grad.abs().max()) > 1e-3, "the densities get a gradient"
     assert torch.allclose(ps.grad, ds.grad[mask], rtol=1e-4, atol=1e-6)
     assert torch.allclose(pc.grad, dc.grad[mask], rtol=1e-4, atol=1e-6)
