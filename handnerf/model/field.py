@@ -29,21 +29,27 @@ _TRUNC_EXP_GRAD_LIMIT = 15.0
 
 
 class _TruncExp(torch.autograd.Function):
-    """exp(x) whose backward clamps x, as in Instant-NGP's density activation."""
+    """exp(x) whose backward clamps x, as in Instant-NGP's density activation.
+
+    Computed and saved in float32 whatever the input: under fp16 autocast the MLP hands
+    over float16, where exp overflows above x ~ 11.1, so the backward's exp(min(x, 15))
+    would be inf and the GradScaler would silently skip the step.
+    """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return torch.exp(x)
+        x32 = x.float()
+        ctx.save_for_backward(x32)
+        return torch.exp(x32)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * torch.exp(x.clamp(max=_TRUNC_EXP_GRAD_LIMIT))
+        (x32,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad.float() * torch.exp(x32.clamp(max=_TRUNC_EXP_GRAD_LIMIT))
 
 
 def trunc_exp(x: Tensor) -> Tensor:
-    """exp with a clamped gradient; same shape as ``x``."""
+    """exp with a clamped gradient; same shape as ``x``, float32."""
     return _TruncExp.apply(x)
 
 
