@@ -72,7 +72,7 @@ def test_deformer_under_autocast_gives_the_fp32_canonical_positions(
     model, output, points = posed_hand
     deformer = InverseLBSDeformer(config)
     verts = output.vertices.float()  # type: ignore[attr-defined]
-    attributes = torch.rand(verts.shape[:2] + (6,), generator=torch.Generator().manual_seed(1))
+    attributes = torch.rand((*verts.shape[:2], 6), generator=torch.Generator().manual_seed(1))
 
     def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         frames = deformer.prepare_frames(
@@ -93,7 +93,9 @@ def test_deformer_under_autocast_gives_the_fp32_canonical_positions(
     with cpu_autocast():
         mixed = run()
     assert int(reference[3].sum()) > 1000, "most samples are within reach of the surface"
-    for name, a, b in zip(("deform", "refine", "attributes"), reference[:3], mixed[:3]):
+    for name, a, b in zip(
+        ("deform", "refine", "attributes"), reference[:3], mixed[:3], strict=True
+    ):
         assert a.dtype == b.dtype == torch.float32, name
         error = float((a - b).abs().max())
         assert error < GEOMETRY_TOLERANCE_M, f"{name}: {error:.2e}"
