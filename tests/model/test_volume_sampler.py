@@ -27,6 +27,7 @@ from handnerf.model.volume import (
     render_samples,
     visible_samples,
 )
+from tests.host_syncs import count_host_syncs
 
 CENTRE = torch.tensor([0.01, -0.02, 0.3])
 RADIUS = 0.05
@@ -375,6 +376,25 @@ def test_nerfacc_sampler_marches_a_batch_of_many_frames_in_one_call(nerfacc_stan
     _, expected = closed_form(origins - shifts[frame_ids], dirs)
     assert float(expected.max()) > 0.9 and float((expected == 0).float().mean()) > 0.1
     assert torch.allclose(out["opacity"], expected, atol=0.02)
+
+
+def test_nerfacc_sampler_host_syncs_do_not_grow_with_the_frames_in_a_batch(
+    nerfacc_standin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its grids cached, a batch from 12 frames waits on the device as often as one
+    from 2 (one unique, one box check, one marching call), not once per frame."""
+    origins, dirs, _ = ball_rays(600, seed=8)
+    boxes = frame_aabbs()[:1].expand(12, 6).contiguous()
+    sampler = NerfaccSampler(step_size=1e-3, posed_resolution=16, refine=False)
+    syncs = []
+    for n_frames in (2, 12):
+        frame_ids = torch.arange(600) % n_frames
+        occupied = occupied_fn_for(torch.zeros_like(frame_ids))
+        sampler.sample(origins, dirs, frame_ids, boxes, occupied, cache_key=0)  # grids built
+        with count_host_syncs(monkeypatch) as counts:
+            sampler.sample(origins, dirs, frame_ids, boxes, occupied, cache_key=0)
+        syncs.append(sum(counts.values()))
+    assert syncs[0] == syncs[1], syncs
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
