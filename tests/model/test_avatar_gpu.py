@@ -156,6 +156,27 @@ def test_nerfacc_and_torch_samplers_render_the_same_avatar(
     assert float((image_dense - image_packed).abs().mean()) < 0.01
 
 
+@pytest.mark.cuda
+@needs_cuda
+def test_fp16_render_matches_fp32_at_all_sixteen_hash_levels(
+    fit_data: FitData, small_fit: list[str], tmp_path: Path
+) -> None:
+    """At the tiny config's 4 levels the finest cell is ~5 mm and fp16 geometry noise
+    (~0.1 mm) would not show; at 16 levels it is ~0.1 mm, where it would."""
+    cfg = make_config(
+        small_fit,
+        "train.device=cuda",
+        "train.amp=true",
+        "model.field.encoding.n_levels=16",
+        "model.field.encoding.log2_hashmap_size=16",
+    )
+    avatar = avatar_from(cfg, fit_data, train_checkpoint(cfg, fit_data, tmp_path / "run"))
+    full = render_heldout(avatar, fit_data, amp=False)
+    half = render_heldout(avatar, fit_data)  # fp16 autocast, the CUDA default
+    assert float(full.amax(-1).gt(0.05).float().mean()) > 0.02, "the hand is visible"
+    assert psnr(half, full) > 35.0
+
+
 def test_training_and_rendering_through_the_nerfacc_path_on_the_cpu(
     fit_data: FitData, small_fit: list[str], tmp_path: Path, nerfacc_standin: object
 ) -> None:
