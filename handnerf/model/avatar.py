@@ -63,8 +63,9 @@ class AvatarConfig:
     shell_resolution: int = 96
     #: Early ray termination when rendering without gradients (validation, render, eval):
     #: samples whose transmittance, from the density of every sample, is below this get
-    #: no colour (their weight is below it too). 0: off. Training evaluates every sample:
-    #: measured in docs/benchmarks.md, the extra density pass costs more than it saves there.
+    #: no colour (their weight is below it too). 0: off. Training still evaluates every
+    #: sample (docs/benchmarks.md, "Early ray termination": the field alone suggests it
+    #: would pay there too, not yet measured in whole training steps).
     early_stop_eps: float = 1e-4
 
 
