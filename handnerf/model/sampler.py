@@ -249,7 +249,7 @@ class NerfaccSampler:
         proxy_rays: Tensor,
     ) -> None:
         """Build and cache the (res,res,res) bool grids, indexed [x,y,z] like nerfacc's, of
-        ``frames`` over their ``aabbs`` (n,6), all in one pass of ``occupied_fn``.
+        ``frames`` over their ``aabbs`` (n,6), together (``occupied_fn`` in chunks).
 
         ``occupied_fn`` is called with ``ray_ids = proxy_rays[i]`` (n,) (a ray of frame
         ``frames[i]`` in the current batch) so the caller's frame lookup still works for
@@ -322,10 +322,14 @@ class NerfaccSampler:
                 ).scatter_reduce(
                     0, slot, torch.arange(n_rays, device=origins.device), reduce="amin"
                 )
-                index = torch.tensor(missing, device=origins.device)
-                self.posed_binaries(
-                    [present[i] for i in missing], boxes[index], occupied_fn, first_ray[index]
-                )
+                # As many frames per pass as fit in one occupied_fn chunk (bounded memory).
+                per_pass = max(1, _OCCUPIED_CHUNK // res**3)
+                for start in range(0, len(missing), per_pass):
+                    part = missing[start : start + per_pass]
+                    index = torch.tensor(part, device=origins.device)
+                    self.posed_binaries(
+                        [present[i] for i in part], boxes[index], occupied_fn, first_ray[index]
+                    )
             binaries = torch.stack([self._cache[frame] for frame in present])
         # March from the box entry rather than the camera: nerfacc steps its lattice from
         # the near plane one step at a time, even through empty space. A ray that misses
