@@ -59,6 +59,9 @@ def tiny_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 #: A fit small enough for unit tests: tiny grid, small crops, few rays.
 SMALL_FIT = [
     *TINY_FIT_OVERRIDES,
+    # Pinned: the tests compare against the torch grid's numbers on any machine (a CUDA
+    # test that wants tiny-cuda-nn asks for it after these).
+    "model.field.encoding.backend=torch",
     "train.val_every=0",
     "train.val_views=1",
     "train.log_every=2",
@@ -80,3 +83,14 @@ def tiny_run(tiny_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     run = tmp_path_factory.mktemp("runs") / "tiny_run"
     run_fit(tiny_capture, run, overrides=[*SMALL_FIT, "train.steps=6"], progress=False)
     return run
+
+
+@pytest.fixture
+def nerfacc_standin() -> Iterator[object]:
+    """nerfacc's compiled kernels stood in for by pure PyTorch on the CPU (see
+    tests/nerfacc_standin.py): the packed/nerfacc path runs here; yields the stand-in
+    (its ``calls`` count the kernel calls made)."""
+    from tests.nerfacc_standin import install
+
+    with install() as standin:
+        yield standin

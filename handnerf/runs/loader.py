@@ -76,7 +76,7 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
             f"{path}: trained with hand model {state.get('hand_identity')}, but "
             f"{mano_dir or 'the procedural hand'} gives {hand_identity(hand_model)}"
         )
-    avatar = HandAvatar(cfg.model, hand_model, betas, n_cameras=len(camera_names))
+    avatar = HandAvatar(cfg.model, hand_model, betas, n_cameras=len(camera_names), device=dev)
     try:
         avatar.load_state_dict(model_state)
     except RuntimeError as exc:

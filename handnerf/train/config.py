@@ -128,6 +128,9 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("model", "deformer", "correctives"), False),
     # Before the MANO-resolution procedural hand became the default, it was the dense one.
     (("data", "procedural_hand"), "dense"),
+    # Early ray termination only acts where no gradient is taken: a run saved before it
+    # trained exactly as one with it does, so it resumes (and renders) with the default.
+    (("model", "early_stop_eps"), 1e-4),
 )
 
 

@@ -63,7 +63,11 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
         self.avatar = HandAvatar(
-            cfg.model, data.hand_model, data.betas, n_cameras=len(data.camera_names)
+            cfg.model,
+            data.hand_model,
+            data.betas,
+            n_cameras=len(data.camera_names),
+            device=self.device,
         ).to(self.device)
         self.pose = (
             PoseRefiner(self.avatar, data.train_mano, data.train.frame_keys, self.device)
@@ -265,12 +269,8 @@ class Trainer:
                 raise
             raise self._memory_error(exc, len(batch)) from exc
         self.scaler.unscale_(self.optimizer)
-        grads_ok = all(
-            p.grad is None or bool(torch.isfinite(p.grad).all())
-            for g in self.optimizer.param_groups
-            for p in g["params"]
-        )
-        if not grads_ok and not self.use_amp:  # with AMP the scaler skips such steps itself
+        # With AMP the scaler checks and skips such steps itself: no check (no sync) here.
+        if not self.use_amp and not gradients_finite(self.optimizer):
             self.optimizer.zero_grad(set_to_none=True)
             return self._bad_step("gradient", losses)
         self.scaler.step(self.optimizer)
@@ -430,6 +430,18 @@ class Trainer:
         return FitResult(
             step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path
         )
+
+
+def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient of ``optimizer``'s parameters is finite, decided on the
+    device and read back once (one host sync per step, not one per parameter)."""
+    checks = [
+        torch.isfinite(p.grad).all()
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if p.grad is not None
+    ]
+    return not checks or bool(torch.stack(checks).all())
 
 
 def _save_png(path: Path, image: Tensor) -> None:
