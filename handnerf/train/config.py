@@ -117,6 +117,8 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("model", "deformer", "correctives"), False),
     # Before the MANO-resolution procedural hand became the default, it was the dense one.
     (("data", "procedural_hand"), "dense"),
+    # Training samples were always stratified before it became a choice.
+    (("model", "sampler", "stratified"), True),
 )
 
 
