@@ -244,6 +244,51 @@ def test_rank_0_alone_logs_and_writes(resumed: dict[str, Any]) -> None:
     assert steps == [(2, False), (4, False), (4, True)]  # once each: one logger
 
 
+def average_in_group(rank: int, store: str, out: str) -> None:
+    """A spawned gloo rank: average three gradients (one present on both ranks, one on
+    rank 1 only, one on neither) and save what this rank ends up with."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        both, one, none = (torch.zeros(3, requires_grad=True) for _ in range(3))
+        both.grad = torch.tensor([1.0, 2.0, 3.0]) * (rank + 1)  # rank 0: x, rank 1: 2x
+        if rank == 1:
+            one.grad = torch.tensor([4.0, 4.0, 4.0])
+        parallel = DataParallel(Ranks(rank=rank, world_size=2), torch.device("cpu"))
+        parallel.average_gradients([both, one, none])
+        assert none.grad is None
+        torch.save({"both": both.grad, "one": one.grad}, Path(out) / f"grads{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradients_are_averaged_and_absent_ones_stay_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.multiprocessing as mp
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # the spawned ranks inherit it
+    context = mp.start_processes(
+        average_in_group,
+        args=(str(tmp_path / "store"), str(tmp_path)),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
+    try:
+        assert context.join(timeout=300), "the ranks did not finish"  # a bound, not a timing
+    finally:
+        for process in context.processes:  # a failed rank leaves the other waiting
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+                process.join(timeout=60)
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"grads{rank}.pt", weights_only=True)
+        assert torch.equal(grads["both"], torch.tensor([1.5, 3.0, 4.5]))
+        assert torch.equal(grads["one"], torch.tensor([2.0, 2.0, 2.0]))  # (0 + 4) / 2
+
+
 # ---------------------------------------------------------------------- without processes
 
 
