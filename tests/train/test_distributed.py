@@ -277,7 +277,9 @@ def test_gradients_are_averaged_and_absent_ones_stay_absent(
         start_method="spawn",
     )
     try:
-        assert context.join(timeout=300), "the ranks did not finish"  # a bound, not a timing
+        # join() returns as each rank ends (True once all have); bounded, not timed.
+        finished = any(context.join(timeout=300) for _ in range(3))
+        assert finished, "the ranks did not finish"
     finally:
         for process in context.processes:  # a failed rank leaves the other waiting
             if process.is_alive():
