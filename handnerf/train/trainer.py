@@ -411,9 +411,10 @@ class Trainer:
                 stats = self.training_step()
                 self.step += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    stats = self.parallel.mean_stats(stats)  # the global batch's
-                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                if log_now:
+                    stats = self.parallel.mean_stats(stats)  # the global batch's (collective)
+                if main and log_now:
                     now = time.monotonic()
                     rays_s = (self.step - last_step) * cfg.batch_rays / max(now - last_t, 1e-9)
                     last_t, last_step = now, self.step
