@@ -187,9 +187,12 @@ class DataParallel:
         flat /= self.world_size
         offset = 0
         for p in live:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
-            offset += n
+            mean = flat[offset : offset + p.numel()].view_as(p)
+            if p.grad is None:  # no gradient here, some on another rank
+                p.grad = mean.to(p.dtype).clone()
+            else:
+                p.grad.copy_(mean)
+            offset += p.numel()
 
     def broadcast_from_main(self, tensors: Iterable[Tensor]) -> None:
         """Overwrite ``tensors`` in place with rank 0's values (collective)."""
