@@ -306,7 +306,8 @@ class HandAvatar(nn.Module):
         """Render R ``rays`` of ``frames`` (each of its ``frame_ids``, seen by its ``camera_ids``).
 
         Returns rgb (R,3) composited over ``background`` (R,3)|(3,), opacity (R,), depth (R,).
-        ``training``: stratified (jittered) samples along each ray.
+        ``training``: stratified (jittered) samples along each ray (unless
+        ``model.sampler.stratified`` is false).
         """
         origins, dirs = rays.origins, rays.directions
         frame_ids, camera_ids = rays.frame_ids, rays.camera_ids
@@ -317,7 +318,7 @@ class HandAvatar(nn.Module):
             frame_ids,
             frames.aabbs,
             occupied_fn=occupied_fn,
-            stratified=training,
+            stratified=training and self.cfg.sampler.stratified,
             cache_key=(id(frames), self.occupancy.version),
         )
         eps = self.cfg.early_stop_eps

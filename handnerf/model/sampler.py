@@ -376,6 +376,9 @@ class SamplerConfig:
     kind: str = choice("auto", ("auto", "torch", "nerfacc"))
     #: TorchSampler: samples per ray across the posed AABB.
     n_samples: int = 64
+    #: Training rays jitter their samples (stratified); false: the fixed samples of
+    #: rendering, so a fit draws no random numbers along its rays.
+    stratified: bool = True
     #: NerfaccSampler: marching step (m) and posed-space grid resolution.
     step_size: float = 2e-3
     posed_resolution: int = 64

@@ -131,6 +131,8 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # Early ray termination only acts where no gradient is taken: a run saved before it
     # trained exactly as one with it does, so it resumes (and renders) with the default.
     (("model", "early_stop_eps"), 1e-4),
+    # Training samples were always stratified before it became a choice.
+    (("model", "sampler", "stratified"), True),
 )
 
 
