@@ -103,6 +103,13 @@ def run_plan(
         if not paths.definition.is_file():
             atomic_write_text(paths.definition, definition_text(plan.entry_definition(entry)))
     outcomes = [EntryOutcome(entry) for entry in plan.entries]
+    for outcome in outcomes:
+        _read_markers(plan, outcome)
+    if all(len(o.markers) == len(STAGES) for o in outcomes):
+        # Nothing is missing: no cluster to start or join.
+        seconds = time.monotonic() - t0
+        summary_json, summary_html = write_summary(plan, outcomes, seconds, {})
+        return BatchOutcome(outcomes, summary_json, summary_html, seconds, {})
     if address is None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     else:
@@ -121,18 +128,12 @@ def run_plan(
         with tqdm(
             total=len(outcomes) * len(STAGES), unit="stage", desc="batch", disable=not progress
         ) as bar:
+            bar.update(sum(len(o.markers) for o in outcomes))
 
             def advance(outcome: EntryOutcome) -> None:
-                """Submit the entry's next unfinished stage (skipping finished ones)."""
-                paths = EntryPaths.of(plan, outcome.entry)
+                """Submit the entry's next unfinished stage."""
                 for stage in STAGES:
                     if stage in outcome.markers:
-                        continue
-                    marker = read_marker(paths, stage)
-                    if marker is not None:
-                        outcome.markers[stage] = marker
-                        outcome.stages[stage] = "skipped"
-                        bar.update(1)
                         continue
                     options, device, threads = _task_options(plan, outcome.entry, stage, cluster)
                     ref = remote.options(**options).remote(
@@ -172,6 +173,18 @@ def run_plan(
         seconds = time.monotonic() - t0
         summary_json, summary_html = write_summary(plan, outcomes, seconds, cluster)
     return BatchOutcome(outcomes, summary_json, summary_html, seconds, cluster)
+
+
+def _read_markers(plan: BatchPlan, outcome: EntryOutcome) -> None:
+    """Take the entry's finished stages (their markers) as skipped, up to the first missing
+    one: the stages after it use its outputs, so they run again after it."""
+    paths = EntryPaths.of(plan, outcome.entry)
+    for stage in STAGES:
+        marker = read_marker(paths, stage)
+        if marker is None:
+            return
+        outcome.markers[stage] = marker
+        outcome.stages[stage] = "skipped"
 
 
 def _check_fits(plan: BatchPlan, cluster: dict[str, Any], local: bool) -> None:
