@@ -1,12 +1,14 @@
-"""``handnerf batch`` on a local 2-CPU Ray: three avatars, one fit killed and resumed.
+"""``handnerf batch`` on a local 2-CPU Ray: three avatars, one fit killed and resumed,
+one entry that fails without stopping the others.
 
 The plan fits every subject of a three-capture root (tiny sizes). Capture 2's entry runs
 with ``HANDNERF_HOLD_AT=fit.step=3`` (its ``env:``), so its fit stops right after the
 checkpoint of step 3 and waits; the test finds that worker's PID in the progress trace
 (``batch.stage NAME/fit@PID``) and kills it with SIGKILL. Ray retries the task in a new
 worker, which resumes the fit from step 3. The summary must then hold the three entries
-with the numbers of their report.json files, and a second run of the plan must run no
-stage at all (no new stage in the trace, markers untouched).
+with the numbers of their report.json files (and the failed one with its error), and a
+second run of the three entries must run no
+stage (no new stage in the trace, markers untouched).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from handnerf.interrupts import HOLD_ENV, PROGRESS_ENV
 pytest.importorskip("ray")
 
 HELD = "held"
+FAILING = "left-hand"
 #: How long the killer waits for the held fit before giving up (a bound, not a timing
 #: assertion: the test then fails on its resumed step, not here).
 WAIT_LIMIT_S = 400.0
@@ -106,7 +109,9 @@ def test_plan_of_three_survives_a_killed_fit_and_reruns_as_a_no_op(
             "env": {HOLD_ENV: "fit.step=3"},
         },
     ]
-    plan = write_plan(three_subjects, entries=entries)
+    # A fourth entry fails: the capture has no left-hand MANO fits (found by prepare).
+    failing = {"name": FAILING, "capture": 0, "sequences": ["ROM04_RT_Occlusion"], "hand": "left"}
+    plan = write_plan(three_subjects, entries=[*entries, failing])
     out = tmp_path / "out"
     args = ["batch", str(plan), "--out", str(out), "--num-cpus", "2", "--no-progress"]
 
@@ -120,7 +125,7 @@ def test_plan_of_three_survives_a_killed_fit_and_reruns_as_a_no_op(
         stop.set()
         killer.join()
         worker_pids.update(pid for _, _, pid in stage_lines(trace))
-    assert status == 0
+    assert status == 1  # an entry failed
     assert len(killed) == 1
 
     # The killed fit was retried in another worker and resumed from its checkpoint.
@@ -133,9 +138,12 @@ def test_plan_of_three_survives_a_killed_fit_and_reruns_as_a_no_op(
     steps = [json.loads(line)["step"] for line in log if not json.loads(line).get("final")]
     assert steps == [1, 2, 3, 4, 5]  # each step logged once across the kill
 
-    # Every stage of every entry ran exactly once, apart from the retried fit.
+    # Every stage of every entry ran exactly once, apart from the retried fit; the failed
+    # entry's prepare was not retried (a handnerf error would fail again) and it went no
+    # further, while the others finished.
     started = [(name, stage) for name, stage, _ in stage_lines(trace)]
-    names = sorted({name for name, _ in started})
+    assert [s for s in started if s[0] == FAILING] == [(FAILING, "prepare")]
+    names = sorted({name for name, _ in started} - {FAILING})
     assert len(names) == 3 and HELD in names
     for name in names:
         for stage in STAGES:
@@ -143,8 +151,12 @@ def test_plan_of_three_survives_a_killed_fit_and_reruns_as_a_no_op(
 
     summary = json.loads((out / "summary.json").read_text())
     rows = {row["name"]: row for row in summary["entries"]}
+    failed = rows.pop(FAILING)
+    assert failed["status"] == "failed" and failed["failed_stage"] == "prepare"
+    assert "SelectionError" in failed["error"] and "left-hand MANO" in failed["error"]
+    assert failed["sets"] == {} and failed["links"]["report"] is None
     assert sorted(rows) == names
-    assert summary["counts"] == {"done": 3, "failed": 0, "incomplete": 0}
+    assert summary["counts"] == {"done": 3, "failed": 1, "incomplete": 0}
     for name, row in rows.items():
         report = json.loads((out / row["links"]["report_json"]).read_text())
         assert set(row["sets"]) == {"novel_view", "novel_pose"}
@@ -159,15 +171,23 @@ def test_plan_of_three_survives_a_killed_fit_and_reruns_as_a_no_op(
     html = (out / "summary.html").read_text()
     for name in names:
         assert name in html and f"entries/{name}/report/report.html" in html
+    assert "left-hand MANO" in html
 
-    # The same plan again: every stage is found finished, nothing runs or is rewritten.
+    # The plan of the three avatars again: nothing is missing, so no stage runs, no Ray
+    # starts and no marker is rewritten. (With the failed entry in it, a re-run would try
+    # that entry's prepare again: the only stage missing.)
+    import ray
+
     markers = {p: p.read_bytes() for p in sorted(out.glob("entries/*/done/*.json"))}
     assert len(markers) == 3 * len(STAGES)
+    done_plan = write_plan(three_subjects, name="done.yaml", entries=entries)
     n_started = len(stage_lines(trace))
-    assert main(args) == 0
+    assert main(["batch", str(done_plan), "--out", str(out), "--no-progress"]) == 0
     assert len(stage_lines(trace)) == n_started
+    assert not ray.is_initialized()
     assert {p: p.read_bytes() for p in sorted(out.glob("entries/*/done/*.json"))} == markers
     again = json.loads((out / "summary.json").read_text())
+    assert sorted(row["name"] for row in again["entries"]) == sorted(rows)
     for row in again["entries"]:
         assert {row["stages"][s]["state"] for s in STAGES} == {"skipped"}
         assert row["sets"] == rows[row["name"]]["sets"]
