@@ -1,15 +1,13 @@
 """Fixtures for the batch tests: an InterHand2.6M root with three subjects, and plans.
 
 The root is the session's tiny synthetic capture laid out as three captures (subjects)
-of the test split: Capture1 and Capture2 are copies of Capture0's images, and every
-annotation file gets their records under their own capture number and image ids, as
+of the test split (:func:`handnerf.synth.subjects.replicate_captures`), as
 InterHand2.6M's files hold many captures. A plan's ``every:`` entry then expands to three
 avatars, read from data.json like on the real dataset.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,47 +22,14 @@ TRAIN_SEQ = "ROM04_RT_Occlusion"
 NOVEL_SEQ = "ROM03_RT_No_Occlusion"
 
 
-def copy_as_captures(src: Path, dst: Path, n_captures: int) -> Path:
-    """``src`` (one capture, Capture0) copied to ``dst`` with captures 0..n-1."""
-    shutil.copytree(src, dst)
-    folder = dst / "annotations" / "test"
-    for kind in ("images", "gt_masks"):
-        for capture in range(1, n_captures):
-            shutil.copytree(
-                dst / kind / "test" / "Capture0", dst / kind / "test" / f"Capture{capture}"
-            )
-    data_path = folder / "InterHand2.6M_test_data.json"
-    data = json.loads(data_path.read_text())
-    images, annotations = list(data["images"]), list(data["annotations"])
-    n = len(images)
-    for capture in range(1, n_captures):
-        for img in data["images"]:
-            copy: dict[str, Any] = dict(img)
-            copy["id"] = img["id"] + capture * n
-            copy["capture"] = capture
-            copy["file_name"] = img["file_name"].replace("Capture0/", f"Capture{capture}/", 1)
-            images.append(copy)
-        for ann in data["annotations"]:
-            copy = dict(ann)
-            copy["id"] = ann["id"] + capture * n
-            copy["image_id"] = ann["image_id"] + capture * n
-            annotations.append(copy)
-    data_path.write_text(json.dumps({"images": images, "annotations": annotations}))
-    for kind in ("camera", "MANO_NeuralAnnot", "joint_3d"):
-        path = folder / f"InterHand2.6M_test_{kind}.json"
-        table = json.loads(path.read_text())
-        for capture in range(1, n_captures):
-            table[str(capture)] = table["0"]
-        path.write_text(json.dumps(table))
-    return dst
-
-
 @pytest.fixture(scope="session")
 def three_subjects(tiny_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An InterHand2.6M root (synthetic) with captures 0, 1 and 2 of the test split."""
-    return copy_as_captures(
-        tiny_capture, tmp_path_factory.mktemp("batch") / "three_subjects", N_CAPTURES
-    )
+    from handnerf.synth.subjects import replicate_captures
+
+    root = tmp_path_factory.mktemp("batch") / "three_subjects"
+    shutil.copytree(tiny_capture, root)
+    return replicate_captures(root, N_CAPTURES)
 
 
 #: A plan's fit: configs/tiny.yaml, a few steps, a checkpoint every 3 steps.
