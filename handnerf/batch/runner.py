@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handnerf.batch.plan import STAGES, BatchPlan, PlanEntry, definition_text
+from handnerf.batch.entries import PlanEntry
+from handnerf.batch.plan import STAGES, BatchPlan, definition_text
 from handnerf.batch.stages import EntryPaths, read_marker, run_stage
 from handnerf.batch.summary import write_summary
 from handnerf.errors import ConfigError

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from handnerf import interrupts
-from handnerf.batch.plan import STAGES, BatchPlan, PlanEntry
+from handnerf.batch.entries import PlanEntry
+from handnerf.batch.plan import STAGES, BatchPlan
 from handnerf.errors import DataError, HandnerfError
 from handnerf.files import atomic_write_json
 
