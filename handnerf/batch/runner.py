@@ -16,6 +16,7 @@ the other entries go on.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,8 @@ def run_plan(
     from tqdm import tqdm
 
     check_entry_folders(plan)
+    if address is None:
+        _check_fits(plan, num_cpus or os.cpu_count() or 1)
     t0 = time.monotonic()
     for entry in plan.entries:
         paths = EntryPaths.of(plan, entry)
@@ -123,7 +126,6 @@ def run_plan(
             "cpus": resources.get("CPU", 0),
             "gpus": resources.get("GPU", 0),
         }
-        _check_fits(plan, cluster, local=address is None)
         remote = ray.remote(run_stage)
         pending: dict[Any, tuple[EntryOutcome, str]] = {}
         with tqdm(
@@ -188,16 +190,15 @@ def _read_markers(plan: BatchPlan, outcome: EntryOutcome) -> None:
         outcome.stages[stage] = "skipped"
 
 
-def _check_fits(plan: BatchPlan, cluster: dict[str, Any], local: bool) -> None:
-    """On the local Ray, a stage asking for more CPUs than exist would wait forever."""
-    if not local:
-        return  # a cluster may scale up to meet the request
+def _check_fits(plan: BatchPlan, cpus: int) -> None:
+    """On a local Ray, a stage asking for more CPUs than it has would wait forever.
+    (A cluster may scale up to meet a request: not checked there.)"""
     for stage in STAGES:
         need = getattr(plan.resources, stage).num_cpus
-        if need > cluster["cpus"]:
+        if need > cpus:
             raise ConfigError(
-                f"{plan.path}: resources.{stage}.num_cpus={need} but the local Ray has "
-                f"{cluster['cpus']:g} CPUs"
+                f"{plan.path}: resources.{stage}.num_cpus={need:g} but the local Ray has "
+                f"{cpus} CPUs (--num-cpus)"
             )
 
 

@@ -166,3 +166,18 @@ def test_an_entry_folder_of_another_definition_is_refused(
     )
     with pytest.raises(ConfigError, match=r"entries\[0\] \(first\).*another definition"):
         check_entry_folders(changed)
+
+
+def test_a_stage_larger_than_the_local_ray_is_refused(
+    three_subjects: Path,
+    write_plan: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import ray
+
+    plan = write_plan(three_subjects, resources={"fit": {"num_cpus": 3}})
+    out = tmp_path / "out"
+    assert main(["batch", str(plan), "--out", str(out), "--num-cpus", "2", "--no-progress"]) == 2
+    assert not out.exists() and not ray.is_initialized()
+    assert "resources.fit.num_cpus=3 but the local Ray has 2 CPUs" in capsys.readouterr().err
