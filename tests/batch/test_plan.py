@@ -26,6 +26,20 @@ def explicit(name: str, capture: int = 0, **more: Any) -> dict[str, Any]:
     return {"name": name, "capture": capture, "sequences": [TRAIN, NOVEL], **more}
 
 
+def test_check_lists_the_expanded_entries_and_runs_nothing(
+    three_subjects: Path,
+    write_plan: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    assert main(["batch", str(write_plan(three_subjects)), "--out", str(out), "--check"]) == 0
+    printed = capsys.readouterr().out
+    for capture in range(3):
+        assert f"test-c{capture}-{TRAIN}-right: test Capture{capture} right" in printed
+    assert "3 entries" in printed and not out.exists()
+
+
 def test_every_expands_to_each_subject_and_matching_sequence(
     three_subjects: Path, write_plan: Callable[..., Path], tmp_path: Path
 ) -> None:
