@@ -178,7 +178,19 @@ def load_plan(path: str | Path, out: str | Path | None = None) -> BatchPlan:
     plan.entries = expand_entries(raw.get("entries"), interhand, overrides, base, where)
     for entry in plan.entries:
         _check_fit_config(plan, entry, where)
+        if mano_dir is None:
+            _check_procedural_hand(entry)
     return plan
+
+
+def _check_procedural_hand(entry: PlanEntry) -> None:
+    """Without ``mano_dir`` only synthetic captures can be fitted (the procedural hand)."""
+    from handnerf.data.annotations import refuse_procedural_hand
+
+    try:
+        refuse_procedural_hand(entry.interhand, True, "fit")
+    except HandnerfError as exc:
+        raise type(exc)(f"{entry.label}: no mano_dir in the plan, and {exc}") from exc
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

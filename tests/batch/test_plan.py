@@ -195,3 +195,18 @@ def test_a_stage_larger_than_the_local_ray_is_refused(
     assert main(["batch", str(plan), "--out", str(out), "--num-cpus", "2", "--no-progress"]) == 2
     assert not out.exists() and not ray.is_initialized()
     assert "resources.fit.num_cpus=3 but the local Ray has 2 CPUs" in capsys.readouterr().err
+
+
+def test_a_real_root_without_mano_dir_is_refused_naming_the_entry(
+    three_subjects: Path,
+    write_plan: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The procedural hand stands in for MANO only in synthetic captures."""
+    import shutil
+
+    real = tmp_path / "real"
+    shutil.copytree(three_subjects / "annotations", real / "annotations")  # no synth.json
+    err = refused(write_plan(real, entries=[explicit("first")]), tmp_path / "out", capsys)
+    assert "entries[0] (first): no mano_dir in the plan" in err and "real capture" in err
