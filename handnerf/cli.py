@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "eval",
     "export",
     "view",
+    "batch",
 )
 
 

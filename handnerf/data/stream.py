@@ -29,7 +29,7 @@ import ijson
 import numpy as np
 
 from handnerf.data import selection
-from handnerf.data.annotations import HANDS, AnnotationFiles
+from handnerf.data.annotations import HANDS, AnnotationFiles, find_annotation_files
 from handnerf.data.records import FrameView, check_image_record, parse_mano_entry
 from handnerf.data.selection import CaptureSource, SelectedViews, SelectionReport, SelectionRequest
 from handnerf.errors import DataError, SelectionError
@@ -139,6 +139,24 @@ def stream_frames(path: Path, capture: int, frames: set[int]) -> dict[int, Any]:
         if frame in frames:
             kept[frame] = value
     return kept
+
+
+def split_sequences(root: str | Path, split: str) -> dict[int, list[str]]:
+    """``{capture: [sequence, ...]}`` of every image record of a split's data.json (sorted).
+
+    One streamed pass over ``images``: memory holds only the names, however big the split.
+    Raises DataError when the annotation files are missing or unreadable.
+    """
+    files = find_annotation_files(Path(root), split)
+    found: dict[int, set[str]] = {}
+    for n, img in enumerate(_stream(files.data, "images.item")):
+        try:
+            found.setdefault(int(img["capture"]), set()).add(str(img["seq_name"]))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise DataError(
+                f"{files.data}: images[{n}] lacks a valid 'capture' or 'seq_name' ({exc})"
+            ) from exc
+    return {capture: sorted(seqs) for capture, seqs in sorted(found.items())}
 
 
 @dataclass
