@@ -147,7 +147,7 @@ class SynthSummary:
 
 
 @dataclass
-class _FrameTask:
+class FrameTask:
     """Everything a render process needs for one frame (picklable)."""
 
     plan: FramePlan
@@ -162,7 +162,7 @@ class _FrameTask:
     paths: CapturePaths
 
 
-def _render_frame(task: _FrameTask) -> int:
+def render_frame(task: FrameTask) -> int:
     """Render and write every camera's image and mask of one frame; returns the image count."""
     scene = HandScene(
         task.vertices, task.canonical_vertices, task.faces, task.albedo, task.lighting
@@ -181,11 +181,11 @@ def _render_frame(task: _FrameTask) -> int:
     return len(task.cameras)
 
 
-def _run_tasks(tasks: Sequence[_FrameTask], workers: int) -> Iterator[int]:
+def run_tasks(tasks: Sequence[FrameTask], workers: int) -> Iterator[int]:
     """Render frames inline (``workers <= 1``) or over a pool of fresh processes."""
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
-            yield _render_frame(task)
+            yield render_frame(task)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -196,7 +196,7 @@ def _run_tasks(tasks: Sequence[_FrameTask], workers: int) -> Iterator[int]:
         max_workers=workers, mp_context=context, initializer=interrupts.leave_to_parent
     )
     try:
-        yield from pool.map(_render_frame, tasks)
+        yield from pool.map(render_frame, tasks)
     finally:
         # On an interrupt, drop the queued frames instead of rendering them all first.
         pool.shutdown(wait=True, cancel_futures=True)
@@ -279,7 +279,7 @@ def _pose_hand(
     )
 
 
-def _albedo_for(model: Any, canonical_vertices: np.ndarray) -> AlbedoFn:
+def albedo_for(model: Any, canonical_vertices: np.ndarray) -> AlbedoFn:
     """The skin albedo of the shaped canonical hand (a picklable function of canonical points)."""
     from handnerf.hand.appearance import skin_albedo
 
@@ -293,7 +293,7 @@ def _albedo_for(model: Any, canonical_vertices: np.ndarray) -> AlbedoFn:
     return functools.partial(skin_albedo, hand=hand)
 
 
-def _real_rig_effects(
+def real_rig_effects(
     cameras: list[RigCamera], preset: SynthPreset, rngs: dict[str, np.random.Generator]
 ) -> tuple[list[RigCamera], list[str]]:
     """The preset's white-balance errors and border-cut cameras; returns the cameras and
@@ -313,7 +313,7 @@ def _real_rig_effects(
 # --------------------------------------------------------------------------- annotations
 
 
-def _bbox(camera: RigCamera, points: np.ndarray) -> list[float]:
+def image_bbox(camera: RigCamera, points: np.ndarray) -> list[float]:
     """``[x, y, w, h]`` (px) of world points (N, 3) projected by ``camera``, clipped to the image."""
     uv, _ = camera.project(points)
     x0, y0 = np.clip(uv.min(axis=0), 0.0, [camera.width, camera.height])
@@ -321,7 +321,7 @@ def _bbox(camera: RigCamera, points: np.ndarray) -> list[float]:
     return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
 
 
-def _camera_json(cameras: Sequence[RigCamera], capture: int) -> dict[str, Any]:
+def camera_json(cameras: Sequence[RigCamera], capture: int) -> dict[str, Any]:
     return {
         str(capture): {
             "campos": {c.cam_id: (c.campos * 1000.0).tolist() for c in cameras},
@@ -404,12 +404,12 @@ def synthesize_capture(
     plans = plan_frames(preset)
     posed = _pose_hand(model, plans, preset, rngs)
     cameras = make_dome(rngs["rig"], preset.n_cameras, landscape_every=preset.landscape_every)
-    cameras, border_cut = _real_rig_effects(cameras, preset, rngs)
-    albedo = _albedo_for(model, posed.canonical_vertices)
+    cameras, border_cut = real_rig_effects(cameras, preset, rngs)
+    albedo = albedo_for(model, posed.canonical_vertices)
     faces = model.faces.numpy().astype(np.int64)
 
     tasks = [
-        _FrameTask(
+        FrameTask(
             plan=plan,
             vertices=posed.vertices[i],
             canonical_vertices=posed.canonical_vertices,
@@ -424,7 +424,7 @@ def synthesize_capture(
         for i, plan in enumerate(plans)
     ]
     n_images = 0
-    for count in _run_tasks(tasks, workers):
+    for count in run_tasks(tasks, workers):
         n_images += count
         if progress is not None:
             progress(count)
@@ -564,14 +564,14 @@ def _write_annotations(
                 {
                     "id": image_id,
                     "image_id": image_id,
-                    "bbox": _bbox(camera, hand_points),
+                    "bbox": image_bbox(camera, hand_points),
                     "joint_valid": joint_valid,
                     "hand_type": preset.side,
                     "hand_type_valid": 1,
                 }
             )
     atomic_write_json(paths.annotation("data"), {"images": images, "annotations": annotations})
-    atomic_write_json(paths.annotation("camera"), _camera_json(cameras, preset.capture))
+    atomic_write_json(paths.annotation("camera"), camera_json(cameras, preset.capture))
     atomic_write_json(paths.annotation("joint_3d"), {capture: joints})
     atomic_write_json(paths.annotation("MANO_NeuralAnnot"), mano)
     atomic_write_bytes(
