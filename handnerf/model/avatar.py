@@ -92,17 +92,7 @@ class _DeformCache:
 
     def store(self, points: Tensor, keep: Tensor, result: DeformResult, keep_idx: Tensor) -> None:
         self.points = points[keep]
-        self.result = DeformResult(
-            canonical=result.canonical[keep_idx],
-            valid=result.valid[keep_idx],
-            rotation=result.rotation[keep_idx],
-            distance=result.distance[keep_idx],
-            normal=None if result.normal is None else result.normal[keep_idx],
-            neighbor_ids=None if result.neighbor_ids is None else result.neighbor_ids[keep_idx],
-            neighbor_weights=(
-                None if result.neighbor_weights is None else result.neighbor_weights[keep_idx]
-            ),
-        )
+        self.result = result_rows(result, keep_idx)
 
     def lookup(self, points: Tensor) -> DeformResult | None:
         if (
@@ -112,6 +102,21 @@ class _DeformCache:
         ):
             return self.result
         return None
+
+
+def result_rows(result: DeformResult, rows: Tensor) -> DeformResult:
+    """The rows ``rows`` (K,) (indices or a bool mask) of a deformation result."""
+    return DeformResult(
+        canonical=result.canonical[rows],
+        valid=result.valid[rows],
+        rotation=result.rotation[rows],
+        distance=result.distance[rows],
+        normal=None if result.normal is None else result.normal[rows],
+        neighbor_ids=None if result.neighbor_ids is None else result.neighbor_ids[rows],
+        neighbor_weights=(
+            None if result.neighbor_weights is None else result.neighbor_weights[rows]
+        ),
+    )
 
 
 class HandAvatar(nn.Module):
@@ -236,21 +241,27 @@ class HandAvatar(nn.Module):
         return grid[:, 0] > 0
 
     # ------------------------------------------------------------------ occupancy
-    def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):
+    def near_surface(
+        self, frames: PosedFrames, points: Tensor, frame_ids: Tensor
+    ) -> tuple[Tensor, Tensor, DeformResult]:
+        """Which posed ``points`` (N,3) of frames ``frame_ids`` (N,) lie in their frame's
+        shell: (N,) bool, their indices (K,), and their deformation (K rows)."""
         res = self.cfg.shell_resolution
+        box = frames.aabbs[frame_ids]
+        rel = (points - box[:, :3]) / (box[:, 3:] - box[:, :3]) * res
+        idx = rel.floor().long()
+        inside = ((idx >= 0) & (idx < res)).all(-1)
+        idx = idx.clamp(0, res - 1)
+        keep = inside & frames.shell[frame_ids, idx[:, 0], idx[:, 1], idx[:, 2]]
+        keep_idx = torch.nonzero(keep).squeeze(1)
+        # The distance-weighted blend decides occupancy; the samples kept get the
+        # closest-triangle weights of blend="surface" in radiance() (a fraction of these).
+        result = frames.deformation.deform(points[keep_idx], frame_ids[keep_idx], surface=False)
+        return keep, keep_idx, result
 
+    def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):
         def occupied(points: Tensor, ray_ids: Tensor) -> Tensor:
-            fid = frame_ids[ray_ids]
-            box = frames.aabbs[fid]
-            rel = (points - box[:, :3]) / (box[:, 3:] - box[:, :3]) * res
-            idx = rel.floor().long()
-            inside = ((idx >= 0) & (idx < res)).all(-1)
-            idx = idx.clamp(0, res - 1)
-            keep = inside & frames.shell[fid, idx[:, 0], idx[:, 1], idx[:, 2]]
-            keep_idx = torch.nonzero(keep).squeeze(1)
-            # The distance-weighted blend decides occupancy; the samples kept get the
-            # closest-triangle weights of blend="surface" in radiance() (a fraction of these).
-            result = frames.deformation.deform(points[keep_idx], fid[keep_idx], surface=False)
+            keep, keep_idx, result = self.near_surface(frames, points, frame_ids[ray_ids])
             occ = result.valid & self.occupancy.query(result.canonical)
             keep[keep_idx] = occ
             self._cache.store(points, keep, result, torch.nonzero(occ).squeeze(1))
@@ -289,17 +300,9 @@ class HandAvatar(nn.Module):
         )
 
         def radiance(points: Tensor, ray_ids: Tensor) -> tuple[Tensor, Tensor]:
-            result = self._cache.lookup(points)
-            if result is None:
-                result = frames.deformation.deform(points, frame_ids[ray_ids])
-            else:
-                result = frames.deformation.refine_to_surface(points, result)
-            # Blended here, for the samples the field evaluates, not in the occupancy query.
-            visibility = frames.deformation.blend_attributes(result)
-            canonical = result.canonical
-            if frames.pose_gradient is not None:
-                canonical = frames.pose_gradient(points, result)
-            return self.field(canonical, result.rotation, dirs[ray_ids], result.normal, visibility)
+            return self.radiance(
+                frames, points, frame_ids[ray_ids], dirs[ray_ids], self._cache.lookup(points)
+            )
 
         def correct(rgb: Tensor, opacity: Tensor) -> Tensor:
             return self.field.apply_camera_affine(rgb, opacity, camera_ids)
@@ -307,6 +310,28 @@ class HandAvatar(nn.Module):
         out = render_samples(samples, origins, dirs, radiance, background, correct)
         self._cache = _DeformCache()
         return out
+
+    def radiance(
+        self,
+        frames: PosedFrames,
+        points: Tensor,
+        frame_ids: Tensor,
+        dirs: Tensor,
+        result: DeformResult | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Density (M,) and colour (M,3) of posed ``points`` (M,3) of frames ``frame_ids``
+        (M,) seen along ``dirs`` (M,3); ``result``: their deformation from the occupancy
+        query (refined to the surface here), None to deform them now."""
+        if result is None:
+            result = frames.deformation.deform(points, frame_ids)
+        else:
+            result = frames.deformation.refine_to_surface(points, result)
+        # Blended here, for the samples the field evaluates, not in the occupancy query.
+        visibility = frames.deformation.blend_attributes(result)
+        canonical = result.canonical
+        if frames.pose_gradient is not None:
+            canonical = frames.pose_gradient(points, result)
+        return self.field(canonical, result.rotation, dirs, result.normal, visibility)
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:

@@ -113,7 +113,8 @@ def interaction_at(kind: str, phase: float, novel: bool = False) -> Interaction:
         pose = "victory" if novel else "relaxed"
         return Interaction(_PALM_DOWN, np.array([0.0, 0.0, -1.0]), OCCLUSION_GAP_M, lateral, pose)
     if kind == "clap":
-        gap = CONTACT_GAP_M + CLAP_OPEN_M * (0.5 + 0.5 * np.cos(2.0 * np.pi * phase))
+        # Open, closed, open, closed over the sequence (two claps, ending in contact).
+        gap = CONTACT_GAP_M + CLAP_OPEN_M * (0.5 + 0.5 * np.cos(3.0 * np.pi * phase))
         return Interaction(_PALMS_FACING, x, gap, zero, "ok" if novel else "relaxed")
     raise DataError(f"unknown two-hand interaction {kind!r}; known: {', '.join(INTERACTIONS)}")
 
