@@ -104,6 +104,16 @@ class TwoHandAvatar(nn.Module):
     def sampler(self):  # type: ignore[no-untyped-def]
         return self.hand("right").sampler
 
+    @property
+    def betas(self) -> Tensor:
+        """(10,) the right hand's shape; its device is the avatar's (as ``HandAvatar.betas``)."""
+        return self.hand("right").betas
+
+    def alone(self, side: str) -> OneHandOfTwo:
+        """``side`` rendered without the other hand, for :func:`~handnerf.model.renderer.render_camera`."""
+        self.hand(side)  # checks the side
+        return OneHandOfTwo(self, side)
+
     def backends(self) -> dict[str, str]:
         return self.hand("right").backends()
 
@@ -266,3 +276,26 @@ def _reindexed(assignment: Assignment, keep: Tensor) -> Assignment:
         in_reach={side: position[rows] for side, rows in assignment.in_reach.items()},
         results=assignment.results,
     )
+
+
+class OneHandOfTwo:
+    """One hand of a :class:`TwoHandAvatar` rendered alone: ``render_rays`` of the pair with
+    ``only=side`` (samples still go to the closest hand, so the other hand's space stays
+    empty instead of being filled by this one)."""
+
+    def __init__(self, avatar: TwoHandAvatar, side: str) -> None:
+        self.avatar = avatar
+        self.side = side
+
+    @property
+    def betas(self) -> Tensor:
+        return self.avatar.betas
+
+    def render_rays(
+        self,
+        frames: TwoHandPosedFrames,
+        rays: RayBundle,
+        background: Tensor,
+        training: bool = False,
+    ) -> dict[str, Tensor]:
+        return self.avatar.render_rays(frames, rays, background, training, only=self.side)
