@@ -138,7 +138,7 @@ def test_bad_input() -> None:
 def _crop_views(root: Path, seqs: list[str], size: int):  # type: ignore[no-untyped-def]
     """Crops (size px, around both hands) of every view: image, union and per-hand whole
     silhouettes, camera, frame index."""
-    from handnerf.data.crops import crop_box, prepare_view, CropConfig
+    from handnerf.data.crops import CropConfig, crop_box, prepare_view
     from handnerf.data.two_hand_masks import TwoHandMasker
 
     capture = InterHandCapture(root, hand="both", seqs=seqs)
@@ -204,7 +204,7 @@ def test_each_hand_alone_stays_inside_its_silhouette(tiny_two_hand_capture: Path
 
     ious, leaks, into_other = [], [], []
     with torch.no_grad():
-        for (crop, whole, frame), (o, d, f) in list(zip(views, rays, strict=True))[::3]:
+        for (_, whole, _), (o, d, f) in list(zip(views, rays, strict=True))[::3]:
             for index, side in enumerate(SIDES):
                 out = avatar.render_rays(
                     frames, RayBundle(o, d, f, None), torch.zeros(3), only=side
