@@ -40,14 +40,16 @@ from tqdm import tqdm
 from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.data.cache import CachedView, PreparedCache, interhand_root, is_prepared_cache
-from handnerf.data.crops import Crop, CropConfig, crop_hand, downscale
+from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, downscale
 from handnerf.data.interhand import FrameView, load_image, refuse_seen_novel_pose
+from handnerf.data.two_hand_masks import TwoHandMasker
 from handnerf.errors import ConfigError, DataError
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
 from handnerf.evaluation.scoring import drop_reason, projected_box_mask, score_view
 from handnerf.files import machine_info
 from handnerf.hand.hand_model import ManoParams
+from handnerf.metrics.image import psnr
 from handnerf.metrics.perceptual import PerceptualMetric
 from handnerf.model.renderer import render_camera
 from handnerf.runs.loader import TrainedRun
@@ -267,6 +269,24 @@ class ViewSource:
         return downscale(image, view.camera, protocol.image_scale, mask)
 
 
+def hand_masks(source: ViewSource, item: EvalView, crop: Crop) -> dict[str, np.ndarray] | None:
+    """Each hand's visible MANO mask of a two-hand view, cut like ``crop``; None for a
+    one-hand run (or masks from a prepared cache, which are one-hand)."""
+    if not isinstance(source.masker, TwoHandMasker):
+        return None
+    view = item.view
+    blank = np.zeros((view.camera.height, view.camera.width, 3), dtype=np.uint8)
+    out = {}
+    for side, visible in source.masker.visible(view).items():
+        if source.protocol.image_mode == "crop":
+            cut = crop_box(blank, view.camera, crop.box, crop.image.shape[0], mask=visible)
+        else:
+            cut = downscale(blank, view.camera, source.protocol.image_scale, mask=visible)
+        assert cut.mask is not None
+        out[side] = cut.mask & crop.valid_pixels
+    return out
+
+
 def evaluate_run(
     run: TrainedRun,
     protocol: EvalProtocol,
@@ -325,6 +345,8 @@ def evaluate_run(
             **scores,
             "render_seconds": time.monotonic() - t_render,
         }
+        for side, hand_mask in (hand_masks(source, item, crop) or {}).items():
+            row[f"{side}_psnr"] = psnr(pred, gt, hand_mask) if hand_mask.any() else None
         rows.append(row)
         interrupts.reached("eval.image", len(rows))
         # The saved render shows what was scored: nothing in the padding.

@@ -128,3 +128,26 @@ def test_plan_and_bad_input() -> None:
         interaction_at("hug", 0.0)
     with pytest.raises(DataError, match="MANO noise is one-hand only"):
         synthesize_two_hand_capture("/nonexistent", preset.with_overrides(mano_noise_deg=1.0))
+
+
+def test_cli_refuses_mano_noise_with_both_hands(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from handnerf.cli import main
+
+    status = main(
+        [
+            "synth",
+            "--out",
+            str(tmp_path / "c"),
+            "--preset",
+            "tiny",
+            "--hand",
+            "both",
+            "--mano-noise",
+            "1,1",
+        ]
+    )
+    assert status == 2
+    assert "--mano-noise is not supported with --hand both" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

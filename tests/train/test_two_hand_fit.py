@@ -82,6 +82,10 @@ def test_run_evaluates(two_hand_run: Path, tmp_path: Path) -> None:
     report = evaluate_run(run, get_protocol("handavatar"), tmp_path, max_views=1, progress=False)
     assert report["n_images"] >= 1
     assert 0.0 < report["psnr"] < 60.0
+    # each hand scored inside its own visible mask
+    overall = report["overall"]
+    assert 0.0 < overall["right_psnr"] < 60.0 and 0.0 < overall["left_psnr"] < 60.0
+    assert all(row["right_psnr"] is not None for row in report["images"])
 
 
 def test_pose_refinement_is_one_hand_only(
