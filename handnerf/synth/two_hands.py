@@ -34,25 +34,25 @@ import numpy as np
 
 from handnerf.data.annotations import SYNTH_MARKER
 from handnerf.errors import DataError
-from handnerf.files import atomic_write_bytes
 from handnerf.hand.sides import mirror_points, mirror_pose
+from handnerf.synth.annotations import (
+    NUM_KEYPOINTS,
+    CapturePaths,
+    FramePlan,
+    add_image_records,
+    atomic_write_json,
+    write_annotation_files,
+)
 from handnerf.synth.presets import SynthPreset
 from handnerf.synth.raycast import Lighting
 from handnerf.synth.rig import RigCamera, make_dome
 from handnerf.synth.writer import (
-    NUM_KEYPOINTS,
     SYNTH_FORMAT_VERSION,
-    CapturePaths,
-    FramePlan,
     FrameTask,
     SynthSummary,
     albedo_for,
-    atomic_write_json,
-    camera_json,
-    image_bbox,
     real_rig_effects,
     run_tasks,
-    skeleton_lines,
 )
 
 #: The training interactions, in the order their sequences are numbered.
@@ -325,40 +325,11 @@ def _write_two_hand_annotations(
             "hand_type_valid": 1,
         }
         points = np.concatenate([frames.vertices["right"][i], frames.vertices["left"][i], world])
-        for camera in cameras:
-            image_id = len(images)
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": paths.file_name(plan.seq_name, camera.cam_id, plan.frame_idx),
-                    "width": camera.width,
-                    "height": camera.height,
-                    "capture": preset.capture,
-                    "subject": preset.subject,
-                    "seq_name": plan.seq_name,
-                    "camera": camera.cam_id,
-                    "frame_idx": plan.frame_idx,
-                }
-            )
-            annotations.append(
-                {
-                    "id": image_id,
-                    "image_id": image_id,
-                    "bbox": image_bbox(camera, points),
-                    "joint_valid": joint_valid,
-                    "hand_type": "interacting",
-                    "hand_type_valid": 1,
-                }
-            )
-    atomic_write_json(paths.annotation("data"), {"images": images, "annotations": annotations})
-    atomic_write_json(paths.annotation("camera"), camera_json(cameras, preset.capture))
-    atomic_write_json(paths.annotation("joint_3d"), {str(preset.capture): joints})
-    atomic_write_json(
-        paths.annotation("MANO_NeuralAnnot"), two_hand_mano_json(preset.capture, frames)
-    )
-    atomic_write_bytes(
-        paths.root / "annotations" / "skeleton.txt", ("\n".join(skeleton_lines()) + "\n").encode()
-    )
+        add_image_records(
+            images, annotations, paths, preset, plan, cameras, points, joint_valid, "interacting"
+        )
+    mano = two_hand_mano_json(preset.capture, frames)
+    write_annotation_files(paths, cameras, images, annotations, {str(preset.capture): joints}, mano)
 
 
 # --------------------------------------------------------------------------- main
