@@ -94,3 +94,28 @@ def test_pose_refinement_is_one_hand_only(
     overrides = [*small_fit, *TWO_HANDS[:-1], "train.refine_pose=true", "train.steps=1"]
     with pytest.raises(ConfigError, match="one-hand only"):
         run_fit(tiny_two_hand_capture, tmp_path / "run", overrides=overrides, progress=False)
+
+
+def test_two_hand_run_resumes_and_a_one_hand_config_is_refused(
+    two_hand_run: Path, tiny_two_hand_capture: Path, small_fit: list[str], tmp_path: Path
+) -> None:
+    import shutil
+
+    from handnerf.errors import CheckpointError
+
+    run = tmp_path / "run"
+    shutil.copytree(two_hand_run, run)
+    same = [*small_fit, *TWO_HANDS, "train.steps=4"]
+    resumed = run_fit(tiny_two_hand_capture, run, overrides=same, resume=True, progress=False)
+    assert resumed.step == 4
+    before = load_checkpoint(two_hand_run / "checkpoints" / LATEST)["model"]
+    after = load_checkpoint(run / "checkpoints" / LATEST)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(CheckpointError, match=r"data\.hand: saved 'both', now 'right'"):
+        run_fit(
+            tiny_two_hand_capture,
+            run,
+            overrides=[*same, "data.hand=right"],
+            resume=True,
+            progress=False,
+        )
