@@ -56,6 +56,18 @@ def tiny_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_two_hand_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a two-hand capture (``tiny`` preset, 2 frames per interaction), made once."""
+    from handnerf.synth.presets import get_preset
+    from handnerf.synth.two_hands import synthesize_two_hand_capture
+
+    root = tmp_path_factory.mktemp("synth") / "tiny_two_hands"
+    preset = get_preset("tiny").with_overrides(train_frames=2)
+    synthesize_two_hand_capture(root, preset, seed=TINY_SEED, workers=1)
+    return root
+
+
 #: A fit small enough for unit tests: tiny grid, small crops, few rays.
 SMALL_FIT = [
     *TINY_FIT_OVERRIDES,

@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import ijson
-import numpy as np
 
 from handnerf.data import selection
 from handnerf.data.annotations import HANDS, AnnotationFiles, find_annotation_files
-from handnerf.data.records import FrameView, check_image_record, parse_mano_entry
+from handnerf.data.records import (
+    FrameView,
+    check_image_record,
+    parse_frame_mano,
+    parse_mano_entry,
+)
 from handnerf.data.selection import CaptureSource, SelectedViews, SelectionReport, SelectionRequest
 from handnerf.errors import DataError, SelectionError
 
@@ -240,16 +244,12 @@ def select_views(root: str | Path, **options: Any) -> StreamedSelection:
     mano_entries = stream_frames(files.mano, capture, frames)
     if not mano_entries:
         report.notes.append(f"{files.mano} has no entry for capture {capture}")
-    mano_by_frame: dict[int, dict[str, np.ndarray]] = {}
+    mano_by_frame: dict[int, dict[str, Any]] = {}
     bad_frames: dict[int, str] = {}
     for frame in sorted(frames):
-        entry = mano_entries.get(frame)
-        if not isinstance(entry, dict) or hand not in entry:
-            bad_frames[frame] = f"no {hand}-hand MANO entry for the frame"
-            continue
-        params, reason = parse_mano_entry(entry[hand])
+        params, reason = parse_frame_mano(mano_entries.get(frame), hand)
         if params is None:
-            bad_frames[frame] = f"{reason} ({hand} hand)"
+            bad_frames[frame] = str(reason)
         else:
             mano_by_frame[frame] = params
     with_mano: list[dict[str, Any]] = []
@@ -261,6 +261,11 @@ def select_views(root: str | Path, **options: Any) -> StreamedSelection:
             # Counted per image, as InterHandCapture does.
             report.skip(bad_frames[frame])
     report.add_step(f"with {hand}-hand MANO", len(with_mano))
+    if not with_mano and in_seqs and hand == "both":
+        raise SelectionError(
+            f"no frame of sequence(s) {', '.join(sorted(wanted_seqs))} in capture {capture} "
+            f"has usable MANO fits of both hands in {files.mano} ({len(frames)} frames)\n{report}"
+        )
     if not with_mano and in_seqs:
         other = "left" if hand == "right" else "right"
         other_count = sum(
@@ -295,7 +300,7 @@ def select_views(root: str | Path, **options: Any) -> StreamedSelection:
 def _stream_views(
     source: CaptureSource,
     images: list[dict[str, Any]],
-    mano_by_frame: dict[int, dict[str, np.ndarray]],
+    mano_by_frame: dict[int, dict[str, Any]],
     report: SelectionReport,
 ) -> list[FrameView]:
     """Stream the annotations, cameras and joints of ``images`` and build their views."""

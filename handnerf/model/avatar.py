@@ -89,19 +89,6 @@ class PosedFrames:
         return int(self.aabbs.shape[0])
 
 
-def _result_rows(result: DeformResult, rows: Tensor) -> DeformResult:
-    """The rows ``rows`` (index or bool mask) of every field of ``result``."""
-    return DeformResult(
-        canonical=result.canonical[rows],
-        valid=result.valid[rows],
-        rotation=result.rotation[rows],
-        distance=result.distance[rows],
-        normal=None if result.normal is None else result.normal[rows],
-        neighbor_ids=None if result.neighbor_ids is None else result.neighbor_ids[rows],
-        neighbor_weights=None if result.neighbor_weights is None else result.neighbor_weights[rows],
-    )
-
-
 class _DeformCache:
     """Remembers the deformation of the last occupancy query, so the field's evaluation of the
     same samples (the accepted subset, in the same order) does not deform them twice.
@@ -114,7 +101,7 @@ class _DeformCache:
 
     def store(self, points: Tensor, keep: Tensor, result: DeformResult, keep_idx: Tensor) -> None:
         self.points = points[keep]
-        self.result = _result_rows(result, keep_idx)
+        self.result = result_rows(result, keep_idx)
         self.refined = False
 
     def replace(self, points: Tensor, result: DeformResult, refined: bool) -> None:
@@ -128,6 +115,21 @@ class _DeformCache:
         ):
             return self.result
         return None
+
+
+def result_rows(result: DeformResult, rows: Tensor) -> DeformResult:
+    """The rows ``rows`` (K,) (indices or a bool mask) of a deformation result."""
+    return DeformResult(
+        canonical=result.canonical[rows],
+        valid=result.valid[rows],
+        rotation=result.rotation[rows],
+        distance=result.distance[rows],
+        normal=None if result.normal is None else result.normal[rows],
+        neighbor_ids=None if result.neighbor_ids is None else result.neighbor_ids[rows],
+        neighbor_weights=(
+            None if result.neighbor_weights is None else result.neighbor_weights[rows]
+        ),
+    )
 
 
 class HandAvatar(nn.Module):
@@ -265,25 +267,31 @@ class HandAvatar(nn.Module):
         return grid[:, 0] > 0
 
     # ------------------------------------------------------------------ occupancy
-    def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):
+    def near_surface(
+        self, frames: PosedFrames, points: Tensor, frame_ids: Tensor
+    ) -> tuple[Tensor, Tensor, DeformResult]:
+        """Which posed ``points`` (N,3) of frames ``frame_ids`` (N,) lie in their frame's
+        shell: (N,) bool, their indices (K,), and their deformation (K rows)."""
         res = self.cfg.shell_resolution
+        box = frames.aabbs[frame_ids]
+        rel = (points - box[:, :3]) / (box[:, 3:] - box[:, :3]) * res
+        idx = rel.floor().long()
+        inside = ((idx >= 0) & (idx < res)).all(-1)
+        idx = idx.clamp(0, res - 1)
+        keep = inside & frames.shell[frame_ids, idx[:, 0], idx[:, 1], idx[:, 2]]
+        keep_idx = torch.nonzero(keep).squeeze(1)
+        # The distance-weighted blend decides occupancy; the samples kept get the
+        # closest-triangle weights of blend="surface" in radiance() (a fraction of these).
+        result = frames.deformation.deform(points[keep_idx], frame_ids[keep_idx], surface=False)
+        return keep, keep_idx, result
 
+    def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):
         def occupied(points: Tensor, ray_ids: Tensor) -> Tensor:
             with fp32_geometry(points.device):
                 return occupied_fp32(points, ray_ids)
 
         def occupied_fp32(points: Tensor, ray_ids: Tensor) -> Tensor:
-            fid = frame_ids[ray_ids]
-            box = frames.aabbs[fid]
-            rel = (points - box[:, :3]) / (box[:, 3:] - box[:, :3]) * res
-            idx = rel.floor().long()
-            inside = ((idx >= 0) & (idx < res)).all(-1)
-            idx = idx.clamp(0, res - 1)
-            keep = inside & frames.shell[fid, idx[:, 0], idx[:, 1], idx[:, 2]]
-            keep_idx = torch.nonzero(keep).squeeze(1)
-            # The distance-weighted blend decides occupancy; the samples kept get the
-            # closest-triangle weights of blend="surface" in radiance() (a fraction of these).
-            result = frames.deformation.deform(points[keep_idx], fid[keep_idx], surface=False)
+            keep, keep_idx, result = self.near_surface(frames, points, frame_ids[ray_ids])
             occ = result.valid & self.occupancy.query(result.canonical)
             keep[keep_idx] = occ
             self._cache.store(points, keep, result, torch.nonzero(occ).squeeze(1))
@@ -326,14 +334,10 @@ class HandAvatar(nn.Module):
             samples = self._drop_hidden(frames, samples, origins, dirs, frame_ids, eps)
 
         def radiance(points: Tensor, ray_ids: Tensor) -> tuple[Tensor, Tensor]:
-            with fp32_geometry(points.device):
-                result = self._deformed(frames, points, frame_ids[ray_ids])
-                # Blended here, for the samples the field evaluates, not in the occupancy query.
-                visibility = frames.deformation.blend_attributes(result)
-                canonical = result.canonical
-                if frames.pose_gradient is not None:
-                    canonical = frames.pose_gradient(points, result)
-            return self.field(canonical, result.rotation, dirs[ray_ids], result.normal, visibility)
+            cached = self._cache.lookup(points)
+            return self.radiance(
+                frames, points, frame_ids[ray_ids], dirs[ray_ids], cached, self._cache.refined
+            )
 
         def correct(rgb: Tensor, opacity: Tensor) -> Tensor:
             return self.field.apply_camera_affine(rgb, opacity, camera_ids)
@@ -368,8 +372,33 @@ class HandAvatar(nn.Module):
             result = self._deformed(frames, points, frame_ids[ray_ids])
         sigma = self.field.density(result.canonical)
         keep = visible_samples(samples, sigma, eps)
-        self._cache.replace(points[keep], _result_rows(result, keep), refined=True)
+        self._cache.replace(points[keep], result_rows(result, keep), refined=True)
         return samples.select(keep)
+
+    def radiance(
+        self,
+        frames: PosedFrames,
+        points: Tensor,
+        frame_ids: Tensor,
+        dirs: Tensor,
+        result: DeformResult | None = None,
+        refined: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Density (M,) and colour (M,3) of posed ``points`` (M,3) of frames ``frame_ids``
+        (M,) seen along ``dirs`` (M,3); ``result``: their deformation from the occupancy
+        query (refined to the surface here unless ``refined``), None to deform them now.
+        The geometry runs in float32 whatever the autocast."""
+        with fp32_geometry(points.device):
+            if result is None:
+                result = frames.deformation.deform(points, frame_ids)
+            elif not refined:
+                result = frames.deformation.refine_to_surface(points, result)
+            # Blended here, for the samples the field evaluates, not in the occupancy query.
+            visibility = frames.deformation.blend_attributes(result)
+            canonical = result.canonical
+            if frames.pose_gradient is not None:
+                canonical = frames.pose_gradient(points, result)
+        return self.field(canonical, result.rotation, dirs, result.normal, visibility)
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:

@@ -23,7 +23,8 @@ class DataConfig:
     train_seq: str = "ROM04_RT_Occlusion"
     #: Sequence used for novel-pose evaluation (None: none).
     novel_pose_seq: str | None = "ROM03_RT_No_Occlusion"
-    hand: str = choice("right", ("right", "left"))
+    #: "both": two interacting hands (InterHand's _dh_ sequences) in one avatar.
+    hand: str = choice("right", ("right", "left", "both"))
     #: Cameras kept out of training for novel-view evaluation; empty: every ``holdout_every``-th.
     holdout_cameras: list[str] = field(default_factory=list)
     holdout_every: int = 6

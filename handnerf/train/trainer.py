@@ -26,6 +26,7 @@ from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.errors import (
     CheckpointError,
+    ConfigError,
     ResourceError,
     TrainingDivergedError,
 )
@@ -36,6 +37,7 @@ from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.distributed import DataParallel
 from handnerf.train.fit_data import FitData
+from handnerf.train.fit_hands import mano_to
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
 from handnerf.train.pose_refinement import PoseRefiner, pose_param_groups, pose_schedules
 from handnerf.train.rays import RaySampler, ViewStack
@@ -76,12 +78,14 @@ class Trainer:
         self.parallel.check_shares(cfg.train.batch_rays, cfg.train.lpips_patches)
         self.device = self.parallel.device
         torch.manual_seed(cfg.train.seed)
-        self.avatar = HandAvatar(
-            cfg.model,
-            data.hand_model,
-            data.betas,
-            n_cameras=len(data.camera_names),
-            device=self.device,
+        if cfg.train.refine_pose and data.fit_hands.both:
+            raise ConfigError(
+                "train.refine_pose=true is one-hand only for now; with data.hand=both set "
+                "train.refine_pose=false"
+            )
+        # A HandAvatar, or for data.hand=both a TwoHandAvatar (same interface).
+        self.avatar: HandAvatar = data.fit_hands.avatar(
+            cfg.model, data.betas, n_cameras=len(data.camera_names), device=self.device
         ).to(self.device)
         self.pose = (
             PoseRefiner(self.avatar, data.train_mano, data.train.frame_keys, self.device)
@@ -91,7 +95,7 @@ class Trainer:
         self.train_frames: PosedFrames = (
             self.pose.pose_frames()
             if self.pose is not None
-            else self.avatar.pose_frames(data.train_mano.to(self.device))
+            else self.avatar.pose_frames(mano_to(data.train_mano, self.device))
         )
         silhouette = self._silhouette()
         self.rays = RaySampler(
@@ -146,7 +150,7 @@ class Trainer:
         """With MANO masks a jittered ray's mask is its own hit test of the posed mesh."""
         if not (self.cfg.train.jitter_rays and self.cfg.data.mask_source == "mano"):
             return None
-        return MeshSilhouette(self.train_frames.vertices, self.data.hand_model.faces)
+        return MeshSilhouette(self.train_frames.vertices, self.data.fit_hands.faces())
 
     def _repose(self, snapshot: bool = False) -> None:
         """Posed frames and silhouettes of the refined pose (pose refinement only)."""
