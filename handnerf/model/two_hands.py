@@ -25,6 +25,7 @@ from handnerf.errors import ParameterError
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.avatar import AvatarConfig, HandAvatar, PosedFrames, result_rows
 from handnerf.model.deformer import DeformResult
+from handnerf.model.occupancy import CanonicalOccupancyGrid
 from handnerf.model.rays import RayBundle
 from handnerf.model.volume import render_samples
 
@@ -130,6 +131,10 @@ class TwoHandAvatar(nn.Module):
         return groups
 
     @torch.no_grad()
+    def occupancy_grids(self) -> list[CanonicalOccupancyGrid]:
+        """Each hand's canonical occupancy grid (right, left)."""
+        return [self.hand(side).occupancy for side in SIDES]
+
     def update_occupancy(self, step: int) -> bool:
         return any([self.hand(side).update_occupancy(step) for side in SIDES])
 

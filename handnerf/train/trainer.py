@@ -303,7 +303,8 @@ class Trainer:
             # nerfacc's update draws random cells: rank 0 draws, every rank gets its grid.
             if self.parallel.is_main:
                 self.avatar.update_occupancy(self.step)
-            self.parallel.share_occupancy(self.avatar.occupancy)
+            for grid in self.avatar.occupancy_grids():
+                self.parallel.share_occupancy(grid)
         if self.pose is not None and (self.step + 1) % max(cfg.train.pose_refresh_every, 1) == 0:
             self._repose()
         with torch.no_grad():
