@@ -23,6 +23,8 @@ from .conftest import WAIT
 
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
 VIEWPORT = {"width": 1100, "height": 700}
+#: A hang (a page that never renders) fails here, whatever the machine's load.
+pytestmark = pytest.mark.timeout(900)
 #: Left part of the page: the 3D view, clear of the control panel on the right.
 VIEW_WIDTH = 520
 
@@ -51,10 +53,10 @@ def _view(page: Page) -> np.ndarray:
     return np.asarray(shot)[:, :VIEW_WIDTH]
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds. No clock here: a page that never gets there is
+    ended by the module's pytest-timeout, whose traceback shows ``what`` it waited for."""
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.25)
 
 

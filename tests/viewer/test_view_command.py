@@ -17,6 +17,9 @@ from handnerf.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
+#: A job that hangs fails here, whatever the machine's load (no clock in the waits).
+pytestmark = pytest.mark.timeout(900)
+
 
 def test_a_missing_run_folder_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -58,10 +61,10 @@ def test_a_bad_port_number_is_refused(tiny_run: Path, capsys: pytest.CaptureFixt
     assert "--port must be in 0..65535" in capsys.readouterr().err
 
 
-def _wait_for_line(path: Path, prefix: str, proc: subprocess.Popen[str], timeout: float) -> str:
-    """The first line of ``path`` starting with ``prefix`` (the job's progress points)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_for_line(path: Path, prefix: str, proc: subprocess.Popen[str]) -> str:
+    """The first line of ``path`` starting with ``prefix`` (the job's progress points).
+    No clock: a job that exits fails at once, one that hangs meets pytest-timeout."""
+    while True:
         if path.exists():
             for line in path.read_text().splitlines():
                 if line.startswith(prefix):
@@ -69,7 +72,6 @@ def _wait_for_line(path: Path, prefix: str, proc: subprocess.Popen[str], timeout
         if proc.poll() is not None:
             raise AssertionError(f"handnerf view exited with {proc.returncode}")
         time.sleep(0.2)
-    raise AssertionError(f"no '{prefix}' progress point within {timeout} s")
 
 
 def test_the_command_serves_on_the_next_free_port_and_stops_on_sigterm(
@@ -92,7 +94,7 @@ def test_the_command_serves_on_the_next_free_port_and_stops_on_sigterm(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         try:
-            served = int(_wait_for_line(progress, "view.serve", proc, 300).split()[1])
+            served = int(_wait_for_line(progress, "view.serve", proc).split()[1])
             assert served != port
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=120)
