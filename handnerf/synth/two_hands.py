@@ -48,11 +48,13 @@ from handnerf.synth.raycast import Lighting
 from handnerf.synth.rig import RigCamera, make_dome
 from handnerf.synth.writer import (
     SYNTH_FORMAT_VERSION,
-    FrameTask,
+    Scene,
     SynthSummary,
     albedo_for,
+    open_capture_folder,
     real_rig_effects,
-    run_tasks,
+    render_frames,
+    summarize,
 )
 
 #: The training interactions, in the order their sequences are numbered.
@@ -357,13 +359,10 @@ def synthesize_two_hand_capture(
     if preset.mano_noise_deg > 0 or preset.mano_noise_mm > 0:
         raise DataError(f"synth preset {preset.name!r}: MANO noise is one-hand only")
     start = time.perf_counter()
-    root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root}: synth output exists and is not a folder")
-    root.mkdir(parents=True, exist_ok=True)
+    paths = open_capture_folder(out_dir, preset)
+    root = paths.root
     workers = preset.workers if workers is None else workers
     lighting = lighting or Lighting()
-    paths = CapturePaths(root=root, split=preset.split, capture=preset.capture)
     names = ("rig", "poses", "border", "colour")
     streams = np.random.SeedSequence([seed, 2]).spawn(len(names))
     rngs = {name: np.random.default_rng(s) for name, s in zip(names, streams, strict=True)}
@@ -385,26 +384,11 @@ def synthesize_two_hand_capture(
         [frames.canonical_vertices["right"], mirror_points(frames.canonical_vertices["left"])]
     )
     albedo = albedo_for(models["right"], frames.canonical_vertices["right"])
-    tasks = [
-        FrameTask(
-            plan=plan,
-            vertices=np.concatenate([frames.vertices["right"][i], frames.vertices["left"][i]]),
-            canonical_vertices=canonical,
-            faces=union_faces,
-            cameras=cameras,
-            albedo=albedo,
-            lighting=lighting,
-            supersample=preset.supersample,
-            jpeg_quality=preset.jpeg_quality,
-            paths=paths,
-        )
-        for i, plan in enumerate(frames.plans)
-    ]
-    n_images = 0
-    for count in run_tasks(tasks, workers):
-        n_images += count
-        if progress is not None:
-            progress(count)
+    vertices = np.concatenate([frames.vertices["right"], frames.vertices["left"]], axis=1)
+    scene = Scene(canonical, union_faces, albedo, lighting)
+    n_images = render_frames(
+        frames.plans, vertices, scene, cameras, preset, paths, workers, progress
+    )
 
     _write_two_hand_annotations(paths, preset, cameras, frames)
     preset_record = dataclasses.asdict(preset)
@@ -412,9 +396,6 @@ def synthesize_two_hand_capture(
         preset_record.pop(key)
     data = models["right"].data
     hand_source = "procedural" if data.is_procedural else str(data.source)
-    sequences: dict[str, int] = {}
-    for plan in frames.plans:
-        sequences[plan.seq_name] = sequences.get(plan.seq_name, 0) + 1
     atomic_write_json(
         root / SYNTH_MARKER,
         {
@@ -443,12 +424,4 @@ def synthesize_two_hand_capture(
             "(both hands)",
         },
     )
-    return SynthSummary(
-        root=root,
-        n_cameras=len(cameras),
-        n_frames=len(frames.plans),
-        n_images=n_images,
-        seconds=time.perf_counter() - start,
-        hand_source=hand_source,
-        sequences=sequences,
-    )
+    return summarize(paths, cameras, frames.plans, n_images, start, hand_source)

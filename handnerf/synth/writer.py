@@ -273,6 +273,85 @@ def _joint_rows(keypoints: np.ndarray, side: str) -> tuple[list[list[float]], li
 # --------------------------------------------------------------------------- main
 
 
+def open_capture_folder(out_dir: str | Path, preset: SynthPreset) -> CapturePaths:
+    """Create the capture root ``out_dir`` (a file there is a :class:`DataError`) and return
+    the preset's InterHand paths under it."""
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: synth output exists and is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    return CapturePaths(root=root, split=preset.split, capture=preset.capture)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What every frame of a capture shares: canonical vertices (V,3) for the albedo lookup,
+    faces (F,3), the albedo function and the light."""
+
+    canonical_vertices: np.ndarray
+    faces: np.ndarray
+    albedo: AlbedoFn
+    lighting: Lighting
+
+
+def render_frames(
+    plans: Sequence[FramePlan],
+    vertices: np.ndarray,
+    scene: Scene,
+    cameras: list[RigCamera],
+    preset: SynthPreset,
+    paths: CapturePaths,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Render and write every camera's image and mask of each frame (``vertices`` (T,V,3),
+    one row per plan) over ``workers`` processes; returns the number of images."""
+    tasks = [
+        FrameTask(
+            plan=plan,
+            vertices=vertices[i],
+            canonical_vertices=scene.canonical_vertices,
+            faces=scene.faces,
+            cameras=cameras,
+            albedo=scene.albedo,
+            lighting=scene.lighting,
+            supersample=preset.supersample,
+            jpeg_quality=preset.jpeg_quality,
+            paths=paths,
+        )
+        for i, plan in enumerate(plans)
+    ]
+    n_images = 0
+    for count in run_tasks(tasks, workers):
+        n_images += count
+        if progress is not None:
+            progress(count)
+    return n_images
+
+
+def summarize(
+    paths: CapturePaths,
+    cameras: list[RigCamera],
+    plans: Sequence[FramePlan],
+    n_images: int,
+    start: float,
+    hand_source: str,
+) -> SynthSummary:
+    """The :class:`SynthSummary` of a capture written since ``start`` (perf_counter)."""
+    sequences: dict[str, int] = {}
+    for plan in plans:
+        sequences[plan.seq_name] = sequences.get(plan.seq_name, 0) + 1
+    return SynthSummary(
+        root=paths.root,
+        n_cameras=len(cameras),
+        n_frames=len(plans),
+        n_images=n_images,
+        seconds=time.perf_counter() - start,
+        hand_source=hand_source,
+        sequences=sequences,
+    )
+
+
 def plan_frames(preset: SynthPreset) -> list[FramePlan]:
     """The frames of a preset: the novel-pose sequence first (InterHand order), then training."""
     plans = [FramePlan(preset.novel_seq, f, "novel") for f in preset.novel_frame_ids()]
@@ -313,13 +392,10 @@ def synthesize_capture(
     from handnerf.hand.hand_model import HandModel
 
     start = time.perf_counter()
-    root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root}: synth output exists and is not a folder")
-    root.mkdir(parents=True, exist_ok=True)
+    paths = open_capture_folder(out_dir, preset)
+    root = paths.root
     workers = preset.workers if workers is None else workers
     lighting = lighting or Lighting()
-    paths = CapturePaths(root=root, split=preset.split, capture=preset.capture)
 
     # New streams go last: spawn(n)'s first children do not depend on n, so captures made
     # without the newer options stay byte-identical.
@@ -336,26 +412,10 @@ def synthesize_capture(
     albedo = albedo_for(model, posed.canonical_vertices)
     faces = model.faces.numpy().astype(np.int64)
 
-    tasks = [
-        FrameTask(
-            plan=plan,
-            vertices=posed.vertices[i],
-            canonical_vertices=posed.canonical_vertices,
-            faces=faces,
-            cameras=cameras,
-            albedo=albedo,
-            lighting=lighting,
-            supersample=preset.supersample,
-            jpeg_quality=preset.jpeg_quality,
-            paths=paths,
-        )
-        for i, plan in enumerate(plans)
-    ]
-    n_images = 0
-    for count in run_tasks(tasks, workers):
-        n_images += count
-        if progress is not None:
-            progress(count)
+    scene = Scene(posed.canonical_vertices, faces, albedo, lighting)
+    n_images = render_frames(
+        plans, posed.vertices, scene, cameras, preset, paths, workers, progress
+    )
 
     noisy = preset.mano_noise_deg > 0 or preset.mano_noise_mm > 0
     exact = _mano_json(preset, plans, posed.global_orient, posed.hand_pose_relative, posed)
@@ -398,18 +458,7 @@ def synthesize_capture(
             **({"exact_mano": EXACT_MANO} if noisy else {}),
         },
     )
-    sequences: dict[str, int] = {}
-    for plan in plans:
-        sequences[plan.seq_name] = sequences.get(plan.seq_name, 0) + 1
-    return SynthSummary(
-        root=root,
-        n_cameras=len(cameras),
-        n_frames=len(plans),
-        n_images=n_images,
-        seconds=time.perf_counter() - start,
-        hand_source=hand_source,
-        sequences=sequences,
-    )
+    return summarize(paths, cameras, plans, n_images, start, hand_source)
 
 
 def _perturbed_mano(
