@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from handnerf.data.annotations import SYNTH_MARKER
 from handnerf.errors import DataError
 from handnerf.hand.sides import mirror_points, mirror_pose
 from handnerf.synth.annotations import (
@@ -40,14 +39,12 @@ from handnerf.synth.annotations import (
     CapturePaths,
     FramePlan,
     add_image_records,
-    atomic_write_json,
     write_annotation_files,
 )
 from handnerf.synth.presets import SynthPreset
 from handnerf.synth.raycast import Lighting
 from handnerf.synth.rig import RigCamera, make_dome
 from handnerf.synth.writer import (
-    SYNTH_FORMAT_VERSION,
     Scene,
     SynthSummary,
     albedo_for,
@@ -55,6 +52,7 @@ from handnerf.synth.writer import (
     real_rig_effects,
     render_frames,
     summarize,
+    write_synth_marker,
 )
 
 #: The training interactions, in the order their sequences are numbered.
@@ -353,14 +351,12 @@ def synthesize_two_hand_capture(
     MANO noise is not supported here (the preset's must be 0)."""
     import torch
 
-    from handnerf import __version__
     from handnerf.hand.hand_model import HandModel
 
     if preset.mano_noise_deg > 0 or preset.mano_noise_mm > 0:
         raise DataError(f"synth preset {preset.name!r}: MANO noise is one-hand only")
     start = time.perf_counter()
     paths = open_capture_folder(out_dir, preset)
-    root = paths.root
     workers = preset.workers if workers is None else workers
     lighting = lighting or Lighting()
     names = ("rig", "poses", "border", "colour")
@@ -394,34 +390,25 @@ def synthesize_two_hand_capture(
     preset_record = dataclasses.asdict(preset)
     for key in ("mano_noise_deg", "mano_noise_mm", "side", "train_seq", "novel_seq"):
         preset_record.pop(key)
-    data = models["right"].data
-    hand_source = "procedural" if data.is_procedural else str(data.source)
-    atomic_write_json(
-        root / SYNTH_MARKER,
+    hand_source = write_synth_marker(
+        paths,
+        preset_record,
+        seed,
+        models["right"].data,
+        {"sha256": {s: m.data.sha256 for s, m in models.items()}, "side": "both"},
         {
-            "format_version": SYNTH_FORMAT_VERSION,
-            "handnerf_version": __version__,
-            "preset": preset_record,
-            "seed": int(seed),
-            "hand_model": {
-                "source": hand_source,
-                "procedural": data.procedural,
-                "sha256": {s: m.data.sha256 for s, m in models.items()},
-                "side": "both",
-            },
             "hand": "both",
             "sequences": {
                 "train": [TRAIN_SEQS[k] for k in INTERACTIONS],
                 "novel": NOVEL_SEQ if preset.novel_frames else None,
             },
             "contact_gap_m": CONTACT_GAP_M,
-            "betas": frames.betas.tolist(),
-            "lighting": dataclasses.asdict(lighting),
-            "camera_gains": {c.cam_id: c.gain.tolist() for c in cameras},
-            "border_cut_cameras": border_cut,
-            "background": [0, 0, 0],
-            "masks": "gt_masks/{split}/Capture{capture}/{seq}/cam{ID}/image{FRAME:04d}.png "
-            "(both hands)",
         },
+        frames.betas,
+        lighting,
+        cameras,
+        border_cut,
+        " (both hands)",
+        {},
     )
     return summarize(paths, cameras, frames.plans, n_images, start, hand_source)

@@ -352,6 +352,52 @@ def summarize(
     )
 
 
+def write_synth_marker(
+    paths: CapturePaths,
+    preset_record: dict[str, Any],
+    seed: int,
+    data: Any,
+    hand_model: dict[str, Any],
+    about_hands: dict[str, Any],
+    betas: np.ndarray,
+    lighting: Lighting,
+    cameras: list[RigCamera],
+    border_cut: list[int],
+    masks_note: str,
+    extra: dict[str, Any],
+) -> str:
+    """Write ``synth.json`` (outside the InterHand layout: how the capture was made) and
+    return the hand's source (``"procedural"`` or the MANO folder). ``data``: the hand
+    model's :class:`MANO data <handnerf.hand.mano_file.ManoData>`; ``hand_model``: its
+    ``sha256`` and ``side`` entries; ``about_hands``: keys written after it (two hands);
+    ``masks_note`` is appended to the masks' path pattern; ``extra`` comes last."""
+    from handnerf import __version__
+
+    hand_source = "procedural" if data.is_procedural else str(data.source)
+    atomic_write_json(
+        paths.root / SYNTH_MARKER,
+        {
+            "format_version": SYNTH_FORMAT_VERSION,
+            "handnerf_version": __version__,
+            "preset": preset_record,
+            "seed": int(seed),
+            "hand_model": {"source": hand_source, "procedural": data.procedural, **hand_model},
+            **about_hands,
+            "betas": betas.tolist(),
+            "lighting": dataclasses.asdict(lighting),
+            # Outside the InterHand layout: a real capture's gains are unknown, so a method
+            # that uses them here would not transfer.
+            "camera_gains": {c.cam_id: c.gain.tolist() for c in cameras},
+            "border_cut_cameras": border_cut,
+            "background": [0, 0, 0],
+            "masks": "gt_masks/{split}/Capture{capture}/{seq}/cam{ID}/image{FRAME:04d}.png"
+            + masks_note,
+            **extra,
+        },
+    )
+    return hand_source
+
+
 def plan_frames(preset: SynthPreset) -> list[FramePlan]:
     """The frames of a preset: the novel-pose sequence first (InterHand order), then training."""
     plans = [FramePlan(preset.novel_seq, f, "novel") for f in preset.novel_frame_ids()]
@@ -388,7 +434,6 @@ def synthesize_capture(
     """
     import torch
 
-    from handnerf import __version__
     from handnerf.hand.hand_model import HandModel
 
     start = time.perf_counter()
@@ -432,31 +477,19 @@ def synthesize_capture(
     if not noisy:  # captures made before the option keep their synth.json byte-identical
         for key in ("mano_noise_deg", "mano_noise_mm"):
             preset_record.pop(key)
-    data = model.data
-    hand_source = "procedural" if data.is_procedural else str(data.source)
-    atomic_write_json(
-        root / SYNTH_MARKER,
-        {
-            "format_version": SYNTH_FORMAT_VERSION,
-            "handnerf_version": __version__,
-            "preset": preset_record,
-            "seed": int(seed),
-            "hand_model": {
-                "source": hand_source,
-                "procedural": data.procedural,
-                "sha256": data.sha256,
-                "side": preset.side,
-            },
-            "betas": posed.betas.tolist(),
-            "lighting": dataclasses.asdict(lighting),
-            # Outside the InterHand layout: a real capture's gains are unknown, so a method
-            # that uses them here would not transfer.
-            "camera_gains": {c.cam_id: c.gain.tolist() for c in cameras},
-            "border_cut_cameras": border_cut,
-            "background": [0, 0, 0],
-            "masks": "gt_masks/{split}/Capture{capture}/{seq}/cam{ID}/image{FRAME:04d}.png",
-            **({"exact_mano": EXACT_MANO} if noisy else {}),
-        },
+    hand_source = write_synth_marker(
+        paths,
+        preset_record,
+        seed,
+        model.data,
+        {"sha256": model.data.sha256, "side": preset.side},
+        {},
+        posed.betas,
+        lighting,
+        cameras,
+        border_cut,
+        "",
+        {"exact_mano": EXACT_MANO} if noisy else {},
     )
     return summarize(paths, cameras, plans, n_images, start, hand_source)
 
