@@ -11,7 +11,7 @@ LPIPS_WEIGHTS := $(VENV)/.lpips-weights
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[test,viewer,ray]"
 	touch $(STAMP)
 
 # Standard LPIPS backbones (converted torchvision ImageNet AlexNet/VGG16, sha256-pinned in

@@ -17,7 +17,17 @@ from handnerf import __version__, interrupts
 from handnerf.errors import HandnerfError
 
 #: Subcommands in the order a user meets them.
-COMMANDS: tuple[str, ...] = ("hand", "synth", "prepare", "fit", "render", "eval", "export")
+COMMANDS: tuple[str, ...] = (
+    "hand",
+    "synth",
+    "prepare",
+    "fit",
+    "render",
+    "eval",
+    "export",
+    "view",
+    "batch",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

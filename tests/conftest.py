@@ -56,9 +56,24 @@ def tiny_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_two_hand_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a two-hand capture (``tiny`` preset, 2 frames per interaction), made once."""
+    from handnerf.synth.presets import get_preset
+    from handnerf.synth.two_hands import synthesize_two_hand_capture
+
+    root = tmp_path_factory.mktemp("synth") / "tiny_two_hands"
+    preset = get_preset("tiny").with_overrides(train_frames=2)
+    synthesize_two_hand_capture(root, preset, seed=TINY_SEED, workers=1)
+    return root
+
+
 #: A fit small enough for unit tests: tiny grid, small crops, few rays.
 SMALL_FIT = [
     *TINY_FIT_OVERRIDES,
+    # Pinned: the tests compare against the torch grid's numbers on any machine (a CUDA
+    # test that wants tiny-cuda-nn asks for it after these).
+    "model.field.encoding.backend=torch",
     "train.val_every=0",
     "train.val_views=1",
     "train.log_every=2",
@@ -80,3 +95,14 @@ def tiny_run(tiny_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     run = tmp_path_factory.mktemp("runs") / "tiny_run"
     run_fit(tiny_capture, run, overrides=[*SMALL_FIT, "train.steps=6"], progress=False)
     return run
+
+
+@pytest.fixture
+def nerfacc_standin() -> Iterator[object]:
+    """nerfacc's compiled kernels stood in for by pure PyTorch on the CPU (see
+    tests/nerfacc_standin.py): the packed/nerfacc path runs here; yields the stand-in
+    (its ``calls`` count the kernel calls made)."""
+    from tests.nerfacc_standin import install
+
+    with install() as standin:
+        yield standin

@@ -13,10 +13,17 @@ from handnerf.train.config import FitConfig
     ("override", "key"),
     [
         ("train.background=white", "train.background"),
-        ("data.hand=both", "data.hand"),
+        ("data.hand=two", "data.hand"),
         ("data.mask_source=sam", "data.mask_source"),
         ("data.procedural_hand=fine", "data.procedural_hand"),
         ("data.split=dev", "data.split"),
+        ("model.deformer.blend=linear", "model.deformer.blend"),
+        ("model.deformer.near=face", "model.deformer.near"),
+        ("model.deformer.backend=octree", "model.deformer.backend"),
+        ("model.field.color_model=pbr", "model.field.color_model"),
+        ("model.field.encoding.backend=cuda", "model.field.encoding.backend"),
+        ("model.sampler.kind=uniform", "model.sampler.kind"),
+        ("loss.photometric=l2", "loss.photometric"),
     ],
 )
 def test_a_value_outside_the_choices_names_the_key_and_the_choices(override: str, key: str) -> None:
@@ -27,6 +34,7 @@ def test_a_value_outside_the_choices_names_the_key_and_the_choices(override: str
 def test_every_choice_is_accepted() -> None:
     cfg = load_config(FitConfig, overrides=["train.background=black", "data.hand=left"])
     assert (cfg.train.background, cfg.data.hand) == ("black", "left")
+    assert load_config(FitConfig, overrides=["data.hand=both"]).data.hand == "both"
     assert load_config(FitConfig).data.procedural_hand == "mano"
 
 

@@ -49,8 +49,8 @@ from handnerf.config import load_config, overrides_from_yaml
 from handnerf.errors import ConfigError, DataError, HandnerfError
 from handnerf.files import cache_root, machine_info
 from handnerf.model.encoding import EncodingConfig, HashGridEncoding, tcnn_available
+from handnerf.model.kernels import nerfacc_kernels
 from handnerf.model.renderer import CameraTensors, render_camera
-from handnerf.model.sampler import nerfacc_available
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
 from handnerf.train.trainer import Trainer
@@ -167,7 +167,7 @@ def backend_combinations(
 ) -> list[tuple[str, str]]:
     """(grid backend, sampler kind) pairs that run on ``device``, fused ones first."""
     grids = (["tcnn"] if device.type == "cuda" and tcnn_available() else []) + ["torch"]
-    samplers = (["nerfacc"] if nerfacc_available(device) else []) + ["torch"]
+    samplers = (["nerfacc"] if nerfacc_kernels(device) else []) + ["torch"]
     for name, wanted, present in (("grid", grid, grids), ("sampler", sampler, samplers)):
         if wanted != "all" and wanted not in present:
             raise ConfigError(
@@ -197,7 +197,7 @@ def bench_encoding(
 ) -> dict[str, Any]:
     """fwd and fwd+bwd points/s of the configured grid with ``backend``."""
     tool = bench_encoding_module()
-    enc = HashGridEncoding(dataclasses.replace(cfg, backend=backend)).to(device)
+    enc = HashGridEncoding(dataclasses.replace(cfg, backend=backend), device=device).to(device)
     torch.manual_seed(0)
     x = torch.rand(s.enc_points, 3, device=device)
     result = tool.bench_one(f"{backend} grid", enc, enc.params, x, s.enc_repeats)

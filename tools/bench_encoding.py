@@ -109,7 +109,7 @@ def run(points: int, repeats: int, devices: list[str]) -> dict[str, Any]:
         device = torch.device(dev)
         torch.manual_seed(0)
         x = torch.rand(points, 3, device=device)
-        enc = HashGridEncoding(cfg).to(device)
+        enc = HashGridEncoding(cfg, device=device).to(device)
         plain = bench_one(
             "plain reference",
             lambda pts, e=enc: plain_encode(pts, e.params, e),
@@ -123,7 +123,7 @@ def run(points: int, repeats: int, devices: list[str]) -> dict[str, Any]:
         )
         results += [plain, ours]
         if device.type == "cuda" and tcnn_available():
-            tc = HashGridEncoding(EncodingConfig(backend="tcnn")).to(device)
+            tc = HashGridEncoding(EncodingConfig(backend="tcnn"), device=device).to(device)
             results.append(bench_one("tinycudann", tc, tc.params, x, repeats))
     return {
         "config": {**HashGridEncoding(cfg).encoding_config(), "n_params": enc.n_params},

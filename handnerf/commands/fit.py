@@ -5,10 +5,15 @@ training cameras of the training sequence, and writes RUN/: config.yaml, run.jso
 metrics.jsonl, checkpoints/latest.pt and validation renders. Ctrl-C or SIGTERM finishes the
 current step and saves a checkpoint; '--resume' continues from it with the same config.
 
+Under torchrun the fit is data-parallel: each of N processes renders 1/N of every
+batch (train.batch_rays stays the global batch), gradients are averaged, and rank 0
+alone writes the run folder (gloo on CPUs, nccl on GPUs; see docs/scale.md).
+
 Examples:
   handnerf fit --data demo_out/capture --config configs/demo.yaml --out runs/demo
   handnerf fit --data ROOT --config configs/interhand.yaml --out runs/s0 train.steps=20000
   handnerf fit --data ROOT --out runs/s0 --resume
+  torchrun --nproc_per_node=4 -m handnerf fit --data ROOT --out runs/s0
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from handnerf.train.distributed import is_main_process
     from handnerf.train.fit_job import run_fit
 
     overrides = list(args.overrides)
@@ -56,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         use_wandb=args.wandb,
         progress=not args.no_progress,
     )
-    print(f"fit {result.stopped_by} at step {result.step}")
-    print(f"checkpoint: {result.checkpoint}")
-    print(f"metrics:    {result.metrics}")
+    if is_main_process():  # under torchrun, one report
+        print(f"fit {result.stopped_by} at step {result.step}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"metrics:    {result.metrics}")
     return 0 if result.stopped_by != "signal" else 130

@@ -27,22 +27,6 @@ from handnerf.commands.mano_option import add_mano_dir
 
 HELP = "stream a selection of an InterHand2.6M split into a compact, resumable cache"
 
-#: Keys a protocol file's ``prepare:`` section may set (the flags' names).
-PROTOCOL_KEYS: tuple[str, ...] = (
-    "split",
-    "capture",
-    "seqs",
-    "hand",
-    "cameras",
-    "exclude_cameras",
-    "stride",
-    "crop",
-    "scale",
-    "filters",
-    "refine_masks",
-    "drop_grayscale_cameras",
-)
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -102,49 +86,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def parse_crop(text: str) -> tuple[float, int]:
-    """``'1.3:256'`` -> ``(1.3, 256)``; ConfigError otherwise."""
-    from handnerf.errors import ConfigError
-
-    try:
-        scale_text, size_text = str(text).split(":")
-        scale, size = float(scale_text), int(size_text)
-    except ValueError as exc:
-        raise ConfigError(f"--crop must look like SCALE:SIZE (e.g. 1.3:256), got {text!r}") from exc
-    if scale <= 0 or size < 1:
-        raise ConfigError(f"--crop scale and size must be positive, got {text!r}")
-    return scale, size
-
-
-def load_protocol(path: Path) -> dict[str, Any]:
-    """The ``prepare:`` section of a protocol YAML, checked against :data:`PROTOCOL_KEYS`."""
-    import yaml
-
-    from handnerf.errors import ConfigError
-
-    try:
-        content = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"protocol file not found: {path}") from exc
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    section = content.get("prepare") if isinstance(content, dict) else None
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: no 'prepare:' section")
-    unknown = sorted(set(section) - set(PROTOCOL_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) prepare.{', prepare.'.join(unknown)}; "
-            f"known: {', '.join(PROTOCOL_KEYS)}"
-        )
-    return section
-
-
 def build_spec(args: argparse.Namespace) -> Any:
     """The :class:`~handnerf.data.prepare.PrepareSpec` of the flags over the protocol."""
-    from handnerf.data.crops import CropConfig
-    from handnerf.data.filters import FrameFilterConfig
-    from handnerf.data.prepare import PrepareSpec
+    from handnerf.data.prepare_settings import PROTOCOL_KEYS, load_protocol, spec_from_settings
 
     settings: dict[str, Any] = load_protocol(args.protocol) if args.protocol else {}
     for key in PROTOCOL_KEYS:
@@ -153,31 +97,7 @@ def build_spec(args: argparse.Namespace) -> Any:
             settings[key] = value
     if args.crop is not None or args.scale is not None:
         settings.pop("crop" if args.scale is not None else "scale", None)
-
-    def strings(value: Any) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        return (str(value),) if isinstance(value, str | int) else tuple(str(v) for v in value)
-
-    if settings.get("scale") is not None:
-        crop = CropConfig(mode="full", full_scale=float(settings["scale"]))
-    else:
-        scale, size = parse_crop(settings.get("crop", "1.3:256"))
-        crop = CropConfig(mode="crop", scale=scale, out_size=size)
-    return PrepareSpec(
-        split=str(settings.get("split", "test")),
-        capture=int(settings.get("capture", 0)),
-        seqs=strings(settings.get("seqs")),
-        hand=str(settings.get("hand", "right")),
-        cameras=strings(settings.get("cameras")),
-        exclude_cameras=strings(settings.get("exclude_cameras")),
-        stride=int(settings.get("stride", 1)),
-        drop_grayscale_cameras=bool(settings.get("drop_grayscale_cameras", False)),
-        crop=crop,
-        filters=FrameFilterConfig() if settings.get("filters", True) else None,
-        refine_masks=bool(settings.get("refine_masks", False)),
-        mano_dir=str(args.mano_dir) if args.mano_dir is not None else None,
-    )
+    return spec_from_settings(settings, str(args.mano_dir) if args.mano_dir is not None else None)
 
 
 def run(args: argparse.Namespace) -> int:

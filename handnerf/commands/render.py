@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from handnerf.render.video import write_video
     from handnerf.runs.loader import load_run
     from handnerf.train.fit_data import sequence_mano
+    from handnerf.train.fit_hands import mano_length, map_mano
 
     if args.size < 8:
         raise ConfigError(f"--size must be >= 8, got {args.size}")
@@ -69,13 +70,12 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.mode == "orbit":
         mano = sequence_mano(run_.data_root, data_cfg, data_cfg.train_seq, data_cfg.stride)
-        if not 0 <= args.frame < len(mano):
+        if not 0 <= args.frame < mano_length(mano):
             raise SelectionError(
-                f"--frame {args.frame}: the training sequence has {len(mano)} frames"
+                f"--frame {args.frame}: the training sequence has {mano_length(mano)} frames"
             )
-        frames = render_orbit(
-            run_, mano.index(args.frame), args.frames, args.size, args.chunk, progress
-        )
+        one = map_mano(mano, lambda _, params: params.index(args.frame))
+        frames = render_orbit(run_, one, args.frames, args.size, args.chunk, progress)
     else:
         seq = args.seq or data_cfg.novel_pose_seq
         if not seq:

@@ -11,8 +11,13 @@ Presets: tiny (unit tests, seconds), demo (a CPU fit of a few minutes), fullscal
 fullscale also imitate a real rig's flaws: a few cameras see the hand cut by the image
 border, and each camera has its own white balance (recorded in synth.json).
 
+--hand both writes two interacting hands instead, in InterHand's _dh_ sequences (palms
+touching, interlocked fingers, one hand occluding the other, a clap, and a novel-pose
+sequence; see handnerf.synth.two_hands).
+
 Example:
   handnerf synth --out demo_out/capture --preset demo --seed 0
+  handnerf synth --out demo_out/two_hands --preset demo --hand both
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="capture size (default: demo)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--hand",
+        choices=("right", "left", "both"),
+        default=None,
+        help="the captured hand; 'both': two interacting hands in _dh_ sequences "
+        "(default: the preset's, right)",
+    )
     parser.add_argument(
         "--mano-dir",
         type=Path,
@@ -67,9 +79,13 @@ def run(args: argparse.Namespace) -> int:
 
     from handnerf.errors import ConfigError
     from handnerf.synth.presets import get_preset
+    from handnerf.synth.two_hands import plan_two_hand_frames, synthesize_two_hand_capture
     from handnerf.synth.writer import plan_frames, synthesize_capture
 
     preset = get_preset(args.preset)
+    both = args.hand == "both"
+    if args.hand in ("right", "left"):
+        preset = preset.with_overrides(side=args.hand)
     if args.mano_noise is not None:
         try:
             deg, mm = (float(x) for x in args.mano_noise.split(","))
@@ -80,9 +96,12 @@ def run(args: argparse.Namespace) -> int:
         preset = preset.with_overrides(mano_noise_deg=deg, mano_noise_mm=mm)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    total = preset.n_cameras * len(plan_frames(preset))
-    with tqdm(total=total, unit="img", desc=f"synth {preset.name}") as bar:
-        summary = synthesize_capture(
+    if both and args.mano_noise is not None:
+        raise ConfigError("--mano-noise is not supported with --hand both")
+    n_frames = len(plan_two_hand_frames(preset) if both else plan_frames(preset))
+    synthesize = synthesize_two_hand_capture if both else synthesize_capture
+    with tqdm(total=preset.n_cameras * n_frames, unit="img", desc=f"synth {preset.name}") as bar:
+        summary = synthesize(
             args.out,
             preset,
             seed=args.seed,
@@ -94,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     sequences = ", ".join(f"{name}: {count} frames" for name, count in summary.sequences.items())
     print(
         f"wrote {summary.n_images} images ({summary.n_cameras} cameras x {summary.n_frames} "
-        f"frames; {sequences}) of the {summary.hand_source} hand to {summary.root} "
+        f"frames; {sequences}) of the {summary.hand_source} {'hands' if both else 'hand'} to {summary.root} "
         f"in {summary.seconds:.1f} s"
     )
     return 0

@@ -23,6 +23,8 @@ from handnerf.errors import DataError, NovelPoseSequenceError, ProceduralHandErr
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 HANDS: tuple[str, ...] = ("right", "left")
+#: What a selection may ask for: one hand, or ``"both"`` (two-hand frames, each hand's MANO).
+HAND_CHOICES: tuple[str, ...] = (*HANDS, "both")
 
 #: Folders under ``annotations/`` searched in order: the current layout first, then the
 #: older release's ``all`` (human + machine) and its two halves.

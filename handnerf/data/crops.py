@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from handnerf.config import choice
 from handnerf.data.camera import PinholeCamera
 from handnerf.errors import ConfigError, DataError
 
@@ -31,7 +32,7 @@ class CropConfig:
         full_scale: resize factor of the whole frame in ``"full"`` mode (LiveHand/HandNeRF: 0.5).
     """
 
-    mode: str = "crop"
+    mode: str = choice("crop", ("crop", "full"))
     scale: float = 1.3
     out_size: int = 256
     full_scale: float = 1.0

@@ -17,9 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from handnerf.data.annotations import (
+    HAND_CHOICES,
     HANDS,
     SPLITS,
     SYNTH_MARKER,
@@ -47,6 +46,7 @@ from handnerf.data.records import (
     load_image,
     normalize_camera_id,
     parse_annotation,
+    parse_frame_mano,
     parse_hand_type,
     parse_mano_entry,
     validity_flags,
@@ -67,6 +67,7 @@ from handnerf.errors import DataError, SelectionError
 
 __all__ = [
     "HANDS",
+    "HAND_CHOICES",
     "HAND_ROWS",
     "HAND_TYPES",
     "MANO_VALUE_LIMIT",
@@ -94,6 +95,7 @@ __all__ = [
     "normalize_camera_id",
     "note_two_hand_frames",
     "parse_annotation",
+    "parse_frame_mano",
     "parse_hand_type",
     "parse_mano_entry",
     "read_json",
@@ -185,18 +187,14 @@ class InterHandCapture(SelectedViews):
                 f"{self.files.mano}: mano['{self.capture}'] must be an object keyed by frame, "
                 f"got {type(mano_capture).__name__}"
             )
-        mano_by_frame: dict[int, dict[str, np.ndarray]] = {}
+        mano_by_frame: dict[int, dict[str, Any]] = {}
         with_mano = []
         for img in in_seqs:
             frame = int(img["frame_idx"])
             if frame not in mano_by_frame:
-                frame_entry = mano_capture.get(str(frame))
-                if not isinstance(frame_entry, dict) or self.hand not in frame_entry:
-                    report.skip(f"no {self.hand}-hand MANO entry for the frame")
-                    continue
-                params, reason = parse_mano_entry(frame_entry[self.hand])
+                params, reason = parse_frame_mano(mano_capture.get(str(frame)), self.hand)
                 if params is None:
-                    report.skip(f"{reason} ({self.hand} hand)")
+                    report.skip(str(reason))
                     continue
                 mano_by_frame[frame] = params
             with_mano.append(img)
@@ -209,7 +207,7 @@ class InterHandCapture(SelectedViews):
     def _build_views(
         self,
         images: list[dict[str, Any]],
-        mano_by_frame: dict[int, dict[str, np.ndarray]],
+        mano_by_frame: dict[int, dict[str, Any]],
         data: dict[str, Any],
     ) -> list[FrameView]:
         annotations = data.get("annotations") or []

@@ -16,8 +16,8 @@ import numpy as np
 from handnerf.data.camera import PinholeCamera, holds_json_bool
 from handnerf.errors import DataError
 
-#: Rows of joint_3d's 42 joints that belong to each hand.
-HAND_ROWS: dict[str, slice] = {"right": slice(0, 21), "left": slice(21, 42)}
+#: Rows of joint_3d's 42 joints that belong to each hand (``"both"``: all 42).
+HAND_ROWS: dict[str, slice] = {"right": slice(0, 21), "left": slice(21, 42), "both": slice(0, 42)}
 
 #: Values of ``hand_type`` in data.json's annotations and joint_3d.json: a two-hand frame
 #: is ``'interacting'`` (each hand then has its own MANO entry).
@@ -42,15 +42,19 @@ class FrameView:
         split, capture, seq_name, camera_id, frame_idx: where it comes from.
         camera: the camera in metres (its width/height are data.json's).
         mano: ``{'pose': (48,), 'shape': (10,), 'trans': (3,)}`` float64, InterHand's
-            convention (pose relative to ``hands_mean``, trans in metres, world frame).
-        hand: ``'right'`` or ``'left'``.
-        keypoints_world: (21, 3) metres in InterHand keypoint order, or None when the
-            capture has no joint_3d annotation for this frame.
-        keypoints_valid: (21,) bool, or None together with ``keypoints_world``.
+            convention (pose relative to ``hands_mean``, trans in metres, world frame);
+            empty for ``hand='both'`` (see ``two_hands`` and :attr:`hands_mano`).
+        hand: ``'right'``, ``'left'`` or ``'both'`` (a two-hand frame).
+        keypoints_world: (21, 3) metres in InterHand keypoint order ((42, 3), right then
+            left, for ``'both'``), or None when the capture has no joint_3d annotation
+            for this frame.
+        keypoints_valid: (21,) bool ((42,) for ``'both'``), or None together with
+            ``keypoints_world``.
         bbox: ``(x, y, w, h)`` pixels from data.json's annotation, or None.
         image_id: data.json's image id.
         hand_type: the frame's ``'right'``, ``'left'`` or ``'interacting'`` (both hands in
             view) from joint_3d.json, else data.json; None when absent or flagged invalid.
+        two_hands: ``{'right': mano, 'left': mano}`` for ``hand='both'``, else None.
     """
 
     image_path: Path
@@ -67,6 +71,18 @@ class FrameView:
     bbox: tuple[float, float, float, float] | None
     image_id: int = -1
     hand_type: str | None = None
+    two_hands: dict[str, dict[str, np.ndarray]] | None = None
+
+    @property
+    def hands_mano(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{side: MANO params}`` of every hand the view is selected for (right first)."""
+        if self.two_hands is not None:
+            return dict(self.two_hands)
+        return {self.hand: self.mano}
+
+    def mano_where_of(self, side: str) -> str:
+        """Where ``side``'s MANO entry of this view lives, for error messages."""
+        return f"MANO_NeuralAnnot.json: mano['{self.capture}']['{self.frame_idx}']['{side}']"
 
     @property
     def key(self) -> tuple[int, str, str, int]:
@@ -76,7 +92,7 @@ class FrameView:
     @property
     def mano_where(self) -> str:
         """Where this view's MANO entry lives, for error messages."""
-        return f"MANO_NeuralAnnot.json: mano['{self.capture}']['{self.frame_idx}']['{self.hand}']"
+        return self.mano_where_of(self.hand)
 
 
 def normalize_camera_id(value: object) -> str:
@@ -156,6 +172,29 @@ def parse_mano_entry(entry: object) -> tuple[dict[str, np.ndarray] | None, str |
             return None, "MANO entry out of range"
         params[name] = value
     return params, None
+
+
+def parse_frame_mano(frame_entry: object, hand: str) -> tuple[Any, str | None]:
+    """The MANO fit a selection of ``hand`` needs from one frame of MANO_NeuralAnnot.json.
+
+    Returns ``(params, None)`` (see :func:`parse_mano_entry`) for ``'right'``/``'left'``;
+    for ``'both'``, ``({'right': params, 'left': params}, None)`` when both hands have a
+    usable fit. Otherwise ``(None, skip reason)``. Rule for ``'both'``: a frame where one
+    hand's MANO is null (or malformed) is skipped and counted (``"... (left hand; both
+    needed)"``), not fitted with the present hand alone: the other hand is still in the
+    images, and an avatar taught with it absent would paint it onto the hand it has.
+    """
+    sides = (hand,) if hand != "both" else ("right", "left")
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for side in sides:
+        needed = "; both needed" if hand == "both" else ""
+        if not isinstance(frame_entry, dict) or side not in frame_entry:
+            return None, f"no {side}-hand MANO entry for the frame{needed.replace(';', ',')}"
+        params, reason = parse_mano_entry(frame_entry[side])
+        if params is None:
+            return None, f"{reason} ({side} hand{needed})"
+        found[side] = params
+    return (found if hand == "both" else found[hand]), None
 
 
 def validity_flags(value: object, where: str) -> np.ndarray:

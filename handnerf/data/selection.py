@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from handnerf.data.annotations import HANDS, SPLITS, AnnotationFiles, find_annotation_files
+from handnerf.data.annotations import HAND_CHOICES, SPLITS, AnnotationFiles, find_annotation_files
 from handnerf.data.camera import PinholeCamera
 from handnerf.data.records import (
     HAND_ROWS,
@@ -122,7 +122,9 @@ class SelectionRequest:
         split: ``'train'``, ``'val'`` or ``'test'``.
         capture: capture number (``Capture{N}``).
         seqs: sequence name(s) to keep; None keeps every sequence of the capture.
-        hand: ``'right'`` or ``'left'``; frames without this hand's MANO fit are skipped.
+        hand: ``'right'``, ``'left'`` or ``'both'``; frames without this hand's MANO fit
+            (for ``'both'``: without both hands' fits) are skipped and counted, see
+            :func:`~handnerf.data.records.parse_frame_mano`.
         cameras: camera ids to keep (``'400002'`` or ``'cam400002'``); None keeps all.
         exclude_cameras: camera ids to drop.
         stride: keep every ``stride``-th frame of each sequence (in frame order, first kept).
@@ -160,8 +162,8 @@ def start_selection(request: SelectionRequest) -> tuple[AnnotationFiles, Selecti
         raise DataError(f"InterHand2.6M root not found: {root}")
     if split not in SPLITS:
         raise SelectionError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
-    if hand not in HANDS:
-        raise SelectionError(f"unknown hand {hand!r}; hands are {', '.join(HANDS)}")
+    if hand not in HAND_CHOICES:
+        raise SelectionError(f"unknown hand {hand!r}; hands are {', '.join(HAND_CHOICES)}")
     if int(stride) < 1:
         raise SelectionError(f"stride must be >= 1, got {stride}")
     files = find_annotation_files(root, split)
@@ -259,7 +261,7 @@ def annotations_by_image(
 def build_frame_views(
     source: CaptureSource,
     images: list[dict[str, Any]],
-    mano_by_frame: dict[int, dict[str, np.ndarray]],
+    mano_by_frame: dict[int, dict[str, Any]],
     annotation_by_image: dict[Any, ImageAnnotation],
     cams: dict[str, Any],
     joint_entry: Callable[[int], object] | None,
@@ -271,7 +273,8 @@ def build_frame_views(
         source: the capture, hand and files the records come from.
         images: checked data.json image records (see
             :func:`~handnerf.data.records.check_image_record`) of the selection.
-        mano_by_frame: ``{frame_idx: MANO params}`` for every frame of ``images``.
+        mano_by_frame: ``{frame_idx: MANO params}`` for every frame of ``images``
+            (``{frame_idx: {side: MANO params}}`` for ``hand='both'``).
         annotation_by_image: see :func:`annotations_by_image`.
         cams: camera.json's entry of the capture.
         joint_entry: ``frame_idx -> joint_3d.json entry`` (None for a missing frame), or
@@ -325,13 +328,14 @@ def build_frame_views(
                 camera_id=cam_id,
                 frame_idx=frame,
                 camera=camera_cache[cam_key],
-                mano=mano_by_frame[frame],
+                mano={} if hand == "both" else mano_by_frame[frame],
                 hand=hand,
                 keypoints_world=keypoints,
                 keypoints_valid=valid if keypoints is not None else None,
                 bbox=None if ann is None else ann.bbox,
                 image_id=int(img["id"]),
                 hand_type=hand_type,
+                two_hands=mano_by_frame[frame] if hand == "both" else None,
             )
         )
     views.sort(key=lambda v: (v.seq_name, v.frame_idx, v.camera_id))

@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import ijson
-import numpy as np
 
 from handnerf.data import selection
-from handnerf.data.annotations import HANDS, AnnotationFiles
-from handnerf.data.records import FrameView, check_image_record, parse_mano_entry
+from handnerf.data.annotations import HANDS, AnnotationFiles, find_annotation_files
+from handnerf.data.records import (
+    FrameView,
+    check_image_record,
+    parse_frame_mano,
+    parse_mano_entry,
+)
 from handnerf.data.selection import CaptureSource, SelectedViews, SelectionReport, SelectionRequest
 from handnerf.errors import DataError, SelectionError
 
@@ -141,6 +145,24 @@ def stream_frames(path: Path, capture: int, frames: set[int]) -> dict[int, Any]:
     return kept
 
 
+def split_sequences(root: str | Path, split: str) -> dict[int, list[str]]:
+    """``{capture: [sequence, ...]}`` of every image record of a split's data.json (sorted).
+
+    One streamed pass over ``images``: memory holds only the names, however big the split.
+    Raises DataError when the annotation files are missing or unreadable.
+    """
+    files = find_annotation_files(Path(root), split)
+    found: dict[int, set[str]] = {}
+    for n, img in enumerate(_stream(files.data, "images.item")):
+        try:
+            found.setdefault(int(img["capture"]), set()).add(str(img["seq_name"]))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise DataError(
+                f"{files.data}: images[{n}] lacks a valid 'capture' or 'seq_name' ({exc})"
+            ) from exc
+    return {capture: sorted(seqs) for capture, seqs in sorted(found.items())}
+
+
 @dataclass
 class StreamedSelection(SelectedViews):
     """The result of :func:`select_views`: what ``InterHandCapture`` would hold.
@@ -222,16 +244,12 @@ def select_views(root: str | Path, **options: Any) -> StreamedSelection:
     mano_entries = stream_frames(files.mano, capture, frames)
     if not mano_entries:
         report.notes.append(f"{files.mano} has no entry for capture {capture}")
-    mano_by_frame: dict[int, dict[str, np.ndarray]] = {}
+    mano_by_frame: dict[int, dict[str, Any]] = {}
     bad_frames: dict[int, str] = {}
     for frame in sorted(frames):
-        entry = mano_entries.get(frame)
-        if not isinstance(entry, dict) or hand not in entry:
-            bad_frames[frame] = f"no {hand}-hand MANO entry for the frame"
-            continue
-        params, reason = parse_mano_entry(entry[hand])
+        params, reason = parse_frame_mano(mano_entries.get(frame), hand)
         if params is None:
-            bad_frames[frame] = f"{reason} ({hand} hand)"
+            bad_frames[frame] = str(reason)
         else:
             mano_by_frame[frame] = params
     with_mano: list[dict[str, Any]] = []
@@ -243,6 +261,11 @@ def select_views(root: str | Path, **options: Any) -> StreamedSelection:
             # Counted per image, as InterHandCapture does.
             report.skip(bad_frames[frame])
     report.add_step(f"with {hand}-hand MANO", len(with_mano))
+    if not with_mano and in_seqs and hand == "both":
+        raise SelectionError(
+            f"no frame of sequence(s) {', '.join(sorted(wanted_seqs))} in capture {capture} "
+            f"has usable MANO fits of both hands in {files.mano} ({len(frames)} frames)\n{report}"
+        )
     if not with_mano and in_seqs:
         other = "left" if hand == "right" else "right"
         other_count = sum(
@@ -277,7 +300,7 @@ def select_views(root: str | Path, **options: Any) -> StreamedSelection:
 def _stream_views(
     source: CaptureSource,
     images: list[dict[str, Any]],
-    mano_by_frame: dict[int, dict[str, np.ndarray]],
+    mano_by_frame: dict[int, dict[str, Any]],
     report: SelectionReport,
 ) -> list[FrameView]:
     """Stream the annotations, cameras and joints of ``images`` and build their views."""

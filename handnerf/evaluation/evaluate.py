@@ -40,19 +40,21 @@ from tqdm import tqdm
 from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.data.cache import CachedView, PreparedCache, interhand_root, is_prepared_cache
-from handnerf.data.crops import Crop, CropConfig, crop_hand, downscale
+from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, downscale
 from handnerf.data.interhand import FrameView, load_image, refuse_seen_novel_pose
-from handnerf.data.masks import ManoMasker, MaskCache
+from handnerf.data.two_hand_masks import TwoHandMasker
 from handnerf.errors import ConfigError, DataError
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
 from handnerf.evaluation.scoring import drop_reason, projected_box_mask, score_view
 from handnerf.files import machine_info
 from handnerf.hand.hand_model import ManoParams
+from handnerf.metrics.image import psnr
 from handnerf.metrics.perceptual import PerceptualMetric
 from handnerf.model.renderer import render_camera
 from handnerf.runs.loader import TrainedRun
 from handnerf.train.fit_data import cached_entries, open_sequence
+from handnerf.train.fit_hands import FitMano, mano_to
 
 SPLITS = ("novel_view", "novel_pose")
 
@@ -150,6 +152,18 @@ def cached_split(run: TrainedRun, cache: PreparedCache, split: str) -> list[Eval
     return [EvalView(split, e.view, cached=e) for e in entries]
 
 
+def view_mano(run: TrainedRun, view: FrameView) -> FitMano:
+    """The MANO a view is rendered with: its frame's (the fit's refined one for a training
+    frame), or for a two-hand run each hand's."""
+    if view.two_hands is not None:
+        return {
+            side: ManoParams.from_interhand(params, view.mano_where_of(side))
+            for side, params in view.two_hands.items()
+        }
+    mano = ManoParams.from_interhand(view.mano, view.mano_where)
+    return run.frame_mano(view.seq_name, view.frame_idx, mano)
+
+
 def same_geometry(protocol: EvalProtocol, crop: CropConfig) -> bool:
     """Whether a cache prepared with ``crop`` stores exactly the images ``protocol`` cuts."""
     if protocol.image_mode == "crop":
@@ -174,12 +188,11 @@ class ViewSource:
         self.protocol = protocol
         data_root = Path(run.data_root)
         self.cache: PreparedCache | None = None
-        self.masker: ManoMasker | None = None
+        self.masker: Any = None  # a ManoMasker, or a TwoHandMasker (data.hand=both)
         self.stored = False
         if not is_prepared_cache(data_root):
-            self.masker = ManoMasker(
-                run.avatar.hand_model, cache=MaskCache(run.run_dir / "mask_cache")
-            )
+            # data.hand=both: a TwoHandMasker, the union of both hands' silhouettes.
+            self.masker = run.fit_hands.masker(run.run_dir / "mask_cache")
             self.info: dict[str, Any] = {
                 "views_from": f"InterHand2.6M root {data_root}",
                 "masks_from": "MANO silhouettes rendered at evaluation",
@@ -256,6 +269,24 @@ class ViewSource:
         return downscale(image, view.camera, protocol.image_scale, mask)
 
 
+def hand_masks(source: ViewSource, item: EvalView, crop: Crop) -> dict[str, np.ndarray] | None:
+    """Each hand's visible MANO mask of a two-hand view, cut like ``crop``; None for a
+    one-hand run (or masks from a prepared cache, which are one-hand)."""
+    if not isinstance(source.masker, TwoHandMasker):
+        return None
+    view = item.view
+    blank = np.zeros((view.camera.height, view.camera.width, 3), dtype=np.uint8)
+    out = {}
+    for side, visible in source.masker.visible(view).items():
+        if source.protocol.image_mode == "crop":
+            cut = crop_box(blank, view.camera, crop.box, crop.image.shape[0], mask=visible)
+        else:
+            cut = downscale(blank, view.camera, source.protocol.image_scale, mask=visible)
+        assert cut.mask is not None
+        out[side] = cut.mask & crop.valid_pixels
+    return out
+
+
 def evaluate_run(
     run: TrainedRun,
     protocol: EvalProtocol,
@@ -289,9 +320,8 @@ def evaluate_run(
                 }
             )
             continue
-        mano = ManoParams.from_interhand(view.mano, view.mano_where)
-        mano = run.frame_mano(view.seq_name, view.frame_idx, mano)
-        frames = run.avatar.pose_frames(mano.to(run.device))
+        mano = view_mano(run, view)
+        frames = run.avatar.pose_frames(mano_to(mano, run.device))
         crop = source.crop(item, mask, frames.vertices[0].cpu().numpy(), image)
         assert crop.mask is not None
         cam = crop.camera
@@ -315,6 +345,8 @@ def evaluate_run(
             **scores,
             "render_seconds": time.monotonic() - t_render,
         }
+        for side, hand_mask in (hand_masks(source, item, crop) or {}).items():
+            row[f"{side}_psnr"] = psnr(pred, gt, hand_mask) if hand_mask.any() else None
         rows.append(row)
         interrupts.reached("eval.image", len(rows))
         # The saved render shows what was scored: nothing in the padding.

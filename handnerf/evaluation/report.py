@@ -42,6 +42,9 @@ OPTIONAL_METRIC_FIELDS = (
     "lpips_scaled",
     "psnr_xhand_code",
     "hole_fraction",
+    # two-hand runs: PSNR inside each hand's visible MANO mask (the render shows both)
+    "right_psnr",
+    "left_psnr",
 )
 IMAGE_KINDS = ("render", "gt", "mask")
 

@@ -32,19 +32,23 @@ _RANGE_TOLERANCE = 1e-3
 ImageLike = Any  # np.ndarray | torch.Tensor, (H, W, 3)
 
 
+def _cpu_tensor(value: ImageLike, name: str) -> torch.Tensor:
+    """``value`` (a numpy array or torch tensor) as a CPU tensor, without copying a CPU one."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu")
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise ParameterError(
+        f"{name}: expected a numpy array or torch tensor, got {type(value).__name__}"
+    )
+
+
 def to_image_tensor(value: ImageLike, name: str) -> torch.Tensor:
     """Validate one (H, W, 3) float image in [0, 1] and return it as a float64 CPU tensor.
 
     ``name`` is used in error messages (e.g. ``"pred"``).
     """
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach().to("cpu")
-    elif isinstance(value, np.ndarray):
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
-    else:
-        raise ParameterError(
-            f"{name}: expected a numpy array or torch tensor, got {type(value).__name__}"
-        )
+    tensor = _cpu_tensor(value, name)
     if tensor.ndim != 3 or tensor.shape[-1] != 3:
         raise ParameterError(f"{name}: expected shape (H, W, 3), got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
@@ -63,14 +67,7 @@ def to_image_tensor(value: ImageLike, name: str) -> torch.Tensor:
 
 def _as_mask(value: ImageLike, shape: tuple[int, int]) -> torch.Tensor:
     """Validate a mask and return it as a bool CPU tensor (H, W)."""
-    if isinstance(value, torch.Tensor):
-        mask = value.detach().to("cpu")
-    elif isinstance(value, np.ndarray):
-        mask = torch.from_numpy(np.ascontiguousarray(value))
-    else:
-        raise ParameterError(
-            f"mask: expected a numpy array or torch tensor, got {type(value).__name__}"
-        )
+    mask = _cpu_tensor(value, "mask")
     if mask.ndim == 3 and mask.shape[-1] == 1:
         mask = mask[..., 0]
     if tuple(mask.shape) != shape:

@@ -30,12 +30,13 @@ from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.deformer import DeformResult, FrameDeformation, InverseLBSDeformer
 from handnerf.model.deformer_config import DeformerConfig
 from handnerf.model.field import FieldConfig, HashGridField
+from handnerf.model.frame_deformation import fp32_geometry
 from handnerf.model.occupancy import CanonicalOccupancyGrid, OccupancyConfig
 from handnerf.model.rays import RayBundle
-from handnerf.model.sampler import NerfaccSampler, SamplerConfig, make_sampler
+from handnerf.model.sampler import NerfaccSampler, SampleBatch, SamplerConfig, make_sampler
 from handnerf.model.surface_search import surface_lattice
 from handnerf.model.visibility import VertexVisibility, VisibilityConfig
-from handnerf.model.volume import render_samples
+from handnerf.model.volume import render_samples, visible_samples
 
 
 @dataclass
@@ -60,6 +61,12 @@ class AvatarConfig:
     posed_margin: float = 0.015
     #: Resolution of the per-frame posed shell grid that pre-filters samples cheaply.
     shell_resolution: int = 96
+    #: Early ray termination when rendering without gradients (validation, render, eval):
+    #: samples whose transmittance, from the density of every sample, is below this get
+    #: no colour (their weight is below it too). 0: off. Measured (docs/benchmarks.md,
+    #: "Early ray termination"): 1.9x faster demo-model renders; in training the extra
+    #: density pass costs more than it saves, so training evaluates every sample.
+    early_stop_eps: float = 1e-4
 
 
 @dataclass
@@ -84,15 +91,21 @@ class PosedFrames:
 
 class _DeformCache:
     """Remembers the deformation of the last occupancy query, so the field's evaluation of the
-    same samples (the accepted subset, in the same order) does not deform them twice."""
+    same samples (the accepted subset, in the same order) does not deform them twice.
+    ``refined``: the result already carries the surface blend (``refine_to_surface``)."""
 
     def __init__(self) -> None:
         self.points: Tensor | None = None
         self.result: DeformResult | None = None
+        self.refined = False
 
     def store(self, points: Tensor, keep: Tensor, result: DeformResult, keep_idx: Tensor) -> None:
         self.points = points[keep]
         self.result = result.subset(keep_idx)
+        self.refined = False
+
+    def replace(self, points: Tensor, result: DeformResult, refined: bool) -> None:
+        self.points, self.result, self.refined = points, result, refined
 
     def lookup(self, points: Tensor) -> DeformResult | None:
         if (
@@ -105,7 +118,16 @@ class _DeformCache:
 
 
 class HandAvatar(nn.Module):
-    def __init__(self, cfg: AvatarConfig, hand_model: HandModel, betas: Tensor, n_cameras: int):
+    def __init__(
+        self,
+        cfg: AvatarConfig,
+        hand_model: HandModel,
+        betas: Tensor,
+        n_cameras: int,
+        device: torch.device | str = "cpu",
+    ):
+        """``device``: where the avatar will run (move it there with ``.to(device)``); it
+        decides the device-dependent backends (the hash grid's ``auto``)."""
         super().__init__()
         self.cfg = cfg
         # Kept out of the module tree on purpose: a checkpoint must not carry the (licensed)
@@ -122,7 +144,11 @@ class HandAvatar(nn.Module):
         aabb = torch.cat([lo, hi])
         self.visibility = VertexVisibility(cfg.visibility)
         self.field = HashGridField(
-            cfg.field, aabb=aabb, n_cameras=n_cameras, n_visibility=cfg.visibility.n_directions
+            cfg.field,
+            aabb=aabb,
+            n_cameras=n_cameras,
+            n_visibility=cfg.visibility.n_directions,
+            device=device,
         )
         self.occupancy = CanonicalOccupancyGrid(aabb, cfg.occupancy)
         self.occupancy.init_from_points(canon)
@@ -237,6 +263,18 @@ class HandAvatar(nn.Module):
         idx = idx.clamp(0, res - 1)
         return inside & frames.shell[frame_ids, idx[:, 0], idx[:, 1], idx[:, 2]]
 
+    def near_surface(
+        self, frames: PosedFrames, points: Tensor, frame_ids: Tensor
+    ) -> tuple[Tensor, Tensor, DeformResult]:
+        """Which posed ``points`` (N,3) of frames ``frame_ids`` (N,) lie in their frame's
+        shell: (N,) bool, their indices (K,), and their deformation (K rows; the
+        distance-weighted blend: the samples kept get the closest-triangle weights of
+        ``blend="surface"`` in :meth:`radiance`)."""
+        keep = self.in_shell(frames, points, frame_ids)
+        keep_idx = torch.nonzero(keep).squeeze(1)
+        result = frames.deformation.deform(points[keep_idx], frame_ids[keep_idx], surface=False)
+        return keep, keep_idx, result
+
     def deform_occupied(
         self, frames: PosedFrames, points: Tensor, frame_ids: Tensor, orient: bool = True
     ) -> tuple[Tensor, DeformResult]:
@@ -245,18 +283,22 @@ class HandAvatar(nn.Module):
         (M rows). The distance-weighted blend decides (``surface=False``); the samples kept
         get the closest-triangle weights of ``blend="surface"`` in :meth:`radiance`.
         ``orient=False`` leaves out the rotation and normal (see :meth:`sample_color`) and
-        skips the blend of samples out of the deformer's reach (canonical: the point)."""
-        result = frames.deformation.deform(
-            points, frame_ids, surface=False, orient=orient, reach_only=not orient
-        )
+        skips the blend of samples out of the deformer's reach (canonical: the point).
+        The geometry runs in float32 whatever the autocast."""
+        with fp32_geometry(points.device):
+            result = frames.deformation.deform(
+                points, frame_ids, surface=False, orient=orient, reach_only=not orient
+            )
         return result.valid & self.occupancy.query(result.canonical), result
 
     def _occupied_fn(self, frames: PosedFrames, frame_ids: Tensor):
         def occupied(points: Tensor, ray_ids: Tensor) -> Tensor:
-            fid = frame_ids[ray_ids]
-            keep = self.in_shell(frames, points, fid)
-            keep_idx = torch.nonzero(keep).squeeze(1)
-            occ, result = self.deform_occupied(frames, points[keep_idx], fid[keep_idx])
+            with fp32_geometry(points.device):
+                return occupied_fp32(points, ray_ids)
+
+        def occupied_fp32(points: Tensor, ray_ids: Tensor) -> Tensor:
+            keep, keep_idx, result = self.near_surface(frames, points, frame_ids[ray_ids])
+            occ = result.valid & self.occupancy.query(result.canonical)
             keep[keep_idx] = occ
             self._cache.store(points, keep, result, torch.nonzero(occ).squeeze(1))
             return keep
@@ -264,6 +306,10 @@ class HandAvatar(nn.Module):
         return occupied
 
     @torch.no_grad()
+    def occupancy_grids(self) -> list[CanonicalOccupancyGrid]:
+        """The avatar's canonical occupancy grids (one; a two-hand avatar has one per hand)."""
+        return [self.occupancy]
+
     def update_occupancy(self, step: int) -> bool:
         return self.occupancy.update(step, self.field.density, n=1)
 
@@ -278,7 +324,8 @@ class HandAvatar(nn.Module):
         """Render R ``rays`` of ``frames`` (each of its ``frame_ids``, seen by its ``camera_ids``).
 
         Returns rgb (R,3) composited over ``background`` (R,3)|(3,), opacity (R,), depth (R,).
-        ``training``: stratified (jittered) samples along each ray.
+        ``training``: stratified (jittered) samples along each ray (unless
+        ``model.sampler.stratified`` is false).
         """
         origins, dirs = rays.origins, rays.directions
         frame_ids, camera_ids = rays.frame_ids, rays.camera_ids
@@ -289,13 +336,17 @@ class HandAvatar(nn.Module):
             frame_ids,
             frames.aabbs,
             occupied_fn=occupied_fn,
-            stratified=training,
+            stratified=training and self.cfg.sampler.stratified,
             cache_key=(id(frames), self.occupancy.version),
         )
+        eps = self.cfg.early_stop_eps
+        if eps > 0 and not torch.is_grad_enabled() and samples.n_evaluated:
+            samples = self._drop_hidden(frames, samples, origins, dirs, frame_ids, eps)
 
         def radiance(points: Tensor, ray_ids: Tensor) -> tuple[Tensor, Tensor]:
+            cached = self._cache.lookup(points)
             return self.radiance(
-                frames, points, frame_ids[ray_ids], dirs[ray_ids], self._cache.lookup(points)
+                frames, points, frame_ids[ray_ids], dirs[ray_ids], cached, self._cache.refined
             )
 
         def correct(rgb: Tensor, opacity: Tensor) -> Tensor:
@@ -305,26 +356,55 @@ class HandAvatar(nn.Module):
         self._cache = _DeformCache()
         return out
 
+    def _deformed(self, frames: PosedFrames, points: Tensor, frame_ids: Tensor) -> DeformResult:
+        """The surface-blended deformation of ``points`` (N,3) of ``frame_ids`` (N,), from the
+        occupancy query's cache when it holds these very points."""
+        result = self._cache.lookup(points)
+        if result is None:
+            return frames.deformation.deform(points, frame_ids)
+        if self._cache.refined:
+            return result
+        return frames.deformation.refine_to_surface(points, result)
+
+    def _drop_hidden(
+        self,
+        frames: PosedFrames,
+        samples: SampleBatch,
+        origins: Tensor,
+        dirs: Tensor,
+        frame_ids: Tensor,
+        eps: float,
+    ) -> SampleBatch:
+        """Early ray termination: the densities of all ``samples`` first, then only those
+        still visible (transmittance >= ``eps``) go on to the colour."""
+        points, ray_ids = samples.eval_points(origins, dirs)
+        with fp32_geometry(points.device):
+            result = self._deformed(frames, points, frame_ids[ray_ids])
+        sigma = self.field.density(result.canonical)
+        keep = visible_samples(samples, sigma, eps)
+        self._cache.replace(points[keep], result.subset(keep), refined=True)
+        return samples.select(keep)
+
     def radiance(
         self,
         frames: PosedFrames,
         points: Tensor,
         frame_ids: Tensor,
-        view_dirs: Tensor,
+        dirs: Tensor,
         result: DeformResult | None = None,
+        refined: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """Density (M,) and colour (M,3) of the field at (M,3) posed ``points`` of frames
-        ``frame_ids`` (M,) seen along unit ``view_dirs`` (M,3) (before any camera affine).
-
-        ``result``: these points' deformation from :meth:`deform_occupied`, if known (it is
-        finished to the closest-triangle weights here); None deforms them.
-        """
-        if result is None:
-            result = frames.deformation.deform(points, frame_ids)
-        else:
-            result = frames.deformation.refine_to_surface(points, result)
+        """Density (M,) and colour (M,3) of posed ``points`` (M,3) of frames ``frame_ids``
+        (M,) seen along unit ``dirs`` (M,3) (before any camera affine); ``result``: their
+        deformation from the occupancy query (refined to the surface here unless
+        ``refined``), None to deform them now."""
+        with fp32_geometry(points.device):
+            if result is None:
+                result = frames.deformation.deform(points, frame_ids)
+            elif not refined:
+                result = frames.deformation.refine_to_surface(points, result)
         sigma, geo = self.sample_density(frames, points, result)
-        return sigma, self.sample_color(frames, result, geo, view_dirs)
+        return sigma, self.sample_color(frames, result, geo, dirs)
 
     def sample_density(
         self, frames: PosedFrames, points: Tensor, result: DeformResult
@@ -334,7 +414,8 @@ class HandAvatar(nn.Module):
         ``deform``, or :meth:`deform_occupied` then ``refine_to_surface``)."""
         canonical = result.canonical
         if frames.pose_gradient is not None:
-            canonical = frames.pose_gradient(points, result)
+            with fp32_geometry(points.device):
+                canonical = frames.pose_gradient(points, result)
         return self.field.density_and_features(canonical)
 
     def sample_color(
@@ -344,9 +425,11 @@ class HandAvatar(nn.Module):
         ``result`` and features ``geo`` (M,G) from :meth:`sample_density`, seen along
         ``view_dirs`` (M,3). The rotation and normal are blended here if the deformation
         left them out (``orient=False``), and so is the self-shadow visibility: the costly
-        inputs of the colour, needed only where a sample is seen."""
-        result = frames.deformation.orient(result)
-        visibility = frames.deformation.blend_attributes(result)
+        inputs of the colour, needed only where a sample is seen. The geometry runs in
+        float32 whatever the autocast."""
+        with fp32_geometry(geo.device):
+            result = frames.deformation.orient(result)
+            visibility = frames.deformation.blend_attributes(result)
         return self.field.color(geo, result.rotation, view_dirs, result.normal, visibility)
 
 

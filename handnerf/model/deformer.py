@@ -59,7 +59,7 @@ from handnerf.model.deformer_config import (
     DeformerConfig,
     check_config,
 )
-from handnerf.model.frame_deformation import DeformResult, FrameDeformation
+from handnerf.model.frame_deformation import DeformResult, FrameDeformation, fp32_geometry
 from handnerf.model.neighbour_search import build_grid, build_trees
 from handnerf.model.surface_search import (
     MeshTables,
@@ -150,7 +150,7 @@ class InverseLBSDeformer(nn.Module):
             posed_vertices, bone_transforms, skinning_weights
         )
         backend = self.resolve_backend(posed_vertices.device)
-        with torch.no_grad():
+        with torch.no_grad(), fp32_geometry(posed_vertices.device):
             num_frames, num_vertices = posed_vertices.shape[:2]
             affine_bones = bone_transforms[:, :, :3, :].reshape(num_frames, -1, 12)  # (F, J, 12)
             vertex_affine = torch.einsum("fvj,fjc->fvc", skinning_weights, affine_bones)

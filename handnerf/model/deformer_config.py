@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from handnerf.config import choice
 from handnerf.errors import ConfigError
 
 BACKENDS = ("auto", "kdtree", "cdist", "grid")
@@ -27,20 +28,20 @@ class DeformerConfig:
     """Posed vertices whose skinning weights are blended per sample."""
     max_distance: float = 0.015
     """Samples farther than this (metres) from the nearest posed vertex are empty."""
-    blend: str = "inverse_distance"
+    blend: str = choice("inverse_distance", BLEND_SCHEMES)
     """Neighbour weighting: ``inverse_distance``, ``gaussian``, ``nearest`` or ``surface``
     (barycentric weights of the closest point on the posed mesh; needs ``faces``)."""
     idw_power: float = 2.0
     """Exponent p of inverse-distance weights 1 / d^p."""
     gaussian_sigma: float = 0.004
     """Standard deviation (metres) of Gaussian neighbour weights."""
-    backend: str = "auto"
+    backend: str = choice("auto", BACKENDS)
     """Neighbour lookup: ``auto``, ``kdtree`` (CPU), ``cdist`` or ``grid``."""
     grid_voxel_size: float = 0.002
     """Voxel edge (metres) of the ``grid`` backend."""
     kdtree_workers: int = -1
     """Threads of scipy's cKDTree queries (-1: torch's CPU thread count)."""
-    near: str = "vertex"
+    near: str = choice("vertex", NEAR_MODES)
     """What ``max_distance`` is measured to: the nearest posed ``vertex``, or the closest
     point of the posed ``mesh`` (right on coarse meshes such as real MANO, whose large
     triangles hold surface points up to 12 mm from every vertex; needs

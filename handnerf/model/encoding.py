@@ -11,7 +11,9 @@ trained with one loads into the other:
   ``index_add_``. It runs on CPU and GPU.
 * ``"tcnn"``: ``tinycudann.Encoding`` (CUDA only, imported lazily, never required).
 
-``"auto"`` picks ``tcnn`` when CUDA is available and ``tinycudann`` imports, else ``torch``.
+``"auto"`` picks ``tcnn`` when the encoding is made for a CUDA device and ``tinycudann``
+imports there, else ``torch``: the choice follows the device the model will run on, not
+whether the machine has a GPU (a CPU fit on a GPU machine must not get a CUDA-only grid).
 
 The grid scheme (per level ``l``, ``D`` input dimensions, ``F`` features per level)
 -----------------------------------------------------------------------------------
@@ -89,6 +91,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from handnerf.config import choice
 from handnerf.errors import ConfigError, ParameterError
 
 BACKENDS = ("auto", "torch", "tcnn")
@@ -363,16 +366,21 @@ class _GridTables:
 class EncodingConfig:
     """Settings of :class:`HashGridEncoding`."""
 
+    #: Grid levels, coarse to fine (the output has n_levels * n_features_per_level numbers).
     n_levels: int = 16
+    #: Features stored per table entry (tcnn supports 1, 2, 4 and 8).
     n_features_per_level: int = 2
+    #: log2 of the entries per hashed level; levels with fewer cells are dense, not hashed.
     log2_hashmap_size: int = 19
+    #: Cells per axis of the coarsest level over the unit cube.
     base_resolution: int = 16
     # Growth of the resolution per level; 1.4 spans 16 .. ~2500 over 16 levels. Unlike
     # 1.5 (16 * 1.5**l is a whole number for l <= 4), 16 * 1.4**l is never whole, so
     # tcnn's fast-math exp2f cannot round a level's resolution differently from ours
     # and tcnn checkpoints keep the same table layout as the torch grid.
     per_level_scale: float = 1.4
-    backend: str = "auto"  # auto|torch|tcnn
+    #: Which implementation: tiny-cuda-nn where it can run, else the PyTorch twin.
+    backend: str = choice("auto", ("auto", "torch", "tcnn"))
 
 
 class HashGridEncoding(nn.Module):
@@ -383,7 +391,15 @@ class HashGridEncoding(nn.Module):
     layout, so state dicts move between backends.
     """
 
-    def __init__(self, cfg: EncodingConfig | None = None, n_input_dims: int = 3) -> None:
+    def __init__(
+        self,
+        cfg: EncodingConfig | None = None,
+        n_input_dims: int = 3,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        """``device``: where the encoding will run (it decides ``backend="auto"``; a
+        ``tcnn`` grid is made on that CUDA device). The parameters start on the CPU like
+        any module's; move the module there with ``.to(device)``."""
         super().__init__()
         cfg = cfg if cfg is not None else EncodingConfig()
         _validate(cfg, n_input_dims)
@@ -400,13 +416,16 @@ class HashGridEncoding(nn.Module):
             cfg.n_features_per_level
         )
         self.n_output_dims = cfg.n_levels * cfg.n_features_per_level
-        self.backend_name = _select_backend(cfg.backend)
+        device = torch.device(device)
+        self.backend_name = select_backend(cfg.backend, device)
         self._tables: _GridTables | None = None
         # Kept out of nn.Module's registry so the state dict key is "params" for both
         # backends; forward hands it our Parameter.
         self._tcnn_module: list[Any] = []
         if self.backend_name == "tcnn":
-            module = _make_tcnn_encoding(n_input_dims, self.encoding_config())
+            # tinycudann allocates on the current CUDA device: make it the target one.
+            with torch.cuda.device(device):
+                module = _make_tcnn_encoding(n_input_dims, self.encoding_config())
             if module.params.numel() != self.n_params:
                 raise ConfigError(
                     f"hash grid: tinycudann allocated {module.params.numel()} parameters for "
@@ -465,19 +484,29 @@ class HashGridEncoding(nn.Module):
             raise ParameterError(f"hash grid input: expected floating point, got {x.dtype}")
         x = x.clamp(0.0, 1.0)
         if self.backend_name == "tcnn":
+            if x.device.type != "cuda" or self.params.device != x.device:
+                raise ParameterError(
+                    "hash grid: the tcnn backend runs on CUDA only, with its parameters on the "
+                    f"input's device; got input on {x.device}, parameters on "
+                    f"{self.params.device} (use backend=torch off the GPU)"
+                )
             module = self._tcnn_module[0]
             if module.params is not self.params:  # after load_state_dict(assign=True), .to()
                 module.params = self.params
-            return module(x.float().contiguous()).float()
+            # tinycudann launches on the current CUDA device: the input's (cuda:1, say).
+            with torch.cuda.device(x.device):
+                return module(x.float().contiguous()).float()
         if x.shape[0] == 0:
             return x.new_zeros((0, self.n_output_dims), dtype=self.params.dtype)
         tables = self._grid_tables(x.device)
         return _GridFunction.apply(x.to(self.params.dtype), self.params, tables)
 
 
-def make_hash_grid(cfg: EncodingConfig, n_input_dims: int = 3) -> HashGridEncoding:
-    """Build the encoding for ``cfg`` (see :class:`HashGridEncoding`)."""
-    return HashGridEncoding(cfg, n_input_dims=n_input_dims)
+def make_hash_grid(
+    cfg: EncodingConfig, n_input_dims: int = 3, device: torch.device | str = "cpu"
+) -> HashGridEncoding:
+    """Build the encoding for ``cfg`` to run on ``device`` (see :class:`HashGridEncoding`)."""
+    return HashGridEncoding(cfg, n_input_dims=n_input_dims, device=device)
 
 
 def _validate(cfg: EncodingConfig, n_input_dims: int) -> None:
@@ -513,15 +542,21 @@ def tcnn_available() -> bool:
     return True
 
 
-def _select_backend(backend: str) -> str:
+def select_backend(backend: str, device: torch.device | str) -> str:
+    """The hash grid backend ``backend`` (auto|torch|tcnn) gives on ``device``.
+
+    ``auto``: ``tcnn`` on a CUDA device where ``tinycudann`` imports, else ``torch``.
+    ``tcnn`` anywhere else is a :class:`ConfigError` naming the device.
+    """
+    device = torch.device(device)
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "tcnn" if tcnn_available() else "torch"
-    if not torch.cuda.is_available():
+        return "tcnn" if device.type == "cuda" and tcnn_available() else "torch"
+    if device.type != "cuda" or not torch.cuda.is_available():
         raise ConfigError(
-            "hash grid config: 'backend' is 'tcnn' but CUDA is not available; "
-            "use backend=torch or backend=auto"
+            f"hash grid config: 'backend' is 'tcnn' but the model runs on {device} "
+            "(tiny-cuda-nn runs on CUDA only); use backend=torch or backend=auto"
         )
     try:
         importlib.import_module("tinycudann")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from handnerf.config import choice
 from handnerf.errors import ConfigError, ParameterError
 from handnerf.model.encoding import EncodingConfig, make_hash_grid
 
@@ -29,21 +30,27 @@ _TRUNC_EXP_GRAD_LIMIT = 15.0
 
 
 class _TruncExp(torch.autograd.Function):
-    """exp(x) whose backward clamps x, as in Instant-NGP's density activation."""
+    """exp(x) whose backward clamps x, as in Instant-NGP's density activation.
+
+    Computed and saved in float32 whatever the input: under fp16 autocast the MLP hands
+    over float16, where exp overflows above x ~ 11.1, so the backward's exp(min(x, 15))
+    would be inf and the GradScaler would silently skip the step.
+    """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return torch.exp(x)
+        x32 = x.float()
+        ctx.save_for_backward(x32)
+        return torch.exp(x32)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * torch.exp(x.clamp(max=_TRUNC_EXP_GRAD_LIMIT))
+        (x32,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad.float() * torch.exp(x32.clamp(max=_TRUNC_EXP_GRAD_LIMIT))
 
 
 def trunc_exp(x: Tensor) -> Tensor:
-    """exp with a clamped gradient; same shape as ``x``."""
+    """exp with a clamped gradient; same shape as ``x``, float32."""
     return _TruncExp.apply(x)
 
 
@@ -161,7 +168,7 @@ class FieldConfig:
     #: fixed in the world, a canonical albedo times a world-space shading term is what
     #: the image is made of, so one shading function learned from every pixel serves
     #: every pose and view instead of each surface point learning its own.
-    color_model: str = "mlp"
+    color_model: str = choice("mlp", ("mlp", "shaded"))
     #: Width of the shading MLP of ``color_model="shaded"``.
     shading_hidden_dim: int = 32
     use_camera_affine: bool = True
@@ -182,10 +189,12 @@ class HashGridField(nn.Module):
         aabb: Tensor | Sequence[float] | None = None,
         n_cameras: int = 1,
         n_visibility: int = 0,
+        device: torch.device | str = "cpu",
     ) -> None:
         """``n_cameras``: cameras of the rig, one colour affine each; ``n_visibility``:
         self-shadow visibilities the colour also sees (see :mod:`handnerf.model.visibility`).
-        Both come from the data and the avatar, not from the user's config."""
+        Both come from the data and the avatar, not from the user's config. ``device``:
+        where the field will run (it decides the hash grid's ``auto`` backend)."""
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else FieldConfig()
         self.n_visibility = n_visibility
@@ -206,7 +215,7 @@ class HashGridField(nn.Module):
         self.register_buffer("aabb", torch.zeros(6))
         self.set_aabb(aabb if aabb is not None else cfg.aabb)
 
-        self.encoding = make_hash_grid(cfg.encoding, n_input_dims=3)
+        self.encoding = make_hash_grid(cfg.encoding, n_input_dims=3, device=device)
         n_enc = int(self.encoding.n_output_dims)
         self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1 + cfg.geo_feat_dim)
         with torch.no_grad():

@@ -10,6 +10,7 @@ inverted (:func:`_finish`) into the :class:`DeformResult`.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -31,6 +32,14 @@ _MESH_CANDIDATE_VERTICES = 3
 # Samples whose neighbours' inverse transforms agree within this (metres) keep the
 # distance-weighted blend: the closest-triangle search would move them by less.
 _SURFACE_AGREEMENT = 2e-5
+
+
+def fp32_geometry(device: torch.device) -> AbstractContextManager:
+    """Autocast off on ``device``: positions are metres in a box of ~0.3 m, and a float16
+    (or bfloat16) matrix product would move them by ~0.1 mm, a cell of the finest hash
+    level. Geometry (deform, refine, attribute blending, pose gradients) runs under it, so
+    a mixed-precision training step or render gets the same canonical positions as fp32."""
+    return torch.autocast(device.type, enabled=False)
 
 
 @dataclass
@@ -148,7 +157,7 @@ class FrameDeformation:
         points, frame_ids = self._check_query(points, frame_ids)
         if points.shape[0] == 0:
             return _empty_result(points, self)
-        with torch.no_grad():
+        with torch.no_grad(), fp32_geometry(self.device):
             if self.backend == "grid":
                 return self._deform_grid(points, frame_ids)
             if reach_only and not orient and self.triangle_trees is not None:
@@ -350,7 +359,7 @@ class FrameDeformation:
         global_ids = result.neighbor_ids.clone()
         weights = result.neighbor_weights.clone()
         frame_ids = global_ids[:, 0] // self.num_vertices
-        with torch.no_grad():
+        with torch.no_grad(), fp32_geometry(self.device):
             changed = self._surface_weights(points, frame_ids, global_ids, weights)
             if changed.numel() == 0:
                 return result
@@ -388,7 +397,8 @@ class FrameDeformation:
             return None
         assert result.neighbor_weights is not None
         gathered = self.vertex_attributes[result.neighbor_ids]  # (N, k, C)
-        return torch.einsum("nk,nkc->nc", result.neighbor_weights, gathered)
+        with fp32_geometry(self.device):
+            return torch.einsum("nk,nkc->nc", result.neighbor_weights, gathered)
 
     def _deform_grid(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
         assert self.grid is not None

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from handnerf.errors import ParameterError
 from handnerf.model.avatar import HandAvatar, PosedFrames
+from handnerf.model.frame_deformation import fp32_geometry
 from handnerf.model.rays import RayBundle
 from handnerf.model.sampler import TorchSampler
 
@@ -51,10 +52,11 @@ ROUND_SAMPLES = 4
 SKIP_SLACK = 1e-6
 
 
-def can_march(avatar: HandAvatar) -> bool:
-    """Whether :func:`march_rays` reproduces ``avatar``'s samples: it places them as the
-    torch sampler does (nerfacc's marching, on CUDA, places others)."""
-    return isinstance(avatar.sampler, TorchSampler)
+def can_march(avatar: object) -> bool:
+    """Whether :func:`march_rays` reproduces ``avatar``'s samples: a one-hand avatar whose
+    sampler is the torch one (nerfacc's marching, on CUDA, places others; a two-hand
+    avatar assigns each sample to a hand first and renders through its own path)."""
+    return isinstance(avatar, HandAvatar) and isinstance(avatar.sampler, TorchSampler)
 
 
 @torch.no_grad()
@@ -134,7 +136,8 @@ def march_rays(
         if kept.numel() == 0:
             continue
         points, rows, cols, t = points[kept], rows[kept], cols[kept], t[kept]
-        result = frames.deformation.refine_to_surface(points, result.subset(kept))
+        with fp32_geometry(device):
+            result = frames.deformation.refine_to_surface(points, result.subset(kept))
         sigma, geo = avatar.sample_density(frames, points, result)
         n_evaluated += int(kept.numel())
         sigma_dt = sigma.float() * widths[rows, cols]

@@ -22,6 +22,7 @@ import torch
 
 from handnerf.model.blend_math import blend_quaternions
 from handnerf.model.deformer_config import DeformerConfig
+from handnerf.model.surface_search import rows_by_frame
 
 # Elements of one chunk's (points x vertices) distance matrix in the cdist backend: big
 # enough to keep the GPU busy, small enough (64 MiB of float32) not to spike memory.
@@ -53,19 +54,16 @@ def knn(
     frames; ``trees``: one ``cKDTree`` per frame (:func:`build_trees`) to query, else the
     chunked cdist.
     """
-    num_frames = posed_vertices.shape[0]
     distances = points.new_empty(points.shape[0], k)
     ids = torch.empty(points.shape[0], k, dtype=torch.long, device=points.device)
-    single_frame = num_frames == 1
-    for frame in range(num_frames):
-        if single_frame:
-            selection: torch.Tensor | slice = slice(None)
-            frame_points = points
-        else:
-            selection = torch.nonzero(frame_ids == frame).squeeze(1)
-            if selection.numel() == 0:
-                continue
-            frame_points = points[selection]
+    if posed_vertices.shape[0] == 1:
+        groups: list[tuple[int, torch.Tensor | slice]] = [(0, slice(None))]
+    else:
+        # The frames present, grouped by one sort and one host sync (a training batch
+        # mixes many frames), not a pass over all rows per prepared frame.
+        groups = list(rows_by_frame(frame_ids))
+    for frame, selection in groups:
+        frame_points = points[selection]
         if trees is not None:
             d, i = knn_kdtree(trees[frame], frame_points, k, cfg)
         else:

@@ -30,10 +30,17 @@ from handnerf.errors import ConfigError, ParameterError
 class OccupancyConfig:
     """Settings of :class:`CanonicalOccupancyGrid`."""
 
+    #: Cells per axis over the canonical AABB.
     resolution: int = 64
+    #: A cell is occupied while its (EMA of) ``sigma * step`` exceeds this.
     occ_thresh: float = 0.01
+    #: Each update keeps ``ema_decay`` of a cell's old density estimate.
     ema_decay: float = 0.95
+    #: Updates before this step evaluate every cell; later ones a random quarter
+    #: (nerfacc's schedule).
     warmup_steps: int = 256
+    #: Steps between updates when :meth:`CanonicalOccupancyGrid.update` is not given ``n``
+    #: (a fit passes ``n=1`` and schedules updates with ``train.occupancy_every``).
     update_every: int = 16
     #: Interval length turning density into the occupancy ``sigma * step`` that the
     #: threshold applies to; None: the cell's edge length.

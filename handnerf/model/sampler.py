@@ -7,8 +7,9 @@ Two samplers share one interface, :meth:`sample`, and one result type,
   frame's posed AABB, ``n_samples`` stratified samples per ray in a dense ``(R,S)`` layout
   and a mask of the samples worth evaluating (``occupied_fn``). The field runs only
   under the mask; the others count as empty.
-- :class:`NerfaccSampler` (CUDA, nerfacc's compiled kernels): the canonical occupancy is
-  carried into each frame's posed space on a coarse grid (cached per frame), then
+- :class:`NerfaccSampler` (nerfacc's compiled kernels, CUDA; see
+  :func:`~handnerf.model.kernels.nerfacc_kernels`): the canonical occupancy is carried into
+  each frame's posed space on a coarse grid (cached per frame), then
   ``nerfacc.traverse_grids`` marches every ray through it with a fixed step, giving packed
   samples ``(ray_indices, t_starts, t_ends)`` in occupied cells only.
 
@@ -19,15 +20,15 @@ caller (deform the points with the ray's frame, then query the canonical occupan
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import Tensor
 
+from handnerf.config import choice
 from handnerf.errors import ConfigError, ParameterError
+from handnerf.model.kernels import nerfacc_kernels
 
 OccupiedFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -60,6 +61,21 @@ class SampleBatch:
         if self.mask is not None:
             return int(self.mask.sum())
         return int(self.t_starts.shape[0])
+
+    def select(self, keep: Tensor) -> SampleBatch:
+        """The samples to evaluate, less those where ``keep`` (one bool per evaluated
+        sample, in :meth:`eval_points` order) is false."""
+        if self.ray_indices is not None:
+            return SampleBatch(
+                self.t_starts[keep],
+                self.t_ends[keep],
+                self.n_rays,
+                ray_indices=self.ray_indices[keep],
+            )
+        assert self.mask is not None
+        mask = self.mask.clone()
+        mask[self.mask] = keep
+        return SampleBatch(self.t_starts, self.t_ends, self.n_rays, mask=mask)
 
     def eval_points(self, origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
         """Midpoints of the samples to evaluate (M,3) posed metres and their ray ids (M,)."""
@@ -169,44 +185,20 @@ class TorchSampler:
         return SampleBatch(t_starts, t_ends, n_rays, mask=mask)
 
 
-@lru_cache(maxsize=8)
-def _nerfacc_cuda_works(device_index: int) -> bool:
-    """Whether nerfacc's CUDA kernels build and run on this device (first call compiles)."""
-    import nerfacc
-
-    try:
-        o = torch.zeros(1, 3, device=f"cuda:{device_index}")
-        d = torch.tensor([[0.0, 0.0, 1.0]], device=o.device)
-        box = torch.tensor([[-1.0, -1.0, 1.0, 1.0, 1.0, 2.0]], device=o.device)
-        nerfacc.ray_aabb_intersect(o, d, box)
-    except Exception as exc:  # build errors come as OSError, RuntimeError, ImportError...
-        warnings.warn(
-            f"nerfacc's CUDA kernels are unusable ({type(exc).__name__}: {exc}); "
-            "falling back to the pure-PyTorch sampler",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False
-    return True
-
-
-def nerfacc_available(device: torch.device | str) -> bool:
-    """True when ``device`` is CUDA and nerfacc's kernels work there."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _nerfacc_cuda_works(index)
-
-
 class NerfaccSampler:
-    """Occupancy-guided ray marching with ``nerfacc.traverse_grids`` (CUDA only).
+    """Occupancy-guided ray marching with ``nerfacc.traverse_grids`` (nerfacc's kernels).
 
     Per frame, a ``posed_resolution**3`` binary grid over the frame's posed AABB marks the
     cells whose centre ``occupied_fn`` accepts (dilated by one cell, so thin parts between
-    centres are not lost). It is cached per frame id until ``cache_key`` changes (pass the
-    occupancy grid's ``version``). With ``refine`` the packed samples are filtered once more
-    by ``occupied_fn`` itself, so both samplers evaluate the field on the same set.
+    centres are not lost). It is cached per frame id until ``cache_key`` or the frames'
+    boxes change (pass the occupancy grid's ``version``). With ``refine`` the packed samples
+    are filtered once more by ``occupied_fn`` itself, so both samplers evaluate the field
+    on the same set.
+
+    A batch mixing frames is marched by one ``traverse_grids`` call: each frame's grid and
+    rays are moved along x into a region of their own (translation changes no distance
+    along a ray), and each ray's near/far planes are its own box's entry and exit, so it
+    never marches another frame's grid. Per-frame calls would each wait on the GPU.
     """
 
     def __init__(
@@ -226,47 +218,68 @@ class NerfaccSampler:
         self.dilate = dilate
         self.refine = refine
         self.near_plane = near_plane
-        self._cache: dict[int, tuple[Tensor, Tensor]] = {}
+        self._cache: dict[int, Tensor] = {}
         self._cache_key: Hashable | None = None
+        self._cache_aabbs: Tensor | None = None
 
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    @torch.no_grad()
-    def posed_binary(
-        self, frame_id: int, aabb: Tensor, occupied_fn: OccupiedFn, proxy_ray: int
-    ) -> Tensor:
-        """(res,res,res) bool grid over ``aabb`` (6,), indexed [x,y,z] like nerfacc's.
+    def _check_cache(self, cache_key: Hashable | None, frame_aabbs: Tensor) -> None:
+        """Forget the cached grids when the key or the frames' boxes (F,6) change; the
+        boxes are compared once per call (one host sync), not once per frame."""
+        same_boxes = self._cache_aabbs is not None and (
+            self._cache_aabbs is frame_aabbs
+            or (
+                self._cache_aabbs.shape == frame_aabbs.shape
+                and self._cache_aabbs.device == frame_aabbs.device
+                and torch.equal(self._cache_aabbs, frame_aabbs)
+            )
+        )
+        if cache_key != self._cache_key or not same_boxes:
+            self._cache.clear()
+            self._cache_key = cache_key
+            self._cache_aabbs = frame_aabbs
 
-        ``occupied_fn`` is called with ``ray_ids = proxy_ray`` (a ray of this frame in the
-        current batch) so the caller's frame lookup still works for cell centres.
+    @torch.no_grad()
+    def posed_binaries(
+        self,
+        frames: list[int],
+        aabbs: Tensor,
+        occupied_fn: OccupiedFn,
+        proxy_rays: Tensor,
+    ) -> None:
+        """Build and cache the (res,res,res) bool grids, indexed [x,y,z] like nerfacc's, of
+        ``frames`` over their ``aabbs`` (n,6), together (``occupied_fn`` in chunks).
+
+        ``occupied_fn`` is called with ``ray_ids = proxy_rays[i]`` (n,) (a ray of frame
+        ``frames[i]`` in the current batch) so the caller's frame lookup still works for
+        cell centres.
         """
-        cached = self._cache.get(frame_id)
-        if cached is not None and torch.equal(cached[1], aabb):
-            return cached[0]
-        res = self.posed_resolution
-        axis = torch.arange(res, device=aabb.device, dtype=aabb.dtype)
+        res, n = self.posed_resolution, len(frames)
+        device = aabbs.device
+        axis = torch.arange(res, device=device, dtype=aabbs.dtype)
         coords = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-        centres = aabb[:3] + (coords + 0.5) * ((aabb[3:] - aabb[:3]) / res)
+        cell = (aabbs[:, 3:] - aabbs[:, :3]) / res  # (n,3)
+        centres = (aabbs[:, None, :3] + (coords[None] + 0.5) * cell[:, None]).reshape(-1, 3)
+        owners = proxy_rays.long().repeat_interleave(res**3)
         occupied = torch.cat(
             [
-                _call_occupied(
-                    occupied_fn,
-                    chunk,
-                    torch.full((chunk.shape[0],), proxy_ray, device=aabb.device, dtype=torch.long),
+                _call_occupied(occupied_fn, chunk, ids)
+                for chunk, ids in zip(
+                    centres.split(_OCCUPIED_CHUNK), owners.split(_OCCUPIED_CHUNK), strict=True
                 )
-                for chunk in centres.split(_OCCUPIED_CHUNK)
             ]
-        ).reshape(res, res, res)
+        ).reshape(n, res, res, res)
         if self.dilate:
             occupied = (
-                torch.nn.functional.max_pool3d(
-                    occupied[None, None].float(), 3, stride=1, padding=1
-                )[0, 0]
+                torch.nn.functional.max_pool3d(occupied[:, None].float(), 3, stride=1, padding=1)[
+                    :, 0
+                ]
                 > 0
             )
-        self._cache[frame_id] = (occupied, aabb.clone())
-        return occupied
+        for i, frame in enumerate(frames):
+            self._cache[frame] = occupied[i]
 
     @torch.no_grad()
     def sample(
@@ -283,62 +296,74 @@ class NerfaccSampler:
         import nerfacc
 
         _check_rays(origins, dirs, frame_ids, frame_aabbs)
-        if origins.device.type != "cuda":
-            raise ParameterError("NerfaccSampler needs CUDA tensors; use TorchSampler on CPU")
-        if cache_key != self._cache_key:
-            self._cache.clear()
-            self._cache_key = cache_key
+        if not nerfacc_kernels(origins.device):
+            raise ParameterError(
+                f"NerfaccSampler needs nerfacc's kernels, which do not run on {origins.device}; "
+                "use TorchSampler there"
+            )
+        # nerfacc's kernels read float32 and int64 buffers, contiguous.
         origins, dirs = origins.float().contiguous(), dirs.float().contiguous()
         frame_aabbs = frame_aabbs.float()
         frame_ids = frame_ids.long()
-        n_rays = origins.shape[0]
-        all_ray_ids, all_starts, all_ends = [], [], []
-        for frame in torch.unique(frame_ids).tolist():
-            rays = torch.nonzero(frame_ids == frame, as_tuple=True)[0]
-            aabb = frame_aabbs[frame]
-            if occupied_fn is None:
-                binary = torch.ones(
-                    (self.posed_resolution,) * 3, dtype=torch.bool, device=origins.device
-                )
-            else:
-                binary = self.posed_binary(frame, aabb, occupied_fn, int(rays[0]))
-            # March from the box entry rather than the camera: nerfacc steps its lattice
-            # from the near plane one step at a time, even through empty space.
-            near, far, hit = ray_aabb_intersect(
-                origins[rays], dirs[rays], aabb, near_plane=self.near_plane
+        n_rays, res = origins.shape[0], self.posed_resolution
+        self._check_cache(cache_key, frame_aabbs)
+        # The frames in this batch and each ray's slot among them: one host sync.
+        present_t, slot = torch.unique(frame_ids, return_inverse=True)
+        present = present_t.tolist()
+        boxes = frame_aabbs[present_t]  # (m,6)
+        if occupied_fn is None:
+            binaries = torch.ones(
+                (len(present), res, res, res), dtype=torch.bool, device=origins.device
             )
-            if stratified:
-                near = near + torch.rand_like(near) * self.step_size
-            intervals, samples, _ = nerfacc.traverse_grids(
-                origins[rays],
-                dirs[rays],
-                binary[None].contiguous(),
-                aabb[None].contiguous(),
-                near_planes=near.contiguous(),
-                far_planes=far.contiguous(),
-                step_size=self.step_size,
-                cone_angle=0.0,
-                rays_mask=hit.contiguous(),
-            )
-            all_starts.append(intervals.vals[intervals.is_left])
-            all_ends.append(intervals.vals[intervals.is_right])
-            all_ray_ids.append(rays[samples.ray_indices.long()])
-        if all_ray_ids:
-            ray_ids = torch.cat(all_ray_ids)
-            # Frames were marched one after another: restore per-ray contiguity (stable
-            # keeps each ray's samples in marching order), which packed rendering needs.
-            order = torch.sort(ray_ids, stable=True).indices
-            ray_ids = ray_ids[order]
-            t_starts = torch.cat(all_starts)[order]
-            t_ends = torch.cat(all_ends)[order]
         else:
-            ray_ids = torch.zeros(0, dtype=torch.long, device=origins.device)
-            t_starts = t_ends = torch.zeros(0, device=origins.device)
+            missing = [i for i, frame in enumerate(present) if frame not in self._cache]
+            if missing:
+                first_ray = torch.full(
+                    (len(present),), n_rays, dtype=torch.long, device=origins.device
+                ).scatter_reduce(
+                    0, slot, torch.arange(n_rays, device=origins.device), reduce="amin"
+                )
+                # As many frames per pass as fit in one occupied_fn chunk (bounded memory).
+                per_pass = max(1, _OCCUPIED_CHUNK // res**3)
+                for start in range(0, len(missing), per_pass):
+                    part = missing[start : start + per_pass]
+                    index = torch.tensor(part, device=origins.device)
+                    self.posed_binaries(
+                        [present[i] for i in part], boxes[index], occupied_fn, first_ray[index]
+                    )
+            binaries = torch.stack([self._cache[frame] for frame in present])
+        # March from the box entry rather than the camera: nerfacc steps its lattice from
+        # the near plane one step at a time, even through empty space. A ray that misses
+        # its box gets near = far = 0 and no interval (rays_mask does nothing in 0.5.3
+        # unless over_allocate=True, so it is not relied on).
+        near, far, _ = ray_aabb_intersect(
+            origins, dirs, frame_aabbs[frame_ids], near_plane=self.near_plane
+        )
+        if stratified:
+            near = near + torch.rand_like(near) * self.step_size
+        # Disjoint regions: slot s's box starts at x = s * pitch.
+        pitch = (boxes[:, 3] - boxes[:, 0]).amax() + 1.0
+        shift = torch.zeros_like(boxes[:, :3])
+        shift[:, 0] = torch.arange(len(present), device=boxes.device) * pitch - boxes[:, 0]
+        intervals, samples, _ = nerfacc.traverse_grids(
+            (origins + shift[slot]).contiguous(),
+            dirs,
+            binaries.contiguous(),
+            (boxes + shift.repeat(1, 2)).contiguous(),
+            near_planes=near.contiguous(),
+            far_planes=far.contiguous(),
+            step_size=self.step_size,
+            cone_angle=0.0,
+        )
+        # The kernel packs samples ray after ray, each ray's in marching order.
+        t_starts = intervals.vals[intervals.is_left]
+        t_ends = intervals.vals[intervals.is_right]
+        ray_ids = samples.ray_indices.long()
         batch = SampleBatch(t_starts, t_ends, n_rays, ray_indices=ray_ids)
         if self.refine and occupied_fn is not None and ray_ids.numel():
             points, ids = batch.eval_points(origins, dirs)
             keep = _call_occupied(occupied_fn, points, ids)
-            batch = SampleBatch(t_starts[keep], t_ends[keep], n_rays, ray_indices=ray_ids[keep])
+            batch = batch.select(keep)
         return batch
 
 
@@ -348,9 +373,12 @@ Sampler = TorchSampler | NerfaccSampler
 @dataclass
 class SamplerConfig:
     #: auto: nerfacc on CUDA when its kernels work, else torch.
-    kind: str = "auto"
+    kind: str = choice("auto", ("auto", "torch", "nerfacc"))
     #: TorchSampler: samples per ray across the posed AABB.
     n_samples: int = 64
+    #: Training rays jitter their samples (stratified); false: the fixed samples of
+    #: rendering, so a fit draws no random numbers along its rays.
+    stratified: bool = True
     #: NerfaccSampler: marching step (m) and posed-space grid resolution.
     step_size: float = 2e-3
     posed_resolution: int = 64
@@ -360,11 +388,12 @@ def make_sampler(cfg: SamplerConfig, device: torch.device | str) -> Sampler:
     """The sampler ``cfg.kind`` asks for; "auto" prefers nerfacc where it can run."""
     if cfg.kind not in ("auto", "torch", "nerfacc"):
         raise ConfigError(f"sampler.kind must be auto, torch or nerfacc, got {cfg.kind!r}")
-    use_nerfacc = cfg.kind == "nerfacc" or (cfg.kind == "auto" and nerfacc_available(device))
-    if cfg.kind == "nerfacc" and not nerfacc_available(device):
+    kernels = nerfacc_kernels(device)
+    if cfg.kind == "nerfacc" and not kernels:
         raise ConfigError(
-            f"sampler.kind=nerfacc needs CUDA and nerfacc's compiled kernels (device {device}); use auto or torch"
+            f"sampler.kind=nerfacc needs nerfacc's compiled kernels, which do not run on {device} "
+            "(they need CUDA); use auto or torch"
         )
-    if use_nerfacc:
+    if cfg.kind == "nerfacc" or (cfg.kind == "auto" and kernels):
         return NerfaccSampler(step_size=cfg.step_size, posed_resolution=cfg.posed_resolution)
     return TorchSampler(n_samples=cfg.n_samples)

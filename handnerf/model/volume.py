@@ -1,8 +1,13 @@
 """Volume rendering of samples: batched ``(R,S)`` (any device) and packed (nerfacc layout).
 
 Both use nerfacc's ``render_weight_from_density`` (``w_i = T_i (1 - exp(-sigma_i dt_i))``)
-and ``accumulate_along_rays``. nerfacc's packed scans are CUDA kernels; on CPU the packed
-path uses an exact segmented cumulative sum instead, so it can be tested anywhere.
+and ``accumulate_along_rays``. nerfacc's packed scans are compiled kernels; where they do
+not run (:func:`~handnerf.model.kernels.nerfacc_kernels`), the packed path uses an exact
+segmented cumulative sum instead.
+
+Early ray termination (:func:`visible_samples`): samples behind an opaque part of their
+ray (transmittance below ``early_stop_eps``) add nothing visible; their density is known
+before the colour, so the colour need not be computed for them.
 
 Colour correction (e.g. :class:`~handnerf.model.field.CameraColorAffine`) acts on the
 premultiplied colour before the background is composited:
@@ -18,6 +23,7 @@ import torch
 from torch import Tensor
 
 from handnerf.errors import ParameterError
+from handnerf.model.kernels import nerfacc_kernels
 from handnerf.model.sampler import SampleBatch
 
 #: (premultiplied rgb (R,3), opacity (R,)) -> corrected premultiplied rgb (R,3).
@@ -86,6 +92,38 @@ def _packed_transmittance_cpu(sigmas_dt: Tensor, ray_indices: Tensor, n_rays: in
     return torch.exp(-exclusive).to(sigmas_dt.dtype)
 
 
+def packed_transmittance(
+    sigmas: Tensor, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor, n_rays: int
+) -> tuple[Tensor, Tensor]:
+    """Transmittance and alpha (M,) of packed samples sorted by ray (all (M,)), with
+    nerfacc's kernels where they run, else the exact segmented sum; differentiable."""
+    if nerfacc_kernels(sigmas.device):
+        # The kernels read float32 (an fp16 density under autocast would be misread).
+        trans, alphas = nerfacc.render_transmittance_from_density(
+            t_starts.float(), t_ends.float(), sigmas.float(), ray_indices=ray_indices, n_rays=n_rays
+        )
+        return trans, alphas
+    sigmas_dt = sigmas * (t_ends - t_starts)
+    return _packed_transmittance_cpu(sigmas_dt, ray_indices, n_rays), 1.0 - torch.exp(-sigmas_dt)
+
+
+@torch.no_grad()
+def visible_samples(samples: SampleBatch, sigmas: Tensor, early_stop_eps: float) -> Tensor:
+    """(M,) bool over the evaluated samples of ``samples`` (in ``eval_points`` order):
+    those whose transmittance, from the densities ``sigmas`` (M,) of all of them, is at
+    least ``early_stop_eps``. The samples behind them carry weights below it."""
+    if samples.ray_indices is not None:
+        trans, _ = packed_transmittance(
+            sigmas, samples.t_starts, samples.t_ends, samples.ray_indices.long(), samples.n_rays
+        )
+        return trans >= early_stop_eps
+    assert samples.mask is not None
+    dense = torch.zeros(samples.mask.shape, dtype=torch.float32, device=sigmas.device)
+    dense = dense.masked_scatter(samples.mask, sigmas.float())
+    trans, _ = nerfacc.render_transmittance_from_density(samples.t_starts, samples.t_ends, dense)
+    return trans[samples.mask] >= early_stop_eps
+
+
 def render_packed(
     sigmas: Tensor,
     rgbs: Tensor,
@@ -107,14 +145,8 @@ def render_packed(
             f"{tuple(sigmas.shape)}, {tuple(rgbs.shape)}, {tuple(ray_indices.shape)}"
         )
     ray_indices = ray_indices.long()
-    if sigmas.is_cuda:
-        weights, _, _ = nerfacc.render_weight_from_density(
-            t_starts, t_ends, sigmas, ray_indices=ray_indices, n_rays=n_rays
-        )
-    else:
-        sigmas_dt = sigmas * (t_ends - t_starts)
-        alphas = 1.0 - torch.exp(-sigmas_dt)
-        weights = _packed_transmittance_cpu(sigmas_dt, ray_indices, n_rays) * alphas
+    trans, alphas = packed_transmittance(sigmas, t_starts, t_ends, ray_indices, n_rays)
+    weights = trans * alphas
     rgb = nerfacc.accumulate_along_rays(
         weights, values=rgbs, ray_indices=ray_indices, n_rays=n_rays
     )

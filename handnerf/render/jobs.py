@@ -18,6 +18,7 @@ from handnerf.model.avatar import PosedFrames
 from handnerf.model.renderer import render_camera
 from handnerf.runs.loader import TrainedRun
 from handnerf.synth.rig import look_at_rotation
+from handnerf.train.fit_hands import FitMano, mano_length, mano_to, map_mano
 
 
 def framing_camera(
@@ -75,7 +76,7 @@ def hand_sphere(vertices: torch.Tensor) -> tuple[np.ndarray, float]:
 
 def render_orbit(
     run: TrainedRun,
-    mano: ManoParams,
+    mano: FitMano,
     n_frames: int = 36,
     size: int = 192,
     chunk: int | None = None,
@@ -85,7 +86,7 @@ def render_orbit(
     if n_frames < 1:
         raise ConfigError(f"--frames must be >= 1, got {n_frames}")
     with torch.no_grad():
-        frames = run.avatar.pose_frames(mano.to(run.device))
+        frames = run.avatar.pose_frames(mano_to(mano, run.device))
     center, radius = hand_sphere(frames.vertices[0])
     cams = orbit_cameras(center, radius, n_frames, size)
     out = []
@@ -119,7 +120,7 @@ def interpolate_mano(mano: ManoParams, n_frames: int) -> ManoParams:
 
 def render_pose_sequence(
     run: TrainedRun,
-    mano: ManoParams,
+    mano: FitMano,
     n_frames: int = 36,
     size: int = 192,
     orbit: bool = False,
@@ -128,19 +129,26 @@ def render_pose_sequence(
 ) -> list[np.ndarray]:
     """Novel poses: the avatar driven by ``mano`` (another sequence), seen by a camera that
     follows the hand (fixed direction, or orbiting with ``orbit``)."""
-    if len(mano) == 0:
+    if mano_length(mano) == 0:
         raise DataError("the pose sequence is empty")
-    seq = interpolate_mano(mano, n_frames)
-    # The shape is the subject's: novel poses drive the fitted hand, not another subject.
-    seq.betas = run.avatar.betas[None].cpu().expand(len(seq), -1).clone()
+
+    def subject(side: str | None, params: ManoParams) -> ManoParams:
+        # The shape is the subject's: novel poses drive the fitted hand, not another subject.
+        seq = interpolate_mano(params, n_frames)
+        betas = run.avatar.betas if side is None else run.avatar.hand(side).betas
+        seq.betas = betas[None].cpu().expand(len(seq), -1).clone()
+        return seq
+
+    seq = map_mano(mano, subject)
+    n = mano_length(seq)
     with torch.no_grad():
-        frames = run.avatar.pose_frames(seq.to(run.device))
-    centers = [hand_sphere(frames.vertices[i]) for i in range(len(seq))]
+        frames = run.avatar.pose_frames(mano_to(seq, run.device))
+    centers = [hand_sphere(frames.vertices[i]) for i in range(n)]
     radius = max(r for _, r in centers)
     out = []
-    for i in tqdm(range(len(seq)), desc="poses", disable=not progress):
+    for i in tqdm(range(n), desc="poses", disable=not progress):
         center = centers[i][0]
-        azim = 2 * np.pi * i / len(seq) if orbit else 0.0
+        azim = 2 * np.pi * i / n if orbit else 0.0
         offset = 0.6 * np.array([np.cos(azim) * 0.94, np.sin(azim) * 0.94, 0.34])
         cam = framing_camera(center + offset, center, radius, size)
         out.append(_render(run, frames, i, cam, chunk))

@@ -15,11 +15,11 @@ import torch
 
 from handnerf.errors import CheckpointError
 from handnerf.files import pick_device
-from handnerf.hand.hand_model import HandModel, ManoParams
+from handnerf.hand.hand_model import ManoParams
 from handnerf.model.avatar import HandAvatar
 from handnerf.train.checkpoint import LATEST, load_checkpoint
 from handnerf.train.config import FitConfig, saved_fit_config
-from handnerf.train.fit_data import hand_identity
+from handnerf.train.fit_hands import FitHands
 from handnerf.train.pose_refinement import refined_mano_of
 
 
@@ -34,6 +34,13 @@ class TrainedRun:
     device: torch.device
     #: (seq, frame) -> refined MANO parameters of the training frames (train.refine_pose).
     refined_mano: dict[tuple[str, int], ManoParams] | None = None
+    #: The hand model(s) of the fit (None: the avatar's one hand).
+    hands: FitHands | None = None
+
+    @property
+    def fit_hands(self) -> FitHands:
+        """The hand model(s) the avatar was fitted with (two for ``data.hand=both``)."""
+        return self.hands or FitHands({self.avatar.hand_model.side: self.avatar.hand_model})
 
     def frame_mano(self, seq: str, frame: int, given: ManoParams) -> ManoParams:
         """A frame's parameters: the fit's refined ones for a training frame, else ``given``."""
@@ -70,13 +77,14 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
         raise CheckpointError(f"{path}: missing {exc} (not a complete fit checkpoint)") from exc
     dev = pick_device(device)
     mano_dir = Path(cfg.data.mano_dir) if cfg.data.mano_dir else None
-    hand_model = HandModel.from_folder(mano_dir, cfg.data.hand, procedural=cfg.data.procedural_hand)
-    if hand_identity(hand_model) != state.get("hand_identity"):
+    hands = FitHands.load(cfg.data.hand, cfg.data.mano_dir, cfg.data.procedural_hand)
+    if hands.identity() != state.get("hand_identity"):
         raise CheckpointError(
             f"{path}: trained with hand model {state.get('hand_identity')}, but "
-            f"{mano_dir or 'the procedural hand'} gives {hand_identity(hand_model)}"
+            f"{mano_dir or 'the procedural hand'} gives {hands.identity()}"
         )
-    avatar = HandAvatar(cfg.model, hand_model, betas, n_cameras=len(camera_names))
+    # data.hand=both: a TwoHandAvatar (the same interface, state "hands.right.*", ...).
+    avatar = hands.avatar(cfg.model, betas, n_cameras=len(camera_names), device=dev)
     try:
         avatar.load_state_dict(model_state)
     except RuntimeError as exc:
@@ -91,4 +99,5 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
         camera_names=camera_names,
         device=dev,
         refined_mano=refined_mano_of(state),
+        hands=hands,
     )

@@ -36,6 +36,14 @@ from handnerf import interrupts
 from handnerf.data.interhand import SYNTH_MARKER
 from handnerf.errors import DataError
 from handnerf.files import atomic_write_bytes
+from handnerf.synth.annotations import (
+    NUM_KEYPOINTS,
+    CapturePaths,
+    FramePlan,
+    add_image_records,
+    atomic_write_json,
+    write_annotation_files,
+)
 from handnerf.synth.presets import SynthPreset
 from handnerf.synth.raycast import AlbedoFn, HandScene, Lighting
 from handnerf.synth.rig import RigCamera, cut_by_border, make_dome, with_white_balance
@@ -45,34 +53,10 @@ SYNTH_FORMAT_VERSION = 1
 #: With ``mano_noise_*`` > 0: the exact MANO parameters the images were rendered from, in
 #: MANO_NeuralAnnot.json's layout, at the capture root (recorded in synth.json).
 EXACT_MANO = "exact_mano.json"
-NUM_KEYPOINTS = 21
 #: Largest wrist rotation (radians) away from MANO's rest orientation in a sequence.
 GLOBAL_TURN_RAD = 1.3
 
-# InterHand2.6M's skeleton.txt: name, index, parent index; rows 0-20 right, 21-41 left.
-_FINGERS = ("thumb", "index", "middle", "ring", "pinky")
-
-
-def skeleton_lines() -> list[str]:
-    """The lines of InterHand2.6M's ``annotations/skeleton.txt`` (42 joints, two hands)."""
-    lines = ["# keypoint name, keypoint index, parent index"]
-    for prefix, base in (("r", 0), ("l", NUM_KEYPOINTS)):
-        wrist = base + 20
-        for finger_index, finger in enumerate(_FINGERS):
-            for level in range(4):  # tip (4) -> knuckle (1)
-                index = base + 4 * finger_index + level
-                parent = index + 1 if level < 3 else wrist
-                lines.append(f"{prefix}_{finger}{4 - level} {index} {parent}")
-        lines.append(f"{prefix}_wrist {wrist} -1")
-    return lines
-
-
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Compact JSON (keys in insertion order, so byte-identical for equal input), atomically."""
-    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -96,43 +80,6 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
 # --------------------------------------------------------------------------- plan
 
 
-@dataclass(frozen=True)
-class FramePlan:
-    """One captured frame: its sequence, InterHand frame number and pose kind."""
-
-    seq_name: str
-    frame_idx: int
-    kind: str  # "train" or "novel"
-
-
-@dataclass
-class CapturePaths:
-    """Where each part of a capture goes (see the module docstring)."""
-
-    root: Path
-    split: str
-    capture: int
-
-    @property
-    def annotations(self) -> Path:
-        return self.root / "annotations" / self.split
-
-    def annotation(self, what: str) -> Path:
-        """``what`` is ``data``, ``camera``, ``joint_3d`` or ``MANO_NeuralAnnot``."""
-        return self.annotations / f"InterHand2.6M_{self.split}_{what}.json"
-
-    def file_name(self, seq_name: str, cam_id: str, frame_idx: int) -> str:
-        """data.json's ``file_name``: relative to ``images/{split}``."""
-        return f"Capture{self.capture}/{seq_name}/cam{cam_id}/image{frame_idx:04d}.jpg"
-
-    def image(self, seq_name: str, cam_id: str, frame_idx: int) -> Path:
-        return self.root / "images" / self.split / self.file_name(seq_name, cam_id, frame_idx)
-
-    def mask(self, seq_name: str, cam_id: str, frame_idx: int) -> Path:
-        name = self.file_name(seq_name, cam_id, frame_idx)
-        return (self.root / "gt_masks" / self.split / name).with_suffix(".png")
-
-
 @dataclass
 class SynthSummary:
     """What :func:`synthesize_capture` produced."""
@@ -147,7 +94,7 @@ class SynthSummary:
 
 
 @dataclass
-class _FrameTask:
+class FrameTask:
     """Everything a render process needs for one frame (picklable)."""
 
     plan: FramePlan
@@ -162,7 +109,7 @@ class _FrameTask:
     paths: CapturePaths
 
 
-def _render_frame(task: _FrameTask) -> int:
+def render_frame(task: FrameTask) -> int:
     """Render and write every camera's image and mask of one frame; returns the image count."""
     scene = HandScene(
         task.vertices, task.canonical_vertices, task.faces, task.albedo, task.lighting
@@ -181,11 +128,11 @@ def _render_frame(task: _FrameTask) -> int:
     return len(task.cameras)
 
 
-def _run_tasks(tasks: Sequence[_FrameTask], workers: int) -> Iterator[int]:
+def run_tasks(tasks: Sequence[FrameTask], workers: int) -> Iterator[int]:
     """Render frames inline (``workers <= 1``) or over a pool of fresh processes."""
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
-            yield _render_frame(task)
+            yield render_frame(task)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -196,7 +143,7 @@ def _run_tasks(tasks: Sequence[_FrameTask], workers: int) -> Iterator[int]:
         max_workers=workers, mp_context=context, initializer=interrupts.leave_to_parent
     )
     try:
-        yield from pool.map(_render_frame, tasks)
+        yield from pool.map(render_frame, tasks)
     finally:
         # On an interrupt, drop the queued frames instead of rendering them all first.
         pool.shutdown(wait=True, cancel_futures=True)
@@ -279,7 +226,7 @@ def _pose_hand(
     )
 
 
-def _albedo_for(model: Any, canonical_vertices: np.ndarray) -> AlbedoFn:
+def albedo_for(model: Any, canonical_vertices: np.ndarray) -> AlbedoFn:
     """The skin albedo of the shaped canonical hand (a picklable function of canonical points)."""
     from handnerf.hand.appearance import skin_albedo
 
@@ -293,7 +240,7 @@ def _albedo_for(model: Any, canonical_vertices: np.ndarray) -> AlbedoFn:
     return functools.partial(skin_albedo, hand=hand)
 
 
-def _real_rig_effects(
+def real_rig_effects(
     cameras: list[RigCamera], preset: SynthPreset, rngs: dict[str, np.random.Generator]
 ) -> tuple[list[RigCamera], list[str]]:
     """The preset's white-balance errors and border-cut cameras; returns the cameras and
@@ -313,25 +260,6 @@ def _real_rig_effects(
 # --------------------------------------------------------------------------- annotations
 
 
-def _bbox(camera: RigCamera, points: np.ndarray) -> list[float]:
-    """``[x, y, w, h]`` (px) of world points (N, 3) projected by ``camera``, clipped to the image."""
-    uv, _ = camera.project(points)
-    x0, y0 = np.clip(uv.min(axis=0), 0.0, [camera.width, camera.height])
-    x1, y1 = np.clip(uv.max(axis=0), 0.0, [camera.width, camera.height])
-    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-
-
-def _camera_json(cameras: Sequence[RigCamera], capture: int) -> dict[str, Any]:
-    return {
-        str(capture): {
-            "campos": {c.cam_id: (c.campos * 1000.0).tolist() for c in cameras},
-            "camrot": {c.cam_id: c.camrot.tolist() for c in cameras},
-            "focal": {c.cam_id: c.focal.tolist() for c in cameras},
-            "princpt": {c.cam_id: c.princpt.tolist() for c in cameras},
-        }
-    }
-
-
 def _joint_rows(keypoints: np.ndarray, side: str) -> tuple[list[list[float]], list[list[int]]]:
     """42x3 world_coord (mm) and 42x[valid] with the captured hand's rows filled."""
     world = np.zeros((2 * NUM_KEYPOINTS, 3))
@@ -343,6 +271,131 @@ def _joint_rows(keypoints: np.ndarray, side: str) -> tuple[list[list[float]], li
 
 
 # --------------------------------------------------------------------------- main
+
+
+def open_capture_folder(out_dir: str | Path, preset: SynthPreset) -> CapturePaths:
+    """Create the capture root ``out_dir`` (a file there is a :class:`DataError`) and return
+    the preset's InterHand paths under it."""
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: synth output exists and is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    return CapturePaths(root=root, split=preset.split, capture=preset.capture)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What every frame of a capture shares: canonical vertices (V,3) for the albedo lookup,
+    faces (F,3), the albedo function and the light."""
+
+    canonical_vertices: np.ndarray
+    faces: np.ndarray
+    albedo: AlbedoFn
+    lighting: Lighting
+
+
+def render_frames(
+    plans: Sequence[FramePlan],
+    vertices: np.ndarray,
+    scene: Scene,
+    cameras: list[RigCamera],
+    preset: SynthPreset,
+    paths: CapturePaths,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Render and write every camera's image and mask of each frame (``vertices`` (T,V,3),
+    one row per plan) over ``workers`` processes; returns the number of images."""
+    tasks = [
+        FrameTask(
+            plan=plan,
+            vertices=vertices[i],
+            canonical_vertices=scene.canonical_vertices,
+            faces=scene.faces,
+            cameras=cameras,
+            albedo=scene.albedo,
+            lighting=scene.lighting,
+            supersample=preset.supersample,
+            jpeg_quality=preset.jpeg_quality,
+            paths=paths,
+        )
+        for i, plan in enumerate(plans)
+    ]
+    n_images = 0
+    for count in run_tasks(tasks, workers):
+        n_images += count
+        if progress is not None:
+            progress(count)
+    return n_images
+
+
+def summarize(
+    paths: CapturePaths,
+    cameras: list[RigCamera],
+    plans: Sequence[FramePlan],
+    n_images: int,
+    start: float,
+    hand_source: str,
+) -> SynthSummary:
+    """The :class:`SynthSummary` of a capture written since ``start`` (perf_counter)."""
+    sequences: dict[str, int] = {}
+    for plan in plans:
+        sequences[plan.seq_name] = sequences.get(plan.seq_name, 0) + 1
+    return SynthSummary(
+        root=paths.root,
+        n_cameras=len(cameras),
+        n_frames=len(plans),
+        n_images=n_images,
+        seconds=time.perf_counter() - start,
+        hand_source=hand_source,
+        sequences=sequences,
+    )
+
+
+def write_synth_marker(
+    paths: CapturePaths,
+    preset_record: dict[str, Any],
+    seed: int,
+    data: Any,
+    hand_model: dict[str, Any],
+    about_hands: dict[str, Any],
+    betas: np.ndarray,
+    lighting: Lighting,
+    cameras: list[RigCamera],
+    border_cut: list[int],
+    masks_note: str,
+    extra: dict[str, Any],
+) -> str:
+    """Write ``synth.json`` (outside the InterHand layout: how the capture was made) and
+    return the hand's source (``"procedural"`` or the MANO folder). ``data``: the hand
+    model's :class:`MANO data <handnerf.hand.mano_file.ManoData>`; ``hand_model``: its
+    ``sha256`` and ``side`` entries; ``about_hands``: keys written after it (two hands);
+    ``masks_note`` is appended to the masks' path pattern; ``extra`` comes last."""
+    from handnerf import __version__
+
+    hand_source = "procedural" if data.is_procedural else str(data.source)
+    atomic_write_json(
+        paths.root / SYNTH_MARKER,
+        {
+            "format_version": SYNTH_FORMAT_VERSION,
+            "handnerf_version": __version__,
+            "preset": preset_record,
+            "seed": int(seed),
+            "hand_model": {"source": hand_source, "procedural": data.procedural, **hand_model},
+            **about_hands,
+            "betas": betas.tolist(),
+            "lighting": dataclasses.asdict(lighting),
+            # Outside the InterHand layout: a real capture's gains are unknown, so a method
+            # that uses them here would not transfer.
+            "camera_gains": {c.cam_id: c.gain.tolist() for c in cameras},
+            "border_cut_cameras": border_cut,
+            "background": [0, 0, 0],
+            "masks": "gt_masks/{split}/Capture{capture}/{seq}/cam{ID}/image{FRAME:04d}.png"
+            + masks_note,
+            **extra,
+        },
+    )
+    return hand_source
 
 
 def plan_frames(preset: SynthPreset) -> list[FramePlan]:
@@ -381,17 +434,13 @@ def synthesize_capture(
     """
     import torch
 
-    from handnerf import __version__
     from handnerf.hand.hand_model import HandModel
 
     start = time.perf_counter()
-    root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root}: synth output exists and is not a folder")
-    root.mkdir(parents=True, exist_ok=True)
+    paths = open_capture_folder(out_dir, preset)
+    root = paths.root
     workers = preset.workers if workers is None else workers
     lighting = lighting or Lighting()
-    paths = CapturePaths(root=root, split=preset.split, capture=preset.capture)
 
     # New streams go last: spawn(n)'s first children do not depend on n, so captures made
     # without the newer options stay byte-identical.
@@ -404,30 +453,14 @@ def synthesize_capture(
     plans = plan_frames(preset)
     posed = _pose_hand(model, plans, preset, rngs)
     cameras = make_dome(rngs["rig"], preset.n_cameras, landscape_every=preset.landscape_every)
-    cameras, border_cut = _real_rig_effects(cameras, preset, rngs)
-    albedo = _albedo_for(model, posed.canonical_vertices)
+    cameras, border_cut = real_rig_effects(cameras, preset, rngs)
+    albedo = albedo_for(model, posed.canonical_vertices)
     faces = model.faces.numpy().astype(np.int64)
 
-    tasks = [
-        _FrameTask(
-            plan=plan,
-            vertices=posed.vertices[i],
-            canonical_vertices=posed.canonical_vertices,
-            faces=faces,
-            cameras=cameras,
-            albedo=albedo,
-            lighting=lighting,
-            supersample=preset.supersample,
-            jpeg_quality=preset.jpeg_quality,
-            paths=paths,
-        )
-        for i, plan in enumerate(plans)
-    ]
-    n_images = 0
-    for count in _run_tasks(tasks, workers):
-        n_images += count
-        if progress is not None:
-            progress(count)
+    scene = Scene(posed.canonical_vertices, faces, albedo, lighting)
+    n_images = render_frames(
+        plans, posed.vertices, scene, cameras, preset, paths, workers, progress
+    )
 
     noisy = preset.mano_noise_deg > 0 or preset.mano_noise_mm > 0
     exact = _mano_json(preset, plans, posed.global_orient, posed.hand_pose_relative, posed)
@@ -444,44 +477,21 @@ def synthesize_capture(
     if not noisy:  # captures made before the option keep their synth.json byte-identical
         for key in ("mano_noise_deg", "mano_noise_mm"):
             preset_record.pop(key)
-    data = model.data
-    hand_source = "procedural" if data.is_procedural else str(data.source)
-    atomic_write_json(
-        root / SYNTH_MARKER,
-        {
-            "format_version": SYNTH_FORMAT_VERSION,
-            "handnerf_version": __version__,
-            "preset": preset_record,
-            "seed": int(seed),
-            "hand_model": {
-                "source": hand_source,
-                "procedural": data.procedural,
-                "sha256": data.sha256,
-                "side": preset.side,
-            },
-            "betas": posed.betas.tolist(),
-            "lighting": dataclasses.asdict(lighting),
-            # Outside the InterHand layout: a real capture's gains are unknown, so a method
-            # that uses them here would not transfer.
-            "camera_gains": {c.cam_id: c.gain.tolist() for c in cameras},
-            "border_cut_cameras": border_cut,
-            "background": [0, 0, 0],
-            "masks": "gt_masks/{split}/Capture{capture}/{seq}/cam{ID}/image{FRAME:04d}.png",
-            **({"exact_mano": EXACT_MANO} if noisy else {}),
-        },
+    hand_source = write_synth_marker(
+        paths,
+        preset_record,
+        seed,
+        model.data,
+        {"sha256": model.data.sha256, "side": preset.side},
+        {},
+        posed.betas,
+        lighting,
+        cameras,
+        border_cut,
+        "",
+        {"exact_mano": EXACT_MANO} if noisy else {},
     )
-    sequences: dict[str, int] = {}
-    for plan in plans:
-        sequences[plan.seq_name] = sequences.get(plan.seq_name, 0) + 1
-    return SynthSummary(
-        root=root,
-        n_cameras=len(cameras),
-        n_frames=len(plans),
-        n_images=n_images,
-        seconds=time.perf_counter() - start,
-        hand_source=hand_source,
-        sequences=sequences,
-    )
+    return summarize(paths, cameras, plans, n_images, start, hand_source)
 
 
 def _perturbed_mano(
@@ -545,38 +555,10 @@ def _write_annotations(
             "hand_type_valid": 1,
         }
         hand_points = np.concatenate([posed.vertices[i], posed.keypoints[i]], axis=0)
-        for camera in cameras:
-            image_id = len(images)
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": paths.file_name(plan.seq_name, camera.cam_id, plan.frame_idx),
-                    "width": camera.width,
-                    "height": camera.height,
-                    "capture": preset.capture,
-                    "subject": preset.subject,
-                    "seq_name": plan.seq_name,
-                    "camera": camera.cam_id,
-                    "frame_idx": plan.frame_idx,
-                }
-            )
-            annotations.append(
-                {
-                    "id": image_id,
-                    "image_id": image_id,
-                    "bbox": _bbox(camera, hand_points),
-                    "joint_valid": joint_valid,
-                    "hand_type": preset.side,
-                    "hand_type_valid": 1,
-                }
-            )
-    atomic_write_json(paths.annotation("data"), {"images": images, "annotations": annotations})
-    atomic_write_json(paths.annotation("camera"), _camera_json(cameras, preset.capture))
-    atomic_write_json(paths.annotation("joint_3d"), {capture: joints})
-    atomic_write_json(paths.annotation("MANO_NeuralAnnot"), mano)
-    atomic_write_bytes(
-        paths.root / "annotations" / "skeleton.txt", ("\n".join(skeleton_lines()) + "\n").encode()
-    )
+        add_image_records(
+            images, annotations, paths, preset, plan, cameras, hand_points, joint_valid, preset.side
+        )
+    write_annotation_files(paths, cameras, images, annotations, {capture: joints}, mano)
 
 
 def load_exact_mano(root: str | Path, frames: Sequence[int], side: str) -> Any:

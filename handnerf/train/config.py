@@ -23,7 +23,8 @@ class DataConfig:
     train_seq: str = "ROM04_RT_Occlusion"
     #: Sequence used for novel-pose evaluation (None: none).
     novel_pose_seq: str | None = "ROM03_RT_No_Occlusion"
-    hand: str = choice("right", ("right", "left"))
+    #: "both": two interacting hands (InterHand's _dh_ sequences) in one avatar.
+    hand: str = choice("right", ("right", "left", "both"))
     #: Cameras kept out of training for novel-view evaluation; empty: every ``holdout_every``-th.
     holdout_cameras: list[str] = field(default_factory=list)
     holdout_every: int = 6
@@ -59,26 +60,37 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    #: Optimiser steps of the fit.
     steps: int = 1500
+    #: Rays per step (pixels of the training views, sampled across views and frames).
     batch_rays: int = 2048
     #: LPIPS patches per step (0 disables the perceptual loss) and their side in px.
     lpips_patches: int = 1
     lpips_patch_size: int = 32
+    #: Background composited behind the avatar in training: a random colour per ray
+    #: (the avatar cannot explain the background with density) or black.
     background: str = choice("random", ("random", "black"))
+    #: Share of each batch's rays drawn from inside the hand mask.
     fg_fraction: float = 0.7
     #: Rays through a random point of their pixel (colour interpolated there; with MANO
     #: masks, the mask is that ray's own hit test of the posed mesh) instead of the centre:
     #: the silhouette is then learnt finer than the training resolution.
     jitter_rays: bool = True
+    #: Steps between occupancy-grid updates.
     occupancy_every: int = 16
+    #: Steps between lines of metrics.jsonl (and the progress bar's loss).
     log_every: int = 10
+    #: Steps between validation renders of ``val_views`` held-out views.
     val_every: int = 500
     val_views: int = 4
+    #: Steps between checkpoints (a killed fit resumes from the last one).
     checkpoint_every: int = 250
     #: Wall-clock budget in minutes (0: none): the fit stops cleanly with a checkpoint.
     max_minutes: float = 0.0
+    #: Seed of ray sampling and initialisation.
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    #: auto (CUDA when present), cpu, cuda or cuda:N.
+    device: str = "auto"
     #: Mixed precision on CUDA (ignored on CPU).
     amp: bool = True
     #: Non-finite losses tolerated (skipped steps with LR back-off) before stopping.
@@ -117,6 +129,11 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("model", "deformer", "correctives"), False),
     # Before the MANO-resolution procedural hand became the default, it was the dense one.
     (("data", "procedural_hand"), "dense"),
+    # Early ray termination only acts where no gradient is taken: a run saved before it
+    # trained exactly as one with it does, so it resumes (and renders) with the default.
+    (("model", "early_stop_eps"), 1e-4),
+    # Training samples were always stratified before it became a choice.
+    (("model", "sampler", "stratified"), True),
 )
 
 

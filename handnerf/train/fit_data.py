@@ -30,6 +30,7 @@ from handnerf.data.interhand import (
 from handnerf.errors import DataError, SelectionError
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.train.config import DataConfig
+from handnerf.train.fit_hands import FitHands, FitMano, frame_mano, hand_identity
 from handnerf.train.rays import ViewStack
 
 
@@ -40,13 +41,13 @@ class ViewSet:
     stack: ViewStack
     views: list[FrameView]
     frame_keys: list[tuple[str, int]]  # (seq_name, frame_idx) per frame id
-    mano: ManoParams  # one row per frame id
+    mano: FitMano  # one row per frame id (data.hand=both: per side)
 
 
 @dataclass
 class FitData:
-    hand_model: HandModel
-    betas: torch.Tensor  # (10,)
+    hand_model: HandModel  # data.hand=both: the right hand's (see hands)
+    betas: torch.Tensor  # (10,); data.hand=both: (2, 10), right and left
     camera_names: list[str]  # camera id per camera index
     train_cameras: list[str]
     holdout_cameras: list[str]
@@ -56,6 +57,7 @@ class FitData:
     fingerprint: str
     hand_identity: dict[str, str]
     selection: str
+    hands: FitHands | None = None  # None: FitHands({data.hand: hand_model})
 
     @property
     def train_views(self) -> ViewStack:
@@ -66,8 +68,13 @@ class FitData:
         return None if self.val is None else self.val.stack
 
     @property
-    def train_mano(self) -> ManoParams:
+    def train_mano(self) -> FitMano:
         return self.train.mano
+
+    @property
+    def fit_hands(self) -> FitHands:
+        """The hand model(s) fitted."""
+        return self.hands or FitHands({self.hand_model.side: self.hand_model})
 
 
 def choose_holdout(cameras: list[str], cfg: DataConfig) -> list[str]:
@@ -107,9 +114,8 @@ def load_fit_data(
     refuse_seen_novel_pose(cfg.train_seq, cfg.novel_pose_seq)
     if is_prepared_cache(root):
         return _load_fit_data_from_cache(root, cfg, progress)
-    hand_model = HandModel.from_folder(
-        Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand, procedural=cfg.procedural_hand
-    )
+    hands = FitHands.load(cfg.hand, cfg.mano_dir, cfg.procedural_hand)
+    hand_model = hands.first
     refuse_procedural_hand(root, hand_model.data.is_procedural, "fit")
     refuse_other_procedural_hand(root, hand_model.data.procedural, "data.procedural_hand")
     train_cap = open_sequence(root, cfg, cfg.train_seq, cfg.stride)
@@ -127,7 +133,7 @@ def load_fit_data(
     def views_of(views: list[FrameView], what: str, **frames: Any) -> ViewSet:
         """Prepared views of the training sequence (same capture, hand, crops, cameras)."""
         return prepare_view_set(
-            views, train_cap, hand_model, cfg, camera_index, mask_cache, progress, what, **frames
+            views, train_cap, hands, cfg, camera_index, mask_cache, progress, what, **frames
         )
 
     train = views_of([v for v in train_cap.views if v.camera_id in train_cams], "train views")
@@ -147,7 +153,7 @@ def load_fit_data(
             novel = prepare_view_set(
                 known,
                 novel_cap,
-                hand_model,
+                hands,
                 cfg,
                 camera_index,
                 mask_cache,
@@ -155,7 +161,7 @@ def load_fit_data(
                 "novel-pose views",
             )
         selection += "\n" + str(novel_cap.selection_report)
-    betas = subject_betas(train.mano)
+    betas = hands.subject_betas(train.mano)
     fingerprint = _fingerprint(root, cfg, train.views)
     return FitData(
         hand_model=hand_model,
@@ -167,8 +173,9 @@ def load_fit_data(
         val=val,
         novel_pose=novel,
         fingerprint=fingerprint,
-        hand_identity=hand_identity(hand_model),
+        hand_identity=hands.identity(),
         selection=selection,
+        hands=hands,
     )
 
 
@@ -181,42 +188,29 @@ def subject_betas(mano: ManoParams) -> torch.Tensor:
     return mano.betas.mean(0).clone()
 
 
-def hand_identity(hand_model: HandModel) -> dict[str, str]:
-    data = hand_model.data
-    return {
-        "side": str(data.side),
-        "sha256": str(data.sha256),
-        "kind": "procedural" if data.procedural else "mano",
-    }
-
-
 def prepare_view_set(
     views: list[FrameView],
     capture: InterHandCapture,
-    hand_model: HandModel,
+    hands: FitHands,
     cfg: DataConfig,
     camera_index: dict[str, int],
     mask_cache: Path | None,
     progress: bool,
     desc: str,
     frame_keys: list[tuple[str, int]] | None = None,
-    mano: ManoParams | None = None,
+    mano: FitMano | None = None,
 ) -> ViewSet:
     """Crop, mask and stack ``views``; frames get ids in order of first appearance."""
     from handnerf.data.crops import crop_hand
-    from handnerf.data.masks import ManoMasker, MaskCache
 
     if frame_keys is None:
         frame_keys = sorted({(v.seq_name, v.frame_idx) for v in views})
-        params = [
-            ManoParams.from_interhand(_mano_of(views, k), where=f"frame {k}") for k in frame_keys
-        ]
-        mano = ManoParams.stack(params)
+        mano = hands.frame_mano(views, frame_keys)
     assert mano is not None
     frame_id = {k: i for i, k in enumerate(frame_keys)}
-    with torch.no_grad():
-        posed = hand_model(mano).vertices.cpu().numpy()
-    masker = ManoMasker(hand_model, cache=MaskCache(mask_cache) if mask_cache is not None else None)
+    # Both hands: the crop box and the mask cover both.
+    posed = hands.posed_vertices(mano)
+    masker = hands.masker(mask_cache)
 
     images, masks, Ks, Rs, ts, fids, cids = [], [], [], [], [], [], []
     for view in tqdm(views, desc=desc, disable=not progress, leave=False):
@@ -290,7 +284,7 @@ def _fingerprint(root: Path, cfg: DataConfig, views: list[FrameView]) -> str:
     return digest.hexdigest()[:16]
 
 
-def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> ManoParams:
+def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> FitMano:
     """MANO parameters of every selected frame of ``seq`` (frame order), for driving an avatar."""
     if is_prepared_cache(root):
         cache = PreparedCache(root)
@@ -305,6 +299,8 @@ def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> Man
     keys = sorted({(v.seq_name, v.frame_idx) for v in capture.views})
     if not keys:
         raise DataError(f"{root}: sequence {seq} has no usable frames:\n{capture.selection_report}")
+    if cfg.hand == "both":
+        return frame_mano(capture.views, keys, "both")
     return ManoParams.stack(
         [
             ManoParams.from_interhand(_mano_of(capture.views, k), where=f"{seq} frame {k[1]}")
@@ -401,16 +397,33 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
             selection += f"\nnote: novel-pose sequence {cfg.novel_pose_seq} is not in the cache"
     digest = hashlib.sha256(cache.fingerprint.encode())
     digest.update(json.dumps([cfg.train_seq, cfg.stride, sorted(cfg.exclude_cameras)]).encode())
+    fingerprint = digest.hexdigest()[:16]
+    return _fit_data(
+        hand_model, cameras, train_cams, holdout, (train, val, novel), fingerprint, selection
+    )
+
+
+def _fit_data(
+    hand_model: HandModel,
+    cameras: list[str],
+    train_cameras: list[str],
+    holdout: list[str],
+    sets: tuple[ViewSet, ViewSet | None, ViewSet | None],
+    fingerprint: str,
+    selection: str,
+) -> FitData:
+    """The :class:`FitData` of both readers: ``sets`` = (train, held-out, novel-pose)."""
+    train, val, novel = sets
     return FitData(
         hand_model=hand_model,
         betas=subject_betas(train.mano),
         camera_names=cameras,
-        train_cameras=train_cams,
+        train_cameras=train_cameras,
         holdout_cameras=holdout,
         train=train,
         val=val,
         novel_pose=novel,
-        fingerprint=digest.hexdigest()[:16],
+        fingerprint=fingerprint,
         hand_identity=hand_identity(hand_model),
         selection=selection,
     )

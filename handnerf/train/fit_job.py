@@ -1,4 +1,8 @@
-"""``handnerf fit`` as a library call: config, data, run folder, trainer, logger."""
+"""``handnerf fit`` as a library call: config, data, run folder, trainer, logger.
+
+Under ``torchrun`` every rank runs :func:`run_fit`; rank 0 alone prepares the run folder
+and writes in it (:mod:`handnerf.train.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from handnerf.errors import CheckpointError, ConfigError, ResourceError
 from handnerf.files import atomic_write_bytes, machine_info, remove_temp_files_under
 from handnerf.train.checkpoint import LATEST
 from handnerf.train.config import FitConfig
-from handnerf.train.fit_data import load_fit_data
+from handnerf.train.distributed import DataParallel, process_group
+from handnerf.train.fit_data import FitData, load_fit_data
 from handnerf.train.trainer import FitResult, Trainer
 
 
@@ -26,7 +31,22 @@ def run_fit(
     progress: bool = True,
 ) -> FitResult:
     cfg = load_config(FitConfig, config_path, overrides or [])
-    out_dir = Path(out_dir)
+    with process_group(cfg.train.device) as parallel:
+        return _run_fit(cfg, Path(data_root), Path(out_dir), parallel, resume, use_wandb, progress)
+
+
+def _run_fit(
+    cfg: FitConfig,
+    data_root: Path,
+    out_dir: Path,
+    parallel: DataParallel,
+    resume: bool,
+    use_wandb: bool,
+    progress: bool,
+) -> FitResult:
+    """:func:`run_fit` in one rank of a (possibly one-process) group."""
+    main = parallel.is_main
+    progress = progress and main
     latest = out_dir / "checkpoints" / LATEST
     if latest.exists() and not resume:
         raise CheckpointError(
@@ -35,17 +55,26 @@ def run_fit(
         )
     if resume and not latest.exists():
         raise CheckpointError(f"--resume: no checkpoint at {latest}")
-    remove_temp_files_under(out_dir)  # one fit per run folder: these are a killed run's
-    data = load_fit_data(
-        Path(data_root), cfg.data, mask_cache=out_dir / "mask_cache", progress=progress
-    )
-    wandb_run = _start_wandb(cfg, out_dir) if use_wandb else None
-    trainer = Trainer(cfg, data, out_dir, wandb_run=wandb_run)
+    if main:
+        remove_temp_files_under(out_dir)  # one fit per run folder: these are a killed run's
+
+    def load() -> FitData:
+        return load_fit_data(
+            data_root, cfg.data, mask_cache=out_dir / "mask_cache", progress=progress
+        )
+
+    # Rank 0 first: it renders the masks into the cache, which the other ranks then read.
+    data = load() if main else None
+    parallel.barrier()
+    data = data if data is not None else load()
+    wandb_run = _start_wandb(cfg, out_dir) if use_wandb and main else None
+    trainer = Trainer(cfg, data, out_dir, wandb_run=wandb_run, parallel=parallel)
     if resume:
-        step = trainer.resume()
-        trim_metrics(trainer.metrics_path, step)
-        print(f"resuming at step {step} from {latest}")
-    else:
+        step = trainer.resume()  # every rank reads the same checkpoint
+        if main:
+            trim_metrics(trainer.metrics_path, step)
+            print(f"resuming at step {step} from {latest}")
+    elif main:
         from omegaconf import OmegaConf
 
         try:

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from handnerf.config import choice
 from handnerf.errors import ConfigError
 
 
 @dataclass
 class LossConfig:
-    photometric: str = "huber"  # l1 | huber | mse
+    photometric: str = choice("huber", ("l1", "huber", "mse"))
     huber_delta: float = 0.1
     w_photometric: float = 1.0
     w_lpips: float = 0.1

@@ -93,7 +93,13 @@ class RayBatch:
 
 
 class RaySampler:
-    """Draws :class:`RayBatch` es from a :class:`ViewStack` (``fg_fraction`` from the hand)."""
+    """Draws :class:`RayBatch` es from a :class:`ViewStack` (``fg_fraction`` from the hand).
+
+    In a data-parallel fit each of ``world_size`` ranks holds a sampler with the same
+    ``seed``: every one draws the global batch's pixels (and jitter offsets) and keeps the
+    ``rank``-th of every ``world_size`` rays, so the ranks' rays together are exactly the
+    batch one process would draw, and the generator stays the same on every rank.
+    """
 
     def __init__(
         self,
@@ -103,8 +109,12 @@ class RaySampler:
         seed: int = 0,
         jitter: bool = False,
         silhouette: SilhouetteFn | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.views = views
+        self.rank = rank
+        self.world_size = world_size
         self.fg_fraction = fg_fraction
         self.jitter = jitter
         self.silhouette = silhouette
@@ -116,6 +126,7 @@ class RaySampler:
         self.fg_index = torch.nonzero(masks.reshape(-1) > 0.5).squeeze(1)
 
     def sample(self, n_rays: int) -> RayBatch:
+        """This rank's share (``n_rays / world_size`` rays) of a global batch of ``n_rays``."""
         views, g = self.views, self.generator
         hw = views.height * views.width
         n_fg = round(n_rays * self.fg_fraction) if self.fg_index.numel() else 0
@@ -126,21 +137,28 @@ class RaySampler:
         )
         uni = torch.randint(len(views) * hw, (n_rays - n_fg,), generator=g)
         flat = uni if fg is None else torch.cat([fg, uni])
-        return self.gather(flat, jitter=self.jitter)
+        offset = torch.rand(len(flat), 2, generator=g) if self.jitter else None
+        mine = slice(self.rank, None, self.world_size)
+        return self.rays_at(flat[mine], None if offset is None else offset[mine])
 
     def gather(self, flat: Tensor, jitter: bool = False) -> RayBatch:
         """Rays of the given flat pixel indices (view * H * W + row * W + col), through
         the pixel centres or (``jitter``) a random point of each pixel."""
+        offset = torch.rand(len(flat), 2, generator=self.generator) if jitter else None
+        return self.rays_at(flat, offset)
+
+    def rays_at(self, flat: Tensor, offset: Tensor | None) -> RayBatch:
+        """Rays of flat pixel indices (R,) through the pixel centres, or with ``offset``
+        (R,2) in [0,1) through that point of each pixel."""
         views = self.views
         hw = views.height * views.width
         view = flat // hw
         pix = flat % hw
         v, u = pix // views.width, pix % views.width
-        if not jitter:
+        if offset is None:
             origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v)
             rgb, mask = views.images[view, v, u], views.masks[view, v, u]
         else:
-            offset = torch.rand(len(flat), 2, generator=self.generator)
             origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v, offset)
             # Pixel centres sit at +0.5: the sample point relative to the centre grid.
             x = u.to(offset.dtype) + offset[:, 0] - 0.5
@@ -159,13 +177,15 @@ class RaySampler:
         return RayBatch(rays=rays, rgb=rgb, mask=mask)
 
     def sample_patches(self, n_patches: int, size: int) -> tuple[RayBatch, int]:
-        """``n_patches`` square patches of ``size`` px centred on hand pixels (for LPIPS).
+        """``n_patches`` square patches of ``size`` px centred on hand pixels (for LPIPS),
+        of which this rank keeps every ``world_size``-th.
 
         Returns rays ordered patch-major then row-major, and the patch size.
         """
         views, g = self.views, self.generator
         hw = views.height * views.width
         centre = self.fg_index[torch.randint(self.fg_index.numel(), (n_patches,), generator=g)]
+        centre = centre[self.rank :: self.world_size]
         view = centre // hw
         cy = ((centre % hw) // views.width).clamp(size // 2, views.height - size + size // 2)
         cx = ((centre % hw) % views.width).clamp(size // 2, views.width - size + size // 2)

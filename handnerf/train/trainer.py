@@ -26,6 +26,7 @@ from handnerf import interrupts
 from handnerf.config import config_to_dict
 from handnerf.errors import (
     CheckpointError,
+    ConfigError,
     ResourceError,
     TrainingDivergedError,
 )
@@ -34,7 +35,9 @@ from handnerf.model.avatar import HandAvatar, PosedFrames
 from handnerf.model.renderer import is_out_of_memory, render_camera
 from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
+from handnerf.train.distributed import DataParallel
 from handnerf.train.fit_data import FitData
+from handnerf.train.fit_hands import mano_to
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
 from handnerf.train.pose_refinement import PoseRefiner, pose_param_groups, pose_schedules
 from handnerf.train.rays import RaySampler, ViewStack
@@ -54,16 +57,35 @@ class FitResult:
 
 
 class Trainer:
-    """Fits a :class:`HandAvatar` to the training views of :class:`FitData`."""
+    """Fits a :class:`HandAvatar` to the training views of :class:`FitData`.
 
-    def __init__(self, cfg: FitConfig, data: FitData, out_dir: Path, wandb_run: Any = None):
+    ``parallel``: this process's place in a data-parallel fit (default: the only one);
+    see :mod:`handnerf.train.distributed`.
+    """
+
+    def __init__(
+        self,
+        cfg: FitConfig,
+        data: FitData,
+        out_dir: Path,
+        wandb_run: Any = None,
+        parallel: DataParallel | None = None,
+    ):
         self.cfg = cfg
         self.data = data
         self.out = Path(out_dir)
-        self.device = pick_device(cfg.train.device)
+        self.parallel = parallel or DataParallel.single(pick_device(cfg.train.device))
+        self.parallel.check_shares(cfg.train.batch_rays, cfg.train.lpips_patches)
+        self.device = self.parallel.device
         torch.manual_seed(cfg.train.seed)
-        self.avatar = HandAvatar(
-            cfg.model, data.hand_model, data.betas, n_cameras=len(data.camera_names)
+        if cfg.train.refine_pose and data.fit_hands.both:
+            raise ConfigError(
+                "train.refine_pose=true is one-hand only for now; with data.hand=both set "
+                "train.refine_pose=false"
+            )
+        # A HandAvatar, or for data.hand=both a TwoHandAvatar (same interface).
+        self.avatar: HandAvatar = data.fit_hands.avatar(
+            cfg.model, data.betas, n_cameras=len(data.camera_names), device=self.device
         ).to(self.device)
         self.pose = (
             PoseRefiner(self.avatar, data.train_mano, data.train.frame_keys, self.device)
@@ -73,7 +95,7 @@ class Trainer:
         self.train_frames: PosedFrames = (
             self.pose.pose_frames()
             if self.pose is not None
-            else self.avatar.pose_frames(data.train_mano.to(self.device))
+            else self.avatar.pose_frames(mano_to(data.train_mano, self.device))
         )
         silhouette = self._silhouette()
         self.rays = RaySampler(
@@ -82,6 +104,8 @@ class Trainer:
             seed=cfg.train.seed,
             jitter=cfg.train.jitter_rays,
             silhouette=silhouette,
+            rank=self.parallel.rank,
+            world_size=self.parallel.world_size,
         )
         groups = self.avatar.param_groups()
         o = cfg.optim
@@ -126,7 +150,7 @@ class Trainer:
         """With MANO masks a jittered ray's mask is its own hit test of the posed mesh."""
         if not (self.cfg.train.jitter_rays and self.cfg.data.mask_source == "mano"):
             return None
-        return MeshSilhouette(self.train_frames.vertices, self.data.hand_model.faces)
+        return MeshSilhouette(self.train_frames.vertices, self.data.fit_hands.faces())
 
     def _repose(self, snapshot: bool = False) -> None:
         """Posed frames and silhouettes of the refined pose (pose refinement only)."""
@@ -208,7 +232,8 @@ class Trainer:
     def training_step(self) -> dict[str, float]:
         """Draw rays (and LPIPS patches), render, compute losses, step the optimiser."""
         cfg = self.cfg
-        batch = self.rays.sample(cfg.train.batch_rays)
+        batch = self.rays.sample(cfg.train.batch_rays)  # this rank's share
+        n_rays = len(batch)
         n_patch_rays, patch = 0, cfg.train.lpips_patch_size
         use_lpips = self.perceptual is not None and self.step >= cfg.loss.lpips_start_step
         if use_lpips:
@@ -256,7 +281,7 @@ class Trainer:
         assert isinstance(loss, Tensor)
 
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if not self.parallel.all_true(bool(torch.isfinite(loss))):  # skipped on every rank
             return self._bad_step("loss", losses)
         try:
             self.scaler.scale(loss).backward()
@@ -264,13 +289,10 @@ class Trainer:
             if not is_out_of_memory(exc):
                 raise
             raise self._memory_error(exc, len(batch)) from exc
+        self.parallel.average_gradients(p for g in self.optimizer.param_groups for p in g["params"])
         self.scaler.unscale_(self.optimizer)
-        grads_ok = all(
-            p.grad is None or bool(torch.isfinite(p.grad).all())
-            for g in self.optimizer.param_groups
-            for p in g["params"]
-        )
-        if not grads_ok and not self.use_amp:  # with AMP the scaler skips such steps itself
+        # With AMP the scaler checks and skips such steps itself: no check (no sync) here.
+        if not self.use_amp and not gradients_finite(self.optimizer):
             self.optimizer.zero_grad(set_to_none=True)
             return self._bad_step("gradient", losses)
         self.scaler.step(self.optimizer)
@@ -278,13 +300,15 @@ class Trainer:
         self.scheduler.step()
         self._apply_backoff()
         if cfg.train.occupancy_every > 0 and self.step % cfg.train.occupancy_every == 0:
-            self.avatar.update_occupancy(self.step)
+            # nerfacc's update draws random cells: rank 0 draws, every rank gets its grid.
+            if self.parallel.is_main:
+                self.avatar.update_occupancy(self.step)
+            for grid in self.avatar.occupancy_grids():
+                self.parallel.share_occupancy(grid)
         if self.pose is not None and (self.step + 1) % max(cfg.train.pose_refresh_every, 1) == 0:
             self._repose()
         with torch.no_grad():
-            mse = float(
-                ((rgb[: cfg.train.batch_rays] - target[: cfg.train.batch_rays]) ** 2).mean()
-            )
+            mse = float(((rgb[:n_rays] - target[:n_rays]) ** 2).mean())
         stats = {k: float(v.detach()) for k, v in losses.items()}
         stats.update(loss=float(loss.detach()), psnr=psnr_from_mse(mse))
         return stats
@@ -368,13 +392,19 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.parallel.is_main  # the one rank that writes files
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        # Every rank starts from rank 0's weights (fresh or resumed); ranks > 0 draw
+        # their own stratified samples and backgrounds.
+        self.parallel.broadcast_from_main(self._shared_tensors())
+        self.parallel.seed_rank_noise(cfg.seed, self.step)
         start_time = time.monotonic()
         stopped_by = "done"
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
-            disable=not progress,
+            disable=not (progress and main),
             desc="fit",
             unit="step",
             dynamic_ncols=True,
@@ -386,7 +416,10 @@ class Trainer:
                 stats = self.training_step()
                 self.step += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                if log_now:
+                    stats = self.parallel.mean_stats(stats)  # the global batch's (collective)
+                if main and log_now:
                     now = time.monotonic()
                     rays_s = (self.step - last_step) * cfg.batch_rays / max(now - last_t, 1e-9)
                     last_t, last_step = now, self.step
@@ -404,25 +437,29 @@ class Trainer:
                             psnr=f"{stats['psnr']:.2f}",
                             rays_s=f"{rays_s:.0f}",
                         )
-                if cfg.val_every > 0 and self.step % cfg.val_every == 0 and self.step < cfg.steps:
-                    self.log({"step": self.step, **self.validate(cfg.val_views)})
-                if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+                if main and cfg.val_every > 0 and self.step % cfg.val_every == 0:
+                    if self.step < cfg.steps:
+                        self.log({"step": self.step, **self.validate(cfg.val_views)})
+                if main and cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                     self.save()
                 interrupts.reached("fit.step", self.step)
+                stop = None
                 if interrupts.pending() is not None:
-                    stopped_by = "signal"
-                    break
-                if cfg.max_minutes > 0 and time.monotonic() - start_time > cfg.max_minutes * 60:
-                    stopped_by = "time"
+                    stop = "signal"
+                elif cfg.max_minutes > 0 and time.monotonic() - start_time > cfg.max_minutes * 60:
+                    stop = "time"
+                # Agreed: a rank that stopped alone would leave the others in a collective.
+                stopped_by = self.parallel.agree_stop(stop) or "done"
+                if stopped_by != "done":
                     break
             bar.close()
-            ckpt = self.save()
+            ckpt = self.save() if main else self.ckpt_dir / LATEST
             if stopped_by == "signal":
                 interrupts.take()  # acted on: the fit stopped after a saved step
         # A signal during the final save above is raised here, the checkpoint complete.
         # The final check is not held: a signal abandons it (it writes nothing until its
         # record), and `--resume` of the finished checkpoint runs it again.
-        if stopped_by != "signal":
+        if stopped_by != "signal" and main:
             interrupts.reached("fit.final_validation", self.step)
             # A bounded final check; `handnerf eval` does the full evaluation.
             record = {"step": self.step, "final": True, **self.validate(4 * cfg.val_views)}
@@ -430,6 +467,27 @@ class Trainer:
         return FitResult(
             step=self.step, stopped_by=stopped_by, checkpoint=ckpt, metrics=self.metrics_path
         )
+
+    def _shared_tensors(self) -> list[Tensor]:
+        """What every rank must hold equal: the avatar's weights and buffers (occupancy
+        grid included) and every optimised parameter (pose corrections too)."""
+        tensors = [*self.avatar.parameters(), *self.avatar.buffers()]
+        seen = {id(t) for t in tensors}
+        for group in self.optimizer.param_groups:
+            tensors += [p for p in group["params"] if id(p) not in seen]
+        return tensors
+
+
+def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient of ``optimizer``'s parameters is finite, decided on the
+    device and read back once (one host sync per step, not one per parameter)."""
+    checks = [
+        torch.isfinite(p.grad).all()
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if p.grad is not None
+    ]
+    return not checks or bool(torch.stack(checks).all())
 
 
 def _save_png(path: Path, image: Tensor) -> None:

@@ -118,7 +118,7 @@ def test_each_annotation_file_is_parsed_once(interhand_root: Path) -> None:
         ({"cameras": ["400099"]}, r"camera\(s\) 400099 not in capture 0.*400002, 400004, 410001"),
         ({"exclude_cameras": ["123"]}, r"excluded camera\(s\) 123"),
         ({"split": "dev"}, r"unknown split 'dev'"),
-        ({"hand": "both"}, r"unknown hand 'both'"),
+        ({"hand": "two"}, r"unknown hand 'two'; hands are right, left, both"),
         ({"seqs": TRAIN_SEQ, "cameras": ["400002"], "stride": 1000}, None),
     ],
 )

@@ -63,7 +63,7 @@ def test_streaming_never_parses_whole_files(interhand_root: Path) -> None:
         ({"capture": 5}, "captures: 0, 1"),
         ({"seqs": "ROM99_nope"}, "sequences: ROM03_RT_No_Occlusion, ROM04_RT_Occlusion"),
         ({"cameras": ["499999"]}, "cameras: 400002, 400004, 410001"),
-        ({"hand": "both"}, "hands are right, left"),
+        ({"hand": "two"}, "hands are right, left, both"),
         ({"split": "dev"}, "splits are train, val, test"),
     ],
 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from handnerf.model.encoding import (
     HashGridEncoding,
     grid_levels,
     make_hash_grid,
+    select_backend,
     tcnn_available,
 )
+from handnerf.model.field import FieldConfig, HashGridField
 
 Config = EncodingConfig
 
@@ -305,8 +309,55 @@ def test_tcnn_backend_without_tinycudann_raises(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(importlib, "import_module", fake_import)
     with pytest.raises(ConfigError, match="tinycudann cannot be imported"):
-        make_hash_grid(Config(backend="tcnn"))
-    assert make_hash_grid(Config(n_levels=2, backend="auto")).backend_name == "torch"
+        make_hash_grid(Config(backend="tcnn"), device="cuda")
+    assert make_hash_grid(Config(n_levels=2, backend="auto"), device="cuda").backend_name == "torch"
+
+
+def fake_tinycudann(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make this CPU machine look like one with CUDA and an importable tinycudann (whose
+    Encoding records its construction); returns the record."""
+    made: list[str] = []
+
+    class Encoding:
+        def __init__(self, n_input_dims: int, config: dict) -> None:
+            made.append(config["otype"])
+
+    module = types.ModuleType("tinycudann")
+    module.Encoding = Encoding  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tinycudann", module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    return made
+
+
+def test_auto_backend_follows_the_target_device_not_the_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a GPU machine with tinycudann, a grid for the CPU (train.device=cpu) must be the
+    torch one: a tcnn grid would hand CPU pointers to CUDA kernels."""
+    made = fake_tinycudann(monkeypatch)
+    assert tcnn_available()
+    assert select_backend("auto", "cuda") == "tcnn"
+    assert select_backend("auto", "cuda:1") == "tcnn"
+    assert select_backend("auto", "cpu") == "torch"
+    enc = make_hash_grid(Config(n_levels=2, log2_hashmap_size=8, backend="auto"), device="cpu")
+    assert enc.backend_name == "torch" and made == []
+    with pytest.raises(ConfigError, match=r"'tcnn' but the model runs on cpu"):
+        make_hash_grid(Config(n_levels=2, backend="tcnn"), device="cpu")
+    # The whole field made for the CPU, as a CPU fit makes it, gets the torch grid.
+    field = HashGridField(
+        FieldConfig(encoding=Config(n_levels=2, log2_hashmap_size=8)), device="cpu"
+    )
+    assert field.encoding.backend_name == "torch"
+    assert field(
+        torch.rand(5, 3) * 0.1, torch.eye(3).expand(5, 3, 3), torch.rand(5, 3), torch.rand(5, 3)
+    )[0].shape == (5,)
+
+
+def test_tcnn_grid_refuses_cpu_inputs_with_a_clear_error() -> None:
+    enc = make_hash_grid(Config(n_levels=2, log2_hashmap_size=8, backend="torch"))
+    enc.backend_name = "tcnn"  # as a tcnn grid moved to the CPU would be
+    with pytest.raises(ParameterError, match="tcnn backend runs on CUDA only"):
+        enc(torch.rand(4, 3))
 
 
 @pytest.mark.cuda
@@ -324,7 +375,7 @@ def test_torch_backend_on_cuda_matches_cpu() -> None:
 def test_tcnn_matches_torch() -> None:
     pytest.importorskip("tinycudann")
     cfg_t = Config(backend="tcnn")
-    enc_t = make_hash_grid(cfg_t)
+    enc_t = make_hash_grid(cfg_t, device="cuda").cuda()
     assert enc_t.backend_name == "tcnn"
     enc_p = random_encoding(Config(backend="torch")).cuda()
     enc_t.load_state_dict(enc_p.state_dict())

@@ -258,6 +258,23 @@ def test_trunc_exp_gradient_is_clamped() -> None:
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_trunc_exp_gradient_is_finite_at_and_above_the_clamp_in_every_precision(
+    dtype: torch.dtype,
+) -> None:
+    """An fp16 pre-activation (the MLP's output under autocast) between 11.1 and 15 has a
+    finite exp only in float32: the backward must not compute it in the input's dtype."""
+    x = torch.tensor([11.5, 14.0, 15.0, 40.0], dtype=dtype, requires_grad=True)
+    y = trunc_exp(x)
+    assert y.dtype == torch.float32
+    # A small upstream gradient, as a density's is: the product fits in float16.
+    (1e-3 * y[:3].sum() + 1e-20 * y[3]).backward()
+    assert x.grad is not None and x.grad.dtype == dtype
+    assert torch.isfinite(x.grad).all()
+    expected = 1e-3 * torch.exp(x.detach()[:3].double().clamp(max=15.0))
+    assert torch.allclose(x.grad[:3].double(), expected, rtol=1e-2)
+
+
 def test_camera_affine_starts_as_identity_and_rejects_unknown_cameras() -> None:
     affine = CameraColorAffine(2)
     rgb, opacity = torch.rand(5, 3), torch.rand(5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from handnerf.model.deformer_config import DeformerConfig
@@ -13,6 +14,7 @@ from handnerf.model.neighbour_search import (
     neighbour_weights,
     sample_grid,
 )
+from tests.host_syncs import count_host_syncs
 
 
 def _cloud(seed: int, frames: int = 2, vertices: int = 300) -> torch.Tensor:
@@ -35,6 +37,26 @@ def test_kdtree_and_cdist_find_the_same_neighbours() -> None:
     rows = frame_ids == 0
     brute = (points[rows, None] - vertices[0][None]).norm(dim=-1).topk(4, largest=False)
     torch.testing.assert_close(d_cdist[rows], brute.values, rtol=0, atol=1e-12)
+
+
+def test_knn_host_syncs_do_not_grow_with_the_prepared_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch from 3 of F prepared frames: the same results and the same number of host
+    syncs whether F is 3 or 60 (a deform per step must not wait once per frame)."""
+    generator = torch.Generator().manual_seed(2)
+    points = 0.05 * torch.randn(400, 3, generator=generator, dtype=torch.float64)
+    frame_ids = torch.tensor([0, 1, 2]).repeat(134)[:400]
+    cfg = DeformerConfig(max_distance=1.0)
+    results, syncs = [], []
+    base = _cloud(3, frames=3)
+    for n_frames in (3, 60):
+        vertices = base[[*range(3)] + [0] * (n_frames - 3)]
+        with count_host_syncs(monkeypatch) as counts:
+            results.append(knn(vertices, points, frame_ids, 4, cfg))
+        syncs.append(sum(counts.values()))
+    assert torch.equal(results[0][1], results[1][1])
+    assert syncs[0] == syncs[1] <= 3, syncs
 
 
 def test_kdtree_search_is_bounded_by_the_max_distance() -> None:

@@ -21,7 +21,13 @@ from handnerf.model.sampler import (
     make_sampler,
     ray_aabb_intersect,
 )
-from handnerf.model.volume import render_batched, render_packed, render_samples
+from handnerf.model.volume import (
+    render_batched,
+    render_packed,
+    render_samples,
+    visible_samples,
+)
+from tests.host_syncs import count_host_syncs
 
 CENTRE = torch.tensor([0.01, -0.02, 0.3])
 RADIUS = 0.05
@@ -284,23 +290,36 @@ def test_sampler_input_validation_and_selection() -> None:
     assert isinstance(make_sampler(SamplerConfig(), "cpu"), TorchSampler)
     with pytest.raises(ConfigError, match="nerfacc"):
         make_sampler(SamplerConfig(kind="nerfacc"), "cpu")
-    with pytest.raises(ParameterError, match="CUDA"):
+    with pytest.raises(ParameterError, match="nerfacc's kernels"):
         NerfaccSampler().sample(origins, dirs, frame_ids, frame_aabbs())
 
 
-# -- nerfacc sampler (CUDA) ----------------------------------------------------------------
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's marching kernels need CUDA")
-def test_nerfacc_sampler_matches_torch_sampler_and_closed_form() -> None:
-    device = torch.device("cuda")
+# -- nerfacc sampler and packed rendering: CUDA, and on the CPU through the stand-in ------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's kernels need CUDA")
+#: "cpu": nerfacc's kernels stood in for by tests/nerfacc_standin.py; "cuda": the real ones.
+KERNEL_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
+
+
+def kernel_device(device: str, request: pytest.FixtureRequest) -> torch.device:
+    """``device``, with nerfacc's kernels stood in for when it is the CPU."""
+    if device == "cpu":
+        request.getfixturevalue("nerfacc_standin")
+    return torch.device(device)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_nerfacc_sampler_matches_torch_sampler_and_closed_form(
+    device: str, request: pytest.FixtureRequest
+) -> None:
+    device_ = kernel_device(device, request)
     origins, dirs, frame_ids = ball_rays(2000)
-    frame_ids[::7] = 1
-    origins, dirs, frame_ids = origins.to(device), dirs.to(device), frame_ids.to(device)
-    boxes = frame_aabbs().to(device)
-    background = BACKGROUND.to(device)
+    frame_ids[::7] = 1  # rays of a frame whose box they miss: no samples at all
+    origins, dirs, frame_ids = origins.to(device_), dirs.to(device_), frame_ids.to(device_)
+    boxes = frame_aabbs().to(device_)
+    background = BACKGROUND.to(device_)
     occupied = occupied_fn_for(frame_ids)
     sampler = make_sampler(
-        SamplerConfig(kind="nerfacc", step_size=5e-4, posed_resolution=64), device
+        SamplerConfig(kind="nerfacc", step_size=5e-4, posed_resolution=64), device_
     )
     assert isinstance(sampler, NerfaccSampler)
     packed = sampler.sample(
@@ -309,6 +328,8 @@ def test_nerfacc_sampler_matches_torch_sampler_and_closed_form() -> None:
     assert packed.packed and packed.ray_indices is not None
     assert (packed.ray_indices[1:] >= packed.ray_indices[:-1]).all(), "sorted by ray"
     assert not torch.isin(packed.ray_indices, torch.nonzero(frame_ids == 1)[:, 0]).any()
+    steps = packed.t_ends - packed.t_starts
+    assert torch.allclose(steps, torch.full_like(steps, 5e-4), atol=1e-6), "fixed steps"
     out_packed = render_samples(packed, origins, dirs, radiance, background=background)
     dense = TorchSampler(512).sample(origins, dirs, frame_ids, boxes, occupied, stratified=False)
     out_dense = render_samples(dense, origins, dirs, radiance, background=background)
@@ -329,6 +350,126 @@ def test_nerfacc_sampler_matches_torch_sampler_and_closed_form() -> None:
     assert calls == []
     sampler.sample(origins, dirs, frame_ids, boxes, counting, stratified=True, cache_key=1)
     assert sum(calls) == 2 * 64**3
+
+
+def test_nerfacc_sampler_marches_a_batch_of_many_frames_in_one_call(nerfacc_standin) -> None:
+    """Rays of several frames: one traverse_grids call, each ray only in its own frame's
+    grid (here the frames' balls sit at different places, each box around its own)."""
+    n_frames = 5
+    shifts = torch.stack([torch.tensor([0.03 * f, -0.02 * f, 0.01 * f]) for f in range(n_frames)])
+    origins, dirs, _ = ball_rays(600, seed=4)
+    frame_ids = torch.arange(600) % n_frames
+    origins = origins + shifts[frame_ids]  # each frame's camera moved with its ball
+    margin = 0.01
+    boxes = torch.cat([CENTRE + shifts - RADIUS - margin, CENTRE + shifts + RADIUS + margin], 1)
+
+    def occupied(points: torch.Tensor, ray_ids: torch.Tensor) -> torch.Tensor:
+        return in_ball(points - shifts[frame_ids[ray_ids]], margin=0.003)
+
+    def shifted_radiance(points: torch.Tensor, ray_ids: torch.Tensor):
+        return radiance(points - shifts[frame_ids[ray_ids]], ray_ids)
+
+    sampler = NerfaccSampler(step_size=5e-4, posed_resolution=48)
+    packed = sampler.sample(origins, dirs, frame_ids, boxes, occupied, stratified=True)
+    assert nerfacc_standin.calls["traverse_grids"] == 1
+    out = render_samples(packed, origins, dirs, shifted_radiance)
+    _, expected = closed_form(origins - shifts[frame_ids], dirs)
+    assert float(expected.max()) > 0.9 and float((expected == 0).float().mean()) > 0.1
+    assert torch.allclose(out["opacity"], expected, atol=0.02)
+
+
+def test_nerfacc_sampler_host_syncs_do_not_grow_with_the_frames_in_a_batch(
+    nerfacc_standin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its grids cached, a batch from 12 frames waits on the device as often as one
+    from 2 (one unique, one box check, one marching call), not once per frame."""
+    origins, dirs, _ = ball_rays(600, seed=8)
+    boxes = frame_aabbs()[:1].expand(12, 6).contiguous()
+    sampler = NerfaccSampler(step_size=1e-3, posed_resolution=16, refine=False)
+    syncs = []
+    for n_frames in (2, 12):
+        frame_ids = torch.arange(600) % n_frames
+        occupied = occupied_fn_for(torch.zeros_like(frame_ids))
+        sampler.sample(origins, dirs, frame_ids, boxes, occupied, cache_key=0)  # grids built
+        with count_host_syncs(monkeypatch) as counts:
+            sampler.sample(origins, dirs, frame_ids, boxes, occupied, cache_key=0)
+        syncs.append(sum(counts.values()))
+    assert syncs[0] == syncs[1], syncs
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_packed_rendering_with_nerfacc_kernels_matches_batched_with_gradients(
+    device: str, request: pytest.FixtureRequest
+) -> None:
+    device_ = kernel_device(device, request)
+    origins, dirs, frame_ids = ball_rays(100, seed=3)
+    batch = TorchSampler(64).sample(
+        origins, dirs, frame_ids, frame_aabbs(), occupied_fn_for(frame_ids), False
+    )
+    gen = torch.Generator().manual_seed(5)
+    sigmas = (torch.rand(100, 64, generator=gen) * 50 * batch.mask).to(device_)
+    rgbs = torch.rand(100, 64, 3, generator=gen).to(device_)
+    mask, t_starts, t_ends = (x.to(device_) for x in (batch.mask, batch.t_starts, batch.t_ends))
+    ray_ids, sample_ids = torch.nonzero(mask, as_tuple=True)
+    leaves = []
+    outs = []
+    for packed in (False, True):
+        s = (
+            sigmas[mask].clone().requires_grad_(True)
+            if packed
+            else sigmas.clone().requires_grad_(True)
+        )
+        c = rgbs[mask].clone().requires_grad_(True) if packed else rgbs.clone().requires_grad_(True)
+        if packed:
+            out = render_packed(
+                s, c, t_starts[mask], t_ends[mask], ray_ids, 100, background=BACKGROUND.to(device_)
+            )
+        else:
+            out = render_batched(s, c, t_starts, t_ends, background=BACKGROUND.to(device_))
+        # A loss touching every output, so every gradient path is compared.
+        (out["rgb"].square().sum() + out["opacity"].sum() + 0.1 * out["depth"].sum()).backward()
+        leaves.append((s, c))
+        outs.append(out)
+    dense, packed_out = outs
+    for key in ("rgb", "opacity", "depth"):
+        assert torch.allclose(dense[key], packed_out[key], atol=1e-5), key
+    assert torch.allclose(packed_out["weights"], dense["weights"][ray_ids, sample_ids], atol=1e-6)
+    (ds, dc), (ps, pc) = leaves
+    assert (
+        ds.grad is not None and ps.grad is not None and dc.grad is not None and pc.grad is not None
+    )
+    assert float(ps.grad.abs().max()) > 1e-3, "the densities get a gradient"
+    assert torch.allclose(ps.grad, ds.grad[mask], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(pc.grad, dc.grad[mask], rtol=1e-4, atol=1e-6)
+    if device == "cpu":
+        standin = request.getfixturevalue("nerfacc_standin")
+        assert standin.calls["exclusive_sum"] == 2, "forward and backward ran nerfacc's scan"
+
+
+def test_visible_samples_drop_only_what_is_hidden(nerfacc_standin) -> None:
+    """Early termination keeps every sample with transmittance >= eps, in both layouts,
+    and the render of the kept samples differs by less than eps per ray."""
+    origins, dirs, frame_ids = ball_rays(200, seed=6)
+    boxes = frame_aabbs()
+    occupied = occupied_fn_for(frame_ids)
+    dense = TorchSampler(128).sample(origins, dirs, frame_ids, boxes, occupied, stratified=False)
+    packed = NerfaccSampler(step_size=5e-4, posed_resolution=48).sample(
+        origins, dirs, frame_ids, boxes, occupied, stratified=False
+    )
+
+    def opaque(points: torch.Tensor, ray_ids: torch.Tensor):
+        return 40 * radiance(points, ray_ids)[0], radiance(points, ray_ids)[1]
+
+    eps = 1e-3
+    for batch in (dense, packed):
+        points, ray_ids = batch.eval_points(origins, dirs)
+        sigma, _ = opaque(points, ray_ids)
+        keep = visible_samples(batch, sigma, eps)
+        assert 0.05 < float(keep.float().mean()) < 0.5, "an opaque ball hides most of itself"
+        full = render_samples(batch, origins, dirs, opaque, background=BACKGROUND)
+        cut = render_samples(batch.select(keep), origins, dirs, opaque, background=BACKGROUND)
+        assert float((full["rgb"] - cut["rgb"]).abs().max()) < 2 * eps
+        assert int(cut["n_evaluated"]) == int(keep.sum())
 
 
 def test_sample_batch_eval_points_packed_layout() -> None:

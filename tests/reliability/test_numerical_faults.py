@@ -25,7 +25,8 @@ from handnerf.train.checkpoint import LATEST, load_checkpoint
 from handnerf.train.config import FitConfig
 from handnerf.train.fit_data import FitData, load_fit_data
 from handnerf.train.losses import photometric_loss
-from handnerf.train.trainer import Trainer
+from handnerf.train.trainer import Trainer, gradients_finite
+from tests.host_syncs import count_host_syncs
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +239,23 @@ def test_render_falls_back_to_smaller_chunks_when_memory_runs_out(
         render_camera(*args, chunk=4096, marching=marching)
 
 
+def test_gradient_check_reads_back_once_for_all_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    params = [torch.nn.Parameter(torch.zeros(5)) for _ in range(40)]
+    optimizer = torch.optim.Adam([{"params": params[:30]}, {"params": params[30:]}])
+    for p in params[:-1]:  # the last one got no gradient: skipped, not an error
+        p.grad = torch.ones(5)
+    with count_host_syncs(monkeypatch) as counts:
+        assert gradients_finite(optimizer)
+    assert sum(counts.values()) == 1, counts
+    params[17].grad[3] = float("nan")  # type: ignore[index]
+    assert not gradients_finite(optimizer)
+    params[17].grad[3] = float("-inf")  # type: ignore[index]
+    assert not gradients_finite(optimizer)
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only")
 def test_amp_scaler_skips_inf_gradients_on_cuda(
     small_data: tuple[FitConfig, FitData], tmp_path: Path, small_fit: list[str]

@@ -1,0 +1,73 @@
+"""Where nerfacc's compiled kernels run: the one switch between the packed and batched paths.
+
+nerfacc 0.5.3 compiles its CUDA kernels at the first call (``traverse_grids``,
+``ray_aabb_intersect``, the packed scans behind ``render_weight_from_density(...,
+ray_indices=...)``). The packed layout (occupancy-guided marching, per-ray segmented
+scans) needs them; everything else has a batched ``(R, S)`` pure-PyTorch twin. Every
+choice between the two asks :func:`nerfacc_kernels`, never ``tensor.is_cuda``.
+
+Tests stand a pure-PyTorch module in for the compiled one (``tests/nerfacc_standin.py``)
+and declare it with :func:`kernels_stood_in`, so the packed path runs, and is checked,
+on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import torch
+
+#: Device types on which a stand-in for nerfacc's compiled module is installed (tests).
+_stood_in: set[str] = set()
+
+
+@lru_cache(maxsize=8)
+def _cuda_kernels_work(device_index: int) -> bool:
+    """Whether nerfacc's CUDA kernels build and run on this device (first call compiles)."""
+    import nerfacc
+
+    try:
+        o = torch.zeros(1, 3, device=f"cuda:{device_index}")
+        d = torch.tensor([[0.0, 0.0, 1.0]], device=o.device)
+        box = torch.tensor([[-1.0, -1.0, 1.0, 1.0, 1.0, 2.0]], device=o.device)
+        nerfacc.ray_aabb_intersect(o, d, box)
+    except Exception as exc:  # build errors come as OSError, RuntimeError, ImportError...
+        warnings.warn(
+            f"nerfacc's CUDA kernels are unusable ({type(exc).__name__}: {exc}); "
+            "falling back to the pure-PyTorch sampler and batched rendering",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def nerfacc_kernels(device: torch.device | str) -> bool:
+    """True when nerfacc's packed kernels serve tensors on ``device``: a CUDA device where
+    they build and run, or a device type a stand-in was declared for."""
+    device = torch.device(device)
+    if device.type in _stood_in:
+        return True
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_kernels_work(index)
+
+
+@contextmanager
+def kernels_stood_in(device_type: str = "cpu") -> Iterator[None]:
+    """Within the block, :func:`nerfacc_kernels` answers True for ``device_type``.
+
+    Only for tests that have replaced nerfacc's compiled module by a stand-in: without
+    one, nerfacc's packed calls fail on that device.
+    """
+    added = device_type not in _stood_in
+    _stood_in.add(device_type)
+    try:
+        yield
+    finally:
+        if added:
+            _stood_in.discard(device_type)

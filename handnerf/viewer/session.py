@@ -1,0 +1,99 @@
+"""The viewer's one door to rendering: a pose and a viewpoint in, an image out.
+
+Everything the viewer draws goes through :meth:`RenderSession.render_view`, so a faster
+renderer replaces this class's body and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from handnerf.data.camera import PinholeCamera
+from handnerf.hand.hand_model import ManoParams
+from handnerf.model.avatar import PosedFrames
+from handnerf.model.renderer import render_camera
+from handnerf.runs.loader import TrainedRun
+from handnerf.viewer.cameras import ViewCamera
+
+#: Bands of rows a cancellable render is drawn in (checks for cancellation in between).
+CANCEL_BANDS = 4
+
+
+def row_band(camera: PinholeCamera, top: int, bottom: int) -> PinholeCamera:
+    """The camera of rows ``top:bottom`` of ``camera``'s image (same rays, fewer rows)."""
+    K = camera.K.copy()
+    K[1, 2] -= top
+    return dataclasses.replace(camera, K=K, height=bottom - top)
+
+
+class RenderSession:
+    """Renders a fitted run's avatar for the viewer.
+
+    Posing a frame (MANO, self-shadow visibility, the deformer's lookup structures) costs
+    about as much as a small image on a CPU, so the last pose's :class:`PosedFrames` is
+    kept: turning the camera around a still hand poses it once.
+    """
+
+    def __init__(self, run: TrainedRun, chunk: int | None = None) -> None:
+        self.run = run
+        self.chunk = chunk
+        self._lock = threading.Lock()
+        self._posed: tuple[torch.Tensor, PosedFrames] | None = None
+
+    def posed(self, pose: ManoParams) -> PosedFrames:
+        """``pose`` (a batch of one) prepared for rendering, reused while it is unchanged."""
+        key = torch.cat([pose.global_orient, pose.hand_pose, pose.transl], dim=1).cpu()
+        if self._posed is not None and torch.equal(self._posed[0], key):
+            return self._posed[1]
+        with torch.no_grad():
+            frames = self.run.avatar.pose_frames(pose.to(self.run.device))
+        self._posed = (key, frames)
+        return frames
+
+    def render_view(
+        self,
+        pose: ManoParams,
+        camera: ViewCamera,
+        size: int,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray | None:
+        """The avatar in ``pose`` (one frame) seen from ``camera``: (H, W, 3) uint8 whose
+        longer side is ``size`` px, black background, canonical colour (no capture camera's
+        colour affine: a viewpoint is a virtual camera).
+
+        With ``cancelled``, the image is drawn in bands of rows and ``cancelled()`` is asked
+        between bands: when it says yes the render stops and returns None (a view that moved
+        on need not wait for a stale full-size image).
+        """
+        pinhole = camera.pinhole(size)
+        bands = 1 if cancelled is None else min(CANCEL_BANDS, pinhole.height)
+        edges = np.linspace(0, pinhole.height, bands + 1).round().astype(int)
+        parts = []
+        with self._lock:  # one render at a time: the avatar's caches are not thread-safe
+            frames = self.posed(pose)
+            for top, bottom in itertools.pairwise(edges.tolist()):
+                if cancelled is not None and cancelled():
+                    return None
+                image = render_camera(
+                    self.run.avatar,
+                    frames,
+                    row_band(pinhole, top, bottom),
+                    0,
+                    None,
+                    self.run.device,
+                    chunk=self.chunk,
+                )
+                parts.append(image.numpy())
+        return (np.concatenate(parts) * 255).round().astype(np.uint8)
+
+    def hand_center(self, pose: ManoParams) -> np.ndarray:
+        """(3,) centre of the posed hand's bounding box, world metres."""
+        with self._lock:
+            vertices = self.posed(pose).vertices[0].detach().cpu().numpy()
+        return 0.5 * (vertices.min(0) + vertices.max(0))
