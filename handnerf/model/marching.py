@@ -115,15 +115,25 @@ def march_rays(
     skip_to = torch.full((len(live),), -math.inf, device=device)  # at or beyond
     max_optical = math.inf if min_transmittance == 0 else -math.log(min_transmittance)
     n_deformed = n_evaluated = n_colored = 0
-    while True:
-        open_rays = optical < max_optical
-        eligible = shell & (mid > after[:, None]) & (mid >= skip_to[:, None])
-        eligible &= open_rays[:, None]
-        take = eligible & (eligible.cumsum(dim=1) <= round_samples)
-        rows, cols = torch.nonzero(take, as_tuple=True)  # sorted by ray, then depth
-        if rows.numel() == 0:
+    # The rays still marching (A of them, indices into the live rays) and their shell
+    # samples and depths (A,S): a ray leaves once it is opaque or has nothing left to
+    # take (its limits only ever move forward), so each round works on fewer rows.
+    active = torch.arange(len(live), device=device)
+    active_shell, active_mid = shell, mid
+    while active.numel():
+        eligible = active_shell & (active_mid > after[active, None])
+        eligible &= active_mid >= skip_to[active, None]
+        eligible &= (optical[active] < max_optical)[:, None]
+        count = eligible.cumsum(dim=1)
+        take = eligible & (count <= round_samples)
+        local, cols = torch.nonzero(take, as_tuple=True)  # sorted by ray, then depth
+        if local.numel() == 0:
             break
-        t = mid[rows, cols]
+        # Rays with more than this round's samples stay for the next round.
+        stay = torch.nonzero(count[:, -1] > round_samples).squeeze(1)
+        rows = active[local]
+        t = active_mid[local, cols]
+        active, active_shell, active_mid = active[stay], active_shell[stay], active_mid[stay]
         rays_of = live[rows]
         points = origins[rays_of] + dirs[rays_of] * t[:, None]
         n_deformed += int(rows.numel())
@@ -190,12 +200,17 @@ def shell_mask(
     scale = res / (box[:, 3:] - box[:, :3])
     start = (origins - box[:, :3]) * scale  # (R,3) grid units
     step = dirs * scale
-    cell = torch.addcmul(start[:, None, :], mid[..., None], step[:, None, :]).floor_()
-    inside = ((cell >= 0) & (cell < res)).all(-1) & mask
-    cell = cell.clamp_(0, res - 1).to(torch.int64)
-    flat = (frame_ids[:, None] * res + cell[..., 0]) * res + cell[..., 1]
+    # Only rays that cross their box (H of them) have samples to test; indices in int32
+    # (half the memory traffic of int64; a frame's grid has far fewer than 2^31 cells).
+    hit = torch.nonzero(mask.any(dim=1)).squeeze(1)
+    cell = torch.addcmul(start[hit, None, :], mid[hit, :, None], step[hit, None, :]).floor_()
+    inside = ((cell >= 0) & (cell < res)).all(-1) & mask[hit]  # (H,S)
+    cell = cell.clamp_(0, res - 1).to(torch.int32)
+    flat = (frame_ids[hit, None].to(torch.int32) * res + cell[..., 0]) * res + cell[..., 1]
     flat = flat * res + cell[..., 2]
-    return inside & frames.shell.reshape(-1)[flat]
+    shell = torch.zeros_like(mask)
+    shell[hit] = inside & frames.shell.reshape(-1)[flat]
+    return shell
 
 
 def _exclusive_segment_sum(values: Tensor, segments: Tensor) -> Tensor:
