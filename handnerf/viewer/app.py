@@ -60,7 +60,10 @@ class ViewerApp:
         self.pose = PoseState(self.sequence.frame_mano(0))
         self.selected_camera: str = next(iter(capture.cameras))
         self.renderer = ProgressiveRenderer(
-            session.render_view,
+            # Previews (smaller than full size: the view is moving) with fewer samples per ray.
+            lambda pose, camera, size, cancelled: session.render_view(
+                pose, camera, size, cancelled, coarse=size < full_size
+            ),
             self._show,
             self.pose.mano(),
             ViewCamera.from_pinhole(capture.cameras[self.selected_camera]),

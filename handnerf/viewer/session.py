@@ -12,11 +12,12 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from handnerf.data.camera import PinholeCamera
 from handnerf.hand.hand_model import ManoParams
 from handnerf.model.avatar import PosedFrames
+from handnerf.model.marching import can_march
+from handnerf.model.preview import PreviewRenderer
 from handnerf.model.renderer import render_camera
 from handnerf.runs.loader import TrainedRun
 from handnerf.viewer.cameras import ViewCamera
@@ -36,25 +37,27 @@ class RenderSession:
     """Renders a fitted run's avatar for the viewer.
 
     Posing a frame (MANO, self-shadow visibility, the deformer's lookup structures) costs
-    about as much as a small image on a CPU, so the last pose's :class:`PosedFrames` is
-    kept: turning the camera around a still hand poses it once.
+    about as much as a small image on a CPU, so the last few poses' :class:`PosedFrames`
+    are kept (:class:`PreviewRenderer`'s cache): turning the camera around a still hand,
+    or scrubbing back and forth, poses each frame once. Images render through
+    :func:`render_camera`'s fast path (front-to-back marching) wherever the avatar allows.
     """
 
     def __init__(self, run: TrainedRun, chunk: int | None = None) -> None:
         self.run = run
         self.chunk = chunk
         self._lock = threading.Lock()
-        self._posed: tuple[torch.Tensor, PosedFrames] | None = None
+        self._preview = PreviewRenderer(run.avatar, run.device, chunk=chunk)
+        n_samples = getattr(run.avatar.sampler, "n_samples", None)
+        #: Samples per ray of a coarse (moving) image: half the avatar's, on the fast path
+        #: only (None: the avatar's own, e.g. nerfacc's marching or a two-hand avatar).
+        self.coarse_samples: int | None = (
+            max(8, n_samples // 2) if n_samples is not None and can_march(run.avatar) else None
+        )
 
     def posed(self, pose: ManoParams) -> PosedFrames:
-        """``pose`` (a batch of one) prepared for rendering, reused while it is unchanged."""
-        key = torch.cat([pose.global_orient, pose.hand_pose, pose.transl], dim=1).cpu()
-        if self._posed is not None and torch.equal(self._posed[0], key):
-            return self._posed[1]
-        with torch.no_grad():
-            frames = self.run.avatar.pose_frames(pose.to(self.run.device))
-        self._posed = (key, frames)
-        return frames
+        """``pose`` (a batch of one) prepared for rendering, reused while it is recent."""
+        return self._preview.posed(pose)
 
     def render_view(
         self,
@@ -62,6 +65,7 @@ class RenderSession:
         camera: ViewCamera,
         size: int,
         cancelled: Callable[[], bool] | None = None,
+        coarse: bool = False,
     ) -> np.ndarray | None:
         """The avatar in ``pose`` (one frame) seen from ``camera``: (H, W, 3) uint8 whose
         longer side is ``size`` px, black background, canonical colour (no capture camera's
@@ -69,7 +73,9 @@ class RenderSession:
 
         With ``cancelled``, the image is drawn in bands of rows and ``cancelled()`` is asked
         between bands: when it says yes the render stops and returns None (a view that moved
-        on need not wait for a stale full-size image).
+        on need not wait for a stale full-size image). ``coarse``: fewer samples per ray
+        (:attr:`coarse_samples`), for previews while the view moves: about twice as fast,
+        a slightly coarser image.
         """
         pinhole = camera.pinhole(size)
         bands = 1 if cancelled is None else min(CANCEL_BANDS, pinhole.height)
@@ -88,6 +94,7 @@ class RenderSession:
                     None,
                     self.run.device,
                     chunk=self.chunk,
+                    n_samples=self.coarse_samples if coarse else None,
                 )
                 parts.append(image.numpy())
         return (np.concatenate(parts) * 255).round().astype(np.uint8)

@@ -43,3 +43,42 @@ def test_a_row_band_sees_the_same_rays() -> None:
     np.testing.assert_allclose(
         band_dirs, dirs.reshape(cam.height, cam.width, 3)[10:25].reshape(-1, 3)
     )
+
+
+def test_previews_take_fewer_samples_and_still_views_match_the_reference(tiny_run: Path) -> None:
+    run = load_run(tiny_run, device="cpu")
+    capture = load_sequences(run)
+    pose = capture.sequences[0].frame_mano(1)
+    view = ViewCamera.from_pinhole(next(iter(capture.cameras.values())))
+    session = RenderSession(run)
+    n = run.avatar.sampler.n_samples
+    assert session.coarse_samples == max(8, n // 2)
+    with torch.no_grad():
+        frames = run.avatar.pose_frames(pose)
+    cam = view.pinhole(40)
+
+    def as_uint8(image: torch.Tensor) -> np.ndarray:
+        return (image.numpy() * 255).round().astype(np.uint8)
+
+    # A preview while moving: the fast path with half the samples per ray.
+    coarse = session.render_view(pose, view, 40, coarse=True)
+    half = render_camera(run.avatar, frames, cam, 0, None, n_samples=session.coarse_samples)
+    np.testing.assert_array_equal(coarse, as_uint8(half))
+    # A still view: the fast path at full quality, the reference path's image within an
+    # 8-bit step (early termination leaves out at most ~1e-4 of a pixel).
+    still = session.render_view(pose, view, 40)
+    reference = as_uint8(render_camera(run.avatar, frames, cam, 0, None, marching=False))
+    assert np.abs(still.astype(int) - reference.astype(int)).max() <= 1
+    assert still.max() > 0, "the hand is in view"
+
+
+def test_a_changed_pose_is_posed_again_and_a_revisited_one_is_not(tiny_run: Path) -> None:
+    run = load_run(tiny_run, device="cpu")
+    sequence = load_sequences(run).sequences[0]
+    first, second = sequence.frame_mano(0), sequence.frame_mano(1)
+    session = RenderSession(run)
+    frames_first = session.posed(first)
+    frames_second = session.posed(second)
+    assert frames_second is not frames_first
+    assert not torch.equal(frames_second.vertices, frames_first.vertices)
+    assert session.posed(first) is frames_first, "scrubbing back reuses the posed frame"
