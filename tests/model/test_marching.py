@@ -113,5 +113,5 @@ def test_fewer_samples_per_ray_give_a_coarser_cheaper_preview(tiny_run: Path) ->
         fine = march_rays(run.avatar, frames, rays, torch.zeros(3))
         half = march_rays(run.avatar, frames, rays, torch.zeros(3), n_samples=n // 2)
     assert int(half["n_deformed"]) < int(fine["n_deformed"])
-    with pytest.raises(ConfigError, match="apply to the fast path only"):
+    with pytest.raises(ConfigError, match="applies to the fast path only"):
         render_camera(run.avatar, frames, cam, 0, None, marching=False, n_samples=8)

@@ -121,13 +121,13 @@ def test_avatar_rays_under_autocast_reach_the_field_at_fp32_positions(
     frames = avatar.pose_frames(data.train_mano)
     rays = RaySampler(data.train_views, fg_fraction=0.8, seed=2).sample(2048).rays
     seen: list[torch.Tensor] = []
-    forward = avatar.field.forward
+    density = avatar.field.density_and_features  # where canonical positions enter the field
 
-    def spy(x_canon: torch.Tensor, *args: object) -> object:
+    def spy(x_canon: torch.Tensor) -> object:
         seen.append(x_canon.detach().clone())
-        return forward(x_canon, *args)
+        return density(x_canon)
 
-    monkeypatch.setattr(avatar.field, "forward", spy)
+    monkeypatch.setattr(avatar.field, "density_and_features", spy)
     background = torch.zeros(3)
     avatar.render_rays(frames, rays, background, training=False)
     with cpu_autocast():
