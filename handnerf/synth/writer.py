@@ -344,9 +344,9 @@ def synthesize_capture(
         seed,
         mano_dir,
         procedural,
-        preset.workers if workers is None else workers,
-        lighting or Lighting(),
-        progress,
+        workers=preset.workers if workers is None else workers,
+        lighting=lighting or Lighting(),
+        progress=progress,
     )
     if both_hands:
         from handnerf.synth.two_hands import write_two_hand_capture  # it builds on this module
