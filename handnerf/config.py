@@ -11,7 +11,7 @@ the wrong type and values outside a field's :func:`choice` raise
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +30,15 @@ def choice(default: str, options: Sequence[str]) -> Any:
     if default not in options:
         raise ValueError(f"default {default!r} is not one of {tuple(options)}")
     return dataclasses.field(default=default, metadata={CHOICES: tuple(options)})
+
+
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+    """The entry called ``name`` of a table of named presets; a :class:`ConfigError`
+    naming ``what`` (e.g. ``"synth preset"``) lists the known names otherwise."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(table)}") from None
 
 
 def check_choices(cfg: Any, prefix: str = "") -> None:

@@ -76,6 +76,33 @@ def atomic_write_json(path: str | Path, value: Any, **dumps: Any) -> None:
     atomic_write_bytes(path, json.dumps(value, **dumps).encode("utf-8"))
 
 
+def check_format_marker(
+    content: Any,
+    path: str | Path,
+    what: str,
+    marker: tuple[str, str],
+    version: tuple[str, int],
+    error: type[Exception],
+    advice: str = "",
+) -> None:
+    """Refuse a loaded file that does not carry our format marker and version.
+
+    ``content`` must be a dict whose ``marker[0]`` entry is ``marker[1]`` and whose
+    ``version[0]`` entry is ``version[1]``; otherwise ``error`` is raised naming ``path``,
+    ``what`` the file should be (e.g. ``"handnerf checkpoint"``) and, for a version this
+    handnerf does not read, ``advice`` on what to do instead.
+    """
+    key, expected = marker
+    if not isinstance(content, dict) or content.get(key) != expected:
+        raise error(f"{path}: not a {what} ({key!r} is not {expected!r})")
+    key, readable = version
+    if content.get(key) != readable:
+        raise error(
+            f"{path}: {what} {key!r} is {content.get(key)!r}, this handnerf reads "
+            f"{readable}{advice}"
+        )
+
+
 def remove_temp_files_under(folder: str | Path) -> list[Path]:
     """Delete every temporary file an atomic write left anywhere under ``folder``.
 

@@ -60,11 +60,11 @@ def tiny_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_two_hand_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a two-hand capture (``tiny`` preset, 2 frames per interaction), made once."""
     from handnerf.synth.presets import get_preset
-    from handnerf.synth.two_hands import synthesize_two_hand_capture
+    from handnerf.synth.writer import synthesize_capture
 
     root = tmp_path_factory.mktemp("synth") / "tiny_two_hands"
     preset = get_preset("tiny").with_overrides(train_frames=2)
-    synthesize_two_hand_capture(root, preset, seed=TINY_SEED, workers=1)
+    synthesize_capture(root, preset, seed=TINY_SEED, workers=1, both_hands=True)
     return root
 
 

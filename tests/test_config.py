@@ -53,3 +53,17 @@ def test_a_yaml_file_as_overrides_gives_the_same_config(tmp_path) -> None:
     assert cfg.data.exclude_cameras == ["400002"] and cfg.data.novel_pose_seq is None
     with pytest.raises(ConfigError, match="config file not found"):
         overrides_from_yaml(tmp_path / "missing.yaml")
+
+
+def test_an_unknown_preset_name_is_refused_with_the_known_ones_listed() -> None:
+    from handnerf.evaluation.protocols import PROTOCOLS, get_protocol
+    from handnerf.synth.presets import get_preset
+
+    assert get_preset("tiny").name == "tiny"
+    assert get_protocol("livehand") is PROTOCOLS["livehand"]
+    with pytest.raises(
+        ConfigError, match=r"^unknown synth preset 'huge'; choose one of: tiny, demo"
+    ):
+        get_preset("huge")
+    with pytest.raises(ConfigError, match=r"^unknown evaluation protocol 'nerf'; choose one of: "):
+        get_protocol("nerf")

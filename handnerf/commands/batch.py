@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from handnerf.commands.options import add_no_progress
+
 HELP = "run a plan of many avatars (prepare, fit, eval, render) on Ray; resumable"
 
 
@@ -43,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="CPUs of the local Ray (default: every core); ignored with --address",
     )
     parser.add_argument("--check", action="store_true", help="check the plan, run nothing")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from handnerf.commands.options import add_rendering, add_run_folder
+
 HELP = "compute a PSNR/SSIM/LPIPS report (novel views and novel poses)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--run", type=Path, required=True, help="run folder written by 'handnerf fit'"
-    )
+    add_run_folder(parser)
     parser.add_argument("--out", type=Path, required=True, help="report folder to write")
     parser.add_argument(
         "--protocol",
@@ -46,11 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="evaluate at most this many views per set (evenly spaced)",
     )
-    parser.add_argument(
-        "--chunk", type=int, default=None, help="rays per rendering chunk (default: the renderer's)"
-    )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--no-progress", action="store_true")
+    add_rendering(parser, chunk=None)
 
 
 def run(args: argparse.Namespace) -> int:

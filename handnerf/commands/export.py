@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from handnerf.commands.options import add_run_folder
+
 HELP = "write a fit's refined MANO parameters (train.refine_pose) as MANO_NeuralAnnot.json"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--run", type=Path, required=True, help="run folder written by 'handnerf fit'"
-    )
+    add_run_folder(parser)
     parser.add_argument(
         "--out",
         type=Path,

@@ -22,6 +22,7 @@ import argparse
 from pathlib import Path
 
 from handnerf.commands.mano_option import add_mano_dir
+from handnerf.commands.options import add_no_progress
 
 HELP = "fit a per-subject avatar to a capture (resumable)"
 
@@ -37,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also log to Weights & Biases (set WANDB_MODE=offline to log locally)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(parser)
     parser.add_argument(
         "overrides",
         nargs="*",

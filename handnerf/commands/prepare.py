@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from handnerf.commands.mano_option import add_mano_dir
+from handnerf.commands.options import add_no_progress
 
 HELP = "stream a selection of an InterHand2.6M split into a compact, resumable cache"
 
@@ -83,7 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_mano_dir(parser)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(parser)
 
 
 def build_spec(args: argparse.Namespace) -> Any:

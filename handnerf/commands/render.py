@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from handnerf.commands.options import add_rendering, add_run_folder
+
 HELP = "render novel views (orbit) or novel poses of a trained avatar to GIF/MP4"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--run", type=Path, required=True, help="run folder written by 'handnerf fit'"
-    )
+    add_run_folder(parser)
     parser.add_argument("--out", type=Path, required=True, help="output .gif or .mp4")
     parser.add_argument("--mode", choices=("orbit", "pose"), default="orbit")
     parser.add_argument(
@@ -45,14 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(default: the run's novel-pose sequence)",
     )
     parser.add_argument("--orbit", action="store_true", help="pose: let the camera circle too")
-    parser.add_argument(
-        "--chunk",
-        type=int,
-        default=None,
-        help="rays per rendering chunk: lower it if memory runs out (default: the renderer's)",
-    )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--no-progress", action="store_true")
+    add_rendering(parser, chunk=None)
 
 
 def run(args: argparse.Namespace) -> int:

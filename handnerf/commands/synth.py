@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     from handnerf.errors import ConfigError
     from handnerf.synth.presets import get_preset
-    from handnerf.synth.two_hands import plan_two_hand_frames, synthesize_two_hand_capture
+    from handnerf.synth.two_hands import plan_two_hand_frames
     from handnerf.synth.writer import plan_frames, synthesize_capture
 
     preset = get_preset(args.preset)
@@ -99,9 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if both and args.mano_noise is not None:
         raise ConfigError("--mano-noise is not supported with --hand both")
     n_frames = len(plan_two_hand_frames(preset) if both else plan_frames(preset))
-    synthesize = synthesize_two_hand_capture if both else synthesize_capture
     with tqdm(total=preset.n_cameras * n_frames, unit="img", desc=f"synth {preset.name}") as bar:
-        summary = synthesize(
+        summary = synthesize_capture(
             args.out,
             preset,
             seed=args.seed,
@@ -109,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             procedural=args.procedural_hand,
             workers=args.workers,
             progress=bar.update,
+            both_hands=both,
         )
     sequences = ", ".join(f"{name}: {count} frames" for name, count in summary.sequences.items())
     print(

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import threading
-from pathlib import Path
+
+from handnerf.commands.options import add_rendering, add_run_folder
 
 HELP = "open a fitted avatar in an interactive browser viewer (pose sliders, orbit, sequences)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--run", type=Path, required=True, help="run folder written by 'handnerf fit'"
-    )
+    add_run_folder(parser)
     parser.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
     parser.add_argument(
         "--host",
@@ -41,10 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=128,
         help="longer side of the images drawn while the view moves (default 128)",
     )
-    parser.add_argument(
-        "--chunk", type=int, default=None, help="rays per rendering chunk (default: automatic)"
-    )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_rendering(parser, chunk=None, progress=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -175,13 +175,15 @@ class PreparedCache:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError) as exc:
             raise DataError(f"{index_path}: unreadable ({exc})") from exc
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise DataError(f"{index_path}: 'format' is not {FORMAT!r}")
-        if index.get("version") != VERSION:
-            raise DataError(
-                f"{index_path}: 'version' is {index.get('version')!r}, this handnerf reads "
-                f"{VERSION}; re-run 'handnerf prepare' into a new folder"
-            )
+        files.check_format_marker(
+            index,
+            index_path,
+            "prepared cache index",
+            ("format", FORMAT),
+            ("version", VERSION),
+            DataError,
+            "; re-run 'handnerf prepare' into a new folder",
+        )
         self.index: dict[str, Any] = index
         try:
             spec = index["spec"]

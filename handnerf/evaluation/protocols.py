@@ -29,6 +29,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from handnerf.config import lookup
 from handnerf.data.filters import FrameFilterConfig
 from handnerf.errors import ConfigError
 
@@ -321,9 +322,4 @@ DEFAULT_PROTOCOL = "handnerf-default"
 
 def get_protocol(name: str) -> EvalProtocol:
     """The preset called ``name``; raises :class:`ConfigError` listing the known ones."""
-    try:
-        return PROTOCOLS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown evaluation protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}"
-        ) from None
+    return lookup(PROTOCOLS, name, "evaluation protocol")

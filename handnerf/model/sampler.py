@@ -1,6 +1,6 @@
 """Placing samples along posed-space rays, skipping space the canonical hand does not fill.
 
-Two samplers share one interface, :meth:`sample`, and one result type,
+Two samplers share one interface, :meth:`Sampler.sample`, and one result type,
 :class:`SampleBatch`; :func:`make_sampler` picks one:
 
 - :class:`TorchSampler` (CPU and CUDA): near/far from the ray's intersection with its
@@ -20,6 +20,7 @@ caller (deform the points with the ray's frame, then query the canonical occupan
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -138,13 +139,22 @@ def _call_occupied(occupied_fn: OccupiedFn, points: Tensor, ray_ids: Tensor) -> 
     return occupied.to(torch.bool)
 
 
-class TorchSampler:
-    """Stratified samples between each ray's entry and exit of its frame's posed AABB."""
+@dataclass
+class RayQuery:
+    """The rays of one :meth:`Sampler.sample` call, checked (see there)."""
 
-    def __init__(self, n_samples: int = 64) -> None:
-        if n_samples < 1:
-            raise ConfigError(f"sampler.n_samples must be >= 1, got {n_samples}")
-        self.n_samples = n_samples
+    origins: Tensor
+    dirs: Tensor
+    frame_ids: Tensor
+    frame_aabbs: Tensor
+    occupied_fn: OccupiedFn | None
+    stratified: bool
+    cache_key: Hashable | None
+
+
+class Sampler(ABC):
+    """The interface of both samplers: :meth:`sample` checks the rays, :meth:`place` (each
+    sampler's own) places the samples."""
 
     @torch.no_grad()
     def sample(
@@ -159,18 +169,40 @@ class TorchSampler:
     ) -> SampleBatch:
         """origins, dirs (R,3) posed world (unit dirs); frame_ids (R,) long; frame_aabbs (F,6).
 
-        Training (``stratified``): each interior bin edge jitters within half a bin, so
-        the samples cover [near, far] without gaps; evaluation: bin centres. Rays missing
-        their box get zero-length intervals and an all-false mask. ``cache_key`` is unused
-        (interface parity with :class:`NerfaccSampler`).
+        ``occupied_fn`` (see the module) marks the samples worth evaluating; ``stratified``
+        jitters them (training) instead of the fixed ones of rendering; ``cache_key``
+        names the occupancy state the sampler may cache grids of (the occupancy grid's
+        ``version``). Returns the samples of each ray (:class:`SampleBatch`).
         """
-        del cache_key
         _check_rays(origins, dirs, frame_ids, frame_aabbs)
+        query = RayQuery(origins, dirs, frame_ids, frame_aabbs, occupied_fn, stratified, cache_key)
+        return self.place(query)
+
+    @abstractmethod
+    def place(self, query: RayQuery) -> SampleBatch:
+        """The samples of the checked rays of ``query`` (called under ``torch.no_grad``)."""
+
+
+class TorchSampler(Sampler):
+    """Stratified samples between each ray's entry and exit of its frame's posed AABB."""
+
+    def __init__(self, n_samples: int = 64) -> None:
+        if n_samples < 1:
+            raise ConfigError(f"sampler.n_samples must be >= 1, got {n_samples}")
+        self.n_samples = n_samples
+
+    def place(self, query: RayQuery) -> SampleBatch:
+        """Training (``stratified``): each interior bin edge jitters within half a bin, so
+        the samples cover [near, far] without gaps; evaluation: bin centres. Rays missing
+        their box get zero-length intervals and an all-false mask. ``cache_key`` is unused."""
+        origins, dirs, occupied_fn = query.origins, query.dirs, query.occupied_fn
         n_rays, n_samples = origins.shape[0], self.n_samples
-        near, far, hit = ray_aabb_intersect(origins, dirs, frame_aabbs[frame_ids.long()])
+        near, far, hit = ray_aabb_intersect(
+            origins, dirs, query.frame_aabbs[query.frame_ids.long()]
+        )
         u = torch.linspace(0.0, 1.0, n_samples + 1, device=origins.device, dtype=origins.dtype)
         u = u.expand(n_rays, n_samples + 1)
-        if stratified and n_samples > 1:
+        if query.stratified and n_samples > 1:
             jitter = (
                 torch.rand(n_rays, n_samples - 1, device=u.device, dtype=u.dtype) - 0.5
             ) / n_samples
@@ -185,7 +217,7 @@ class TorchSampler:
         return SampleBatch(t_starts, t_ends, n_rays, mask=mask)
 
 
-class NerfaccSampler:
+class NerfaccSampler(Sampler):
     """Occupancy-guided ray marching with ``nerfacc.traverse_grids`` (nerfacc's kernels).
 
     Per frame, a ``posed_resolution**3`` binary grid over the frame's posed AABB marks the
@@ -281,21 +313,11 @@ class NerfaccSampler:
         for i, frame in enumerate(frames):
             self._cache[frame] = occupied[i]
 
-    @torch.no_grad()
-    def sample(
-        self,
-        origins: Tensor,
-        dirs: Tensor,
-        frame_ids: Tensor,
-        frame_aabbs: Tensor,
-        occupied_fn: OccupiedFn | None = None,
-        stratified: bool = True,
-        cache_key: Hashable | None = None,
-    ) -> SampleBatch:
-        """Same arguments as :meth:`TorchSampler.sample`; returns packed samples sorted by ray."""
+    def place(self, query: RayQuery) -> SampleBatch:
+        """Packed samples sorted by ray."""
         import nerfacc
 
-        _check_rays(origins, dirs, frame_ids, frame_aabbs)
+        origins, dirs, occupied_fn = query.origins, query.dirs, query.occupied_fn
         if not nerfacc_kernels(origins.device):
             raise ParameterError(
                 f"NerfaccSampler needs nerfacc's kernels, which do not run on {origins.device}; "
@@ -303,10 +325,10 @@ class NerfaccSampler:
             )
         # nerfacc's kernels read float32 and int64 buffers, contiguous.
         origins, dirs = origins.float().contiguous(), dirs.float().contiguous()
-        frame_aabbs = frame_aabbs.float()
-        frame_ids = frame_ids.long()
+        frame_aabbs = query.frame_aabbs.float()
+        frame_ids = query.frame_ids.long()
         n_rays, res = origins.shape[0], self.posed_resolution
-        self._check_cache(cache_key, frame_aabbs)
+        self._check_cache(query.cache_key, frame_aabbs)
         # The frames in this batch and each ray's slot among them: one host sync.
         present_t, slot = torch.unique(frame_ids, return_inverse=True)
         present = present_t.tolist()
@@ -339,7 +361,7 @@ class NerfaccSampler:
         near, far, _ = ray_aabb_intersect(
             origins, dirs, frame_aabbs[frame_ids], near_plane=self.near_plane
         )
-        if stratified:
+        if query.stratified:
             near = near + torch.rand_like(near) * self.step_size
         # Disjoint regions: slot s's box starts at x = s * pitch.
         pitch = (boxes[:, 3] - boxes[:, 0]).amax() + 1.0
@@ -365,9 +387,6 @@ class NerfaccSampler:
             keep = _call_occupied(occupied_fn, points, ids)
             batch = batch.select(keep)
         return batch
-
-
-Sampler = TorchSampler | NerfaccSampler
 
 
 @dataclass

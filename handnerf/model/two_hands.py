@@ -16,6 +16,8 @@ right hand's field holds it (the left one's is unused).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -295,16 +297,11 @@ class OneHandOfTwo:
     def __init__(self, avatar: TwoHandAvatar, side: str) -> None:
         self.avatar = avatar
         self.side = side
+        #: ``render_rays(frames, rays, background, training=False)`` of the pair, this side only.
+        self.render_rays: Callable[..., dict[str, Tensor]] = functools.partial(
+            avatar.render_rays, only=side
+        )
 
     @property
     def betas(self) -> Tensor:
         return self.avatar.betas
-
-    def render_rays(
-        self,
-        frames: TwoHandPosedFrames,
-        rays: RayBundle,
-        background: Tensor,
-        training: bool = False,
-    ) -> dict[str, Tensor]:
-        return self.avatar.render_rays(frames, rays, background, training, only=self.side)

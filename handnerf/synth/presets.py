@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from handnerf.config import lookup
 from handnerf.errors import ConfigError
 
 
@@ -150,9 +151,4 @@ PRESETS: dict[str, SynthPreset] = {
 
 def get_preset(name: str) -> SynthPreset:
     """The preset called ``name``; a :class:`ConfigError` lists the known ones otherwise."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown synth preset {name!r}; choose one of: {', '.join(PRESETS)}"
-        ) from None
+    return lookup(PRESETS, name, "synth preset")

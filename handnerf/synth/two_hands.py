@@ -24,10 +24,8 @@ ground-truth mask under ``gt_masks/`` is the union of both hands.
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,16 +39,15 @@ from handnerf.synth.annotations import (
     add_image_records,
     write_annotation_files,
 )
+from handnerf.synth.frames import Scene, render_frames
 from handnerf.synth.presets import SynthPreset
-from handnerf.synth.raycast import Lighting
 from handnerf.synth.rig import RigCamera, make_dome
 from handnerf.synth.writer import (
-    Scene,
+    CaptureJob,
     SynthSummary,
     albedo_for,
     open_capture_folder,
     real_rig_effects,
-    render_frames,
     summarize,
     write_synth_marker,
 )
@@ -335,37 +332,18 @@ def _write_two_hand_annotations(
 # --------------------------------------------------------------------------- main
 
 
-def synthesize_two_hand_capture(
-    out_dir: str | Path,
-    preset: SynthPreset,
-    seed: int = 0,
-    mano_dir: str | Path | None = None,
-    workers: int | None = None,
-    lighting: Lighting | None = None,
-    procedural: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> SynthSummary:
-    """Render and write a two-hand capture under ``out_dir`` (arguments as
-    :func:`~handnerf.synth.writer.synthesize_capture`; the preset's ``side``, ``train_seq``
-    and ``novel_seq`` are not used: both hands, :data:`TRAIN_SEQS` and :data:`NOVEL_SEQ`).
-    MANO noise is not supported here (the preset's must be 0)."""
-    import torch
-
-    from handnerf.hand.hand_model import HandModel
-
+def write_two_hand_capture(job: CaptureJob) -> SynthSummary:
+    """Render and write a two-hand capture (``synthesize_capture(..., both_hands=True)``):
+    both hands, :data:`TRAIN_SEQS` and :data:`NOVEL_SEQ`. MANO noise is not supported
+    (the preset's must be 0)."""
+    preset, seed, lighting = job.preset, job.seed, job.lighting
     if preset.mano_noise_deg > 0 or preset.mano_noise_mm > 0:
         raise DataError(f"synth preset {preset.name!r}: MANO noise is one-hand only")
-    start = time.perf_counter()
-    paths = open_capture_folder(out_dir, preset)
-    workers = preset.workers if workers is None else workers
-    lighting = lighting or Lighting()
+    paths = open_capture_folder(job.out_dir, preset)
     names = ("rig", "poses", "border", "colour")
     streams = np.random.SeedSequence([seed, 2]).spawn(len(names))
     rngs = {name: np.random.default_rng(s) for name, s in zip(names, streams, strict=True)}
-    models = {
-        side: HandModel.from_folder(mano_dir, side, dtype=torch.float64, procedural=procedural)
-        for side in ("right", "left")
-    }
+    models = {side: job.hand_model(side) for side in ("right", "left")}
     planned = plan_two_hand_frames(preset)
     frames = pose_two_hands(models, planned, rngs["poses"])
     cameras = make_dome(rngs["rig"], preset.n_cameras, landscape_every=preset.landscape_every)
@@ -383,7 +361,7 @@ def synthesize_two_hand_capture(
     vertices = np.concatenate([frames.vertices["right"], frames.vertices["left"]], axis=1)
     scene = Scene(canonical, union_faces, albedo, lighting)
     n_images = render_frames(
-        frames.plans, vertices, scene, cameras, preset, paths, workers, progress
+        frames.plans, vertices, scene, cameras, preset, paths, job.workers, job.progress
     )
 
     _write_two_hand_annotations(paths, preset, cameras, frames)
@@ -411,4 +389,4 @@ def synthesize_two_hand_capture(
         " (both hands)",
         {},
     )
-    return summarize(paths, cameras, frames.plans, n_images, start, hand_source)
+    return summarize(paths, cameras, frames.plans, n_images, job.start, hand_source)

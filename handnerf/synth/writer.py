@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from handnerf import interrupts
 from handnerf.data.interhand import SYNTH_MARKER
 from handnerf.errors import DataError
-from handnerf.files import atomic_write_bytes
 from handnerf.synth.annotations import (
     NUM_KEYPOINTS,
     CapturePaths,
@@ -44,8 +41,9 @@ from handnerf.synth.annotations import (
     atomic_write_json,
     write_annotation_files,
 )
+from handnerf.synth.frames import Scene, render_frames
 from handnerf.synth.presets import SynthPreset
-from handnerf.synth.raycast import AlbedoFn, HandScene, Lighting
+from handnerf.synth.raycast import AlbedoFn, Lighting
 from handnerf.synth.rig import RigCamera, cut_by_border, make_dome, with_white_balance
 
 #: Bumped when the layout or content of a synthetic capture changes.
@@ -55,27 +53,6 @@ SYNTH_FORMAT_VERSION = 1
 EXACT_MANO = "exact_mano.json"
 #: Largest wrist rotation (radians) away from MANO's rest orientation in a sequence.
 GLOBAL_TURN_RAD = 1.3
-
-# --------------------------------------------------------------------------- files
-
-
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    """(H, W, 3) uint8 -> JPEG bytes."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def encode_mask_png(mask: np.ndarray) -> bytes:
-    """(H, W) bool -> 8-bit PNG bytes (0 / 255)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
-    return buffer.getvalue()
-
 
 # --------------------------------------------------------------------------- plan
 
@@ -91,62 +68,6 @@ class SynthSummary:
     seconds: float
     hand_source: str
     sequences: dict[str, int]
-
-
-@dataclass
-class FrameTask:
-    """Everything a render process needs for one frame (picklable)."""
-
-    plan: FramePlan
-    vertices: np.ndarray  # (V, 3) posed world metres
-    canonical_vertices: np.ndarray  # (V, 3)
-    faces: np.ndarray  # (F, 3)
-    cameras: list[RigCamera]
-    albedo: AlbedoFn
-    lighting: Lighting
-    supersample: int
-    jpeg_quality: int
-    paths: CapturePaths
-
-
-def render_frame(task: FrameTask) -> int:
-    """Render and write every camera's image and mask of one frame; returns the image count."""
-    scene = HandScene(
-        task.vertices, task.canonical_vertices, task.faces, task.albedo, task.lighting
-    )
-    plan = task.plan
-    for camera in task.cameras:
-        view = scene.render(camera, task.supersample)
-        atomic_write_bytes(
-            task.paths.image(plan.seq_name, camera.cam_id, plan.frame_idx),
-            encode_jpeg(view.image, task.jpeg_quality),
-        )
-        atomic_write_bytes(
-            task.paths.mask(plan.seq_name, camera.cam_id, plan.frame_idx),
-            encode_mask_png(view.mask),
-        )
-    return len(task.cameras)
-
-
-def run_tasks(tasks: Sequence[FrameTask], workers: int) -> Iterator[int]:
-    """Render frames inline (``workers <= 1``) or over a pool of fresh processes."""
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield render_frame(task)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # "spawn": the parent holds torch state that must not be forked into renderers.
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=interrupts.leave_to_parent
-    )
-    try:
-        yield from pool.map(render_frame, tasks)
-    finally:
-        # On an interrupt, drop the queued frames instead of rendering them all first.
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- hand
@@ -283,52 +204,6 @@ def open_capture_folder(out_dir: str | Path, preset: SynthPreset) -> CapturePath
     return CapturePaths(root=root, split=preset.split, capture=preset.capture)
 
 
-@dataclass(frozen=True)
-class Scene:
-    """What every frame of a capture shares: canonical vertices (V,3) for the albedo lookup,
-    faces (F,3), the albedo function and the light."""
-
-    canonical_vertices: np.ndarray
-    faces: np.ndarray
-    albedo: AlbedoFn
-    lighting: Lighting
-
-
-def render_frames(
-    plans: Sequence[FramePlan],
-    vertices: np.ndarray,
-    scene: Scene,
-    cameras: list[RigCamera],
-    preset: SynthPreset,
-    paths: CapturePaths,
-    workers: int,
-    progress: Callable[[int], None] | None,
-) -> int:
-    """Render and write every camera's image and mask of each frame (``vertices`` (T,V,3),
-    one row per plan) over ``workers`` processes; returns the number of images."""
-    tasks = [
-        FrameTask(
-            plan=plan,
-            vertices=vertices[i],
-            canonical_vertices=scene.canonical_vertices,
-            faces=scene.faces,
-            cameras=cameras,
-            albedo=scene.albedo,
-            lighting=scene.lighting,
-            supersample=preset.supersample,
-            jpeg_quality=preset.jpeg_quality,
-            paths=paths,
-        )
-        for i, plan in enumerate(plans)
-    ]
-    n_images = 0
-    for count in run_tasks(tasks, workers):
-        n_images += count
-        if progress is not None:
-            progress(count)
-    return n_images
-
-
 def summarize(
     paths: CapturePaths,
     cameras: list[RigCamera],
@@ -405,6 +280,33 @@ def plan_frames(preset: SynthPreset) -> list[FramePlan]:
     return plans
 
 
+@dataclass(frozen=True)
+class CaptureJob:
+    """A capture to write, as :func:`synthesize_capture` was asked for it (``workers`` and
+    ``lighting`` resolved, ``start`` its perf_counter time); the one-hand writer here and
+    the two-hand one (:mod:`handnerf.synth.two_hands`) both work from it."""
+
+    out_dir: str | Path
+    preset: SynthPreset
+    seed: int
+    mano_dir: str | Path | None
+    procedural: str | None
+    workers: int
+    lighting: Lighting
+    progress: Callable[[int], None] | None
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def hand_model(self, side: str) -> Any:
+        """The ``side`` hand's :class:`~handnerf.hand.hand_model.HandModel` in float64."""
+        import torch
+
+        from handnerf.hand.hand_model import HandModel
+
+        return HandModel.from_folder(
+            self.mano_dir, side, dtype=torch.float64, procedural=self.procedural
+        )
+
+
 def synthesize_capture(
     out_dir: str | Path,
     preset: SynthPreset,
@@ -414,6 +316,7 @@ def synthesize_capture(
     lighting: Lighting | None = None,
     procedural: str | None = None,
     progress: Callable[[int], None] | None = None,
+    both_hands: bool = False,
 ) -> SynthSummary:
     """Render and write a synthetic capture under ``out_dir``.
 
@@ -427,20 +330,36 @@ def synthesize_capture(
         workers: render processes (``None``: the preset's default).
         lighting: the world-fixed light (``None``: :class:`Lighting` defaults).
         progress: called with the number of images finished after each frame.
+        both_hands: two interacting hands (:mod:`handnerf.synth.two_hands`; the preset's
+            ``side``, ``train_seq`` and ``novel_seq`` are not used, its MANO noise must be 0)
+            instead of the preset's ``side``.
 
     Raises:
         DataError: ``out_dir`` exists and is not a folder.
         ModelFileError: ``mano_dir`` is not a usable MANO folder.
     """
-    import torch
+    job = CaptureJob(
+        out_dir,
+        preset,
+        seed,
+        mano_dir,
+        procedural,
+        workers=preset.workers if workers is None else workers,
+        lighting=lighting or Lighting(),
+        progress=progress,
+    )
+    if both_hands:
+        from handnerf.synth.two_hands import write_two_hand_capture  # it builds on this module
 
-    from handnerf.hand.hand_model import HandModel
+        return write_two_hand_capture(job)
+    return _write_one_hand_capture(job)
 
-    start = time.perf_counter()
-    paths = open_capture_folder(out_dir, preset)
+
+def _write_one_hand_capture(job: CaptureJob) -> SynthSummary:
+    """The capture of the preset's ``side`` hand (with its MANO noise, if any)."""
+    preset, seed, lighting = job.preset, job.seed, job.lighting
+    paths = open_capture_folder(job.out_dir, preset)
     root = paths.root
-    workers = preset.workers if workers is None else workers
-    lighting = lighting or Lighting()
 
     # New streams go last: spawn(n)'s first children do not depend on n, so captures made
     # without the newer options stay byte-identical.
@@ -449,7 +368,7 @@ def synthesize_capture(
     rngs = {
         name: np.random.default_rng(stream) for name, stream in zip(names, streams, strict=True)
     }
-    model = HandModel.from_folder(mano_dir, preset.side, dtype=torch.float64, procedural=procedural)
+    model = job.hand_model(preset.side)
     plans = plan_frames(preset)
     posed = _pose_hand(model, plans, preset, rngs)
     cameras = make_dome(rngs["rig"], preset.n_cameras, landscape_every=preset.landscape_every)
@@ -459,7 +378,7 @@ def synthesize_capture(
 
     scene = Scene(posed.canonical_vertices, faces, albedo, lighting)
     n_images = render_frames(
-        plans, posed.vertices, scene, cameras, preset, paths, workers, progress
+        plans, posed.vertices, scene, cameras, preset, paths, job.workers, job.progress
     )
 
     noisy = preset.mano_noise_deg > 0 or preset.mano_noise_mm > 0
@@ -491,7 +410,7 @@ def synthesize_capture(
         "",
         {"exact_mano": EXACT_MANO} if noisy else {},
     )
-    return summarize(paths, cameras, plans, n_images, start, hand_source)
+    return summarize(paths, cameras, plans, n_images, job.start, hand_source)
 
 
 def _perturbed_mano(

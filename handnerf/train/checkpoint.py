@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from handnerf.errors import CheckpointError
-from handnerf.files import atomic_write_bytes
+from handnerf.files import atomic_write_bytes, check_format_marker
 
 #: Written into every checkpoint; a file without it is not ours.
 FORMAT = "handnerf-checkpoint"
@@ -56,13 +56,14 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a handnerf checkpoint (missing 'format' marker)")
-    if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {state.get('format_version')} is not supported "
-            f"(this handnerf reads version {FORMAT_VERSION})"
-        )
+    check_format_marker(
+        state,
+        path,
+        "handnerf checkpoint",
+        ("format", FORMAT),
+        ("format_version", FORMAT_VERSION),
+        CheckpointError,
+    )
     return state
 
 

@@ -23,8 +23,8 @@ from handnerf.synth.two_hands import (
     interaction_at,
     plan_two_hand_frames,
     surface_gap,
-    synthesize_two_hand_capture,
 )
+from handnerf.synth.writer import synthesize_capture
 
 ANNOT = Path("annotations") / "test"
 
@@ -127,7 +127,9 @@ def test_plan_and_bad_input() -> None:
     with pytest.raises(DataError, match="unknown two-hand interaction 'hug'"):
         interaction_at("hug", 0.0)
     with pytest.raises(DataError, match="MANO noise is one-hand only"):
-        synthesize_two_hand_capture("/nonexistent", preset.with_overrides(mano_noise_deg=1.0))
+        synthesize_capture(
+            "/nonexistent", preset.with_overrides(mano_noise_deg=1.0), both_hands=True
+        )
 
 
 def test_cli_refuses_mano_noise_with_both_hands(
