@@ -10,6 +10,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+# MKL picks its thread count per call under load (MKL_DYNAMIC defaults to true), and a GEMM's
+# rounding depends on it: the same computation twice in one process could then differ by
+# 1e-7 and flip a near-tie in a closest-point pick. Fixed before torch loads MKL.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+
 import pytest
 from hypothesis import settings
 

@@ -114,9 +114,17 @@ def knn_cdist(
     vertices_c = vertices - centre
     points_c = points - centre
     chunk = max(1, _CDIST_CHUNK_ELEMENTS // vertices.shape[0])
+    # The matmul form's BLAS kernels round differently from call to call on the CPU (they
+    # depend on buffer alignment): near-ties then pick other neighbours run to run. The
+    # direct form is deterministic, and on the CPU this backend only serves as the GPU's twin.
+    mode = (
+        "donot_use_mm_for_euclid_dist"
+        if points.device.type == "cpu"
+        else "use_mm_for_euclid_dist_if_necessary"
+    )
     ids = torch.empty(points.shape[0], k, dtype=torch.long, device=points.device)
     for start in range(0, points.shape[0], chunk):
-        block = torch.cdist(points_c[start : start + chunk], vertices_c)
+        block = torch.cdist(points_c[start : start + chunk], vertices_c, compute_mode=mode)
         ids[start : start + chunk] = torch.topk(block, k, dim=1, largest=False, sorted=True).indices
     distances = (points_c[:, None, :] - vertices_c[ids]).norm(dim=2)
     # Exact distances may reorder near-ties; keep the nearest first (validity uses it).

@@ -330,7 +330,15 @@ class TriangleScan:
 
     def _scan(self, points: torch.Tensor, frame: int) -> torch.Tensor:
         """(n,) id of the closest triangle of ``frame`` to each (n, 3) point."""
-        bound = (torch.cdist(points, self.centres[frame]) - self.radii[frame]).clamp(min=0)
+        # Direct form on the CPU: the matmul form rounds differently run to run (see
+        # neighbour_search.knn_cdist), which moved near-tie picks between identical calls.
+        mode = (
+            "donot_use_mm_for_euclid_dist"
+            if points.device.type == "cpu"
+            else "use_mm_for_euclid_dist_if_necessary"
+        )
+        distances = torch.cdist(points, self.centres[frame], compute_mode=mode)
+        bound = (distances - self.radii[frame]).clamp(min=0)
         first = bound.argmin(dim=1)  # (n,)
         frame_ids = torch.full_like(first, frame)
         _, best2 = _closest_point(self.tables, points, frame_ids, self.tables.faces[first])

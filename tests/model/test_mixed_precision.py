@@ -97,8 +97,15 @@ def test_deformer_under_autocast_gives_the_fp32_canonical_positions(
         ("deform", "refine", "attributes"), reference[:3], mixed[:3], strict=True
     ):
         assert a.dtype == b.dtype == torch.float32, name
-        error = float((a - b).abs().max())
-        assert error < GEOMETRY_TOLERANCE_M, f"{name}: {error:.2e}"
+        # Per sample: a point within 1e-7 m of a tie between two triangles may legitimately
+        # pick the other one when a BLAS kernel rounds differently; bf16 geometry instead
+        # moves every sample (5.9e-5..0.2 m), so at most 0.1 % may exceed the bound.
+        error = (a - b).abs().reshape(len(a), -1).amax(dim=1)
+        outliers = int((error >= GEOMETRY_TOLERANCE_M).sum())
+        assert outliers <= len(a) // 1000, (
+            f"{name}: {outliers} samples, max {float(error.max()):.2e}"
+        )
+        assert float(error.median()) < GEOMETRY_TOLERANCE_M / 10, name
     assert torch.equal(reference[3], mixed[3])
 
 
