@@ -84,6 +84,9 @@ class PosedFrames:
     #: ``(points (N,3), result) -> canonical (N,3)``: the canonical positions the field
     #: sees, with a gradient w.r.t. the pose (pose refinement); None: ``result.canonical``.
     pose_gradient: Callable[[Tensor, DeformResult], Tensor] | None = None
+    #: ``(points (N,3), result) -> (N,)``: a factor of the density, 1 in value, whose
+    #: gradient w.r.t. the pose is that of a soft shell edge (pose refinement); None: none.
+    shell_gradient: Callable[[Tensor, DeformResult], Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.aabbs.shape[0])
@@ -402,7 +405,13 @@ class HandAvatar(nn.Module):
             canonical = result.canonical
             if frames.pose_gradient is not None:
                 canonical = frames.pose_gradient(points, result)
-        return self.field(canonical, result.rotation, dirs, result.normal, visibility)
+            shell = None
+            if frames.shell_gradient is not None:
+                shell = frames.shell_gradient(points, result)
+        sigma, rgb = self.field(canonical, result.rotation, dirs, result.normal, visibility)
+        if shell is not None:
+            sigma = sigma * shell.to(sigma.dtype)
+        return sigma, rgb
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
