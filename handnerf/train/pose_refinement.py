@@ -263,6 +263,26 @@ def silhouette_band(masks: Tensor, width: int) -> Tensor:
     return (grown > 0.5)[:, 0] & ~(shrunk > 0.5)[:, 0]
 
 
+def held_targets(
+    rgb: Tensor, mask: Tensor, uncertain: Tensor | None, background: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What a batch of R rays should render, with the band of uncertain masks.
+
+    rgb (R,3) image colours, mask (R,) bool, uncertain (R,) bool or None, background
+    (R,3). Returns the target (R,3) (the image inside the mask, the background outside;
+    in the band the raw image), the background to composite over (black in the band: the
+    capture's) and which rays the mask loss may hold (R,) bool.
+    """
+    m = mask.float().unsqueeze(-1)
+    target = rgb * m + background * (1 - m)
+    if uncertain is None:
+        return target, background, torch.ones_like(mask, dtype=torch.bool)
+    band = uncertain[:, None]
+    # Near the given silhouette the image, not the mask, says where the hand is.
+    background = torch.where(band, torch.zeros_like(background), background)
+    return torch.where(band, rgb, target), background, ~uncertain
+
+
 def pose_param_groups(refiner: PoseRefiner | None, lr: float) -> list[dict[str, Any]]:
     """The optimiser's parameter group of the corrections (none without refinement)."""
     if refiner is None:

@@ -41,6 +41,7 @@ from handnerf.train.fit_hands import mano_to
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
 from handnerf.train.pose_refinement import (
     PoseRefiner,
+    held_targets,
     pose_param_groups,
     pose_schedules,
     silhouette_band,
@@ -274,12 +275,8 @@ class Trainer:
         m = batch.mask.float().unsqueeze(-1)
         target = batch.rgb * m + bg * (1 - m)
         trusted = None
-        if batch.uncertain is not None:
-            # Near the given silhouette the image, not the mask, says where the hand is:
-            # the raw pixel over the capture's black background.
-            bg = torch.where(batch.uncertain[:, None], torch.zeros_like(bg), bg)
-            target = torch.where(batch.uncertain[:, None], batch.rgb, target)
-            trusted = ~batch.uncertain
+        if batch.uncertain is not None:  # refining against MANO masks
+            target, bg, trusted = held_targets(batch.rgb, batch.mask, batch.uncertain, bg)
 
         try:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
