@@ -353,7 +353,10 @@ def evaluate_run(
         if protocol.zero_outside_box:
             box = projected_box_mask(cam, frames.vertices[0].cpu().numpy(), protocol.box_padding_m)
         scores = score_view(pred, gt, m, valid, protocol, perceptual, box)
-        if item.split == "novel_pose" and key in refined:
+        refined_here = (
+            key in refined if item.split == "novel_pose" else (key in (run.refined_mano or {}))
+        )
+        if refined_here:
             # The protocol's mask is the given MANO's; the refined pose draws another.
             m_refined = refined_mask(frames, run.avatar.hand_model.faces, crop) & valid
             gt_refined = crop.image.astype(np.float32) / 255.0 * m_refined[..., None]
@@ -400,6 +403,9 @@ def evaluate_run(
         **source.info,
         "padding": protocol.padding_text,
         "pose_refinement": refinement,
+        # A fit with train.refine_pose renders its training frames (novel views) with the
+        # refined MANO; their refined_mask_* numbers use that pose's masks.
+        "training_frames_refined": bool(run.refined_mano),
         "dropped_views": dropped,
     }
     return write_report(
