@@ -46,6 +46,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="evaluate at most this many views per set (evenly spaced)",
     )
+    parser.add_argument(
+        "--refine-pose",
+        action="store_true",
+        help="fit each evaluated novel-pose frame's MANO pose first (avatar frozen) against "
+        "its views from training cameras that are not evaluated; off by default (the "
+        "published protocols use the given fits)",
+    )
     add_rendering(parser, chunk=None)
 
 
@@ -65,11 +72,14 @@ def run(args: argparse.Namespace) -> int:
         max_views=args.max_views,
         chunk=args.chunk,
         progress=not args.no_progress,
+        refine_pose=args.refine_pose,
     )
     print(
         f"protocol {report['protocol']['name']}: {report['region']}; LPIPS network: "
         f"{report['lpips_net']}, input {report['lpips_input']}"
     )
+    refinement = report.get("run", {}).get("pose_refinement", {})
+    print(f"novel-pose MANO refinement: {'used' if refinement.get('used') else 'not used'}")
     for name, agg in report["sets"].items():
         extras = ""
         if "lpips_scaled" in agg:

@@ -44,6 +44,7 @@ from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, downscale
 from handnerf.data.interhand import FrameView, load_image, refuse_seen_novel_pose
 from handnerf.data.two_hand_masks import TwoHandMasker
 from handnerf.errors import ConfigError, DataError
+from handnerf.evaluation.pose_refit import refine_novel_poses, refined_mask
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
 from handnerf.evaluation.scoring import drop_reason, projected_box_mask, score_view
@@ -295,11 +296,23 @@ def evaluate_run(
     max_views: int | None = None,
     chunk: int | None = None,
     progress: bool = True,
+    refine_pose: bool = False,
 ) -> dict[str, Any]:
-    """Score ``run`` under ``protocol`` and write the report into ``out_dir``."""
+    """Score ``run`` under ``protocol`` and write the report into ``out_dir``;
+    ``refine_pose``: novel poses rendered with their MANO refined first
+    (:mod:`handnerf.evaluation.pose_refit`)."""
     t0 = time.monotonic()
     views = select_views(run, splits, max_views)
     source = ViewSource(run, protocol)
+    refined: dict[tuple[str, int], Any] = {}
+    refinement: dict[str, Any] = {"used": False}
+    if refine_pose:
+        given = {
+            (v.view.seq_name, int(v.view.frame_idx)): view_mano(run, v.view)
+            for v in views
+            if v.split == "novel_pose"
+        }
+        refined, refinement = refine_novel_poses(run, views, given, holdout_cameras(run))
     perceptual = PerceptualMetric(net=protocol.lpips_net, device=run.device)
     rows: list[dict[str, Any]] = []
     images: dict[str, dict[str, np.ndarray]] = {}
@@ -321,6 +334,9 @@ def evaluate_run(
             )
             continue
         mano = view_mano(run, view)
+        key = (view.seq_name, int(view.frame_idx))
+        if item.split == "novel_pose" and key in refined:
+            mano = refined[key]
         frames = run.avatar.pose_frames(mano_to(mano, run.device))
         crop = source.crop(item, mask, frames.vertices[0].cpu().numpy(), image)
         assert crop.mask is not None
@@ -337,6 +353,15 @@ def evaluate_run(
         if protocol.zero_outside_box:
             box = projected_box_mask(cam, frames.vertices[0].cpu().numpy(), protocol.box_padding_m)
         scores = score_view(pred, gt, m, valid, protocol, perceptual, box)
+        refined_here = (
+            key in refined if item.split == "novel_pose" else (key in (run.refined_mano or {}))
+        )
+        if refined_here:
+            # The protocol's mask is the given MANO's; the refined pose draws another.
+            m_refined = refined_mask(frames, run.avatar.hand_model.faces, crop) & valid
+            gt_refined = crop.image.astype(np.float32) / 255.0 * m_refined[..., None]
+            extra = score_view(pred, gt_refined, m_refined, valid, protocol, perceptual, box)
+            scores.update({f"refined_mask_{k}": extra.get(k) for k in ("psnr", "ssim", "lpips")})
         row = {
             "split": item.split,
             "camera": view.camera_id,
@@ -377,6 +402,10 @@ def evaluate_run(
         "data_root": str(run.data_root),
         **source.info,
         "padding": protocol.padding_text,
+        "pose_refinement": refinement,
+        # A fit with train.refine_pose renders its training frames (novel views) with the
+        # refined MANO; their refined_mask_* numbers use that pose's masks.
+        "training_frames_refined": bool(run.refined_mano),
         "dropped_views": dropped,
     }
     return write_report(

@@ -45,6 +45,10 @@ OPTIONAL_METRIC_FIELDS = (
     # two-hand runs: PSNR inside each hand's visible MANO mask (the render shows both)
     "right_psnr",
     "left_psnr",
+    # eval --refine-pose: the novel poses scored with the refined MANO's masks
+    "refined_mask_psnr",
+    "refined_mask_ssim",
+    "refined_mask_lpips",
 )
 IMAGE_KINDS = ("render", "gt", "mask")
 

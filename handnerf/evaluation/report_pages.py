@@ -130,8 +130,21 @@ def description_lines(report: dict[str, Any], bold: Callable[[str], str]) -> lis
         f"padding: {padding_line(report)}",
         f"LPIPS network: {bold(str(report['lpips_net']))}",
         f"LPIPS input range: {report['lpips_input']}",
+        f"novel-pose MANO: {pose_line(report)}",
         f"created: {report['created']}",
     ]
+
+
+def pose_line(report: dict[str, Any]) -> str:
+    """Whether the novel poses were rendered from refined MANO fits (eval --refine-pose)."""
+    refinement = (report.get("run") or {}).get("pose_refinement") or {}
+    if not refinement.get("used"):
+        return "as given (no refinement)"
+    return (
+        f"refined (eval --refine-pose: {refinement.get('frames')} frames, "
+        f"{refinement.get('steps')} steps each, avatar frozen, against cameras not "
+        f"evaluated); {refinement.get('masks')}"
+    )
 
 
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:

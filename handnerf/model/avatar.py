@@ -84,6 +84,9 @@ class PosedFrames:
     #: ``(points (N,3), result) -> canonical (N,3)``: the canonical positions the field
     #: sees, with a gradient w.r.t. the pose (pose refinement); None: ``result.canonical``.
     pose_gradient: Callable[[Tensor, DeformResult], Tensor] | None = None
+    #: ``(points (N,3), result) -> (N,)``: a factor of the density, 1 in value, whose
+    #: gradient w.r.t. the pose is that of a soft shell edge (pose refinement); None: none.
+    shell_gradient: Callable[[Tensor, DeformResult], Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.aabbs.shape[0])
@@ -413,10 +416,17 @@ class HandAvatar(nn.Module):
         the (M,3) posed ``points`` with their finished deformation ``result`` (from
         ``deform``, or :meth:`deform_occupied` then ``refine_to_surface``)."""
         canonical = result.canonical
-        if frames.pose_gradient is not None:
-            with fp32_geometry(points.device):
+        shell = None
+        with fp32_geometry(points.device):
+            if frames.pose_gradient is not None:
                 canonical = frames.pose_gradient(points, result)
-        return self.field.density_and_features(canonical)
+            if frames.shell_gradient is not None:
+                shell = frames.shell_gradient(points, result)
+        sigma, geo = self.field.density_and_features(canonical)
+        if shell is not None:
+            # Value 1, gradient only: the soft shell's pose gradient (train.pose_shell_softness).
+            sigma = sigma * shell.to(sigma.dtype)
+        return sigma, geo
 
     def sample_color(
         self, frames: PosedFrames, result: DeformResult, geo: Tensor, view_dirs: Tensor

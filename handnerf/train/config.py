@@ -103,6 +103,14 @@ class TrainConfig:
     #: Rebuild the posed frames and silhouettes from the refined pose every N steps (the
     #: gradient always sees the current pose; a rebuild costs ~4 tiny-fit steps).
     pose_refresh_every: int = 10
+    #: With MANO masks (data.mask_source=mano), pixels within this many px of the given
+    #: fit's silhouette, where its mask is wrong by the fit's error, are not held to it
+    #: while refining: composited over black against the raw image, no mask loss (0: they
+    #: are; the refined pose then stays at the given one).
+    pose_mask_band: int = 6
+    #: Width (m) of the soft shell edge whose gradient pulls the refined mesh towards
+    #: density the image wants beyond it (pose_refinement.soft_shell_with_pose_grad; 0: off).
+    pose_shell_softness: float = 0.0
 
 
 @dataclass
@@ -134,6 +142,9 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("model", "early_stop_eps"), 1e-4),
     # Training samples were always stratified before it became a choice.
     (("model", "sampler", "stratified"), True),
+    # Pose refinement trusted the MANO masks everywhere before the uncertain band.
+    (("train", "pose_mask_band"), 0),
+    (("train", "pose_shell_softness"), 0.0),
 )
 
 

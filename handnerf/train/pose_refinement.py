@@ -111,11 +111,46 @@ def canonical_with_pose_grad(
     return result.canonical + (canonical - canonical.detach()).to(result.canonical.dtype)
 
 
+def soft_shell_with_pose_grad(
+    points: Tensor,
+    result: DeformResult,
+    vertices: Tensor,
+    reach: float,
+    softness: float,
+) -> Tensor:
+    """A density factor (N,) of 1, with the gradient of a soft shell edge w.r.t. ``vertices``.
+
+    The deformer's shell is hard: a sample farther than ``reach`` from the posed mesh is
+    empty, so nothing tells the pose that the image has hand just beyond it. Here the
+    distance is rebuilt as a function of the posed vertices, ``d = |x - sum_k w_k V[id_k]|``
+    with the closest triangle ``id`` and barycentrics ``w`` of the exact search held fixed,
+    and the factor is ``s(d) = sigmoid((reach - d) / softness)`` in gradient, 1 in value
+    (a straight-through term): where the photometric loss wants more density at a sample
+    near the shell edge, the mesh is pulled towards it; where less, pushed away.
+
+    Args:
+        points: (N,3) posed samples of ``result``.
+        result: the deformer's result (mesh modes: ``neighbor_ids`` (N,k) global vertex
+            ids ``frame * V + vertex``, ``neighbor_weights`` (N,k) barycentrics).
+        vertices: (T,V,3) posed vertices of the refined pose, with grad.
+        reach: the deformer's max distance (m); softness: the sigmoid's width (m).
+    """
+    ids, weights = result.neighbor_ids, result.neighbor_weights
+    if ids is None or weights is None or not len(points):
+        return torch.ones(len(points), device=points.device)
+    flat = vertices.reshape(-1, 3)
+    closest = torch.einsum("nk,nkc->nc", weights.to(flat.dtype), flat[ids])
+    distance = (points.detach().to(flat.dtype) - closest).norm(dim=-1)
+    soft = torch.sigmoid((reach - distance) / softness)
+    return 1.0 + (soft - soft.detach())
+
+
 class PoseRefiner:
     """Owns the corrections of the training frames and poses them for the avatar.
 
     ``avatar``: a :class:`~handnerf.model.avatar.HandAvatar`; ``mano``: the given fits of
-    the T training frames.
+    the T training frames; ``shell_softness`` (m): the width of the soft shell edge whose
+    gradient reaches the pose (:func:`soft_shell_with_pose_grad`; 0: none).
     """
 
     def __init__(
@@ -124,8 +159,10 @@ class PoseRefiner:
         mano: ManoParams,
         frame_keys: list[tuple[str, int]],
         device: torch.device,
+        shell_softness: float = 0.0,
     ) -> None:
         self.avatar = avatar
+        self.shell_softness = shell_softness
         self.frame_keys = list(frame_keys)
         self.base = mano.to(device)
         self.corrections = PoseCorrections(len(mano)).to(device)
@@ -175,6 +212,15 @@ class PoseRefiner:
             return canonical_with_pose_grad(points, result, bones, weights, n_vertices)
 
         frames.pose_gradient = hook
+        if self.shell_softness > 0:
+            vertices = out.vertices.to(self.device).float()
+            reach = float(self.avatar.cfg.deformer.max_distance)
+            softness = self.shell_softness
+
+            def shell(points: Tensor, result: DeformResult) -> Tensor:
+                return soft_shell_with_pose_grad(points, result, vertices, reach, softness)
+
+            frames.shell_gradient = shell
 
     def prior(self) -> Tensor:
         return self.corrections.prior()
@@ -197,6 +243,44 @@ class PoseRefiner:
         own = {k: state[k] for k in self.corrections.state_dict()}
         self.corrections.load_state_dict(own)
         self.posed_with = {k: v.to(self.device) for k, v in state["posed_with"].items()}
+
+
+def silhouette_band(masks: Tensor, width: int) -> Tensor:
+    """(N,H,W) bool: the pixels within ``width`` px of the edge of ``masks`` (N,H,W) bool,
+    on either side (``width`` 0: none).
+
+    A mask drawn from a MANO fit that is off by a few millimetres is wrong exactly there:
+    inside it, pixels of background; outside it, pixels of hand. Trusting it would pin the
+    refined pose to the given one (measured: no recovery at all); the trainer instead
+    compares those rays with the raw image over the capture's black background.
+    """
+    if width <= 0:
+        return torch.zeros_like(masks, dtype=torch.bool)
+    m = masks.float().unsqueeze(1)
+    size = 2 * width + 1
+    grown = torch.nn.functional.max_pool2d(m, size, stride=1, padding=width)
+    shrunk = -torch.nn.functional.max_pool2d(-m, size, stride=1, padding=width)
+    return (grown > 0.5)[:, 0] & ~(shrunk > 0.5)[:, 0]
+
+
+def held_targets(
+    rgb: Tensor, mask: Tensor, uncertain: Tensor | None, background: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What a batch of R rays should render, with the band of uncertain masks.
+
+    rgb (R,3) image colours, mask (R,) bool, uncertain (R,) bool or None, background
+    (R,3). Returns the target (R,3) (the image inside the mask, the background outside;
+    in the band the raw image), the background to composite over (black in the band: the
+    capture's) and which rays the mask loss may hold (R,) bool.
+    """
+    m = mask.float().unsqueeze(-1)
+    target = rgb * m + background * (1 - m)
+    if uncertain is None:
+        return target, background, torch.ones_like(mask, dtype=torch.bool)
+    band = uncertain[:, None]
+    # Near the given silhouette the image, not the mask, says where the hand is.
+    background = torch.where(band, torch.zeros_like(background), background)
+    return torch.where(band, rgb, target), background, ~uncertain
 
 
 def pose_param_groups(refiner: PoseRefiner | None, lr: float) -> list[dict[str, Any]]:

@@ -65,22 +65,29 @@ class RayBatch:
     """Training rays with what they should render.
 
     rays: the :class:`RayBundle` (R rays, with camera ids); rgb (R,3) target colours in
-    [0,1]; mask (R,) bool, whether the ray sees the hand.
+    [0,1]; mask (R,) bool, whether the ray sees the hand; uncertain (R,) bool or None,
+    whether the ray's pixel lies in the band around the given silhouette where the mask
+    is not trusted (pose refinement, :func:`handnerf.train.pose_refinement.silhouette_band`).
     """
 
     rays: RayBundle
     rgb: Tensor
     mask: Tensor
+    uncertain: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rays)
 
     def cat(self, other: RayBatch) -> RayBatch:
         """These rays followed by ``other``'s."""
+        uncertain = None
+        if self.uncertain is not None and other.uncertain is not None:
+            uncertain = torch.cat([self.uncertain, other.uncertain])
         return RayBatch(
             rays=self.rays.cat(other.rays),
             rgb=torch.cat([self.rgb, other.rgb]),
             mask=torch.cat([self.mask, other.mask]),
+            uncertain=uncertain,
         )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> RayBatch:
@@ -89,6 +96,11 @@ class RayBatch:
             rays=self.rays.to(device, non_blocking=non_blocking),
             rgb=self.rgb.to(device, non_blocking=non_blocking),
             mask=self.mask.to(device, non_blocking=non_blocking),
+            uncertain=(
+                None
+                if self.uncertain is None
+                else self.uncertain.to(device, non_blocking=non_blocking)
+            ),
         )
 
 
@@ -99,6 +111,9 @@ class RaySampler:
     ``seed``: every one draws the global batch's pixels (and jitter offsets) and keeps the
     ``rank``-th of every ``world_size`` rays, so the ranks' rays together are exactly the
     batch one process would draw, and the generator stays the same on every rank.
+
+    ``uncertain`` (N,H,W) bool, or None: pixels whose mask is not trusted; each batch
+    then carries the flag of its rays' pixels (:attr:`RayBatch.uncertain`).
     """
 
     def __init__(
@@ -111,8 +126,10 @@ class RaySampler:
         silhouette: SilhouetteFn | None = None,
         rank: int = 0,
         world_size: int = 1,
+        uncertain: Tensor | None = None,
     ):
         self.views = views
+        self.uncertain = uncertain
         self.rank = rank
         self.world_size = world_size
         self.fg_fraction = fg_fraction
@@ -174,7 +191,8 @@ class RaySampler:
             frame_ids=views.frame_ids[view],
             camera_ids=views.camera_ids[view],
         )
-        return RayBatch(rays=rays, rgb=rgb, mask=mask)
+        uncertain = None if self.uncertain is None else self.uncertain[view, v, u]
+        return RayBatch(rays=rays, rgb=rgb, mask=mask, uncertain=uncertain)
 
     def sample_patches(self, n_patches: int, size: int) -> tuple[RayBatch, int]:
         """``n_patches`` square patches of ``size`` px centred on hand pixels (for LPIPS),

@@ -39,7 +39,13 @@ from handnerf.train.distributed import DataParallel
 from handnerf.train.fit_data import FitData
 from handnerf.train.fit_hands import mano_to
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
-from handnerf.train.pose_refinement import PoseRefiner, pose_param_groups, pose_schedules
+from handnerf.train.pose_refinement import (
+    PoseRefiner,
+    held_targets,
+    pose_param_groups,
+    pose_schedules,
+    silhouette_band,
+)
 from handnerf.train.rays import RaySampler, ViewStack
 from handnerf.train.silhouette import MeshSilhouette
 
@@ -88,7 +94,13 @@ class Trainer:
             cfg.model, data.betas, n_cameras=len(data.camera_names), device=self.device
         ).to(self.device)
         self.pose = (
-            PoseRefiner(self.avatar, data.train_mano, data.train.frame_keys, self.device)
+            PoseRefiner(
+                self.avatar,
+                data.train_mano,
+                data.train.frame_keys,
+                self.device,
+                shell_softness=cfg.train.pose_shell_softness,
+            )
             if cfg.train.refine_pose
             else None
         )
@@ -106,6 +118,7 @@ class Trainer:
             silhouette=silhouette,
             rank=self.parallel.rank,
             world_size=self.parallel.world_size,
+            uncertain=self._uncertain_band(),
         )
         groups = self.avatar.param_groups()
         o = cfg.optim
@@ -151,6 +164,14 @@ class Trainer:
         if not (self.cfg.train.jitter_rays and self.cfg.data.mask_source == "mano"):
             return None
         return MeshSilhouette(self.train_frames.vertices, self.data.fit_hands.faces())
+
+    def _uncertain_band(self) -> Tensor | None:
+        """Refining against MANO masks: the band around the given silhouette where the
+        mask is not trusted (``train.pose_mask_band``); otherwise None."""
+        width = self.cfg.train.pose_mask_band
+        if self.pose is None or self.cfg.data.mask_source != "mano" or width <= 0:
+            return None
+        return silhouette_band(self.data.train_views.masks, width)
 
     def _repose(self, snapshot: bool = False) -> None:
         """Posed frames and silhouettes of the refined pose (pose refinement only)."""
@@ -253,6 +274,9 @@ class Trainer:
             )
         m = batch.mask.float().unsqueeze(-1)
         target = batch.rgb * m + bg * (1 - m)
+        trusted = None
+        if batch.uncertain is not None:  # refining against MANO masks
+            target, bg, trusted = held_targets(batch.rgb, batch.mask, batch.uncertain, bg)
 
         try:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
@@ -268,7 +292,10 @@ class Trainer:
             rgb, target, cfg.loss.photometric, cfg.loss.huber_delta
         )
         if cfg.loss.w_mask > 0:
-            losses["mask"] = cfg.loss.w_mask * mask_loss(opacity, batch.mask)
+            if trusted is None:
+                losses["mask"] = cfg.loss.w_mask * mask_loss(opacity, batch.mask)
+            elif bool(trusted.any()):
+                losses["mask"] = cfg.loss.w_mask * mask_loss(opacity[trusted], batch.mask[trusted])
         if cfg.loss.w_sharpen > 0:
             losses["sharpen"] = cfg.loss.w_sharpen * sharpen_loss(opacity)
         if use_lpips and self.perceptual is not None:
