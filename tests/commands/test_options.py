@@ -29,7 +29,7 @@ def test_commands_reading_a_run_require_the_run_folder(command: object) -> None:
 
 @pytest.mark.parametrize(
     ("command", "chunk", "has_progress"),
-    [(eval_command, 16384, True), (render, 16384, True), (view, None, False)],
+    [(eval_command, None, True), (render, None, True), (view, None, False)],
 )
 def test_rendering_commands_share_chunk_device_and_progress(
     command: object, chunk: int | None, has_progress: bool
