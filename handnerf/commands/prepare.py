@@ -14,6 +14,7 @@ Examples:
       --seq ROM04_RT_Occlusion --seq ROM03_RT_No_Occlusion --hand right \\
       --crop 1.3:256 --mano-dir MANO --out caches/handavatar
   handnerf prepare --interhand ROOT --protocol configs/protocols/handavatar.yaml --out CACHE
+  handnerf prepare --interhand demo_out/two_hands --hand both --crop 1.3:128 --out CACHE2
   handnerf fit --data CACHE --config configs/interhand.yaml --out runs/s0
 """
 
@@ -47,7 +48,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="sequence to keep (repeatable; default: every sequence of the capture)",
     )
-    parser.add_argument("--hand", choices=("right", "left"), default=None, help="default: right")
+    parser.add_argument(
+        "--hand",
+        choices=("right", "left", "both"),
+        default=None,
+        help="default: right; 'both': two interacting hands (frames lacking either hand's "
+        "MANO are skipped and counted), masks are the union of both hands",
+    )
     parser.add_argument("--cameras", nargs="+", default=None, metavar="ID", help="cameras to keep")
     parser.add_argument(
         "--exclude-cameras", nargs="+", default=None, metavar="ID", help="cameras to drop"

@@ -28,7 +28,7 @@ import numpy as np
 from handnerf import files
 from handnerf.data.camera import PinholeCamera, camera_from_json
 from handnerf.data.crops import Crop, CropConfig, crop_box, crop_hand, padding_free, square_box
-from handnerf.data.interhand import SPLITS, FrameView
+from handnerf.data.interhand import HANDS, SPLITS, FrameView
 from handnerf.errors import DataError, SelectionError
 
 INDEX_NAME = "index.json"
@@ -192,7 +192,7 @@ class PreparedCache:
             self.capture: int = _expect(spec["capture"], int, "spec.capture")
             if self.capture < 0:
                 raise ValueError(f"'spec.capture' is negative ({self.capture})")
-            self.hand: str = _expect(spec["hand"], str, "spec.hand", ("right", "left"))
+            self.hand: str = _expect(spec["hand"], str, "spec.hand", ("right", "left", "both"))
             self.crop = CropConfig(**_expect(spec["crop"], dict, "spec.crop"))
             _expect(index["cameras"], dict, "cameras")
             _expect(index["frames"], list, "frames")
@@ -243,9 +243,31 @@ class PreparedCache:
         return str(self.index["fingerprint"])
 
     def mano(self, seq_name: str, frame_idx: int) -> dict[str, np.ndarray]:
-        """``{'pose': (48,), 'shape': (10,), 'trans': (3,)}`` float64 of one frame."""
+        """``{'pose': (48,), 'shape': (10,), 'trans': (3,)}`` float64 of one frame (empty
+        in a two-hand cache: see :meth:`hands_mano`)."""
         entry = self._frames[(seq_name, frame_idx)]["mano"]
         return {k: np.asarray(v, dtype=np.float64) for k, v in entry.items()}
+
+    def hands_mano(self, seq_name: str, frame_idx: int) -> dict[str, dict[str, np.ndarray]]:
+        """``{side: MANO params}`` of one frame: the cache's hand, or right and left for a
+        two-hand cache (``hand == 'both'``); a missing or malformed side is a DataError."""
+        if self.hand != "both":
+            return {self.hand: self.mano(seq_name, frame_idx)}
+        where = f"{self.root / INDEX_NAME}: frames[{seq_name} {frame_idx}].two_hands"
+        entry = self._frames[(seq_name, frame_idx)].get("two_hands")
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for side in HANDS:
+            params = entry.get(side) if isinstance(entry, dict) else None
+            if not isinstance(params, dict):
+                raise DataError(
+                    f"{where}.{side}: missing (a two-hand cache stores both hands' MANO per "
+                    "frame); re-run 'handnerf prepare --hand both' into a new folder"
+                )
+            try:
+                out[side] = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{where}.{side}: not numbers ({exc})") from exc
+        return out
 
     def frames(self, seq_name: str) -> list[int]:
         """Sorted frame indices of ``seq_name`` with at least one kept view."""
@@ -282,6 +304,7 @@ class PreparedCache:
                 camera=self.cameras[cam_id],
                 mano=self.mano(seq_name, frame),
                 hand=self.hand,
+                two_hands=self.hands_mano(seq_name, frame) if self.hand == "both" else None,
                 keypoints_world=None if keypoints is None else np.asarray(keypoints, np.float64),
                 keypoints_valid=None if valid is None else np.asarray(valid, dtype=bool),
                 bbox=None if record.get("bbox") is None else tuple(record["bbox"]),  # type: ignore[arg-type]

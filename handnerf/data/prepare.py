@@ -31,6 +31,7 @@ from handnerf.data.camera import camera_to_json
 from handnerf.data.crops import CropConfig, prepare_view
 from handnerf.data.filters import FrameFilterConfig, check_frame
 from handnerf.data.interhand import (
+    HANDS,
     SPLITS,
     AnnotationFiles,
     FrameView,
@@ -317,8 +318,7 @@ def prepare_cache(
         cache_format.atomic_write_json(spec_path, job)
     remove_temp_files_under(out)  # an interrupted run's; only this job writes here
 
-    hand_model, vertices_by_frame = _pose_frames(selection, spec)
-    faces = np.asarray(to_numpy(hand_model.faces), dtype=np.int64)
+    hand_models, vertices_by_frame, faces = _pose_frames(selection, spec)
 
     records: dict[tuple[str, str, int], dict[str, Any]] = {}
     todo: list[tuple[FrameView, np.ndarray]] = []
@@ -344,7 +344,7 @@ def prepare_cache(
             if on_view is not None:
                 on_view(record)
 
-    index = _build_index(selection, spec, job, hand_model, records)
+    index = _build_index(selection, spec, job, hand_models, records)
     if not index["views"]:
         raise SelectionError(
             f"every one of the {len(records)} selected views was dropped by the frame filters "
@@ -373,6 +373,12 @@ def _check_spec(spec: PrepareSpec) -> None:
         raise ConfigError(f"crop scale and size must be positive, got {spec.crop}")
     if spec.crop.mode == "full" and not spec.crop.full_scale > 0:
         raise ConfigError(f"full-frame scale must be positive, got {spec.crop.full_scale}")
+    if spec.hand == "both" and spec.refine_masks:
+        # refine_mask keeps the largest connected component: one of two apart hands.
+        raise ConfigError(
+            "refine_masks (--refine-masks) is not supported with hand 'both': the refinement "
+            "keeps one connected region, and two hands apart are two"
+        )
 
 
 def _is_procedural(mano_dir: str | None) -> bool:
@@ -384,27 +390,42 @@ def _is_procedural(mano_dir: str | None) -> bool:
 
 def _pose_frames(
     selection: StreamedSelection, spec: PrepareSpec
-) -> tuple[Any, dict[tuple[str, int], np.ndarray]]:
-    """The hand model and (V, 3) float64 posed vertices of every selected frame."""
+) -> tuple[dict[str, Any], dict[tuple[str, int], np.ndarray], np.ndarray]:
+    """The hand model of each side, the posed vertices of every selected frame and their
+    triangles: (V, 3) float64 and (F, 3) int64 for one hand; for ``hand='both'`` the right
+    hand's vertices then the left's ((2 V, 3)) with both meshes' triangles, whose
+    silhouette is the union of the two hands' (what a two-hand image shows)."""
     import torch
 
     from handnerf.hand.hand_model import HandModel, ManoParams
 
-    hand_model = HandModel.from_folder(Path(spec.mano_dir) if spec.mano_dir else None, spec.hand)
+    folder = Path(spec.mano_dir) if spec.mano_dir else None
+    sides = HANDS if spec.hand == "both" else (spec.hand,)
+    models = {side: HandModel.from_folder(folder, side) for side in sides}
     first: dict[tuple[str, int], FrameView] = {}
     for view in selection.views:
         first.setdefault((view.seq_name, view.frame_idx), view)
     keys = list(first)
-    vertices: dict[tuple[str, int], np.ndarray] = {}
+    per_side: dict[str, list[np.ndarray]] = {side: [] for side in sides}
     batch = 256
     with torch.no_grad():
-        for start in range(0, len(keys), batch):
-            chunk = keys[start : start + batch]
-            params = [ManoParams.from_interhand(first[k].mano, first[k].mano_where) for k in chunk]
-            posed = hand_model(ManoParams.stack(params)).vertices.cpu().numpy()
-            for key, verts in zip(chunk, posed, strict=True):
-                vertices[key] = verts.astype(np.float64)
-    return hand_model, vertices
+        for side, model in models.items():
+            for start in range(0, len(keys), batch):
+                chunk = [first[k] for k in keys[start : start + batch]]
+                params = [
+                    ManoParams.from_interhand(v.hands_mano[side], v.mano_where_of(side))
+                    for v in chunk
+                ]
+                posed = model(ManoParams.stack(params)).vertices.cpu().numpy()
+                per_side[side] += [verts.astype(np.float64) for verts in posed]
+    vertices = {
+        key: np.concatenate([per_side[side][i] for side in sides]) for i, key in enumerate(keys)
+    }
+    faces, offset = [], 0
+    for model in models.values():
+        faces.append(np.asarray(to_numpy(model.faces), dtype=np.int64) + offset)
+        offset += model.num_vertices
+    return models, vertices, np.concatenate(faces)
 
 
 def _run(
@@ -444,7 +465,7 @@ def _build_index(
     selection: StreamedSelection,
     spec: PrepareSpec,
     job: dict[str, Any],
-    hand_model: Any,
+    hand_models: dict[str, Any],
     records: dict[tuple[str, str, int], dict[str, Any]],
 ) -> dict[str, Any]:
     report = selection.selection_report
@@ -472,6 +493,7 @@ def _build_index(
                     "seq": view.seq_name,
                     "frame": view.frame_idx,
                     "mano": {k: v.tolist() for k, v in view.mano.items()},
+                    **_two_hands_entry(view),
                     "keypoints_world": None
                     if view.keypoints_world is None
                     else view.keypoints_world.tolist(),
@@ -481,7 +503,6 @@ def _build_index(
                 }
             )
         cameras.setdefault(view.camera_id, camera_to_json(view.camera))
-    data = getattr(hand_model, "data", None)
     digest = hashlib.sha256(json.dumps(job, sort_keys=True).encode())
     for record in kept_views:
         digest.update(f"{record['seq']}/{record['camera']}/{record['frame']}".encode())
@@ -490,11 +511,7 @@ def _build_index(
         "version": cache_format.VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **job,
-        "hand": {
-            "side": str(getattr(data, "side", spec.hand)),
-            "sha256": str(getattr(data, "sha256", "")),
-            "kind": "procedural" if getattr(data, "procedural", False) else "mano",
-        },
+        "hand": _hand_identity(hand_models, spec.hand),
         "fingerprint": digest.hexdigest()[:16],
         "selection_report": str(report),
         "selection_steps": report.steps,
@@ -503,4 +520,37 @@ def _build_index(
         "cameras": cameras,
         "frames": frames,
         "views": kept_views,
+    }
+
+
+def _two_hands_entry(view: FrameView) -> dict[str, Any]:
+    """A two-hand frame's ``{'two_hands': {side: MANO params}}`` for index.json (its
+    ``mano`` is empty); nothing for a one-hand frame."""
+    if view.two_hands is None:
+        return {}
+    return {
+        "two_hands": {
+            side: {k: v.tolist() for k, v in params.items()}
+            for side, params in view.two_hands.items()
+        }
+    }
+
+
+def _hand_identity(hand_models: dict[str, Any], hand: str) -> dict[str, str]:
+    """The hand model(s) the masks were made with; for ``both`` the sides' sha256 joined
+    right,left (as a two-hand fit's checkpoint records them)."""
+    ids = {
+        side: {
+            "side": str(getattr(model.data, "side", side)),
+            "sha256": str(getattr(model.data, "sha256", "")),
+            "kind": "procedural" if getattr(model.data, "procedural", False) else "mano",
+        }
+        for side, model in hand_models.items()
+    }
+    if hand != "both":
+        return ids[hand]
+    return {
+        "side": "both",
+        "sha256": ",".join(ids[side]["sha256"] for side in HANDS),
+        "kind": ids["right"]["kind"],
     }

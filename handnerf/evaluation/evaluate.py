@@ -47,12 +47,17 @@ from handnerf.errors import ConfigError, DataError
 from handnerf.evaluation.pose_refit import refine_novel_poses, refined_mask
 from handnerf.evaluation.protocols import EvalProtocol
 from handnerf.evaluation.report import image_key, write_report
-from handnerf.evaluation.scoring import drop_reason, projected_box_mask, score_view
+from handnerf.evaluation.scoring import (
+    drop_reason,
+    hand_scores,
+    projected_box_mask,
+    score_view,
+)
 from handnerf.files import machine_info
 from handnerf.hand.hand_model import ManoParams
-from handnerf.metrics.image import psnr
 from handnerf.metrics.perceptual import PerceptualMetric
 from handnerf.model.renderer import render_camera
+from handnerf.model.two_hands import SIDES
 from handnerf.runs.loader import TrainedRun
 from handnerf.train.fit_data import cached_entries, open_sequence
 from handnerf.train.fit_hands import FitMano, mano_to
@@ -190,10 +195,15 @@ class ViewSource:
         data_root = Path(run.data_root)
         self.cache: PreparedCache | None = None
         self.masker: Any = None  # a ManoMasker, or a TwoHandMasker (data.hand=both)
+        # data.hand=both: each hand's visible MANO mask (from the cache's MANO and cameras
+        # for a run fitted from a prepared cache, whose stored mask is the union).
+        self.hand_masker: TwoHandMasker | None = None
+        if run.fit_hands.both:
+            self.hand_masker = run.fit_hands.masker(run.run_dir / "mask_cache")
         self.stored = False
         if not is_prepared_cache(data_root):
             # data.hand=both: a TwoHandMasker, the union of both hands' silhouettes.
-            self.masker = run.fit_hands.masker(run.run_dir / "mask_cache")
+            self.masker = self.hand_masker or run.fit_hands.masker(run.run_dir / "mask_cache")
             self.info: dict[str, Any] = {
                 "views_from": f"InterHand2.6M root {data_root}",
                 "masks_from": "MANO silhouettes rendered at evaluation",
@@ -270,22 +280,30 @@ class ViewSource:
         return downscale(image, view.camera, protocol.image_scale, mask)
 
 
-def hand_masks(source: ViewSource, item: EvalView, crop: Crop) -> dict[str, np.ndarray] | None:
-    """Each hand's visible MANO mask of a two-hand view, cut like ``crop``; None for a
-    one-hand run (or masks from a prepared cache, which are one-hand)."""
-    if not isinstance(source.masker, TwoHandMasker):
+def hand_masks(
+    source: ViewSource, item: EvalView, crop: Crop, scored: np.ndarray
+) -> dict[str, np.ndarray] | None:
+    """Each hand's visible MANO mask of a two-hand view, cut like ``crop`` and kept inside
+    ``scored`` ((H, W) bool, the view's scored hand mask); None for a one-hand run.
+
+    Both masks are resampled together as two channels of one image and each scored pixel
+    goes to the hand covering more of it: masks resampled one by one would overlap where
+    the hands meet. The results are disjoint, and together every scored pixel either
+    hand covers."""
+    if source.hand_masker is None:
         return None
     view = item.view
-    blank = np.zeros((view.camera.height, view.camera.width, 3), dtype=np.uint8)
-    out = {}
-    for side, visible in source.masker.visible(view).items():
-        if source.protocol.image_mode == "crop":
-            cut = crop_box(blank, view.camera, crop.box, crop.image.shape[0], mask=visible)
-        else:
-            cut = downscale(blank, view.camera, source.protocol.image_scale, mask=visible)
-        assert cut.mask is not None
-        out[side] = cut.mask & crop.valid_pixels
-    return out
+    visible = source.hand_masker.visible(view)
+    coverage = np.zeros((view.camera.height, view.camera.width, 3), dtype=np.uint8)
+    for channel, side in enumerate(SIDES):
+        coverage[..., channel] = visible[side].astype(np.uint8) * 255
+    if source.protocol.image_mode == "crop":
+        cut = crop_box(coverage, view.camera, crop.box, crop.image.shape[0]).image
+    else:
+        cut = downscale(coverage, view.camera, source.protocol.image_scale).image
+    right, left = cut[..., 0].astype(np.int16), cut[..., 1].astype(np.int16)
+    covered = scored & (np.maximum(right, left) > 0)
+    return {"right": covered & (right >= left), "left": covered & (left > right)}
 
 
 def evaluate_run(
@@ -370,8 +388,9 @@ def evaluate_run(
             **scores,
             "render_seconds": time.monotonic() - t_render,
         }
-        for side, hand_mask in (hand_masks(source, item, crop) or {}).items():
-            row[f"{side}_psnr"] = psnr(pred, gt, hand_mask) if hand_mask.any() else None
+        per_hand = hand_masks(source, item, crop, m)
+        if per_hand is not None:
+            row.update(hand_scores(pred, gt, per_hand))
         rows.append(row)
         interrupts.reached("eval.image", len(rows))
         # The saved render shows what was scored: nothing in the padding.
@@ -380,6 +399,7 @@ def evaluate_run(
             "render": pred * shown[..., None],
             "gt": gt,
             "mask": m,
+            **{f"{side}_mask": hand_mask for side, hand_mask in (per_hand or {}).items()},
         }
     if not rows and dropped:
         raise DataError(

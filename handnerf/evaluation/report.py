@@ -6,8 +6,11 @@ HTML embeds its pictures as base64 PNG: one file to open or mail. The pages them
 are laid out in :mod:`handnerf.evaluation.report_pages`.
 
 Rows carry the protocol's ``psnr``/``ssim``/``lpips`` and, optionally, the inside-mask
-numbers (``mask_psnr``/``mask_ssim``/``mask_lpips``) and the protocol's extras
-(``lpips_scaled``, ``psnr_xhand_code``); each is averaged per set like the others.
+numbers (``mask_psnr``/``mask_ssim``/``mask_lpips``), the protocol's extras
+(``lpips_scaled``, ``psnr_xhand_code``) and, for two-hand runs, each hand's numbers inside
+its own visible mask (``right_psnr``/``right_ssim``/``left_psnr``/``left_ssim``, with the
+masks saved as ``*_right_mask.png``/``*_left_mask.png``); each is averaged per set like
+the others. A one-hand report has none of the per-hand fields.
 """
 
 from __future__ import annotations
@@ -42,15 +45,18 @@ OPTIONAL_METRIC_FIELDS = (
     "lpips_scaled",
     "psnr_xhand_code",
     "hole_fraction",
-    # two-hand runs: PSNR inside each hand's visible MANO mask (the render shows both)
+    # two-hand runs: each hand inside its own visible MANO mask (the render shows both)
     "right_psnr",
+    "right_ssim",
     "left_psnr",
+    "left_ssim",
     # eval --refine-pose: the novel poses scored with the refined MANO's masks
     "refined_mask_psnr",
     "refined_mask_ssim",
     "refined_mask_lpips",
 )
-IMAGE_KINDS = ("render", "gt", "mask")
+#: A view's saved images; a two-hand run's also each hand's visible mask.
+IMAGE_KINDS = ("render", "gt", "mask", "right_mask", "left_mask")
 
 
 def image_key(split: str, camera: str | int, frame: int) -> str:
@@ -288,7 +294,8 @@ def write_report(
             ``"novel_pose"``), ``camera``, ``frame``, ``psnr``, ``ssim`` and optionally
             ``lpips`` (None when not computed); extra fields are kept.
         images: by :func:`image_key` of a row: ``{"render": (H, W, 3), "gt": (H, W, 3),
-            "mask": (H, W)}`` (float in [0, 1], bool or uint8; any may be left out).
+            "mask": (H, W)}`` and for two hands ``"right_mask"``/``"left_mask"`` (H, W)
+            (float in [0, 1], bool or uint8; any may be left out).
         run_info: ``config`` (the run's config dict), ``backends`` (e.g. renderer and
             encoding backends), ``timings`` (seconds by name), optionally ``machine``
             (filled from this machine otherwise) and ``lpips_net``; other keys are

@@ -34,6 +34,18 @@ METRIC_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("mask_ssim", "SSIM, inside mask", 4),
     ("mask_lpips", "LPIPS, inside mask", 4),
     ("hole_fraction", "holes (share of eroded hand px rendered near black)", 5),
+    ("right_psnr", "PSNR (dB), right hand's visible mask", 2),
+    ("right_ssim", "SSIM, right hand's visible mask", 4),
+    ("left_psnr", "PSNR (dB), left hand's visible mask", 2),
+    ("left_ssim", "SSIM, left hand's visible mask", 4),
+)
+#: The hands of a two-hand report, each scored inside its own visible mask.
+HAND_SIDES = ("right", "left")
+MASK_KINDS = tuple(f"{side}_mask" for side in HAND_SIDES)
+HANDS_TEXT = (
+    "both hands are rendered together (one composite); each hand is also scored inside its "
+    "own visible MANO mask: the pixels of the scored hand mask where that hand is in front "
+    "(disjoint, together the whole hand mask)"
 )
 
 
@@ -156,11 +168,33 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list
     ]
 
 
+def is_two_hand(report: dict[str, Any]) -> bool:
+    """Whether the report scores each hand of two-hand views inside its own mask."""
+    return any(f"{side}_psnr" in row for row in report["images"] for side in HAND_SIDES)
+
+
+def hands_markdown(report: dict[str, Any]) -> list[str]:
+    """The ``## Each hand`` section of a two-hand report.md (per-hand masks linked)."""
+    out = ["", "## Each hand", "", HANDS_TEXT + ".", ""]
+    header = ["set", "camera", "frame", "both hands", *(f"{side} hand" for side in HAND_SIDES)]
+    body = []
+    for row in report["images"]:
+        cells = [row["split"], row["camera"], str(row["frame"])]
+        cells.append(f"[render]({row['render_png']})" if row.get("render_png") else "")
+        for side in HAND_SIDES:
+            link = f" ([mask]({row[f'{side}_mask_png']}))" if row.get(f"{side}_mask_png") else ""
+            cells.append(f"{fmt(row.get(f'{side}_psnr'), 2)} dB{link}")
+        body.append(cells)
+    return out + markdown_table(header, body)
+
+
 def markdown_page(report: dict[str, Any], has_curves: bool) -> str:
     """``report.md``."""
     out = ["# handnerf evaluation report", ""]
     out += [f"- {line}" for line in description_lines(report, lambda text: f"**{text}**")]
     out += ["", "## Metrics", "", *markdown_table(*summary_table(report))]
+    if is_two_hand(report):
+        out += hands_markdown(report)
     header, body = per_image_table(report)
     links = [
         f"[png]({row['render_png']})" if row.get("render_png") else "" for row in report["images"]
@@ -230,6 +264,44 @@ def extreme_views_html(report: dict[str, Any], arrays: dict[str, dict[str, np.nd
     return legend + "".join(sections)
 
 
+def hands_html(report: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> str:
+    """Two-hand reports: the worst views (composite PSNR) as ground truth | render of both
+    hands, then of each hand inside its own visible mask."""
+    from handnerf.render.video import side_by_side
+
+    with_masks = [
+        row
+        for row in report["images"]
+        if all(kind in arrays.get(row["key"], {}) for kind in ("render", "gt", *MASK_KINDS))
+    ]
+    if not with_masks:
+        return f"<p>{html.escape(HANDS_TEXT)}.</p><p>No per-hand masks were saved.</p>"
+    ranked = sorted(with_masks, key=lambda row: row["psnr"] if row["psnr"] is not None else 0.0)
+    figures = []
+    for row in ranked[:N_EXTREME_VIEWS]:
+        pair = arrays[row["key"]]
+        strip = side_by_side(pair["gt"], pair["render"], gap=4)
+        for side in HAND_SIDES:
+            inside = (pair[f"{side}_mask"] > 127)[..., None]
+            strip = side_by_side(
+                strip, side_by_side(pair["gt"] * inside, pair["render"] * inside, gap=4), gap=12
+            )
+        caption = (
+            f"{row['split']} · camera {row['camera']} · frame {row['frame']} · both hands "
+            f"PSNR {fmt(row['psnr'], 2)} · "
+            + " · ".join(f"{side} hand {fmt(row.get(f'{side}_psnr'), 2)} dB" for side in HAND_SIDES)
+        )
+        figures.append(
+            f'<figure><img src="{data_uri(png_bytes(strip))}" alt="{html.escape(row["key"])} hands">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    legend = (
+        f"<p>{html.escape(HANDS_TEXT)}. Each row: ground truth | render of both hands, then "
+        "ground truth | render inside the right hand's mask, then inside the left hand's.</p>"
+    )
+    return legend + "".join(figures)
+
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;
@@ -262,13 +334,14 @@ def html_page(
         else "<p>No training log was given.</p>"
     )
     run = {name: report.get(name) for name in ("config", "backends", "timings", "machine")}
+    hands_section = f"<h2>Each hand</h2>{hands_html(report, arrays)}" if is_two_hand(report) else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>handnerf evaluation</title>
 <style>{CSS}</style></head><body>
 <h1>handnerf evaluation report</h1>
 <ul>{items}</ul>
 <h2>Metrics</h2>{html_table(*summary_table(report))}
-<h2>Worst and best views</h2>{extreme_views_html(report, arrays)}
+<h2>Worst and best views</h2>{extreme_views_html(report, arrays)}{hands_section}
 <h2>Training curves</h2>{curves}
 <h2>Per image</h2>{html_table(*per_image_table(report))}
 <h2>Run</h2><pre>{html.escape(json.dumps(jsonable(run), indent=2))}</pre>

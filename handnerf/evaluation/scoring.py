@@ -171,6 +171,29 @@ def _inside_mask(
     return scores
 
 
+def hand_scores(
+    pred: np.ndarray, gt: np.ndarray, hand_masks: dict[str, np.ndarray]
+) -> dict[str, float | int | None]:
+    """Each hand of a two-hand view scored inside its own visible mask, as the inside-mask
+    numbers are (PSNR/SSIM over the mask's pixels, both images 0 outside it).
+
+    Args:
+        pred, gt: (H, W, 3) float in [0, 1].
+        hand_masks: ``{side: (H, W) bool}`` each hand's visible pixels (disjoint).
+
+    Returns:
+        ``{side}_psnr``, ``{side}_ssim`` (None for a hand with no visible pixel) and
+        ``{side}_px`` (its visible pixels) per side.
+    """
+    out: dict[str, float | int | None] = {}
+    for side, mask in hand_masks.items():
+        scores = _inside_mask(pred, gt, mask, None)
+        out[f"{side}_psnr"] = scores["mask_psnr"]
+        out[f"{side}_ssim"] = scores["mask_ssim"]
+        out[f"{side}_px"] = int(np.count_nonzero(mask))
+    return out
+
+
 def hole_pixels(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[int, int]:
     """(holes, hand pixels): near-black render pixels inside the eroded (H, W) ``mask``
     where the (H, W, 3) ground truth in [0, 1] is not dark, and how many pixels were tested."""

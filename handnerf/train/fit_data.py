@@ -29,8 +29,9 @@ from handnerf.data.interhand import (
 )
 from handnerf.errors import DataError, SelectionError
 from handnerf.hand.hand_model import HandModel, ManoParams
+from handnerf.model.two_hands import SIDES
 from handnerf.train.config import DataConfig
-from handnerf.train.fit_hands import FitHands, FitMano, frame_mano, hand_identity
+from handnerf.train.fit_hands import FitHands, FitMano, frame_mano
 from handnerf.train.rays import ViewStack
 
 
@@ -289,12 +290,18 @@ def sequence_mano(root: Path, cfg: DataConfig, seq: str, stride: int = 1) -> Fit
     if is_prepared_cache(root):
         cache = PreparedCache(root)
         frames = cache.frames(seq)[::stride]
-        return ManoParams.stack(
-            [
-                ManoParams.from_interhand(cache.mano(seq, f), where=f"{root}: {seq} frame {f}")
-                for f in frames
-            ]
-        )
+        per_side = {
+            side: ManoParams.stack(
+                [
+                    ManoParams.from_interhand(
+                        cache.hands_mano(seq, f)[side], where=f"{root}: {seq} frame {f} ({side})"
+                    )
+                    for f in frames
+                ]
+            )
+            for side in (SIDES if cache.hand == "both" else (cache.hand,))
+        }
+        return per_side if cache.hand == "both" else per_side[cache.hand]
     capture = open_sequence(root, cfg, seq, stride)
     keys = sorted({(v.seq_name, v.frame_idx) for v in capture.views})
     if not keys:
@@ -345,14 +352,12 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
             raise SelectionError(
                 f"data.{name}={wanted!r} but the prepared cache {root} holds {name} {cached!r}"
             )
-    hand_model = HandModel.from_folder(
-        Path(cfg.mano_dir) if cfg.mano_dir else None, cfg.hand, procedural=cfg.procedural_hand
-    )
-    if hand_model.data.sha256 != cache.hand_sha:
+    hands = FitHands.load(cfg.hand, cfg.mano_dir, cfg.procedural_hand)
+    fit_sha = hands.identity()["sha256"]
+    if fit_sha != cache.hand_sha:
         raise DataError(
             f"{root}: its masks were made with another hand model (sha256 {cache.hand_sha[:12]}) "
-            f"than this fit's ({str(hand_model.data.sha256)[:12]}); pass the same --mano-dir to "
-            "prepare and fit"
+            f"than this fit's ({fit_sha[:12]}); pass the same --mano-dir to prepare and fit"
         )
 
     def entries(seq: str, stride: int) -> list[CachedView]:
@@ -372,9 +377,11 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
         chosen: list[CachedView],
         desc: str,
         frame_keys: list[tuple[str, int]] | None = None,
-        mano: ManoParams | None = None,
+        mano: FitMano | None = None,
     ) -> ViewSet:
-        return _cached_view_set(cache, chosen, cfg, camera_index, progress, desc, frame_keys, mano)
+        return _cached_view_set(
+            cache, chosen, hands, cfg, camera_index, progress, desc, frame_keys, mano
+        )
 
     train = view_set([e for e in train_entries if e.view.camera_id in train_cams], "train views")
     val_entries = [e for e in train_entries if e.view.camera_id in holdout]
@@ -399,12 +406,12 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
     digest.update(json.dumps([cfg.train_seq, cfg.stride, sorted(cfg.exclude_cameras)]).encode())
     fingerprint = digest.hexdigest()[:16]
     return _fit_data(
-        hand_model, cameras, train_cams, holdout, (train, val, novel), fingerprint, selection
+        hands, cameras, train_cams, holdout, (train, val, novel), fingerprint, selection
     )
 
 
 def _fit_data(
-    hand_model: HandModel,
+    hands: FitHands,
     cameras: list[str],
     train_cameras: list[str],
     holdout: list[str],
@@ -412,11 +419,11 @@ def _fit_data(
     fingerprint: str,
     selection: str,
 ) -> FitData:
-    """The :class:`FitData` of both readers: ``sets`` = (train, held-out, novel-pose)."""
+    """The :class:`FitData` of a cache: ``sets`` = (train, held-out, novel-pose)."""
     train, val, novel = sets
     return FitData(
-        hand_model=hand_model,
-        betas=subject_betas(train.mano),
+        hand_model=hands.first,
+        betas=hands.subject_betas(train.mano),
         camera_names=cameras,
         train_cameras=train_cameras,
         holdout_cameras=holdout,
@@ -424,28 +431,28 @@ def _fit_data(
         val=val,
         novel_pose=novel,
         fingerprint=fingerprint,
-        hand_identity=hand_identity(hand_model),
+        hand_identity=hands.identity(),
         selection=selection,
+        hands=hands,
     )
 
 
 def _cached_view_set(
     cache: PreparedCache,
     entries: list[CachedView],
+    hands: FitHands,
     cfg: DataConfig,
     camera_index: dict[str, int],
     progress: bool,
     desc: str,
     frame_keys: list[tuple[str, int]] | None = None,
-    mano: ManoParams | None = None,
+    mano: FitMano | None = None,
 ) -> ViewSet:
     """Like :func:`prepare_view_set`, reading the cached crops (re-cut if sizes differ)."""
     views = [e.view for e in entries]
     if frame_keys is None:
         frame_keys = sorted({(v.seq_name, v.frame_idx) for v in views})
-        mano = ManoParams.stack(
-            [ManoParams.from_interhand(_mano_of(views, k), where=f"frame {k}") for k in frame_keys]
-        )
+        mano = hands.frame_mano(views, frame_keys)
     assert mano is not None
     frame_id = {k: i for i, k in enumerate(frame_keys)}
     n, size = len(entries), cfg.crop_size
