@@ -308,11 +308,11 @@ class HandAvatar(nn.Module):
 
         return occupied
 
-    @torch.no_grad()
     def occupancy_grids(self) -> list[CanonicalOccupancyGrid]:
         """The avatar's canonical occupancy grids (one; a two-hand avatar has one per hand)."""
         return [self.occupancy]
 
+    @torch.no_grad()
     def update_occupancy(self, step: int) -> bool:
         return self.occupancy.update(step, self.field.density, n=1)
 

@@ -132,7 +132,6 @@ class TwoHandAvatar(nn.Module):
                 groups.setdefault(name, []).extend(params)
         return groups
 
-    @torch.no_grad()
     def occupancy_grids(self) -> list[CanonicalOccupancyGrid]:
         """Each hand's canonical occupancy grid (right, left)."""
         return [self.hand(side).occupancy for side in SIDES]
