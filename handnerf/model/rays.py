@@ -10,10 +10,26 @@ OpenCV axes, pixel ``(col, row)`` centred at ``(col + 0.5, row + 0.5)``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+
+#: A dataclass of rays (and what goes with them), moved between devices by :func:`fields_to`.
+RaysT = TypeVar("RaysT")
+
+
+def fields_to(rays: RaysT, device: torch.device | str, non_blocking: bool = False) -> RaysT:
+    """A copy of the dataclass ``rays`` with each field moved to ``device``: tensors and
+    nested ray types alike (anything with ``.to(device, non_blocking=...)``); None stays."""
+
+    def moved(value: Any) -> Any:
+        return None if value is None else value.to(device, non_blocking=non_blocking)
+
+    changes = {f.name: moved(getattr(rays, f.name)) for f in dataclasses.fields(rays)}  # type: ignore[arg-type]
+    return dataclasses.replace(rays, **changes)  # type: ignore[type-var]
 
 
 @dataclass
@@ -38,16 +54,7 @@ class RayBundle:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> RayBundle:
         """The same rays on ``device``."""
-        return RayBundle(
-            origins=self.origins.to(device, non_blocking=non_blocking),
-            directions=self.directions.to(device, non_blocking=non_blocking),
-            frame_ids=self.frame_ids.to(device, non_blocking=non_blocking),
-            camera_ids=(
-                None
-                if self.camera_ids is None
-                else self.camera_ids.to(device, non_blocking=non_blocking)
-            ),
-        )
+        return fields_to(self, device, non_blocking)
 
     def cat(self, other: RayBundle) -> RayBundle:
         """These rays followed by ``other``'s (both with camera ids, or both without)."""

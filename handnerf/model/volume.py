@@ -54,6 +54,32 @@ def _finish(
     return {"rgb": rgb, "opacity": opacity, "depth": depth, "weights": weights}
 
 
+def _composite(
+    weights: Tensor,
+    rgbs: Tensor,
+    t_starts: Tensor,
+    t_ends: Tensor,
+    background: Tensor | None,
+    color_correction: ColorCorrection | None,
+    ray_indices: Tensor | None = None,
+    n_rays: int | None = None,
+) -> dict[str, Tensor]:
+    """Accumulate colour, opacity and depth of the samples' ``weights`` along their rays
+    and finish them: batched (weights (R,S), rgbs (R,S,3)) or, with ``ray_indices`` (M,)
+    and ``n_rays``, packed (weights (M,), rgbs (M,3))."""
+
+    def along_rays(values: Tensor | None) -> Tensor:
+        return nerfacc.accumulate_along_rays(
+            weights, values=values, ray_indices=ray_indices, n_rays=n_rays
+        )
+
+    mid = 0.5 * (t_starts + t_ends)
+    rgb = along_rays(rgbs)
+    opacity = along_rays(None)[:, 0]
+    depth_sum = along_rays(mid[..., None])[:, 0]
+    return _finish(rgb, opacity, depth_sum, weights, background, color_correction)
+
+
 def render_batched(
     sigmas: Tensor,
     rgbs: Tensor,
@@ -74,11 +100,7 @@ def render_batched(
     if t_starts.shape != sigmas.shape or t_ends.shape != sigmas.shape:
         raise ParameterError("render_batched: t_starts, t_ends must have the shape of sigmas (R,S)")
     weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas)
-    rgb = nerfacc.accumulate_along_rays(weights, values=rgbs)
-    opacity = nerfacc.accumulate_along_rays(weights, values=None)[:, 0]
-    mid = 0.5 * (t_starts + t_ends)
-    depth_sum = nerfacc.accumulate_along_rays(weights, values=mid[..., None])[:, 0]
-    return _finish(rgb, opacity, depth_sum, weights, background, color_correction)
+    return _composite(weights, rgbs, t_starts, t_ends, background, color_correction)
 
 
 def _packed_transmittance_cpu(sigmas_dt: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
@@ -147,17 +169,9 @@ def render_packed(
     ray_indices = ray_indices.long()
     trans, alphas = packed_transmittance(sigmas, t_starts, t_ends, ray_indices, n_rays)
     weights = trans * alphas
-    rgb = nerfacc.accumulate_along_rays(
-        weights, values=rgbs, ray_indices=ray_indices, n_rays=n_rays
+    return _composite(
+        weights, rgbs, t_starts, t_ends, background, color_correction, ray_indices, n_rays
     )
-    opacity = nerfacc.accumulate_along_rays(
-        weights, values=None, ray_indices=ray_indices, n_rays=n_rays
-    )[:, 0]
-    mid = 0.5 * (t_starts + t_ends)
-    depth_sum = nerfacc.accumulate_along_rays(
-        weights, values=mid[:, None], ray_indices=ray_indices, n_rays=n_rays
-    )[:, 0]
-    return _finish(rgb, opacity, depth_sum, weights, background, color_correction)
 
 
 def render_samples(

@@ -162,21 +162,9 @@ def load_fit_data(
                 "novel-pose views",
             )
         selection += "\n" + str(novel_cap.selection_report)
-    betas = hands.subject_betas(train.mano)
     fingerprint = _fingerprint(root, cfg, train.views)
-    return FitData(
-        hand_model=hand_model,
-        betas=betas,
-        camera_names=cameras,
-        train_cameras=train_cams,
-        holdout_cameras=holdout,
-        train=train,
-        val=val,
-        novel_pose=novel,
-        fingerprint=fingerprint,
-        hand_identity=hands.identity(),
-        selection=selection,
-        hands=hands,
+    return _fit_data(
+        hands, cameras, train_cams, holdout, (train, val, novel), fingerprint, selection
     )
 
 
@@ -419,7 +407,7 @@ def _fit_data(
     fingerprint: str,
     selection: str,
 ) -> FitData:
-    """The :class:`FitData` of a cache: ``sets`` = (train, held-out, novel-pose)."""
+    """The :class:`FitData` of a capture or a cache: ``sets`` = (train, held-out, novel-pose)."""
     train, val, novel = sets
     return FitData(
         hand_model=hands.first,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from handnerf.model.rays import RayBundle, pixel_rays
+from handnerf.model.rays import RayBundle, fields_to, pixel_rays
 from handnerf.model.renderer import CameraTensors
 
 #: (origins (R,3), unit dirs (R,3), frame_ids (R,)) -> (R,) bool: the ray hits the hand.
@@ -92,16 +92,7 @@ class RayBatch:
 
     def to(self, device: torch.device, non_blocking: bool = False) -> RayBatch:
         """The same batch on ``device``."""
-        return RayBatch(
-            rays=self.rays.to(device, non_blocking=non_blocking),
-            rgb=self.rgb.to(device, non_blocking=non_blocking),
-            mask=self.mask.to(device, non_blocking=non_blocking),
-            uncertain=(
-                None
-                if self.uncertain is None
-                else self.uncertain.to(device, non_blocking=non_blocking)
-            ),
-        )
+        return fields_to(self, device, non_blocking)
 
 
 class RaySampler:
