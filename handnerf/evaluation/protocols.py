@@ -240,19 +240,26 @@ class EvalProtocol:
         return data
 
 
+def _hand_crop(**fields: Any) -> EvalProtocol:
+    """A protocol on HandAvatar's hand crop: 256x256, the bbox's longer side x1.3."""
+    return EvalProtocol(image_mode="crop", crop_scale=1.3, crop_size=256, **fields)
+
+
+def _full_frame(**fields: Any) -> EvalProtocol:
+    """A protocol on the whole camera frame (scaled by ``image_scale``)."""
+    return EvalProtocol(image_mode="full", **fields)
+
+
 PROTOCOLS: dict[str, EvalProtocol] = {
     protocol.name: protocol
     for protocol in (
-        EvalProtocol(
+        _hand_crop(
             name="handavatar",
             description="HandAvatar (CVPR'23): 256x256 hand crop (bbox x1.3), "
             "metrics over the whole crop, LPIPS-VGG; drops views whose hand bbox is within "
             "10 px of the image border or that fail its other frame filters (bbox under "
             "80 px, too dark, grayscale, mask under 3000 px), and excludes any crop padding "
             "left in the views kept",
-            image_mode="crop",
-            crop_scale=1.3,
-            crop_size=256,
             metric_region="crop",
             lpips_net="vgg",
             source="HandAvatar, Chen et al. CVPR 2023",
@@ -260,11 +267,10 @@ PROTOCOLS: dict[str, EvalProtocol] = {
             frame_filters=True,
             paper_lpips_input="rescaled to [-1, 1]",
         ),
-        EvalProtocol(
+        _full_frame(
             name="livehand",
             description="LiveHand (ICCV'23): full 512x334 frame, black background, LPIPS-Alex "
             "(also x1000, its paper's scale); full frames have no padding",
-            image_mode="full",
             image_scale=1.0,
             metric_region="image",
             lpips_net="alex",
@@ -272,12 +278,11 @@ PROTOCOLS: dict[str, EvalProtocol] = {
             lpips_scale=1000.0,
             paper_lpips_input="[0, 1] without normalize=True",
         ),
-        EvalProtocol(
+        _full_frame(
             name="handnerf",
             description="HandNeRF (CVPR'23): full frame at half resolution, black background, "
             "both images set to 0 outside the projected 3D box of the posed hand, PSNR over "
             "the whole frame, LPIPS-Alex; full frames have no padding",
-            image_mode="full",
             image_scale=0.5,
             metric_region="image",
             lpips_net="alex",
@@ -289,12 +294,11 @@ PROTOCOLS: dict[str, EvalProtocol] = {
             cameras_note="HandNeRF's 10 training / 18 test camera ids are not public; "
             "novel_view uses this run's held-out cameras (listed under cameras)",
         ),
-        EvalProtocol(
+        _full_frame(
             name="xhand",
             description="XHand (2024): full 334x512 frame, PSNR/SSIM inside the hand mask "
             "(correct 20*log10 PSNR; XHand's 28*log10 code value given apart, labelled), "
             "LPIPS-Alex; full frames have no padding",
-            image_mode="full",
             image_scale=1.0,
             metric_region="mask",
             lpips_net="alex",
@@ -302,14 +306,11 @@ PROTOCOLS: dict[str, EvalProtocol] = {
             xhand_code_psnr=True,
             paper_lpips_input="[0, 1] without normalize=True",
         ),
-        EvalProtocol(
+        _hand_crop(
             name="handnerf-default",
             description="handnerf default: 256x256 hand crop (bbox x1.3), PSNR/SSIM inside "
             "the hand mask, LPIPS-Alex on the black-background crop; crop pixels outside the "
             "camera image are excluded from every metric (no view dropped)",
-            image_mode="crop",
-            crop_scale=1.3,
-            crop_size=256,
             metric_region="mask",
             lpips_net="alex",
             source="this toolkit",
