@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from handnerf.commands.options import add_procedural_resolution
+
 HELP = "write the procedural MANO-format hand, or check a MANO folder"
 
 
@@ -34,11 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="procedural hand: skin appearance seed (default 0)"
     )
-    parser.add_argument(
+    add_procedural_resolution(
+        parser,
         "--resolution",
-        choices=("mano", "dense"),
-        default="mano",
-        help="procedural hand: 'mano' (default: 778 vertices, MANO-like triangles, pose "
+        "procedural hand: 'mano' (default: 778 vertices, MANO-like triangles, pose "
         "correctives) or 'dense' (3.6k vertices, no correctives)",
     )
 

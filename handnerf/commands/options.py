@@ -1,6 +1,7 @@
 """Options that several commands share, with one wording each: the run folder a command
-reads (eval, export, render, view), how it renders (eval, render, view) and the progress
-bar."""
+reads (eval, export, render, view), how it renders (eval, render, view), the progress
+bar, the captured hand (prepare, synth) and the procedural hand's resolution (hand,
+synth)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ def add_rendering(
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     if progress:
         add_no_progress(parser)
+
+
+def add_hand(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--hand right|left|both`` (default None: the command's own default, said in
+    ``help``)."""
+    parser.add_argument("--hand", choices=("right", "left", "both"), default=None, help=help)
+
+
+def add_procedural_resolution(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """``flag mano|dense`` (default mano): the resolution of the procedural hand, as
+    :func:`handnerf.hand.procedural.write_procedural_mano_dir` takes it."""
+    parser.add_argument(flag, choices=("mano", "dense"), default="mano", help=help)

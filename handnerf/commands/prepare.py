@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from handnerf.commands.mano_option import add_mano_dir
-from handnerf.commands.options import add_no_progress
+from handnerf.commands.options import add_hand, add_no_progress
 
 HELP = "stream a selection of an InterHand2.6M split into a compact, resumable cache"
 
@@ -48,11 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="sequence to keep (repeatable; default: every sequence of the capture)",
     )
-    parser.add_argument(
-        "--hand",
-        choices=("right", "left", "both"),
-        default=None,
-        help="default: right; 'both': two interacting hands (frames lacking either hand's "
+    add_hand(
+        parser,
+        "default: right; 'both': two interacting hands (frames lacking either hand's "
         "MANO are skipped and counted), masks are the union of both hands",
     )
     parser.add_argument("--cameras", nargs="+", default=None, metavar="ID", help="cameras to keep")

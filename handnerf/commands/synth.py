@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from handnerf.commands.options import add_hand, add_procedural_resolution
+
 HELP = "render a synthetic capture in InterHand2.6M format (images, annotations, masks)"
 
 
@@ -37,11 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="capture size (default: demo)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument(
-        "--hand",
-        choices=("right", "left", "both"),
-        default=None,
-        help="the captured hand; 'both': two interacting hands in _dh_ sequences "
+    add_hand(
+        parser,
+        "the captured hand; 'both': two interacting hands in _dh_ sequences "
         "(default: the preset's, right)",
     )
     parser.add_argument(
@@ -50,11 +50,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl (default: the procedural hand)",
     )
-    parser.add_argument(
+    add_procedural_resolution(
+        parser,
         "--procedural-hand",
-        choices=("mano", "dense"),
-        default="mano",
-        help="without --mano-dir: the procedural hand at MANO's resolution ('mano', the "
+        "without --mano-dir: the procedural hand at MANO's resolution ('mano', the "
         "default: 778 vertices, pose correctives) or the 'dense' one (3.6k vertices); fit "
         "with the same data.procedural_hand",
     )

@@ -9,7 +9,7 @@ import pytest
 
 from handnerf.cli import main
 from handnerf.commands import eval as eval_command
-from handnerf.commands import export, render, view
+from handnerf.commands import export, hand, prepare, render, synth, view
 
 
 def _parser(command: object) -> argparse.ArgumentParser:
@@ -49,3 +49,29 @@ def test_a_missing_run_folder_is_a_clear_error(
     status = main(["export", "--run", str(missing)])
     err = capsys.readouterr().err
     assert status == 2 and str(missing) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [prepare, synth])
+def test_commands_choosing_the_captured_hand_share_its_choices(command: object) -> None:
+    parser = _parser(command)
+    base = ["--out", "o"] + (["--interhand", "i"] if command is prepare else [])
+    assert parser.parse_args(base).hand is None  # the command's own default applies
+    for side in ("right", "left", "both"):
+        assert parser.parse_args([*base, "--hand", side]).hand == side
+    with pytest.raises((SystemExit, argparse.ArgumentError)):
+        parser.parse_args([*base, "--hand", "middle"])
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"), [(hand, "--resolution"), (synth, "--procedural-hand")]
+)
+def test_procedural_hand_resolution_reads_the_same_in_hand_and_synth(
+    command: object, flag: str
+) -> None:
+    parser = _parser(command)
+    base = ["--out", "o"]
+    dest = flag.lstrip("-").replace("-", "_")
+    assert getattr(parser.parse_args(base), dest) == "mano"
+    assert getattr(parser.parse_args([*base, flag, "dense"]), dest) == "dense"
+    with pytest.raises((SystemExit, argparse.ArgumentError)):
+        parser.parse_args([*base, flag, "coarse"])
