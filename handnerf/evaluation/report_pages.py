@@ -22,26 +22,41 @@ import numpy as np
 ERROR_MAP_MAX = 0.25
 N_EXTREME_VIEWS = 3
 
-#: Columns of the metric tables: (field of a row or aggregate, label, digits). Columns
-#: whose field no row carries (a protocol's extras) are left out.
-METRIC_COLUMNS: tuple[tuple[str, str, int], ...] = (
-    ("psnr", "PSNR (dB), protocol", 2),
-    ("ssim", "SSIM, protocol", 4),
-    ("lpips", "LPIPS, protocol", 4),
-    ("lpips_scaled", "LPIPS x1000 (LiveHand's scale)", 1),
-    ("psnr_xhand_code", "PSNR XHand-code-compatible (28*log10, predicted mask)", 2),
-    ("mask_psnr", "PSNR (dB), inside mask", 2),
-    ("mask_ssim", "SSIM, inside mask", 4),
-    ("mask_lpips", "LPIPS, inside mask", 4),
-    ("hole_fraction", "holes (share of eroded hand px rendered near black)", 5),
-    ("right_psnr", "PSNR (dB), right hand's visible mask", 2),
-    ("right_ssim", "SSIM, right hand's visible mask", 4),
-    ("left_psnr", "PSNR (dB), left hand's visible mask", 2),
-    ("left_ssim", "SSIM, left hand's visible mask", 4),
-)
 #: The hands of a two-hand report, each scored inside its own visible mask.
 HAND_SIDES = ("right", "left")
 MASK_KINDS = tuple(f"{side}_mask" for side in HAND_SIDES)
+
+#: The image metrics, each measured in several regions: (field, label, digits).
+_METRICS: tuple[tuple[str, str, int], ...] = (
+    ("psnr", "PSNR (dB)", 2),
+    ("ssim", "SSIM", 4),
+    ("lpips", "LPIPS", 4),
+)
+
+
+def _in_region(
+    prefix: str, region: str, metrics: tuple[tuple[str, str, int], ...] = _METRICS
+) -> tuple[tuple[str, str, int], ...]:
+    """The columns of ``metrics`` in one region: fields ``prefix + field``, labels
+    ``"label, region"``."""
+    return tuple((prefix + key, f"{label}, {region}", digits) for key, label, digits in metrics)
+
+
+#: Columns of the metric tables: (field of a row or aggregate, label, digits). Columns
+#: whose field no row carries (a protocol's extras) are left out.
+METRIC_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    *_in_region("", "protocol"),
+    ("lpips_scaled", "LPIPS x1000 (LiveHand's scale)", 1),
+    ("psnr_xhand_code", "PSNR XHand-code-compatible (28*log10, predicted mask)", 2),
+    *_in_region("mask_", "inside mask"),
+    ("hole_fraction", "holes (share of eroded hand px rendered near black)", 5),
+    # Per hand: PSNR and SSIM (scoring.hand_scores gives no per-hand LPIPS).
+    *(
+        column
+        for side in HAND_SIDES
+        for column in _in_region(f"{side}_", f"{side} hand's visible mask", _METRICS[:2])
+    ),
+)
 HANDS_TEXT = (
     "both hands are rendered together (one composite); each hand is also scored inside its "
     "own visible MANO mask: the pixels of the scored hand mask where that hand is in front "
