@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from handnerf.model.rays import RayBundle
+from handnerf.model.rays import RayBundle, fields_to
 from handnerf.model.renderer import CameraTensors, camera_rays, render_camera
 from handnerf.render.jobs import framing_camera, hand_sphere
 from handnerf.runs.loader import load_run
 from handnerf.train.fit_data import sequence_mano
+from handnerf.train.rays import RayBatch
 
 
 def bundle(n: int, first_frame: int, cameras: bool) -> RayBundle:
@@ -33,6 +34,20 @@ def test_ray_bundles_join_and_move_with_their_fields() -> None:
     assert plain.camera_ids is None and plain.directions.shape == (3, 3)
     with pytest.raises(ValueError, match="camera ids"):
         bundle(1, 0, True).cat(bundle(1, 0, False))
+
+
+def test_ray_types_move_every_field_and_keep_missing_ones_missing() -> None:
+    # "meta" is a real second device on any machine: every tensor must land there.
+    moved = fields_to(bundle(2, 3, True), "meta")
+    assert isinstance(moved, RayBundle)
+    assert {t.device.type for t in (moved.origins, moved.directions, moved.frame_ids)} == {"meta"}
+    assert moved.camera_ids is not None and moved.camera_ids.device.type == "meta"
+    assert bundle(2, 3, False).to("meta").camera_ids is None
+    batch = RayBatch(bundle(2, 3, True), torch.zeros(2, 3), torch.ones(2, dtype=torch.bool))
+    on_meta = batch.to(torch.device("meta"))
+    assert isinstance(on_meta, RayBatch) and on_meta.uncertain is None
+    assert on_meta.rays.origins.device.type == on_meta.rgb.device.type == "meta"
+    assert on_meta.mask.device.type == "meta" and on_meta.mask.dtype == torch.bool
 
 
 def test_camera_rays_are_the_pinhole_cameras_pixel_centre_rays() -> None:
