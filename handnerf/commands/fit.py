@@ -1,9 +1,10 @@
 """Fit a per-subject hand avatar to a multi-view capture.
 
 Reads an InterHand2.6M root (real, or written by 'handnerf synth'), fits the avatar to the
-training cameras of the training sequence, and writes RUN/: config.yaml, run.json,
-metrics.jsonl, checkpoints/latest.pt and validation renders. Ctrl-C or SIGTERM finishes the
-current step and saves a checkpoint; '--resume' continues from it with the same config.
+training cameras of the training sequence (and of data.extra_train_seqs, if any), and
+writes RUN/: config.yaml, run.json, metrics.jsonl, checkpoints/latest.pt and validation
+renders. Ctrl-C or SIGTERM finishes the current step and saves a checkpoint; '--resume'
+continues from it with the same config.
 
 Under torchrun the fit is data-parallel: each of N processes renders 1/N of every
 batch (train.batch_rays stays the global batch), gradients are averaged, and rank 0
@@ -13,6 +14,8 @@ Examples:
   handnerf fit --data demo_out/capture --config configs/demo.yaml --out runs/demo
   handnerf fit --data ROOT --config configs/interhand.yaml --out runs/s0 train.steps=20000
   handnerf fit --data ROOT --out runs/s0 --resume
+  handnerf fit --data HANDS --config configs/demo_hands.yaml --out runs/dh \\
+      'data.extra_train_seqs=[0266_dh_palms_touch,0268_dh_occlusion,0269_dh_clap]'
   torchrun --nproc_per_node=4 -m handnerf fit --data ROOT --out runs/s0
 """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,25 @@ def refuse_other_procedural_hand(
         )
 
 
-def refuse_seen_novel_pose(train_seq: str, novel_pose_seq: str | None) -> None:
-    """Refuse a novel-pose sequence equal to the training sequence (NovelPoseSequenceError)."""
-    if novel_pose_seq is not None and novel_pose_seq == train_seq:
+def refuse_seen_novel_pose(
+    train_seq: str, novel_pose_seq: str | None, extra_train_seqs: Sequence[str] = ()
+) -> None:
+    """Refuse a novel-pose sequence that is trained on (NovelPoseSequenceError): the
+    training sequence or one of the extra training sequences (``data.extra_train_seqs``)."""
+    if novel_pose_seq is None:
+        return
+    if novel_pose_seq == train_seq:
         raise NovelPoseSequenceError(
             f"data.novel_pose_seq={novel_pose_seq!r} is the training sequence "
             f"(data.train_seq={train_seq!r}): its poses are seen in training, so it cannot "
             "measure novel poses; choose another sequence or data.novel_pose_seq=null"
+        )
+    if novel_pose_seq in extra_train_seqs:
+        raise NovelPoseSequenceError(
+            f"data.novel_pose_seq={novel_pose_seq!r} is one of the extra training sequences "
+            f"(data.extra_train_seqs={list(extra_train_seqs)!r}): its poses are seen in "
+            "training, so it cannot measure novel poses; drop it from data.extra_train_seqs, "
+            "choose another novel-pose sequence or data.novel_pose_seq=null"
         )
 
 

@@ -114,7 +114,7 @@ def novel_pose_sequence(run: TrainedRun) -> str:
     cfg = run.cfg.data
     if not cfg.novel_pose_seq:
         raise DataError(f"{run.run_dir}: the run has no novel-pose sequence")
-    refuse_seen_novel_pose(cfg.train_seq, cfg.novel_pose_seq)
+    refuse_seen_novel_pose(cfg.train_seq, cfg.novel_pose_seq, cfg.extra_train_seqs)
     return cfg.novel_pose_seq
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ class DataConfig:
     split: str = choice("test", ("train", "val", "test"))
     capture: int = 0
     train_seq: str = "ROM04_RT_Occlusion"
+    #: More sequences of the capture trained on with ``train_seq``: their views from the
+    #: training cameras join the training set (``stride`` thins them too); their views from
+    #: held-out cameras, and from cameras ``train_seq`` lacks, are not used. Held-out cameras,
+    #: validation and novel-view evaluation stay ``train_seq``'s.
+    extra_train_seqs: list[str] = field(default_factory=list)
     #: Sequence used for novel-pose evaluation (None: none).
     novel_pose_seq: str | None = "ROM03_RT_No_Occlusion"
     #: "both": two interacting hands (InterHand's _dh_ sequences) in one avatar.
@@ -145,6 +151,8 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # Pose refinement trusted the MANO masks everywhere before the uncertain band.
     (("train", "pose_mask_band"), 0),
     (("train", "pose_shell_softness"), 0.0),
+    # Every run trained on train_seq alone before extra training sequences.
+    (("data", "extra_train_seqs"), []),
 )
 
 
@@ -172,7 +180,8 @@ def upgrade_saved_config(saved: Any) -> Any:
     for path, value in ADDED_KEYS:
         parent = _copied_parent(upgraded, path)
         if parent is not None:
-            parent.setdefault(path[-1], value)
+            # A copy: the table's lists and dicts must not be shared with (and changed via) a run's.
+            parent.setdefault(path[-1], copy.deepcopy(value))
     for path in REMOVED_KEYS:
         parent = _copied_parent(upgraded, path)
         if parent is not None:

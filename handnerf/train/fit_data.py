@@ -2,7 +2,8 @@
 
 Selects the training sequence's frames, splits cameras into training and held-out ones,
 crops every view around the hand (K adjusted), attaches masks, and stacks them as tensors.
-The novel-pose sequence is prepared the same way for evaluation.
+The extra training sequences (``data.extra_train_seqs``) add their views from the training
+cameras. The novel-pose sequence is prepared the same way for evaluation.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from handnerf.data.interhand import (
     refuse_procedural_hand,
     refuse_seen_novel_pose,
 )
-from handnerf.errors import DataError, SelectionError
+from handnerf.errors import ConfigError, DataError, SelectionError
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.two_hands import SIDES
 from handnerf.train.config import DataConfig
@@ -37,7 +38,7 @@ from handnerf.train.rays import ViewStack
 
 @dataclass
 class ViewSet:
-    """Views of one sequence prepared for fitting or evaluation."""
+    """Views prepared for fitting or evaluation (training: of every training sequence)."""
 
     stack: ViewStack
     views: list[FrameView]
@@ -92,6 +93,29 @@ def choose_holdout(cameras: list[str], cfg: DataConfig) -> list[str]:
     return ordered[cfg.holdout_every // 2 :: cfg.holdout_every]
 
 
+def training_sequences(cfg: DataConfig) -> list[str]:
+    """``data.train_seq`` then ``data.extra_train_seqs``: the sequences a fit trains on.
+
+    Raises ConfigError for a sequence named twice.
+    """
+    seqs = [cfg.train_seq, *cfg.extra_train_seqs]
+    repeated = sorted({s for s in seqs if seqs.count(s) > 1})
+    if repeated:
+        raise ConfigError(
+            f"data.extra_train_seqs={list(cfg.extra_train_seqs)!r}: {', '.join(repeated)} "
+            f"named twice among the training sequences (data.train_seq={cfg.train_seq!r} "
+            "and data.extra_train_seqs)"
+        )
+    return seqs
+
+
+def check_training_sequences(cfg: DataConfig) -> None:
+    """The checks of ``cfg``'s sequences before any data is read: no sequence twice, the
+    novel-pose sequence not trained on (ConfigError / NovelPoseSequenceError)."""
+    training_sequences(cfg)
+    refuse_seen_novel_pose(cfg.train_seq, cfg.novel_pose_seq, cfg.extra_train_seqs)
+
+
 def open_sequence(
     root: Path, cfg: DataConfig, seq: str, stride: int, cameras: list[str] | None = None
 ) -> InterHandCapture:
@@ -112,7 +136,7 @@ def load_fit_data(
     root: Path, cfg: DataConfig, mask_cache: Path | None = None, progress: bool = True
 ) -> FitData:
     """Read and prepare the capture at ``root`` (or a ``handnerf prepare`` cache) for a fit."""
-    refuse_seen_novel_pose(cfg.train_seq, cfg.novel_pose_seq)
+    check_training_sequences(cfg)
     if is_prepared_cache(root):
         return _load_fit_data_from_cache(root, cfg, progress)
     hands = FitHands.load(cfg.hand, cfg.mano_dir, cfg.procedural_hand)
@@ -132,12 +156,15 @@ def load_fit_data(
     camera_index = {c: i for i, c in enumerate(cameras)}
 
     def views_of(views: list[FrameView], what: str, **frames: Any) -> ViewSet:
-        """Prepared views of the training sequence (same capture, hand, crops, cameras)."""
+        """Prepared views of the training sequences (same capture, hand, crops, cameras)."""
         return prepare_view_set(
             views, train_cap, hands, cfg, camera_index, mask_cache, progress, what, **frames
         )
 
-    train = views_of([v for v in train_cap.views if v.camera_id in train_cams], "train views")
+    extra_views, extra_reports = _extra_training_views(root, cfg, train_cams)
+    train = views_of(
+        [v for v in train_cap.views if v.camera_id in train_cams] + extra_views, "train views"
+    )
     val_views = [v for v in train_cap.views if v.camera_id in holdout]
     # The held-out cameras see the training frames: same frame ids and MANO rows.
     val = (
@@ -146,7 +173,7 @@ def load_fit_data(
         else None
     )
     novel = None
-    selection = str(train_cap.selection_report)
+    selection = "\n".join([str(train_cap.selection_report), *extra_reports])
     if cfg.novel_pose_seq:
         novel_cap = open_sequence(root, cfg, cfg.novel_pose_seq, cfg.novel_pose_stride)
         known = [v for v in novel_cap.views if v.camera_id in camera_index]
@@ -166,6 +193,34 @@ def load_fit_data(
     return _fit_data(
         hands, cameras, train_cams, holdout, (train, val, novel), fingerprint, selection
     )
+
+
+def _extra_training_views(
+    root: Path, cfg: DataConfig, train_cameras: list[str]
+) -> tuple[list[FrameView], list[str]]:
+    """The views of ``data.extra_train_seqs`` from ``train_cameras`` (``data.stride``
+    thins their frames), and each sequence's selection report.
+
+    Raises SelectionError for a sequence the capture lacks and DataError for one with no
+    usable view from the training cameras, both naming the key and the sequence.
+    """
+    views: list[FrameView] = []
+    reports: list[str] = []
+    for seq in cfg.extra_train_seqs:
+        try:
+            capture = open_sequence(root, cfg, seq, cfg.stride)
+        except SelectionError as exc:
+            raise SelectionError(f"data.extra_train_seqs: {seq}: {exc}") from exc
+        kept = [v for v in capture.views if v.camera_id in train_cameras]
+        if not kept:
+            raise DataError(
+                f"data.extra_train_seqs: {root}: no usable views of {seq} from the training "
+                f"cameras ({', '.join(train_cameras)}):\n{capture.selection_report}"
+            )
+        views += kept
+        # Named: the reports are alike, and the training sequence's comes unnamed before.
+        reports.append(f"{seq} (data.extra_train_seqs) {capture.selection_report}")
+    return views, reports
 
 
 def subject_betas(mano: ManoParams) -> torch.Tensor:
@@ -189,7 +244,9 @@ def prepare_view_set(
     frame_keys: list[tuple[str, int]] | None = None,
     mano: FitMano | None = None,
 ) -> ViewSet:
-    """Crop, mask and stack ``views``; frames get ids in order of first appearance."""
+    """Crop, mask and stack ``views``; frames get ids in ``frame_keys`` order (default:
+    the views' sorted (seq, frame) keys). ``capture`` reads the images: any selection of
+    the views' root (the views may come from several of its sequences)."""
     from handnerf.data.crops import crop_hand
 
     if frame_keys is None:
@@ -261,9 +318,11 @@ def _gt_mask(root: Path, view: FrameView) -> np.ndarray:
 def _fingerprint(root: Path, cfg: DataConfig, views: list[FrameView]) -> str:
     """Identifies the training data: selection, annotation files (size, mtime), views."""
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps([cfg.split, cfg.capture, cfg.train_seq, cfg.hand, cfg.stride]).encode()
-    )
+    selection: list[Any] = [cfg.split, cfg.capture, cfg.train_seq, cfg.hand, cfg.stride]
+    # Only when set: runs trained on one sequence keep their fingerprint (and resume).
+    if cfg.extra_train_seqs:
+        selection.append(list(cfg.extra_train_seqs))
+    digest.update(json.dumps(selection).encode())
     ann = Path(root) / "annotations"
     for path in sorted(ann.rglob("*.json")) if ann.is_dir() else []:
         st = path.stat()
@@ -329,6 +388,7 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
 
     The cache fixes split, capture and hand (a mismatch with ``cfg`` is an error);
     ``cfg.stride`` thins the cached frames further and ``cfg.exclude_cameras`` drops cameras.
+    Every training sequence must be in the cache (``prepare --seq`` each).
     """
     cache = PreparedCache(root)
     for name, wanted, cached in (
@@ -371,7 +431,11 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
             cache, chosen, hands, cfg, camera_index, progress, desc, frame_keys, mano
         )
 
-    train = view_set([e for e in train_entries if e.view.camera_id in train_cams], "train views")
+    train = view_set(
+        [e for e in train_entries if e.view.camera_id in train_cams]
+        + _extra_cached_entries(cache, cfg, train_cams),
+        "train views",
+    )
     val_entries = [e for e in train_entries if e.view.camera_id in holdout]
     val = (
         view_set(val_entries, "held-out views", frame_keys=train.frame_keys, mano=train.mano)
@@ -391,11 +455,43 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
         else:
             selection += f"\nnote: novel-pose sequence {cfg.novel_pose_seq} is not in the cache"
     digest = hashlib.sha256(cache.fingerprint.encode())
-    digest.update(json.dumps([cfg.train_seq, cfg.stride, sorted(cfg.exclude_cameras)]).encode())
+    selection_key: list[Any] = [cfg.train_seq, cfg.stride, sorted(cfg.exclude_cameras)]
+    # Only when set: runs trained on one sequence keep their fingerprint (and resume).
+    if cfg.extra_train_seqs:
+        selection_key.append(list(cfg.extra_train_seqs))
+    digest.update(json.dumps(selection_key).encode())
     fingerprint = digest.hexdigest()[:16]
     return _fit_data(
         hands, cameras, train_cams, holdout, (train, val, novel), fingerprint, selection
     )
+
+
+def _extra_cached_entries(
+    cache: PreparedCache, cfg: DataConfig, train_cameras: list[str]
+) -> list[CachedView]:
+    """The cached views of ``data.extra_train_seqs`` from ``train_cameras``, thinned as
+    :func:`cached_entries` thins them; a sequence the cache lacks (SelectionError) or keeps
+    no such view of (DataError) is an error naming the key and the sequence."""
+    chosen: list[CachedView] = []
+    for seq in cfg.extra_train_seqs:
+        if seq not in cache.sequences:
+            raise SelectionError(
+                f"data.extra_train_seqs: sequence {seq!r} is not in the prepared cache "
+                f"{cache.root}; it holds: {', '.join(cache.sequences)} (prepare it with "
+                f"--seq {seq} too)"
+            )
+        kept = [
+            e
+            for e in cached_entries(cache, seq, cfg.stride, cfg.exclude_cameras)
+            if e.view.camera_id in train_cameras
+        ]
+        if not kept:
+            raise DataError(
+                f"data.extra_train_seqs: the prepared cache {cache.root} keeps no view of "
+                f"{seq} from the training cameras ({', '.join(train_cameras)})"
+            )
+        chosen += kept
+    return chosen
 
 
 def _fit_data(

@@ -1,10 +1,11 @@
 """What the viewer shows of a run's capture: its sequences' poses, cameras and photos.
 
-Two sequences: the training sequence (the frames the fit used, with the fit's refined MANO
-parameters where it refined them) and the novel-pose sequence, each as its frames' MANO
-parameters; the capture's cameras (the views of those frames); and each (frame, camera)
-photo, read on demand, for the ground-truth panel. Read from the run's ``data_root``: an
-InterHand2.6M root or a ``handnerf prepare`` cache (whose stored crops are the photos).
+The training sequences (``data.train_seq`` then ``data.extra_train_seqs``: the frames the
+fit used, with the fit's refined MANO parameters where it refined them) and the novel-pose
+sequence, each as its frames' MANO parameters; the capture's cameras (the views of those
+frames); and each (frame, camera) photo, read on demand, for the ground-truth panel. Read
+from the run's ``data_root``: an InterHand2.6M root or a ``handnerf prepare`` cache (whose
+stored crops are the photos).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from handnerf.data.interhand import FrameView, load_image
 from handnerf.errors import DataError
 from handnerf.hand.hand_model import ManoParams
 from handnerf.runs.loader import TrainedRun
-from handnerf.train.fit_data import cached_entries, open_sequence
+from handnerf.train.fit_data import cached_entries, open_sequence, training_sequences
 
 
 @dataclass
@@ -87,7 +88,7 @@ def load_sequences(run: TrainedRun) -> CaptureSequences:
             "no longer exists; the viewer reads its poses, cameras and photos"
         )
     cfg = run.cfg.data
-    wanted = [(cfg.train_seq, "training", cfg.stride)]
+    wanted = [(seq, "training", cfg.stride) for seq in training_sequences(cfg)]
     if cfg.novel_pose_seq:
         wanted.append((cfg.novel_pose_seq, "novel pose", cfg.novel_pose_stride))
     cache = PreparedCache(root) if is_prepared_cache(root) else None
