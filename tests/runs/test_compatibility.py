@@ -56,3 +56,17 @@ def test_a_single_hand_run_from_before_loads_renders_and_evaluates(
         run, get_protocol("handavatar"), tmp_path / "eval", max_views=1, progress=False
     )
     assert report["n_images"] >= 1 and np.isfinite(report["psnr"])
+
+
+def test_a_single_hand_run_from_before_keeps_its_data_fingerprint(tiny_capture: Path) -> None:
+    """Today's fit computes the fingerprint the old run saved for its data, so ``--resume``
+    of runs from before (e.g. before data.extra_train_seqs) finds the same data. It also
+    fails when the tiny capture's annotation files change size (they are fingerprinted)."""
+    from handnerf.train.config import saved_fit_config
+    from handnerf.train.fit_data import load_fit_data
+
+    state = load_checkpoint(FIXTURE / "checkpoints" / LATEST)
+    cfg = saved_fit_config(state, FIXTURE)
+    saved = json.loads((FIXTURE / "run.json").read_text())["data_fingerprint"]
+    assert state["data_fingerprint"] == saved
+    assert load_fit_data(tiny_capture, cfg.data, progress=False).fingerprint == saved

@@ -233,3 +233,20 @@ def test_the_viewer_lists_every_training_sequence(tiny_run: Path) -> None:
     run.cfg = dataclasses.replace(run.cfg, data=bad)
     with pytest.raises(DataError, match="ROM99_Nowhere"):
         load_sequences(run)
+
+
+def test_a_run_saved_before_the_key_resumes(
+    tiny_capture: Path, small_fit: list[str], tmp_path: Path
+) -> None:
+    from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
+    from handnerf.train.fit_job import run_fit
+
+    run = tmp_path / "run"
+    overrides = [*small_fit, "train.steps=2"]
+    run_fit(tiny_capture, run, overrides=overrides, progress=False)
+    path = run / "checkpoints" / LATEST
+    state = load_checkpoint(path)
+    del state["config"]["data"]["extra_train_seqs"]  # as runs saved before the key
+    save_checkpoint(path, state)
+    resumed = run_fit(tiny_capture, run, overrides=overrides, resume=True, progress=False)
+    assert resumed.step == 2
