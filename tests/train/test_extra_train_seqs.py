@@ -250,3 +250,30 @@ def test_a_run_saved_before_the_key_resumes(
     save_checkpoint(path, state)
     resumed = run_fit(tiny_capture, run, overrides=overrides, resume=True, progress=False)
     assert resumed.step == 2
+
+
+def test_pose_refinement_corrects_every_training_sequences_frames(
+    tiny_capture: Path, small_fit: list[str], tmp_path: Path
+) -> None:
+    from handnerf.train.checkpoint import load_checkpoint
+    from handnerf.train.fit_job import run_fit
+    from handnerf.train.pose_refinement import refined_mano_of
+
+    overrides = [
+        *small_fit,
+        f"data.extra_train_seqs=[{EXTRA_SEQ}]",
+        "data.novel_pose_seq=null",
+        "train.refine_pose=true",
+        "train.pose_refine_start=1",
+        "train.pose_refresh_every=2",
+        "train.steps=3",
+    ]
+    fit = run_fit(tiny_capture, tmp_path / "run", overrides=overrides, progress=False)
+    refined = refined_mano_of(load_checkpoint(fit.checkpoint))
+    assert refined is not None
+    frames = {
+        (v.seq_name, v.frame_idx)
+        for seq in (TRAIN_SEQ, EXTRA_SEQ)
+        for v in InterHandCapture(tiny_capture, seqs=[seq]).views
+    }
+    assert set(refined) == frames
