@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from handnerf.errors import ConfigError
-from handnerf.hand.hand_model import HandModel, ManoParams
+from handnerf.hand.hand_model import HandModel, HandOutput, ManoParams
 from handnerf.model.deformer import DeformResult, FrameDeformation, InverseLBSDeformer
 from handnerf.model.deformer_config import DeformerConfig
 from handnerf.model.field import FieldConfig, HashGridField
@@ -35,7 +35,7 @@ from handnerf.model.occupancy import CanonicalOccupancyGrid, OccupancyConfig
 from handnerf.model.rays import RayBundle
 from handnerf.model.sampler import NerfaccSampler, SampleBatch, SamplerConfig, make_sampler
 from handnerf.model.surface_search import surface_lattice
-from handnerf.model.visibility import VertexVisibility, VisibilityConfig
+from handnerf.model.visibility import PosedMesh, VertexVisibility, VisibilityConfig
 from handnerf.model.volume import render_samples, visible_samples
 
 
@@ -187,10 +187,9 @@ class HandAvatar(nn.Module):
         return self.field.param_groups()
 
     # ------------------------------------------------------------------ frames
-    @torch.no_grad()
-    def pose_frames(self, mano: ManoParams) -> PosedFrames:
-        """Run MANO for ``mano`` (T frames) and prepare everything rendering them needs."""
-        device = self.betas.device
+    def _posed_hand(self, mano: ManoParams) -> HandOutput:
+        """MANO's output for ``mano`` (T frames) posed with the subject's shape, on the hand
+        model's device."""
         # Every frame is posed with the subject's shape: the canonical field lives in that
         # shape's canonical space (per-frame fits of InterHand2.6M jitter their betas).
         hand_device = self.hand_model.faces.device
@@ -200,14 +199,35 @@ class HandAvatar(nn.Module):
             betas=self.betas.to(hand_device, mano.betas.dtype)[None].expand(len(mano), -1).clone(),
             transl=mano.transl.to(hand_device),
         )
-        out = self.hand_model(mano)
+        return self.hand_model(mano)
+
+    @torch.no_grad()
+    def posed_mesh(self, mano: ManoParams) -> PosedMesh:
+        """The posed MANO mesh of ``mano`` (T frames) with the subject's shape, as
+        :meth:`pose_frames` poses it: vertices (T,V,3) float32 and faces (F,3), on the
+        avatar's device (e.g. the other hand's shadow caster in a two-hand avatar)."""
+        device = self.betas.device
+        verts = self._posed_hand(mano).vertices.to(device).float()
+        return PosedMesh(verts, self.hand_model.faces.to(device))
+
+    @torch.no_grad()
+    def pose_frames(self, mano: ManoParams, occluders: PosedMesh | None = None) -> PosedFrames:
+        """Run MANO for ``mano`` (T frames) and prepare everything rendering them needs.
+
+        ``occluders``: another mesh posed in the same T frames (e.g. the other hand's
+        :meth:`posed_mesh`) that also shadows this hand in its self-shadow visibility;
+        None: the hand's own mesh alone."""
+        device = self.betas.device
+        out = self._posed_hand(mano)
         verts = out.vertices.to(device).float()
         bones = out.bone_transforms.to(device).float()
         weights = self.hand_model.skinning_weights.to(device).float()
         faces = self.hand_model.faces.to(device)
         normals = vertex_normals(verts, faces)
         visibility = (
-            self.visibility(verts, normals, faces).to(device) if self.visibility.enabled else None
+            self.visibility(verts, normals, faces, occluders).to(device)
+            if self.visibility.enabled
+            else None
         )
         deformation = self.deformer.prepare_frames(
             verts,

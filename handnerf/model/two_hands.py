@@ -9,6 +9,8 @@ nearest, so neither hand's density can reach into the other's space. A sample is
 evaluated only by its own hand (shell, distance, occupancy), and the samples of both hands
 along a ray are composited together: where one hand is in front of the other, it occludes
 it. ``only='right'`` or ``'left'`` renders one hand alone (the other's samples are empty).
+Each hand's self-shadow visibility is cast against both posed hands
+(``model.visibility.other_hand``), so one hand's shadow on the other moves with the pose.
 
 The per-camera colour correction is one per camera, whichever hand a pixel shows: the
 right hand's field holds it (the left one's is unused).
@@ -29,6 +31,7 @@ from handnerf.model.avatar import AvatarConfig, HandAvatar, PosedFrames
 from handnerf.model.deformer import DeformResult
 from handnerf.model.occupancy import CanonicalOccupancyGrid
 from handnerf.model.rays import RayBundle
+from handnerf.model.visibility import PosedMesh
 from handnerf.model.volume import render_samples
 
 #: The hands of a two-hand avatar, in the order of their index in an assignment.
@@ -142,13 +145,22 @@ class TwoHandAvatar(nn.Module):
     # ------------------------------------------------------------------ frames
     @torch.no_grad()
     def pose_frames(self, mano: dict[str, ManoParams]) -> TwoHandPosedFrames:
-        """Pose both hands of T frames (``mano[side]`` T rows each)."""
+        """Pose both hands of T frames (``mano[side]`` T rows each).
+
+        With ``model.visibility.other_hand`` (and self-shadowing on), each hand's
+        visibility is cast against both posed meshes: the other hand's shadow on it (a
+        palm under the other hand's fingers) is then explained by the pose, not baked into
+        its canonical colour."""
         if len(mano["right"]) != len(mano["left"]):
             raise ParameterError(
                 f"TwoHandAvatar.pose_frames: {len(mano['right'])} right-hand frames but "
                 f"{len(mano['left'])} left-hand ones"
             )
-        hands = {side: self.hand(side).pose_frames(mano[side]) for side in SIDES}
+        occluders: dict[str, PosedMesh | None] = dict.fromkeys(SIDES)
+        if self.cfg.visibility.other_hand and self.cfg.visibility.n_directions > 0:
+            meshes = {side: self.hand(side).posed_mesh(mano[side]) for side in SIDES}
+            occluders = {side: meshes[_other(side)] for side in SIDES}
+        hands = {side: self.hand(side).pose_frames(mano[side], occluders[side]) for side in SIDES}
         right, left = hands["right"].aabbs, hands["left"].aabbs
         aabbs = torch.cat(
             [torch.minimum(right[:, :3], left[:, :3]), torch.maximum(right[:, 3:], left[:, 3:])], -1
@@ -276,6 +288,11 @@ class TwoHandAvatar(nn.Module):
         if cached_points.shape == points.shape and torch.equal(cached_points, points):
             return assignment
         return None
+
+
+def _other(side: str) -> str:
+    """The hand of :data:`SIDES` that is not ``side``."""
+    return SIDES[1 - SIDES.index(side)]
 
 
 def _reindexed(assignment: Assignment, keep: Tensor) -> Assignment:

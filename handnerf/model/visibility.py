@@ -11,6 +11,10 @@ sample (:meth:`FrameDeformation.blend_attributes`), and the colour MLP learns wh
 matter (the directions nearest the rig's lights). Because visibility is computed from the
 posed MANO mesh, it is equally defined for poses never seen in training.
 
+Another mesh can occlude too (:class:`PosedMesh`, e.g. the other hand of a two-hand
+avatar): its triangles join the posed mesh's in the intersector, so a direction counts as
+seen only if the ray escapes both; its vertices get no visibility of their own.
+
 Ray casting uses Embree through trimesh (``embreex``, a dependency), via the same
 :func:`~handnerf.geometry.raycast.mesh_intersector` as the synthetic renderer.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,14 +53,25 @@ class VisibilityConfig:
     #: Rays start this far (m) off the surface along the vertex normal, so they do not
     #: hit the vertex's own triangles.
     offset: float = 5e-4
+    #: In a two-hand avatar, the other hand's mesh casts shadows too (the rays of each
+    #: hand's vertices are also tested against the other posed hand). Runs saved before it
+    #: read as false: their colour MLPs learnt each hand's visibility against itself alone.
+    other_hand: bool = True
+
+
+class PosedMesh(NamedTuple):
+    """A mesh posed in T frames: ``vertices`` (T,V,3) float, ``faces`` (F,3) long."""
+
+    vertices: Tensor
+    faces: Tensor
 
 
 class VertexVisibility:
     """Per-vertex visibility of ``n_directions`` world directions against the posed mesh.
 
-    ``__call__(vertices (T,V,3), normals (T,V,3), faces (F,3)) -> (T,V,K)`` float in {0, 1}
-    (1: the direction lies in front of the surface and the ray from the vertex towards it
-    leaves the hand).
+    ``__call__(vertices (T,V,3), normals (T,V,3), faces (F,3), occluders=None) -> (T,V,K)``
+    float in {0, 1} (1: the direction lies in front of the surface and the ray from the
+    vertex towards it leaves the hand, and the ``occluders`` mesh when one is given).
     """
 
     def __init__(self, cfg: VisibilityConfig | None = None) -> None:
@@ -75,24 +91,59 @@ class VertexVisibility:
         return self.cfg.n_directions > 0
 
     @torch.no_grad()
-    def __call__(self, vertices: Tensor, normals: Tensor, faces: Tensor) -> Tensor:
+    def __call__(
+        self,
+        vertices: Tensor,
+        normals: Tensor,
+        faces: Tensor,
+        occluders: PosedMesh | None = None,
+    ) -> Tensor:
+        """(T,V,K) visibility of the K directions from each of the V posed ``vertices``
+        (T,V,3) with unit ``normals`` (T,V,3) of the mesh ``faces`` (F,3).
+
+        ``occluders``: another mesh posed in the same T frames (vertices (T,V2,3), faces
+        (F2,3) indexing them) that the rays are tested against too; None: the mesh alone
+        (the result is then exactly that of a mesh without occluders).
+        """
         if vertices.ndim != 3 or vertices.shape[-1] != 3 or normals.shape != vertices.shape:
             raise ParameterError(
                 "visibility: vertices and normals must both be (T,V,3), got "
                 f"{tuple(vertices.shape)} and {tuple(normals.shape)}"
             )
         t, v = vertices.shape[:2]
+        if occluders is not None and (
+            occluders.vertices.ndim != 3
+            or occluders.vertices.shape[0] != t
+            or occluders.vertices.shape[-1] != 3
+        ):
+            raise ParameterError(
+                f"visibility: occluder vertices must be ({t},V2,3) for {t} frames, got "
+                f"{tuple(occluders.vertices.shape)}"
+            )
         k = self.cfg.n_directions
         out = torch.zeros(t, v, k, dtype=torch.float32)
         if k == 0 or v == 0:
             return out.to(vertices.device)
         dirs = self.directions.double().numpy()
         faces_np = faces.detach().cpu().long().numpy()
+        if occluders is not None:
+            # One intersector per frame on both meshes: the occluder's faces index its
+            # vertices, which follow the mesh's own.
+            occluder_faces = occluders.faces.detach().cpu().long().numpy() + v
+            faces_np = np.concatenate([faces_np, occluder_faces])
         for frame in range(t):
             verts = vertices[frame].detach().cpu().double().numpy()
             if not np.isfinite(verts).all():
                 raise ParameterError(f"visibility: frame {frame} has non-finite posed vertices")
-            caster = mesh_intersector(verts, faces_np)
+            mesh_verts = verts
+            if occluders is not None:
+                other = occluders.vertices[frame].detach().cpu().double().numpy()
+                if not np.isfinite(other).all():
+                    raise ParameterError(
+                        f"visibility: frame {frame} has non-finite occluder vertices"
+                    )
+                mesh_verts = np.concatenate([verts, other])
+            caster = mesh_intersector(mesh_verts, faces_np)
             normal = normals[frame].detach().cpu().double().numpy()
             # A direction behind the surface is dark by definition (as in Lambertian
             # shading); casting it would let a ray from the offset start graze out.

@@ -128,8 +128,25 @@ class FitConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def _other_hand_before(saved: dict[str, Any]) -> bool:
+    """``model.visibility.other_hand`` of a run saved before the key: false for a two-hand
+    run with self-shadowing (each hand's visibility was cast against itself alone). Anywhere
+    else the key changes nothing (one hand, or no visibility), so such a run trained exactly
+    as one with today's default does, and resumes with it."""
+    data = saved.get("data")
+    model = saved.get("model")
+    visibility = model.get("visibility") if isinstance(model, dict) else None
+    two_hands = isinstance(data, dict) and data.get("hand") == "both"
+    shadows = (
+        isinstance(visibility, dict)
+        and visibility.get("n_directions", VisibilityConfig.n_directions) != 0
+    )
+    return not (two_hands and shadows)
+
+
 #: Keys added to the config after runs were already being saved, with the value that
-#: reproduces how those runs were trained (not necessarily today's default).
+#: reproduces how those runs were trained (not necessarily today's default), or a function
+#: of the saved config dict giving it.
 ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # Before self-shadowing the colour MLP took no visibility inputs.
     (("model", "visibility"), asdict(VisibilityConfig(n_directions=0))),
@@ -153,6 +170,10 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("train", "pose_shell_softness"), 0.0),
     # Every run trained on train_seq alone before extra training sequences.
     (("data", "extra_train_seqs"), []),
+    # Each hand of a two-hand avatar cast its visibility against itself alone before the
+    # other hand's mesh cast shadows too (only where that changed
+    # anything: see _other_hand_before).
+    (("model", "visibility", "other_hand"), _other_hand_before),
 )
 
 
@@ -169,7 +190,9 @@ def upgrade_saved_config(saved: Any) -> Any:
 
     Every key of :data:`ADDED_KEYS` a saved config lacks is filled with the value that
     reproduces its training: runs saved before self-shadowing read as
-    ``model.visibility.n_directions=0``, before jittered rays as ``train.jitter_rays=false``.
+    ``model.visibility.n_directions=0``, before jittered rays as ``train.jitter_rays=false``,
+    two-hand runs with self-shadowing before the other hand's shadows as
+    ``model.visibility.other_hand=false``.
     Render and eval load such runs unchanged; ``--resume`` needs those values given as
     overrides (and names the key otherwise). Keys of :data:`REMOVED_KEYS` are dropped.
     Anything else is returned unchanged.
@@ -179,9 +202,11 @@ def upgrade_saved_config(saved: Any) -> Any:
     upgraded = dict(saved)
     for path, value in ADDED_KEYS:
         parent = _copied_parent(upgraded, path)
-        if parent is not None:
+        if parent is not None and path[-1] not in parent:
+            # Keys filled earlier in the table are seen: a function reads the upgraded dict.
+            filled = value(upgraded) if callable(value) else value
             # A copy: the table's lists and dicts must not be shared with (and changed via) a run's.
-            parent.setdefault(path[-1], copy.deepcopy(value))
+            parent[path[-1]] = copy.deepcopy(filled)
     for path in REMOVED_KEYS:
         parent = _copied_parent(upgraded, path)
         if parent is not None:

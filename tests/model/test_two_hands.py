@@ -14,7 +14,7 @@ from handnerf.data.interhand import InterHandCapture
 from handnerf.errors import ParameterError
 from handnerf.hand.hand_model import HandModel, ManoParams
 from handnerf.model.avatar import AvatarConfig
-from handnerf.model.two_hands import SIDES, TwoHandAvatar
+from handnerf.model.two_hands import SIDES, TwoHandAvatar, TwoHandPosedFrames
 from handnerf.synth.two_hands import TRAIN_SEQS
 
 #: configs/tiny.yaml's model section.
@@ -47,8 +47,10 @@ def _frames_mano(root: Path, seqs: list[str]) -> tuple[dict[str, ManoParams], li
     return mano, views
 
 
-def _avatar(mano: dict[str, ManoParams], n_cameras: int = 6) -> TwoHandAvatar:
-    cfg = load_config(AvatarConfig, overrides=TINY_MODEL)
+def _avatar(
+    mano: dict[str, ManoParams], n_cameras: int = 6, overrides: list[str] | None = None
+) -> TwoHandAvatar:
+    cfg = load_config(AvatarConfig, overrides=TINY_MODEL if overrides is None else overrides)
     models = {side: HandModel.from_folder(None, side) for side in SIDES}
     betas = {side: mano[side].betas[0].float() for side in SIDES}
     return TwoHandAvatar(cfg, models, betas, n_cameras)
@@ -124,6 +126,44 @@ def test_points_between_the_hands_go_to_the_closer_one(tiny_two_hand_capture: Pa
         off = points + 0.0006 * result.normal
         owner, _, valid = avatar.deform(frames, off, torch.zeros(len(off)).long())
         assert (owner[valid] == index).all()
+
+
+def _visibility(frames: TwoHandPosedFrames, side: str) -> torch.Tensor:
+    """(T,V,K) per-vertex visibility ``side``'s deformer blends (its vertex attributes)."""
+    attributes = frames.hands[side].deformation.vertex_attributes
+    assert attributes is not None
+    return attributes.reshape(*frames.hands[side].vertices.shape[:2], -1)
+
+
+def test_each_hand_is_shadowed_by_the_other_where_they_touch(tiny_two_hand_capture: Path) -> None:
+    seqs = [TRAIN_SEQS["palms_touch"], TRAIN_SEQS["interlock"]]
+    mano, _ = _frames_mano(tiny_two_hand_capture, seqs)
+    shadows = [
+        *[o for o in TINY_MODEL if not o.startswith("visibility.")],
+        "visibility.n_directions=16",
+    ]
+    both = _avatar(mano, overrides=[*shadows, "visibility.other_hand=true"]).pose_frames(mano)
+    alone_avatar = _avatar(mano, overrides=[*shadows, "visibility.other_hand=false"])
+    alone = alone_avatar.pose_frames(mano)
+    for side, other in (("right", "left"), ("left", "right")):
+        # The same geometry: only the visibility changes.
+        assert torch.equal(both.hands[side].vertices, alone.hands[side].vertices)
+        with_other, own = _visibility(both, side), _visibility(alone, side)
+        assert bool((with_other <= own).all())  # another mesh can only block rays
+        # other_hand=false is each hand posed by itself, as a one-hand avatar poses it.
+        hand = alone_avatar.hand(side)
+        by_itself = hand.pose_frames(mano[side]).deformation.vertex_attributes
+        assert by_itself is not None and torch.equal(own.flatten(0, 1), by_itself)
+        assert torch.equal(hand.posed_mesh(mano[side]).vertices, alone.hands[side].vertices)
+        # Where the hands touch (vertices within 1 cm of a vertex of the other posed hand:
+        # MANO's vertices are ~5 mm apart), the other hand blocks several of the 16
+        # directions; far from it (4 cm and more), it blocks a few times fewer.
+        gap = torch.cdist(both.hands[side].vertices, both.hands[other].vertices).amin(-1)
+        near, far = gap < 0.01, gap > 0.04
+        assert int(near.sum()) > 50 and int(far.sum()) > 500
+        lost = (own - with_other).sum(-1)  # (T,V) directions lost per vertex
+        assert float(lost[near].mean()) > 2.0
+        assert float(lost[near].mean()) > 3 * float(lost[far].mean())
 
 
 def test_bad_input() -> None:

@@ -1,4 +1,5 @@
-"""Saved configs from before the deformer's mesh modes load as they were trained."""
+"""Saved configs from before newer keys (the deformer's mesh modes, the other hand's shadows, ...)
+load as they were trained."""
 
 from __future__ import annotations
 
@@ -66,3 +67,44 @@ def test_building_the_avatar_leaves_the_users_config_alone() -> None:
     assert asdict(cfg) == before
     assert avatar.field.camera_affine is not None
     assert avatar.field.camera_affine.n_cameras == 5
+
+
+def _saved_before_other_hand(hand: str, n_directions: int) -> dict:
+    """Today's config dict for ``data.hand`` without ``model.visibility.other_hand``."""
+    saved = asdict(FitConfig())
+    saved["data"]["hand"] = hand
+    saved["model"]["visibility"]["n_directions"] = n_directions
+    del saved["model"]["visibility"]["other_hand"]
+    return saved
+
+
+def test_two_hand_runs_with_shadows_saved_before_other_hand_read_as_each_hand_alone() -> None:
+    saved = _saved_before_other_hand("both", 32)
+    before = copy.deepcopy(saved)
+    upgraded = upgrade_saved_config(saved)
+    assert upgraded["model"]["visibility"]["other_hand"] is False
+    assert saved == before
+    assert config_from_dict(FitConfig, upgraded).model.visibility.other_hand is False
+
+
+def test_runs_the_other_hand_key_does_not_change_read_as_todays_default() -> None:
+    """One hand, or no self-shadowing: those runs trained as with other_hand=true, so they
+    resume with the default (no override needed)."""
+    default = FitConfig().model.visibility.other_hand
+    assert default is True
+    for hand, n_directions in (("right", 32), ("left", 32), ("both", 0)):
+        upgraded = upgrade_saved_config(_saved_before_other_hand(hand, n_directions))
+        assert upgraded["model"]["visibility"]["other_hand"] is default, (hand, n_directions)
+    # Runs from before self-shadowing (no visibility at all) as well.
+    saved = asdict(FitConfig())
+    saved["data"]["hand"] = "both"
+    del saved["model"]["visibility"]
+    upgraded = upgrade_saved_config(saved)["model"]["visibility"]
+    assert upgraded["n_directions"] == 0 and upgraded["other_hand"] is default
+
+
+def test_a_saved_other_hand_is_kept() -> None:
+    saved = asdict(FitConfig())
+    saved["data"]["hand"] = "both"
+    saved["model"]["visibility"]["other_hand"] = True
+    assert upgrade_saved_config(saved)["model"]["visibility"]["other_hand"] is True

@@ -119,3 +119,41 @@ def test_two_hand_run_resumes_and_a_one_hand_config_is_refused(
             resume=True,
             progress=False,
         )
+
+
+def test_a_two_hand_run_saved_before_other_hand_shadows_renders_as_it_was_trained(
+    two_hand_run: Path, tiny_two_hand_capture: Path, small_fit: list[str], tmp_path: Path
+) -> None:
+    """Its checkpoint lacks ``model.visibility.other_hand``: it loads with each hand's
+    visibility cast against itself alone, and resumes only with that setting."""
+    import shutil
+
+    from handnerf.errors import CheckpointError
+    from handnerf.train.checkpoint import save_checkpoint
+
+    run_dir = tmp_path / "old_run"
+    shutil.copytree(two_hand_run, run_dir)
+    path = run_dir / "checkpoints" / LATEST
+    state = load_checkpoint(path)
+    assert state["config"]["model"]["visibility"]["n_directions"] > 0
+    del state["config"]["model"]["visibility"]["other_hand"]
+    save_checkpoint(path, state)
+
+    old, new = load_run(run_dir, device="cpu"), load_run(two_hand_run, device="cpu")
+    assert old.cfg.model.visibility.other_hand is False
+    assert new.cfg.model.visibility.other_hand is True
+    cfg = old.cfg.data
+    mano = sequence_mano(old.data_root, cfg, cfg.train_seq, cfg.stride)
+    old_frames, new_frames = old.avatar.pose_frames(mano), new.avatar.pose_frames(mano)
+    for side in ("right", "left"):
+        alone = old.avatar.hand(side).pose_frames(mano[side]).deformation.vertex_attributes
+        shadowed = new_frames.hands[side].deformation.vertex_attributes
+        assert torch.equal(old_frames.hands[side].deformation.vertex_attributes, alone)
+        assert not torch.equal(alone, shadowed)
+
+    same = [*small_fit, *TWO_HANDS, "train.steps=4"]
+    with pytest.raises(CheckpointError, match=r"model\.visibility\.other_hand"):
+        run_fit(tiny_two_hand_capture, run_dir, overrides=same, resume=True, progress=False)
+    kept = [*same, "model.visibility.other_hand=false"]
+    resumed = run_fit(tiny_two_hand_capture, run_dir, overrides=kept, resume=True, progress=False)
+    assert resumed.step == 4
