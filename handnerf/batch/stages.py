@@ -45,19 +45,30 @@ VIDEO_STEMS: dict[str, str] = {"orbit": "orbit", "pose": "novel_pose"}
 
 @dataclass(frozen=True)
 class EntryPaths:
-    """Where an entry's outputs go (see the module docstring): its folder ``root`` and
-    the files and folders of its stages in it."""
+    """Where an entry's outputs go (see the module docstring): its folder ``root`` and,
+    derived from it, the files and folders of its stages."""
 
     root: Path
-    definition: Path
-    cache: Path
-    run: Path
-    report: Path
 
     @classmethod
     def of(cls, plan: BatchPlan, entry: PlanEntry) -> EntryPaths:
-        root = Path(plan.out) / "entries" / entry.name
-        return cls(root, root / "entry.json", root / "cache", root / "run", root / "report")
+        return cls(Path(plan.out) / "entries" / entry.name)
+
+    @property
+    def definition(self) -> Path:
+        return self.root / "entry.json"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
 
     def video(self, mode: str, fmt: str) -> Path:
         return self.root / f"{VIDEO_STEMS[mode]}.{fmt}"
