@@ -143,6 +143,14 @@ class FieldConfig:
     hidden_dim: int = 64
     n_hidden_layers: int = 1
     geo_feat_dim: int = 15
+    #: The colour's geometry features come from a hash grid of their own (same settings as
+    #: ``encoding``) instead of the density MLP's extra outputs. Shared, the grid's entries
+    #: near the surface serve the density's steep, fast-moving gradients first, and the
+    #: colour learns small features (nails, creases) slowly: on the demo capture the
+    #: colour at the surface is 1.1 dB better after 300 steps with a grid of its own, the
+    #: nails 2.7 dB, and ``make demo`` 1.3 dB inside the mask (docs/benchmarks.md, "The
+    #: avatar learns no nails"). Costs a second grid lookup per sample.
+    separate_color_grid: bool = True
     #: Initial pre-activation density: 100 * trunc_exp(-1) ~ 37 /m, i.e. alpha ~ 0.04 per
     #: mm-sized step, so training starts from nearly empty space, not from fog.
     density_bias_init: float = -1.0
@@ -217,7 +225,21 @@ class HashGridField(nn.Module):
 
         self.encoding = make_hash_grid(cfg.encoding, n_input_dims=3, device=device)
         n_enc = int(self.encoding.n_output_dims)
-        self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, 1 + cfg.geo_feat_dim)
+        # With a colour grid of its own the density MLP outputs the density alone.
+        n_density_out = 1 if cfg.separate_color_grid else 1 + cfg.geo_feat_dim
+        self.density_mlp = _mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, n_density_out)
+        self.color_encoding: nn.Module | None = None
+        self.color_feature_mlp: nn.Sequential | None = None
+        if cfg.separate_color_grid:
+            if cfg.geo_feat_dim < 1:
+                raise ConfigError("field.separate_color_grid needs geo_feat_dim >= 1")
+            self.color_encoding = make_hash_grid(cfg.encoding, n_input_dims=3, device=device)
+            self.color_feature_mlp = _mlp(
+                int(self.color_encoding.n_output_dims),
+                cfg.hidden_dim,
+                cfg.n_hidden_layers,
+                cfg.geo_feat_dim,
+            )
         with torch.no_grad():
             last = self.density_mlp[-1]
             assert isinstance(last, nn.Linear)
@@ -274,16 +296,24 @@ class HashGridField(nn.Module):
             )
         u, inside = self.normalize(x_canon.float())
         h = self.density_mlp(self.encoding(u).float())
+        sigma = self._activate_density(h[:, 0], inside)
+        if self.color_encoding is None or self.color_feature_mlp is None:
+            return sigma, h[:, 1:]
+        return sigma, self.color_feature_mlp(self.color_encoding(u).float())
+
+    def _activate_density(self, h: Tensor, inside: Tensor) -> Tensor:
+        """Density (N,) >= 0 per metre from the pre-activation ``h`` (N,); ``inside`` (N,)."""
         # Outside the canonical box there is no hand: zero density, not a clamped copy of
         # the boundary cell that would smear the border across space.
-        sigma = torch.where(
-            inside, self.cfg.density_scale * trunc_exp(h[:, 0]), torch.zeros_like(h[:, 0])
-        )
-        return sigma, h[:, 1:]
+        return torch.where(inside, self.cfg.density_scale * trunc_exp(h), torch.zeros_like(h))
 
     def density(self, x_canon: Tensor) -> Tensor:
-        """x_canon (N,3) metres -> sigma (N,) >= 0 (per metre)."""
-        return self.density_and_features(x_canon)[0]
+        """x_canon (N,3) metres -> sigma (N,) >= 0 (per metre); with a colour grid of its
+        own, without evaluating that grid."""
+        if self.color_encoding is None:
+            return self.density_and_features(x_canon)[0]
+        u, inside = self.normalize(x_canon.float())
+        return self._activate_density(self.density_mlp(self.encoding(u).float())[:, 0], inside)
 
     def forward(
         self,
@@ -369,9 +399,17 @@ class HashGridField(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by learning-rate group: 'grid' (encoding), 'mlp', 'camera'."""
         grid = list(self.encoding.parameters())
+        if self.color_encoding is not None:
+            grid += list(self.color_encoding.parameters())
         mlp = [
             p
-            for m in (self.density_mlp, self.color_mlp, self.albedo_mlp, self.shading_mlp)
+            for m in (
+                self.density_mlp,
+                self.color_feature_mlp,
+                self.color_mlp,
+                self.albedo_mlp,
+                self.shading_mlp,
+            )
             if m is not None
             for p in m.parameters()
         ]

@@ -174,6 +174,8 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # other hand's mesh cast shadows too (only where that changed
     # anything: see _other_hand_before).
     (("model", "visibility", "other_hand"), _other_hand_before),
+    # The colour's features came from the density MLP before they had a grid of their own.
+    (("model", "field", "separate_color_grid"), False),
 )
 
 

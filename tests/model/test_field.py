@@ -148,10 +148,11 @@ def shaded_field(gen_seed: int = 0, **overrides: object) -> HashGridField:
     for key, value in overrides.items():
         setattr(cfg, key, value)
     field = HashGridField(cfg, aabb=AABB, n_cameras=3, n_visibility=n_visibility)
-    # Random (not zero) density-MLP outputs, so the albedo differs between points.
+    # Random (not near-zero) grid features, so the albedo differs between points.
     with torch.no_grad():
         gen = torch.Generator().manual_seed(gen_seed)
-        for p in field.encoding.parameters():
+        grids = [field.encoding, field.color_encoding]
+        for p in (p for grid in grids if grid is not None for p in grid.parameters()):
             p.copy_(torch.rand(p.shape, generator=gen) * 2 - 1)
     return field
 
@@ -297,9 +298,13 @@ def test_camera_affine_starts_as_identity_and_rejects_unknown_cameras() -> None:
         CameraColorAffine(0)
 
 
-def test_gradients_reach_every_parameter_group_through_rendering() -> None:
+@pytest.mark.parametrize("separate_color_grid", [False, True])
+def test_gradients_reach_every_parameter_group_through_rendering(
+    separate_color_grid: bool,
+) -> None:
     gen = torch.Generator().manual_seed(3)
-    field = HashGridField(small_config(), aabb=AABB, n_cameras=3)
+    cfg = small_config(separate_color_grid=separate_color_grid)
+    field = HashGridField(cfg, aabb=AABB, n_cameras=3)
     groups = field.param_groups()
     assert set(groups) == {"grid", "mlp", "camera"} and all(groups.values())
     all_ids = {id(p) for p in field.parameters()}
@@ -335,11 +340,37 @@ def test_gradients_reach_every_parameter_group_through_rendering() -> None:
     for name, params in groups.items():
         total = sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
         assert total > 0, f"no gradient reached group {name}"
+    no_grad = [n for n, p in field.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
 
 
-def test_state_dict_round_trip_restores_outputs_and_aabb() -> None:
+def test_separate_color_grid_splits_density_from_colour_features() -> None:
+    gen = torch.Generator().manual_seed(5)
+    field = HashGridField(small_config(separate_color_grid=True), aabb=AABB)
+    assert field.color_encoding is not None and field.color_feature_mlp is not None
+    assert field.density_mlp[-1].out_features == 1  # the density alone
+    x, rot = inside_points(64, gen), random_rotations(64, gen)
+    view = torch.randn(64, 3, generator=gen)
+    sigma, rgb = field(x, rot, view)
+    assert torch.equal(field.density(x), sigma)
+    with torch.no_grad():
+        field.color_encoding.params.add_(0.5 * torch.randn(field.color_encoding.params.shape))
+    sigma2, rgb2 = field(x, rot, view)
+    assert torch.equal(sigma2, sigma), "the colour grid must not move the density"
+    assert (rgb2 - rgb).abs().max() > 1e-4
+    with torch.no_grad():
+        field.encoding.params.add_(0.5 * torch.randn(field.encoding.params.shape))
+    sigma3, rgb3 = field(x, rot, view)
+    assert torch.equal(rgb3, rgb2), "the density grid must not move the colour"
+    assert (sigma3 - sigma2).abs().max() > 0
+    with pytest.raises(ConfigError, match="separate_color_grid"):
+        HashGridField(small_config(separate_color_grid=True, geo_feat_dim=0), aabb=AABB)
+
+
+@pytest.mark.parametrize("separate_color_grid", [False, True])
+def test_state_dict_round_trip_restores_outputs_and_aabb(separate_color_grid: bool) -> None:
     gen = torch.Generator().manual_seed(4)
-    cfg = small_config()
+    cfg = small_config(separate_color_grid=separate_color_grid)
     field = HashGridField(cfg, aabb=AABB, n_cameras=3)
     with torch.no_grad():
         for p in field.parameters():
