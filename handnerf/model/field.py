@@ -149,7 +149,7 @@ class FieldConfig:
     #: colour learns small features (nails, creases) slowly: on the demo capture the
     #: colour at the surface is 1.1 dB better after 300 steps with a grid of its own, the
     #: nails 2.7 dB, and ``make demo`` 1.3 dB inside the mask (docs/benchmarks.md, "The
-    #: avatar learns no nails"). Costs a second grid lookup per sample.
+    #: avatar learns no nails"). Costs a second grid lookup per coloured sample.
     separate_color_grid: bool = True
     #: Initial pre-activation density: 100 * trunc_exp(-1) ~ 37 /m, i.e. alpha ~ 0.04 per
     #: mm-sized step, so training starts from nearly empty space, not from fog.
@@ -288,32 +288,27 @@ class HashGridField(nn.Module):
         return u.clamp(0.0, 1.0), inside
 
     def density_and_features(self, x_canon: Tensor) -> tuple[Tensor, Tensor]:
-        """x_canon (N,3) metres -> sigma (N,) >= 0 and the geometry features (N,geo_feat_dim)
-        that :meth:`color` takes (the first half of :meth:`forward`)."""
+        """x_canon (N,3) metres -> sigma (N,) >= 0 and what :meth:`color` takes of the point
+        (the first half of :meth:`forward`): the geometry features (N,geo_feat_dim), or with
+        ``separate_color_grid`` the point's grid coordinates (N,3) in [0,1]."""
         if x_canon.ndim != 2 or x_canon.shape[-1] != 3:
             raise ParameterError(
                 f"field: x_canon must have shape (N,3), got {tuple(x_canon.shape)}"
             )
         u, inside = self.normalize(x_canon.float())
         h = self.density_mlp(self.encoding(u).float())
-        sigma = self._activate_density(h[:, 0], inside)
-        if self.color_encoding is None or self.color_feature_mlp is None:
-            return sigma, h[:, 1:]
-        return sigma, self.color_feature_mlp(self.color_encoding(u).float())
-
-    def _activate_density(self, h: Tensor, inside: Tensor) -> Tensor:
-        """Density (N,) >= 0 per metre from the pre-activation ``h`` (N,); ``inside`` (N,)."""
         # Outside the canonical box there is no hand: zero density, not a clamped copy of
         # the boundary cell that would smear the border across space.
-        return torch.where(inside, self.cfg.density_scale * trunc_exp(h), torch.zeros_like(h))
+        sigma = torch.where(
+            inside, self.cfg.density_scale * trunc_exp(h[:, 0]), torch.zeros_like(h[:, 0])
+        )
+        # A colour grid of its own is looked up in color(), only for the samples that get a
+        # colour (inference colours the visible ones alone): hand it the grid coordinates.
+        return sigma, (u if self.color_encoding is not None else h[:, 1:])
 
     def density(self, x_canon: Tensor) -> Tensor:
-        """x_canon (N,3) metres -> sigma (N,) >= 0 (per metre); with a colour grid of its
-        own, without evaluating that grid."""
-        if self.color_encoding is None:
-            return self.density_and_features(x_canon)[0]
-        u, inside = self.normalize(x_canon.float())
-        return self._activate_density(self.density_mlp(self.encoding(u).float())[:, 0], inside)
+        """x_canon (N,3) metres -> sigma (N,) >= 0 (per metre)."""
+        return self.density_and_features(x_canon)[0]
 
     def forward(
         self,
@@ -340,10 +335,13 @@ class HashGridField(nn.Module):
         normal: Tensor | None = None,
         visibility: Tensor | None = None,
     ) -> Tensor:
-        """rgb (N,3) in [0,1] from the geometry features ``geo`` (N,geo_feat_dim) of
-        :meth:`density_and_features` and the other inputs of :meth:`forward` (the second
+        """rgb (N,3) in [0,1] from the geometry features ``geo`` of
+        :meth:`density_and_features` (with ``separate_color_grid``, the coordinates the colour
+        grid's features are looked up at) and the other inputs of :meth:`forward` (the second
         half of it: inference computes colour only where a sample is visible). ``rot`` may
         be None unless ``use_pose_rotation``."""
+        if self.color_encoding is not None and self.color_feature_mlp is not None:
+            geo = self.color_feature_mlp(self.color_encoding(geo).float())
         n = geo.shape[0]
         inputs = [geo]
         shading_inputs: list[Tensor] = []
