@@ -151,6 +151,14 @@ class FieldConfig:
     #: nails 2.7 dB, and ``make demo`` 1.3 dB inside the mask (docs/benchmarks.md, "The
     #: avatar learns no nails"). Costs a second grid lookup per coloured sample.
     separate_color_grid: bool = True
+    #: 0: the colour sees every self-shadow visibility (one per direction). N > 0: it sees
+    #: N learnt lights instead, each a convex mix (softmax weights) of the directions'
+    #: visibilities. Raw, a dense set of directions lets the colour MLP key a training
+    #: pose's appearance on its whole visibility pattern, which does not carry to new
+    #: poses; a light mixes directions but cannot single out a pattern, and with many
+    #: directions it can gather those near a real light (a sharp cast shadow) or spread
+    #: over all of them (ambient occlusion).
+    visibility_lights: int = 0
     #: Initial pre-activation density: 100 * trunc_exp(-1) ~ 37 /m, i.e. alpha ~ 0.04 per
     #: mm-sized step, so training starts from nearly empty space, not from fog.
     density_bias_init: float = -1.0
@@ -214,7 +222,21 @@ class HashGridField(nn.Module):
             raise ConfigError("field.hidden_dim, color_hidden_dim must be >= 1, geo_feat_dim >= 0")
         if cfg.color_model not in ("mlp", "shaded"):
             raise ConfigError(f"field.color_model must be mlp or shaded, got {cfg.color_model!r}")
-        n_shading_in = (3 if cfg.use_world_normal else 0) + n_visibility
+        if cfg.visibility_lights < 0:
+            raise ConfigError(
+                f"field.visibility_lights must be >= 0 (0: off), got {cfg.visibility_lights}"
+            )
+        #: (n_visibility, lights) logits of each light's mix of directions, or None.
+        self.light_logits: nn.Parameter | None = None
+        n_vis_in = n_visibility
+        if cfg.visibility_lights and n_visibility:
+            # Small random logits: each light starts as a near-even mix (ambient occlusion)
+            # and the colour MLP's different weights on the lights pull them apart.
+            self.light_logits = nn.Parameter(
+                0.01 * torch.randn(n_visibility, cfg.visibility_lights, device=device)
+            )
+            n_vis_in = cfg.visibility_lights
+        n_shading_in = (3 if cfg.use_world_normal else 0) + n_vis_in
         if cfg.color_model == "shaded" and (cfg.geo_feat_dim < 1 or n_shading_in == 0):
             raise ConfigError(
                 "field.color_model=shaded needs geo_feat_dim >= 1 (albedo) and a world normal "
@@ -249,7 +271,7 @@ class HashGridField(nn.Module):
             cfg.geo_feat_dim
             + (3 if cfg.use_world_normal else 0)
             + (9 if cfg.use_pose_rotation else 0)
-            + n_visibility
+            + n_vis_in
             + cfg.view_sh_degree**2
         )
         if n_color_in == 0:
@@ -366,8 +388,11 @@ class HashGridField(nn.Module):
                 raise ParameterError(
                     f"field: visibility must have shape ({n},{self.n_visibility}), got {got}"
                 )
+            seen = visibility.float()
+            if self.light_logits is not None:
+                seen = seen @ torch.softmax(self.light_logits.float(), dim=0)  # (n, lights)
             # Centred: an unshadowed sample and a shadowed one differ in sign, not scale.
-            inputs.append(visibility.float() * 2.0 - 1.0)
+            inputs.append(seen * 2.0 - 1.0)
             shading_inputs.append(inputs[-1])
         if self.cfg.view_sh_degree > 0:
             if view_dir.shape != (n, 3):
@@ -411,5 +436,7 @@ class HashGridField(nn.Module):
             if m is not None
             for p in m.parameters()
         ]
+        if self.light_logits is not None:
+            mlp.append(self.light_logits)
         camera = list(self.camera_affine.parameters()) if self.camera_affine is not None else []
         return {"grid": grid, "mlp": mlp, "camera": camera}

@@ -176,6 +176,7 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("model", "visibility", "other_hand"), _other_hand_before),
     # The colour's features came from the density MLP before they had a grid of their own.
     (("model", "field", "separate_color_grid"), False),
+    (("model", "field", "visibility_lights"), 0),
 )
 
 

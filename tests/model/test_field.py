@@ -142,6 +142,44 @@ def test_colour_depends_on_visibility_and_requires_its_shape() -> None:
         HashGridField(small_config(), aabb=AABB, n_cameras=3, n_visibility=-1)
 
 
+def test_visibility_lights_mix_the_directions_convexly() -> None:
+    gen = torch.Generator().manual_seed(7)
+    cfg = small_config(use_world_normal=False, use_pose_rotation=False, visibility_lights=2)
+    field = HashGridField(cfg, aabb=AABB, n_cameras=3, n_visibility=8)
+    assert field.light_logits is not None and field.light_logits.shape == (8, 2)
+    assert field.color_mlp[0].in_features == cfg.geo_feat_dim + 2 + cfg.view_sh_degree**2
+    assert any(p is field.light_logits for p in field.param_groups()["mlp"])
+    x, rot, view = (
+        inside_points(32, gen),
+        random_rotations(32, gen),
+        torch.randn(32, 3, generator=gen),
+    )
+    # Light 0 gathers direction 1, light 1 directions 2 and 5 equally: the other five
+    # directions then change nothing, and swapping 2 and 5 changes nothing either.
+    with torch.no_grad():
+        field.light_logits.fill_(-60.0)
+        field.light_logits[1, 0] = 0.0
+        field.light_logits[[2, 5], 1] = 0.0
+    seen = (torch.rand(32, 8, generator=gen) > 0.5).float()
+    _, rgb = field(x, rot, view, visibility=seen)
+    others = seen.clone()
+    others[:, [0, 3, 4, 6, 7]] = 1.0 - others[:, [0, 3, 4, 6, 7]]
+    assert torch.allclose(field(x, rot, view, visibility=others)[1], rgb, atol=1e-6)
+    swapped = seen.clone()
+    swapped[:, [2, 5]] = seen[:, [5, 2]]
+    assert torch.allclose(field(x, rot, view, visibility=swapped)[1], rgb, atol=1e-6)
+    shadowed = seen.clone()
+    shadowed[:, 1] = 1.0 - shadowed[:, 1]
+    assert (field(x, rot, view, visibility=shadowed)[1] - rgb).abs().max() > 1e-4
+    # Gradients reach the mix.
+    field(x, rot, view, visibility=seen)[1].sum().backward()
+    assert field.light_logits.grad is not None and field.light_logits.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="visibility_lights"):
+        HashGridField(small_config(visibility_lights=-1), aabb=AABB, n_visibility=8)
+    # Without visibilities there is nothing to mix: no lights, no parameter.
+    assert HashGridField(small_config(visibility_lights=2), aabb=AABB).light_logits is None
+
+
 def shaded_field(gen_seed: int = 0, **overrides: object) -> HashGridField:
     cfg = small_config(use_world_normal=True, use_pose_rotation=False, color_model="shaded")
     n_visibility = int(overrides.pop("n_visibility", 4))  # type: ignore[call-overload]
