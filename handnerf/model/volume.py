@@ -28,8 +28,11 @@ from handnerf.model.sampler import SampleBatch
 
 #: (premultiplied rgb (R,3), opacity (R,)) -> corrected premultiplied rgb (R,3).
 ColorCorrection = Callable[[Tensor, Tensor], Tensor]
-#: (points (M,3) posed metres, ray_ids (M,)) -> sigma (M,), rgb (M,3).
-RadianceFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+#: (rows (K,) of the evaluated samples) -> their rgb (K,3): a colour computed on demand.
+DeferredColor = Callable[[Tensor], Tensor]
+#: (points (M,3) posed metres, ray_ids (M,)) -> sigma (M,) and rgb (M,3), or sigma and a
+#: :data:`DeferredColor` (see :func:`render_samples`).
+RadianceFn = Callable[[Tensor, Tensor], tuple[Tensor, "Tensor | DeferredColor"]]
 
 
 def _finish(
@@ -181,11 +184,17 @@ def render_samples(
     radiance_fn: RadianceFn,
     background: Tensor | None = None,
     color_correction: ColorCorrection | None = None,
+    color_min_weight: float = 0.0,
 ) -> dict[str, Tensor]:
     """Evaluate ``radiance_fn`` where ``samples`` need it and render, whatever the layout.
 
     origins, dirs (R,3). In the batched layout unevaluated samples have sigma 0. Returns
     the dict of :func:`render_batched` / :func:`render_packed`, plus "n_evaluated".
+
+    When ``radiance_fn`` returns a :data:`DeferredColor` instead of the colours, the
+    weights come first and only the samples whose weight exceeds ``color_min_weight`` get
+    a colour (the others count as black: each would have changed its pixel by at most
+    that weight). Gradients are exact but for those dropped terms.
     """
     points, ray_ids = samples.eval_points(origins, dirs)
     if points.shape[0]:
@@ -194,7 +203,9 @@ def render_samples(
         # No sample to evaluate: skip the field (an empty forward can trip some backends).
         sigma = points.new_zeros(0)
         rgb = points.new_zeros(0, 3)
-    if samples.ray_indices is not None:
+    if not isinstance(rgb, Tensor):
+        out = _render_deferred(samples, sigma, rgb, color_min_weight, background, color_correction)
+    elif samples.ray_indices is not None:
         out = render_packed(
             sigma,
             rgb,
@@ -216,3 +227,46 @@ def render_samples(
         )
     out["n_evaluated"] = torch.tensor(points.shape[0])
     return out
+
+
+def _render_deferred(
+    samples: SampleBatch,
+    sigma: Tensor,
+    color_of: DeferredColor,
+    min_weight: float,
+    background: Tensor | None,
+    color_correction: ColorCorrection | None,
+) -> dict[str, Tensor]:
+    """:func:`render_samples` for a deferred colour: the weights of the (M,) evaluated
+    samples' densities ``sigma``, then the colour of those above ``min_weight`` only."""
+    if samples.ray_indices is not None:
+        ray_indices = samples.ray_indices.long()
+        trans, alphas = packed_transmittance(
+            sigma, samples.t_starts, samples.t_ends, ray_indices, samples.n_rays
+        )
+        weights = trans * alphas
+        seen_weights = weights
+    else:
+        assert samples.mask is not None
+        sigmas = torch.zeros(samples.mask.shape, dtype=sigma.dtype, device=sigma.device)
+        sigmas = sigmas.masked_scatter(samples.mask, sigma)
+        weights, _, _ = nerfacc.render_weight_from_density(samples.t_starts, samples.t_ends, sigmas)
+        seen_weights = weights[samples.mask]
+    rows = torch.nonzero(seen_weights.detach() > min_weight).squeeze(1)
+    colours = color_of(rows)
+    rgb = colours.new_zeros(sigma.shape[0], 3).index_put((rows,), colours)
+    if samples.ray_indices is not None:
+        return _composite(
+            weights,
+            rgb,
+            samples.t_starts,
+            samples.t_ends,
+            background,
+            color_correction,
+            ray_indices,
+            samples.n_rays,
+        )
+    assert samples.mask is not None
+    rgbs = rgb.new_zeros((*samples.mask.shape, 3))
+    rgbs = rgbs.masked_scatter(samples.mask[..., None].expand_as(rgbs), rgb)
+    return _composite(weights, rgbs, samples.t_starts, samples.t_ends, background, color_correction)

@@ -177,6 +177,8 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # The colour's features came from the density MLP before they had a grid of their own.
     (("model", "field", "separate_color_grid"), False),
     (("model", "field", "visibility_lights"), 0),
+    # Training coloured every evaluated sample before the colour waited for the weights.
+    (("model", "train_color_min_weight"), 0.0),
 )
 
 
