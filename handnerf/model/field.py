@@ -158,7 +158,7 @@ class FieldConfig:
     #: poses; a light mixes directions but cannot single out a pattern, and with many
     #: directions it can gather those near a real light (a sharp cast shadow) or spread
     #: over all of them (ambient occlusion).
-    visibility_lights: int = 0
+    visibility_lights: int = 4
     #: Initial pre-activation density: 100 * trunc_exp(-1) ~ 37 /m, i.e. alpha ~ 0.04 per
     #: mm-sized step, so training starts from nearly empty space, not from fog.
     density_bias_init: float = -1.0

@@ -22,6 +22,7 @@ from handnerf.model.sampler import (
     ray_aabb_intersect,
 )
 from handnerf.model.volume import (
+    DeferredColor,
     render_batched,
     render_packed,
     render_samples,
@@ -485,46 +486,55 @@ def test_deferred_colour_is_computed_only_where_it_shows(nerfacc_standin) -> Non
     )
     gen = torch.Generator().manual_seed(8)
     for batch in (dense, packed):
-        points, _ = batch.eval_points(origins, dirs)
-        # Opaque ball with a colour that varies by sample, and learnable scales for a gradient.
-        colours = torch.rand(points.shape[0], 3, generator=gen)
-        scale = torch.ones(2, requires_grad=True)
-        coloured: list[torch.Tensor] = []
+        _check_deferred_colour(batch, origins, dirs, gen)
 
-        def direct(p: torch.Tensor, r: torch.Tensor):
-            return scale[0] * 40 * radiance(p, r)[0], scale[1] * colours
 
-        def deferred(p: torch.Tensor, r: torch.Tensor):
-            def color_of(rows: torch.Tensor) -> torch.Tensor:
-                coloured.append(rows)
-                return scale[1] * colours[rows]
+def _check_deferred_colour(
+    batch: SampleBatch, origins: torch.Tensor, dirs: torch.Tensor, gen: torch.Generator
+) -> None:
+    points, _ = batch.eval_points(origins, dirs)
+    # An opaque ball with a colour per sample, and learnable scales for a gradient.
+    colours = torch.rand(points.shape[0], 3, generator=gen)
+    scale = torch.ones(2, requires_grad=True)
+    coloured: list[torch.Tensor] = []
 
-            return scale[0] * 40 * radiance(p, r)[0], color_of
+    def direct(p: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return scale[0] * 40 * radiance(p, r)[0], scale[1] * colours
 
-        full = render_samples(batch, origins, dirs, direct, background=BACKGROUND)
-        (full_grad,) = torch.autograd.grad(full["rgb"].sum(), scale)
-        same = render_samples(batch, origins, dirs, deferred, background=BACKGROUND)
-        (same_grad,) = torch.autograd.grad(same["rgb"].sum(), scale)
-        assert torch.allclose(same["rgb"], full["rgb"], atol=1e-6)
-        assert torch.allclose(same_grad, full_grad, rtol=1e-5)
-        weights = full["weights"] if batch.packed else full["weights"][batch.mask]
-        visible = weights > 0
-        assert len(coloured[-1]) == int(visible.sum()), "min weight 0: every weighted sample"
+    def color_of(rows: torch.Tensor) -> torch.Tensor:
+        coloured.append(rows)
+        return scale[1] * colours[rows]
 
-        min_weight = 1e-3
-        cut = render_samples(
-            batch, origins, dirs, deferred, background=BACKGROUND, color_min_weight=min_weight
-        )
-        rows = coloured[-1]
-        assert torch.equal(rows, torch.nonzero(weights.detach() > min_weight).squeeze(1))
-        assert 0.05 < len(rows) / int(visible.sum()) < 0.6, "an opaque ball hides most of itself"
-        dropped = weights.detach().clone()
-        dropped[rows] = 0.0
-        ray_ids = batch.ray_indices if batch.packed else torch.nonzero(batch.mask)[:, 0]
-        bound = torch.zeros(len(origins)).index_add(0, ray_ids.long(), dropped)
-        diff = (cut["rgb"] - full["rgb"]).abs().amax(dim=1)
-        assert (diff <= bound + 1e-6).all()
-        assert torch.equal(cut["opacity"], full["opacity"])
+    def deferred(p: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, DeferredColor]:
+        return scale[0] * 40 * radiance(p, r)[0], color_of
+
+    full = render_samples(batch, origins, dirs, direct, background=BACKGROUND)
+    (full_grad,) = torch.autograd.grad(full["rgb"].sum(), scale)
+    same = render_samples(batch, origins, dirs, deferred, background=BACKGROUND)
+    (same_grad,) = torch.autograd.grad(same["rgb"].sum(), scale)
+    assert torch.allclose(same["rgb"], full["rgb"], atol=1e-6)
+    assert torch.allclose(same_grad, full_grad, rtol=1e-5)
+    weights = full["weights"] if batch.packed else full["weights"][batch.mask]
+    visible = weights > 0
+    assert len(coloured[-1]) == int(visible.sum()), "min weight 0: every weighted sample"
+
+    min_weight = 1e-3
+    cut = render_samples(
+        batch, origins, dirs, deferred, background=BACKGROUND, color_min_weight=min_weight
+    )
+    kept = coloured[-1]
+    assert torch.equal(kept, torch.nonzero(weights.detach() > min_weight).squeeze(1))
+    assert 0.05 < len(kept) / int(visible.sum()) < 0.6, "an opaque ball hides most of itself"
+    dropped = weights.detach().clone()
+    dropped[kept] = 0.0
+    assert batch.ray_indices is not None or batch.mask is not None
+    ray_ids = (
+        batch.ray_indices if batch.ray_indices is not None else torch.nonzero(batch.mask)[:, 0]
+    )
+    bound = torch.zeros(len(origins)).index_add(0, ray_ids.long(), dropped)
+    diff = (cut["rgb"] - full["rgb"]).abs().amax(dim=1)
+    assert (diff <= bound + 1e-6).all()
+    assert torch.equal(cut["opacity"], full["opacity"])
 
 
 def test_sample_batch_eval_points_packed_layout() -> None:

@@ -73,11 +73,16 @@ def test_self_shadow_visibility_reaches_the_colour_mlp(small_data, tmp_path: Pat
     # shadowed in another.
     assert not torch.equal(per_frame[0], per_frame[1])
     trainer.training_step()
-    first = trainer.avatar.field.color_mlp[0]
-    assert first.in_features >= k
-    # The visibility inputs are the colour MLP's columns just before the view SH terms.
+    field = trainer.avatar.field
+    first = field.color_mlp[0]
+    # The colour sees the directions through its learnt lights (each a mix of all k).
+    lights = cfg.model.field.visibility_lights
+    assert lights > 0 and field.light_logits is not None
+    assert field.light_logits.shape == (k, lights)
+    assert field.light_logits.grad is not None and field.light_logits.grad.abs().sum() > 0
+    # The lights are the colour MLP's columns just before the view SH terms.
     sh = cfg.model.field.view_sh_degree**2
-    columns = first.weight.grad[:, first.in_features - sh - k : first.in_features - sh]
+    columns = first.weight.grad[:, first.in_features - sh - lights : first.in_features - sh]
     assert columns.abs().sum() > 0
 
 
