@@ -7,8 +7,8 @@ blurs every shadow. Instead, for every posed vertex we cast one ray per directio
 set of world directions (a Fibonacci sphere) against the posed mesh, and record whether it
 escapes (1) or hits the hand (0); directions behind the vertex's surface count as 0. The
 deformer's neighbour weights blend these per-vertex visibilities into each evaluated
-sample (:meth:`FrameDeformation.blend_attributes`), and the colour MLP learns which of them
-matter (the directions nearest the rig's lights). Because visibility is computed from the
+sample (:meth:`FrameDeformation.blend_attributes`), and the colour learns which of them
+matter (the field's learnt lights gather the directions nearest the rig's lights). Because visibility is computed from the
 posed MANO mesh, it is equally defined for poses never seen in training.
 
 Another mesh can occlude too (:class:`PosedMesh`, e.g. the other hand of a two-hand
