@@ -447,16 +447,25 @@ def test_packed_rendering_with_nerfacc_kernels_matches_batched_with_gradients(
         assert standin.calls["exclusive_sum"] == 2, "forward and backward ran nerfacc's scan"
 
 
-def test_visible_samples_drop_only_what_is_hidden(nerfacc_standin) -> None:
-    """Early termination keeps every sample with transmittance >= eps, in both layouts,
-    and the render of the kept samples differs by less than eps per ray."""
-    origins, dirs, frame_ids = ball_rays(200, seed=6)
+def ball_batches(
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, SampleBatch, SampleBatch]:
+    """200 rays at the ball and their samples in both layouts: origins, dirs (200,3), the
+    torch sampler's batched samples and nerfacc's packed ones."""
+    origins, dirs, frame_ids = ball_rays(200, seed=seed)
     boxes = frame_aabbs()
     occupied = occupied_fn_for(frame_ids)
     dense = TorchSampler(128).sample(origins, dirs, frame_ids, boxes, occupied, stratified=False)
     packed = NerfaccSampler(step_size=5e-4, posed_resolution=48).sample(
         origins, dirs, frame_ids, boxes, occupied, stratified=False
     )
+    return origins, dirs, dense, packed
+
+
+def test_visible_samples_drop_only_what_is_hidden(nerfacc_standin) -> None:
+    """Early termination keeps every sample with transmittance >= eps, in both layouts,
+    and the render of the kept samples differs by less than eps per ray."""
+    origins, dirs, dense, packed = ball_batches(seed=6)
 
     def opaque(points: torch.Tensor, ray_ids: torch.Tensor):
         return 40 * radiance(points, ray_ids)[0], radiance(points, ray_ids)[1]
@@ -477,13 +486,7 @@ def test_deferred_colour_is_computed_only_where_it_shows(nerfacc_standin) -> Non
     """A radiance that defers its colour: with ``color_min_weight`` 0 the render and its
     gradients equal the direct one's; above it, only samples over that weight are coloured
     and each pixel moves by at most the weight dropped on its ray."""
-    origins, dirs, frame_ids = ball_rays(200, seed=7)
-    boxes = frame_aabbs()
-    occupied = occupied_fn_for(frame_ids)
-    dense = TorchSampler(128).sample(origins, dirs, frame_ids, boxes, occupied, stratified=False)
-    packed = NerfaccSampler(step_size=5e-4, posed_resolution=48).sample(
-        origins, dirs, frame_ids, boxes, occupied, stratified=False
-    )
+    origins, dirs, dense, packed = ball_batches(seed=7)
     gen = torch.Generator().manual_seed(8)
     for batch in (dense, packed):
         _check_deferred_colour(batch, origins, dirs, gen)
