@@ -160,8 +160,12 @@ def test_refinement_leaves_an_exact_fit_alone(tiny_capture: Path, tmp_path: Path
     # Measured (600 steps, MANO masks): 1.53 deg mean per component (poorly observed
     # ones, e.g. finger twists, drift), 1.18 mm translation at most, 1.92 mm mean vertex
     # displacement; against 4 deg / 4 mm of noise (12.9 mm) recovered to 5.8 mm above.
+    # With the colour's learnt lights over 128 directions (the default since 07f1c92):
+    # 1.13 deg, 1.77 mm, 2.03 mm (32 raw directions: 1.25 deg, 1.04 mm, 1.57 mm); the
+    # colour explains less of a shadow and the poorly observed translation drifts more
+    # (docs/benchmarks.md, "Cast shadows").
     assert float(torch.rad2deg(rotation.mean())) < 2.0
-    assert float((c.transl * TRANSL_UNIT).detach().abs().max()) < 1.5e-3
+    assert float((c.transl * TRANSL_UNIT).detach().abs().max()) < 2.0e-3
     assert moved < 2.5
 
 
