@@ -8,8 +8,9 @@ set of world directions (a Fibonacci sphere) against the posed mesh, and record 
 escapes (1) or hits the hand (0); directions behind the vertex's surface count as 0. The
 deformer's neighbour weights blend these per-vertex visibilities into each evaluated
 sample (:meth:`FrameDeformation.blend_attributes`), and the colour learns which of them
-matter (the field's learnt lights gather the directions nearest the rig's lights). Because visibility is computed from the
-posed MANO mesh, it is equally defined for poses never seen in training.
+matter (the field's learnt lights gather the directions nearest the rig's lights).
+Because visibility is computed from the posed MANO mesh, it is equally defined for poses
+never seen in training.
 
 Another mesh can occlude too (:class:`PosedMesh`, e.g. the other hand of a two-hand
 avatar): its triangles join the posed mesh's in the intersector, so a direction counts as
