@@ -53,7 +53,8 @@ demo: $(STAMP) $(LPIPS_WEIGHTS)
 	  $(if $(wildcard $(DEMO)/run/checkpoints/latest.pt),--resume)
 	$(BIN)/handnerf render --run $(DEMO)/run --mode orbit --frames 24 --size 160 --out $(DEMO)/orbit.gif
 	$(BIN)/handnerf render --run $(DEMO)/run --mode pose --frames 24 --size 160 --out $(DEMO)/novel_pose.gif
-	$(BIN)/handnerf eval --run $(DEMO)/run --out $(DEMO)/report --protocol handavatar --max-views 8
+	$(BIN)/handnerf eval --run $(DEMO)/run --out $(DEMO)/report --protocol handavatar --max-views 8 \
+	  --refine-pose
 	@echo "novel views GIF: $(DEMO)/orbit.gif"
 	@echo "novel poses GIF: $(DEMO)/novel_pose.gif"
 	@echo "report:          $(DEMO)/report/report.html"

@@ -46,6 +46,7 @@ def fit(root: Path, out: Path, overrides: list[str]) -> tuple[Trainer, FitData, 
     data = load_fit_data(root, cfg.data, progress=False)
     trainer = Trainer(cfg, data, out)
     start = time.perf_counter()
+    trainer.align_poses_to_silhouettes()  # what fit() does first (refinement only)
     for _ in range(cfg.train.steps):
         trainer.training_step()
         trainer.step += 1

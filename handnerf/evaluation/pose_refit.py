@@ -98,6 +98,7 @@ def refine_novel_poses(
         "frames": len(refined),
         "steps": cfg.steps,
         "batch_rays": cfg.batch_rays,
+        "silhouette_steps": cfg.silhouette_steps,
         "mask_band_px": cfg.mask_band,
         "cameras": cameras_used,
         "masks": (

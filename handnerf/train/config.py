@@ -59,9 +59,14 @@ class OptimConfig:
     #: Learning rates decay exponentially to ``final_lr_factor`` of their start at the end.
     final_lr_factor: float = 0.05
     warmup_steps: int = 50
-    #: Learning rate of the per-frame MANO corrections (train.refine_pose); it decays with
-    #: the others and starts after train.pose_refine_start steps.
-    pose_lr: float = 5e-3
+    #: Learning rate of the per-frame MANO corrections (train.refine_pose) in the fit,
+    #: after the silhouette fit (train.pose_silhouette_steps); it decays with the others
+    #: and starts after train.pose_refine_start steps. 0 (the default): the poses stay
+    #: where the silhouette fit put them. Measured on the demo capture with 2 deg / 2 mm
+    #: errors: 5e-3 left the frames 4.5 mm off (two diverged) where the silhouette fit had
+    #: them 0.76 mm off; 1e-3 from step 200, 0.98 mm and -0.8 dB on held-out cameras
+    #: (docs/benchmarks.md, "Pose refinement from silhouettes").
+    pose_lr: float = 0.0
 
 
 @dataclass
@@ -106,6 +111,10 @@ class TrainConfig:
     #: Steps of the field alone before the corrections move (a random field's gradient
     #: would only push them around).
     pose_refine_start: int = 50
+    #: Before the first step, fit the given poses to the images' silhouettes in every
+    #: training view for this many steps (handnerf/train/silhouette_fit.py; refine_pose
+    #: only; 0: off). The photometric refinement starts from there.
+    pose_silhouette_steps: int = 150
     #: Rebuild the posed frames and silhouettes from the refined pose every N steps (the
     #: gradient always sees the current pose; a rebuild costs ~4 tiny-fit steps).
     pose_refresh_every: int = 10
@@ -168,6 +177,8 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # Pose refinement trusted the MANO masks everywhere before the uncertain band.
     (("train", "pose_mask_band"), 0),
     (("train", "pose_shell_softness"), 0.0),
+    # Pose refinement started from the given fits before the silhouette fit.
+    (("train", "pose_silhouette_steps"), 0),
     # Every run trained on train_seq alone before extra training sequences.
     (("data", "extra_train_seqs"), []),
     # Each hand of a two-hand avatar cast its visibility against itself alone before the

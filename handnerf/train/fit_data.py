@@ -258,7 +258,7 @@ def prepare_view_set(
     posed = hands.posed_vertices(mano)
     masker = hands.masker(mask_cache)
 
-    images, masks, Ks, Rs, ts, fids, cids = [], [], [], [], [], [], []
+    images, masks, Ks, Rs, ts, fids, cids, valid = [], [], [], [], [], [], [], []
     for view in tqdm(views, desc=desc, disable=not progress, leave=False):
         fid = frame_id[(view.seq_name, view.frame_idx)]
         image = capture.load_image(view)
@@ -278,6 +278,7 @@ def prepare_view_set(
         )
         images.append(torch.from_numpy(crop.image).float() / 255.0)
         masks.append(torch.from_numpy(crop.mask.astype(bool)))
+        valid.append(torch.from_numpy(crop.valid_pixels.astype(bool)))
         Ks.append(torch.from_numpy(crop.camera.K).float())
         Rs.append(torch.from_numpy(crop.camera.R).float())
         ts.append(torch.from_numpy(crop.camera.t).float())
@@ -291,6 +292,7 @@ def prepare_view_set(
         t=torch.stack(ts),
         frame_ids=torch.tensor(fids),
         camera_ids=torch.tensor(cids),
+        valid=torch.stack(valid) if valid else None,
     )
     return ViewSet(stack=stack, views=list(views), frame_keys=frame_keys, mano=mano)
 
@@ -544,13 +546,14 @@ def _cached_view_set(
     # decoding the PNGs. cv2 decodes without the GIL, so threads read in parallel.
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     masks = np.empty((n, size, size), dtype=bool)
+    valid = np.empty((n, size, size), dtype=bool)
     Ks, Rs, ts = np.empty((n, 3, 3)), np.empty((n, 3, 3)), np.empty((n, 3))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         crops = pool.map(lambda e: cache.read_cropped(e, cfg.crop_scale, size), entries)
         for i, crop in enumerate(
             tqdm(crops, total=n, desc=desc, disable=not progress, leave=False)
         ):
-            images[i], masks[i] = crop.image, crop.mask
+            images[i], masks[i], valid[i] = crop.image, crop.mask, crop.valid_pixels
             Ks[i], Rs[i], ts[i] = crop.camera.K, crop.camera.R, crop.camera.t
     stack = ViewStack(
         images=torch.from_numpy(images).float().div_(255.0),
@@ -560,5 +563,6 @@ def _cached_view_set(
         t=torch.from_numpy(ts).float(),
         frame_ids=torch.tensor([frame_id[(v.seq_name, v.frame_idx)] for v in views]),
         camera_ids=torch.tensor([camera_index[v.camera_id] for v in views]),
+        valid=torch.from_numpy(valid),
     )
     return ViewSet(stack=stack, views=views, frame_keys=frame_keys, mano=mano)

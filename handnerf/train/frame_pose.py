@@ -4,7 +4,8 @@ A novel pose's MANO is a fit too, off by the same degrees and millimetres as the
 frames'. With the avatar learnt, the frame's pose alone can be corrected against views of
 it that are not scored: the same corrections, gradients and mask band as the fit's
 refinement (:mod:`handnerf.train.pose_refinement`), with only the 51 pose numbers
-optimised.
+optimised, after a fit of the frame's silhouettes in those views
+(:mod:`handnerf.train.silhouette_fit`) has taken out most of the error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from handnerf.hand.hand_model import ManoParams
 from handnerf.train.losses import mask_loss, photometric_loss
 from handnerf.train.pose_refinement import PoseRefiner, held_targets, silhouette_band
 from handnerf.train.rays import RaySampler, ViewStack
+from handnerf.train.silhouette_fit import SilhouetteFitConfig, fit_silhouette_corrections
 
 
 @dataclass
@@ -32,6 +34,8 @@ class FramePoseConfig:
     mask_band: int = 6
     refresh_every: int = 10
     seed: int = 0
+    #: Steps of the silhouette fit first (:mod:`handnerf.train.silhouette_fit`; 0: none).
+    silhouette_steps: int = 150
 
 
 def fit_frame_pose(
@@ -59,6 +63,14 @@ def fit_frame_pose(
         p.requires_grad_(False)
     try:
         refiner = PoseRefiner(avatar, mano, [("", 0)], device)
+        if cfg.silhouette_steps > 0:
+            fit_silhouette_corrections(
+                refiner.hand_model,
+                refiner.subject_mano(corrected=False),
+                refiner.corrections,
+                views,
+                SilhouetteFitConfig(steps=cfg.silhouette_steps, band=cfg.mask_band),
+            )
         optimizer = torch.optim.Adam(refiner.corrections.parameters(), lr=cfg.lr, eps=1e-15)
         rays = RaySampler(
             views, seed=cfg.seed, uncertain=silhouette_band(views.masks, cfg.mask_band)

@@ -5,7 +5,9 @@ blurs the avatar. With ``train.refine_pose`` each training frame gets a learnabl
 correction of its global orientation (3), 15 joint rotations (45) and translation (3),
 zero-initialised, with its own learning rate (``optim.pose_lr``, after
 ``train.pose_refine_start`` steps of the field alone) and an L2 prior towards the given
-fit (``loss.w_pose_prior``).
+fit (``loss.w_pose_prior``). The corrections start from a fit of the training views'
+silhouettes (:mod:`handnerf.train.silhouette_fit`, ``train.pose_silhouette_steps``), which
+takes out most of the error before the field exists.
 
 **Parametrisation.** The corrections are *added* to the axis-angle vectors. MANO (smplx)
 takes axis-angle, so composing rotations would need a log map back (singular at pi) per

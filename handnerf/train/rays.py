@@ -32,6 +32,8 @@ class ViewStack:
 
     images (N,H,W,3) float in [0,1]; masks (N,H,W) bool; K (N,3,3); R (N,3,3); t (N,3) world->camera
     in metres; frame_ids (N,) index into the fit's frames; camera_ids (N,) index into its cameras.
+    valid (N,H,W) bool or None (all): the pixels that come from the photograph, not from the
+    padding of a crop that reaches past the image's border (a hand cut by the border).
     """
 
     images: Tensor
@@ -41,6 +43,7 @@ class ViewStack:
     t: Tensor
     frame_ids: Tensor
     camera_ids: Tensor
+    valid: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -130,8 +133,15 @@ class RaySampler:
         masks = views.masks.float().unsqueeze(1)
         if dilate > 0:
             masks = torch.nn.functional.max_pool2d(masks, 2 * dilate + 1, stride=1, padding=dilate)
+        near_hand = masks.reshape(-1) > 0.5
+        # A crop's padding is black, but the hand may go on there: it is not drawn from.
+        self.valid_index: Tensor | None = None
+        if views.valid is not None and not bool(views.valid.all()):
+            valid = views.valid.reshape(-1)
+            near_hand = near_hand & valid
+            self.valid_index = torch.nonzero(valid).squeeze(1)
         # Flat indices (view * H * W + pixel) of every pixel near the hand.
-        self.fg_index = torch.nonzero(masks.reshape(-1) > 0.5).squeeze(1)
+        self.fg_index = torch.nonzero(near_hand).squeeze(1)
 
     def sample(self, n_rays: int) -> RayBatch:
         """This rank's share (``n_rays / world_size`` rays) of a global batch of ``n_rays``."""
@@ -143,7 +153,11 @@ class RaySampler:
             if n_fg
             else None
         )
-        uni = torch.randint(len(views) * hw, (n_rays - n_fg,), generator=g)
+        if self.valid_index is None:
+            uni = torch.randint(len(views) * hw, (n_rays - n_fg,), generator=g)
+        else:
+            pick = torch.randint(self.valid_index.numel(), (n_rays - n_fg,), generator=g)
+            uni = self.valid_index[pick]
         flat = uni if fg is None else torch.cat([fg, uni])
         offset = torch.rand(len(flat), 2, generator=g) if self.jitter else None
         mine = slice(self.rank, None, self.world_size)

@@ -48,6 +48,7 @@ from handnerf.train.pose_refinement import (
 )
 from handnerf.train.rays import RaySampler, ViewStack
 from handnerf.train.silhouette import MeshSilhouette
+from handnerf.train.silhouette_fit import SilhouetteFitConfig, fit_silhouette_corrections
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -104,6 +105,9 @@ class Trainer:
             if cfg.train.refine_pose
             else None
         )
+        # optim.pose_lr 0: the poses stay where the silhouette fit put them, and the
+        # per-step pose gradient and the rebuilds of the posed frames are skipped.
+        self.pose_learns = self.pose is not None and cfg.optim.pose_lr > 0
         self.train_frames: PosedFrames = (
             self.pose.pose_frames()
             if self.pose is not None
@@ -178,6 +182,25 @@ class Trainer:
         assert self.pose is not None
         self.train_frames = self.pose.pose_frames(snapshot)
         self.rays.silhouette = self._silhouette()
+
+    def align_poses_to_silhouettes(self) -> None:
+        """Start the pose corrections from a fit of the training views' silhouettes
+        (``train.pose_silhouette_steps``; refinement only), and log what it did."""
+        steps = self.cfg.train.pose_silhouette_steps
+        if self.pose is None or steps <= 0:
+            return
+        start = time.monotonic()
+        losses = fit_silhouette_corrections(
+            self.pose.hand_model,
+            self.pose.subject_mano(corrected=False),
+            self.pose.corrections,
+            self.data.train_views,
+            SilhouetteFitConfig(steps=steps),
+        )
+        self._repose()
+        if self.parallel.is_main:
+            seconds = time.monotonic() - start
+            self.log({"step": 0, "pose_silhouette_fit": {**losses, "seconds": seconds}})
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -262,8 +285,8 @@ class Trainer:
             n_patch_rays = len(patches)
             batch = batch.cat(patches)
         batch = batch.to(self.device, non_blocking=True)
-        if self.pose is not None:
-            self.pose.attach_gradient(self.train_frames)
+        if self.pose_learns:
+            self.pose.attach_gradient(self.train_frames)  # type: ignore[union-attr]
         bg = self.background(len(batch))
         if n_patch_rays:  # one background colour per patch keeps LPIPS from judging noise
             bg[-n_patch_rays:] = (
@@ -302,7 +325,7 @@ class Trainer:
             pred_p = rgb[-n_patch_rays:].reshape(-1, patch, patch, 3).permute(0, 3, 1, 2)
             gt_p = target[-n_patch_rays:].reshape(-1, patch, patch, 3).permute(0, 3, 1, 2)
             losses["lpips"] = cfg.loss.w_lpips * self.perceptual(pred_p, gt_p).mean()
-        if self.pose is not None and cfg.loss.w_pose_prior > 0:
+        if self.pose_learns and cfg.loss.w_pose_prior > 0:
             losses["pose_prior"] = cfg.loss.w_pose_prior * self.pose.prior()
         loss = sum(losses.values())
         assert isinstance(loss, Tensor)
@@ -332,7 +355,7 @@ class Trainer:
                 self.avatar.update_occupancy(self.step)
             for grid in self.avatar.occupancy_grids():
                 self.parallel.share_occupancy(grid)
-        if self.pose is not None and (self.step + 1) % max(cfg.train.pose_refresh_every, 1) == 0:
+        if self.pose_learns and (self.step + 1) % max(cfg.train.pose_refresh_every, 1) == 0:
             self._repose()
         with torch.no_grad():
             mse = float(((rgb[:n_rays] - target[:n_rays]) ** 2).mean())
@@ -373,7 +396,8 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, max_views: int | None = None) -> dict[str, Any]:
-        """Render held-out-camera views of training frames on black; PSNR inside the crop."""
+        """Render held-out-camera views of training frames on black; PSNR inside the crop,
+        over the pixels from the photograph (a border-cut view's padding is not scored)."""
         views = self.data.val_views
         if views is None or len(views) == 0:
             return {}
@@ -385,7 +409,10 @@ class Trainer:
         for i in idx.tolist():
             img = self.render_view(self.train_frames, views, i)
             gt = views.images[i]
-            psnrs.append(psnr_from_mse(float(((img - gt) ** 2).mean())))
+            error = (img - gt) ** 2
+            if views.valid is not None:
+                error = error[views.valid[i]]
+            psnrs.append(psnr_from_mse(float(error.mean())))
             if i == int(idx[0]):
                 _save_png(out_dir / f"step{self.step:06d}_view{i}.png", torch.cat([gt, img], 1))
         return {"val_psnr": float(np.mean(psnrs)), "val_views": len(psnrs)}
@@ -424,6 +451,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         # Every rank starts from rank 0's weights (fresh or resumed); ranks > 0 draw
         # their own stratified samples and backgrounds.
+        if self.step == 0:
+            self.align_poses_to_silhouettes()
         self.parallel.broadcast_from_main(self._shared_tensors())
         self.parallel.seed_rank_noise(cfg.seed, self.step)
         start_time = time.monotonic()

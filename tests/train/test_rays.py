@@ -116,3 +116,24 @@ def test_mesh_silhouette_rejects_bad_input() -> None:
         MeshSilhouette(vertices[0], faces)
     with pytest.raises(ParameterError, match="faces"):
         MeshSilhouette(vertices, faces[:, :2])
+
+
+def test_rays_are_never_drawn_from_a_crops_padding() -> None:
+    views = ramp_views()
+    views.valid = torch.ones(2, 6, 8, dtype=torch.bool)
+    views.valid[0, :, 5:] = False  # view 0 reaches past its image's right border
+    views.masks[:] = False
+    views.masks[0, 2:4, 3:7] = True  # a hand cut by that border
+    batch = RaySampler(views, fg_fraction=0.5, dilate=1, seed=0).sample(4000)
+    u = (batch.rgb[:, 0] * 10).round().long()  # the ramp: red is the pixel's x
+    in_view0 = batch.rays.camera_ids == 0
+    assert int(in_view0.sum()) > 500 and int((~in_view0).sum()) > 500
+    assert int(u[in_view0].max()) == 4  # never x >= 5 in view 0
+    assert int(u[~in_view0].max()) == 7  # view 1 has no padding
+    # Without padding the draws are the same as without a validity map.
+    plain = ramp_views()
+    all_valid = ramp_views()
+    all_valid.valid = torch.ones(2, 6, 8, dtype=torch.bool)
+    a = RaySampler(plain, seed=5).sample(64)
+    b = RaySampler(all_valid, seed=5).sample(64)
+    assert torch.equal(a.rgb, b.rgb)
