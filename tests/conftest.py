@@ -111,3 +111,16 @@ def nerfacc_standin() -> Iterator[object]:
 
     with install() as standin:
         yield standin
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test: fits of many small steps run faster so on 2 cores
+    (measured: 20 s on one thread, over 200 s with torch's default threads on a busy
+    2-core machine). Modules use it with ``pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

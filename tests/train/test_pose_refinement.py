@@ -4,7 +4,6 @@ alone, and survives --resume."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +53,8 @@ PHOTOMETRIC_FIT = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """300 small steps: one thread avoids oversubscribing 2 cores (measured: 20 s on one
-    thread, over 200 s with torch's default threads on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Many small steps: one thread avoids oversubscribing 2 cores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(root: Path, out: Path, overrides: list[str]) -> tuple[Trainer, FitData]:

@@ -3,7 +3,6 @@ silhouettes, distances and outlines, and what it does to known fit errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,12 +34,8 @@ TINY_MANO = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Many small steps: one thread avoids oversubscribing 2 cores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_image_silhouettes_cut_at_half_coverage_and_fill_holes() -> None:
