@@ -62,6 +62,19 @@ def tiny_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def noisy_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny capture (same seed, so the same poses and images) with 4 deg / 4 mm MANO
+    fit errors in its annotations and the exact fits in ``exact_mano.json``."""
+    from handnerf.synth.presets import get_preset
+    from handnerf.synth.writer import synthesize_capture
+
+    root = tmp_path_factory.mktemp("synth") / "noisy"
+    preset = get_preset("tiny").with_overrides(mano_noise_deg=4.0, mano_noise_mm=4.0)
+    synthesize_capture(root, preset, seed=TINY_SEED, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_two_hand_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a two-hand capture (``tiny`` preset, 2 frames per interaction), made once."""
     from handnerf.synth.presets import get_preset

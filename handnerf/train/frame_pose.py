@@ -74,28 +74,8 @@ def fit_frame_pose(
                 views,
                 SilhouetteFitConfig(steps=cfg.silhouette_steps, band=cfg.mask_band),
             )
-        optimizer = torch.optim.Adam(refiner.corrections.parameters(), lr=cfg.lr, eps=1e-15)
-        rays = RaySampler(
-            views, seed=cfg.seed, uncertain=silhouette_band(views.masks, cfg.mask_band)
-        )
-        generator = torch.Generator().manual_seed(cfg.seed)
-        frames = refiner.pose_frames()
-        avatar.train()
-        for step in range(cfg.steps):
-            batch = rays.sample(cfg.batch_rays).to(device)
-            refiner.attach_gradient(frames)
-            bg = torch.rand(len(batch), 3, generator=generator).to(device)
-            target, bg, trusted = held_targets(batch.rgb, batch.mask, batch.uncertain, bg)
-            out = avatar.render_rays(frames, batch.rays, bg, training=True)
-            loss = photometric_loss(out["rgb"].float(), target, "huber")
-            loss = loss + cfg.w_prior * refiner.prior()
-            if cfg.w_mask > 0 and bool(trusted.any()):
-                loss = loss + cfg.w_mask * mask_loss(out["opacity"][trusted], batch.mask[trusted])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if (step + 1) % max(cfg.refresh_every, 1) == 0:
-                frames = refiner.pose_frames()
+        if cfg.steps > 0:
+            _photometric_steps(avatar, refiner, views, cfg)
         refined = refiner.refined()
     finally:
         for p in frozen:
@@ -106,3 +86,31 @@ def fit_frame_pose(
         betas=mano.betas,
         transl=refined.transl.to(mano.transl.device),
     )
+
+
+def _photometric_steps(
+    avatar: torch.nn.Module, refiner: PoseRefiner, views: ViewStack, cfg: FramePoseConfig
+) -> None:
+    """``cfg.steps`` steps of ``refiner``'s corrections against ``views`` rendered by the
+    frozen ``avatar`` (the fit's refinement: same losses, band and rebuilds)."""
+    device = refiner.device
+    optimizer = torch.optim.Adam(refiner.corrections.parameters(), lr=cfg.lr, eps=1e-15)
+    rays = RaySampler(views, seed=cfg.seed, uncertain=silhouette_band(views.masks, cfg.mask_band))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    frames = refiner.pose_frames()
+    avatar.train()
+    for step in range(cfg.steps):
+        batch = rays.sample(cfg.batch_rays).to(device)
+        refiner.attach_gradient(frames)
+        bg = torch.rand(len(batch), 3, generator=generator).to(device)
+        target, bg, trusted = held_targets(batch.rgb, batch.mask, batch.uncertain, bg)
+        out = avatar.render_rays(frames, batch.rays, bg, training=True)
+        loss = photometric_loss(out["rgb"].float(), target, "huber")
+        loss = loss + cfg.w_prior * refiner.prior()
+        if cfg.w_mask > 0 and bool(trusted.any()):
+            loss = loss + cfg.w_mask * mask_loss(out["opacity"][trusted], batch.mask[trusted])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % max(cfg.refresh_every, 1) == 0:
+            frames = refiner.pose_frames()

@@ -236,10 +236,12 @@ def fit_silhouette_corrections(
     faces = hand.faces
     size = torch.tensor([targets.width, targets.height], device=device, dtype=torch.float32)
     optimizer = torch.optim.Adam(corrections.parameters(), lr=cfg.lr, eps=1e-15)
-    matches: list[Tensor] = []  # (N,O) index of each outline point's closest surface point
-    history: dict[str, float] = {}
+    match = torch.zeros(0)  # (N,O) index of each outline point's closest surface point
 
-    def losses(step: int) -> tuple[Tensor, Tensor]:
+    def losses(rematch: bool) -> tuple[Tensor, Tensor]:
+        """The inside and outline losses of the current corrections; ``rematch``: find
+        each outline point's closest projected surface point again first."""
+        nonlocal match
         posed = hand(corrections.apply(mano).to(hand.faces.device))
         points = surface_points(posed.vertices, faces).to(device).float()[frame_ids]
         pix, z = project(points, K, R, t)
@@ -248,9 +250,9 @@ def fit_silhouette_corrections(
         d = F.grid_sample(sdf, grid, mode="bilinear", align_corners=False)[:, 0, :, 0]
         inside = F.huber_loss(d.clamp_min(0), torch.zeros_like(d), reduction="none", delta=1.0)
         inside = (inside * in_image).sum(1) / in_image.sum(1).clamp_min(1)
-        if step % cfg.match_every == 0 or not matches:
-            matches[:] = [_closest(pix.detach(), d.detach(), outline)]
-        nearest = torch.gather(pix, 1, matches[0][..., None].expand(-1, -1, 2))  # (N,O,2)
+        if rematch:
+            match = _closest(pix.detach(), d.detach(), outline)
+        nearest = torch.gather(pix, 1, match[..., None].expand(-1, -1, 2))  # (N,O,2)
         gap = (nearest - outline).norm(dim=-1)
         gap = F.huber_loss(gap, torch.zeros_like(gap), delta=1.0, reduction="none")
         counts = outline_valid.sum(1)
@@ -260,17 +262,18 @@ def fit_silhouette_corrections(
         return inside.mean(), outline_loss
 
     with torch.no_grad():
-        a, b = losses(0)
-        history.update(inside_before=float(a), outline_before=float(b))
-    matches.clear()
+        inside_before, outline_before = losses(rematch=True)
     for step in range(cfg.steps):
-        inside_loss, outline_loss = losses(step)
+        inside_loss, outline_loss = losses(rematch=step % cfg.match_every == 0)
         loss = inside_loss + outline_loss + cfg.w_prior * corrections.prior()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        matches.clear()
-        a, b = losses(0)
-        history.update(inside_after=float(a), outline_after=float(b))
-    return history
+        inside_after, outline_after = losses(rematch=True)
+    return {
+        "inside_before": float(inside_before),
+        "outline_before": float(outline_before),
+        "inside_after": float(inside_after),
+        "outline_after": float(outline_after),
+    }

@@ -17,9 +17,6 @@ from handnerf.hand.hand_model import ManoParams
 from handnerf.runs.loader import load_run
 from handnerf.train.fit_job import run_fit
 
-TINY_SEED = 7  # tests/conftest.py's: the noisy capture has the exact one's images
-NOISE_DEG, NOISE_MM = 4.0, 4.0
-
 #: The avatar is fitted on the exact capture (~20 s on one idle core).
 AVATAR_FIT = [
     *overrides_from_yaml(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"),
@@ -35,22 +32,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def noisy_run(tiny_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run fitted on the exact tiny capture, pointed at a copy whose MANO fits carry
-    4 deg / 4 mm errors (same images: rendered from the exact hand)."""
-    from handnerf.synth.presets import get_preset
-    from handnerf.synth.writer import synthesize_capture
-
-    base = tmp_path_factory.mktemp("refine_eval")
-    noisy = base / "noisy"
-    preset = get_preset("tiny").with_overrides(mano_noise_deg=NOISE_DEG, mano_noise_mm=NOISE_MM)
-    synthesize_capture(noisy, preset, seed=TINY_SEED, workers=1)
-    run = base / "run"
+def noisy_run(
+    tiny_capture: Path, noisy_capture: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A run fitted on the exact tiny capture, pointed at ``noisy_capture``: the same
+    images, MANO fits with 4 deg / 4 mm errors."""
+    run = tmp_path_factory.mktemp("refine_eval") / "run"
     torch.set_num_threads(1)
     run_fit(tiny_capture, run, overrides=AVATAR_FIT, progress=False)
     shutil.rmtree(run / "mask_cache", ignore_errors=True)  # the exact MANO's silhouettes
     info = json.loads((run / "run.json").read_text())
-    info["data_root"] = str(noisy)
+    info["data_root"] = str(noisy_capture)
     (run / "run.json").write_text(json.dumps(info))
     return run
 
@@ -117,3 +109,19 @@ def test_refine_pose_needs_a_camera_that_is_not_evaluated(noisy_run: Path, tmp_p
             progress=False,
             refine_pose=True,
         )
+
+
+def test_refine_pose_can_add_photometric_steps(noisy_run: Path) -> None:
+    from handnerf.evaluation.evaluate import holdout_cameras, select_views, view_mano
+    from handnerf.evaluation.pose_refit import refine_novel_poses
+    from handnerf.train.frame_pose import FramePoseConfig
+
+    run = load_run(noisy_run, device="cpu")
+    items = select_views(run, ("novel_pose",), 1)
+    given = {(v.view.seq_name, int(v.view.frame_idx)): view_mano(run, v.view) for v in items}
+    cfg = FramePoseConfig(steps=3, silhouette_steps=0, batch_rays=128)
+    poses, info = refine_novel_poses(run, items, given, holdout_cameras(run), cfg)
+    assert info["steps"] == 3 and info["silhouette_steps"] == 0
+    for key, mano in poses.items():
+        moved = (mano.hand_pose - given[key].hand_pose.cpu()).abs().max()
+        assert torch.isfinite(mano.hand_pose).all() and 0 < float(moved) < 0.1

@@ -18,7 +18,7 @@ from handnerf.train.fit_job import run_fit
 from handnerf.train.pose_refinement import TRANSL_UNIT
 from handnerf.train.trainer import Trainer
 
-NOISE_DEG = 4.0  # the noisy_capture fixture's (tests/train/conftest.py)
+NOISE_DEG = 4.0  # the noisy_capture fixture's (tests/conftest.py)
 
 #: The default refinement: the silhouette fit, then the field on the poses it found.
 #: 96 px crops (a pixel is ~2.5 mm, near the demo's 2 mm): the silhouette fit is precise
