@@ -115,6 +115,9 @@ class MaskKey:
     hand: str
     model_sha: str
     supersample: int = DEFAULT_SUPERSAMPLE
+    #: :func:`view_geometry_digest` of the view: a mask drawn from other MANO parameters
+    #: or another camera (annotations edited or replaced since) is never reused.
+    geometry: str = ""
 
     @classmethod
     def for_view(
@@ -128,13 +131,32 @@ class MaskKey:
             view.hand,
             model_sha,
             supersample,
+            view_geometry_digest(view),
         )
+
+
+def view_geometry_digest(view: FrameView) -> str:
+    """16 hex digits of what a view's MANO silhouette is drawn from: its hand's (or both
+    hands') MANO parameters and its camera."""
+    digest = hashlib.sha256()
+    hands = view.two_hands if view.two_hands is not None else {view.hand: view.mano}
+    for side in sorted(hands):
+        digest.update(side.encode())
+        for name in sorted(hands[side]):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(hands[side][name], dtype=np.float64).tobytes())
+    camera = view.camera
+    for array in (camera.K, camera.R, camera.t):
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    digest.update(f"{camera.width}x{camera.height}".encode())
+    return digest.hexdigest()[:16]
 
 
 class MaskCache:
     """Masks stored as PNG under ``cache_dir``, written atomically (temp file + rename).
 
-    Layout: ``{cache_dir}/{model_sha[:16]}/Capture{N}/{seq}/cam{ID}/{hand}_ss{S}_{frame:06d}.png``.
+    Layout:
+    ``{cache_dir}/{model_sha[:16]}/Capture{N}/{seq}/cam{ID}/{hand}_ss{S}_{frame:06d}_{geometry}.png``.
     A cached file that cannot be decoded is treated as a miss and rewritten.
     """
 
@@ -144,13 +166,14 @@ class MaskCache:
         self.misses = 0
 
     def path(self, key: MaskKey) -> Path:
+        suffix = f"_{key.geometry}" if key.geometry else ""
         return (
             self.cache_dir
             / key.model_sha[:16]
             / f"Capture{key.capture}"
             / key.seq_name
             / f"cam{key.camera_id}"
-            / f"{key.hand}_ss{key.supersample}_{key.frame_idx:06d}.png"
+            / f"{key.hand}_ss{key.supersample}_{key.frame_idx:06d}{suffix}.png"
         )
 
     def get(self, key: MaskKey) -> np.ndarray | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -117,3 +118,29 @@ def test_mano_masks_match_synth_ground_truth_and_cache(synth_tiny: Path, tmp_pat
     for a, b in zip(masks, cached, strict=True):
         np.testing.assert_array_equal(a, b)
     assert again.model_sha == hand_model_sha(hand)
+
+
+def test_mask_cache_never_reuses_a_mask_of_other_mano_or_camera(
+    synth_tiny: Path, tmp_path: Path
+) -> None:
+    """Annotations replaced since the masks were cached (refined MANO written back, a
+    corrected camera) give new masks, not the stale ones."""
+    from handnerf.hand.hand_model import HandModel
+
+    view = InterHandCapture(synth_tiny, split="test", capture=0).views[0]
+    hand = HandModel.from_folder(None, "right")
+    cache = MaskCache(tmp_path / "cache")
+    first = ManoMasker(hand, cache=cache).mask(view)
+    moved = dataclasses.replace(view, mano={**view.mano, "trans": view.mano["trans"] + 0.01})
+    recut = dataclasses.replace(
+        view, camera=dataclasses.replace(view.camera, t=view.camera.t + np.array([0.01, 0, 0]))
+    )
+    for other in (moved, recut):
+        masker = ManoMasker(hand, cache=cache)
+        mask = masker.mask(other)
+        assert masker.computed == 1
+        assert mask_iou(mask, first) < 0.95
+        np.testing.assert_array_equal(mask, ManoMasker(hand).mask(other))
+    again = ManoMasker(hand, cache=cache)
+    np.testing.assert_array_equal(again.mask(view), first)
+    assert again.computed == 0
