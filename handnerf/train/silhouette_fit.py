@@ -84,6 +84,8 @@ class SilhouetteFitConfig:
     #: An edge pixel is the hand where it is brighter than half the brightest pixel within
     #: this many px (its coverage): 1, its neighbours.
     edge_window: int = 1
+    #: The images are upsampled (bilinear) by this factor before the silhouette is cut.
+    upsample: int = 1
     #: Only the outline within this many px of the given fit's silhouette is used.
     band: int = 6
     #: Outline points per view at most (a fixed random subset beyond).
@@ -176,17 +178,28 @@ class SilhouetteTargets:
     """
 
     def __init__(self, views: ViewStack, cfg: SilhouetteFitConfig) -> None:
-        silhouettes = image_silhouettes(views.images, cfg.threshold, cfg.edge_window)
-        photo = torch.ones_like(silhouettes) if views.valid is None else views.valid.cpu()
+        s = int(cfg.upsample)
+        images = views.images.cpu()
+        photo = torch.ones(images.shape[:3], dtype=torch.bool)
+        if views.valid is not None:
+            photo = views.valid.cpu()
+        masks = views.masks.cpu()
+        if s > 1:
+            images = F.interpolate(
+                images.permute(0, 3, 1, 2), scale_factor=s, mode="bilinear", align_corners=False
+            ).permute(0, 2, 3, 1)
+            photo = photo.repeat_interleave(s, 1).repeat_interleave(s, 2)
+            masks = masks.repeat_interleave(s, 1).repeat_interleave(s, 2)
+        silhouettes = image_silhouettes(images, cfg.threshold, cfg.edge_window * s)
         unknown_is_hand = silhouettes | ~photo
-        self.sdf = signed_distance(unknown_is_hand)
-        keep = silhouette_band(views.masks.cpu(), cfg.band) & photo
+        self.sdf = signed_distance(unknown_is_hand) / s
+        keep = silhouette_band(masks, cfg.band * s) & photo
         generator = torch.Generator().manual_seed(cfg.seed)
         outlines = []
         for i in range(len(views)):
-            points = outline_points(unknown_is_hand[i], keep[i])
-            if len(points) > cfg.max_outline:
-                pick = torch.randperm(len(points), generator=generator)[: cfg.max_outline]
+            points = outline_points(unknown_is_hand[i], keep[i]) / s
+            if len(points) > cfg.max_outline * s:
+                pick = torch.randperm(len(points), generator=generator)[: cfg.max_outline * s]
                 points = points[pick]
             outlines.append(points)
         longest = max((len(p) for p in outlines), default=0)
@@ -212,21 +225,44 @@ def segment_distance(points: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return (points - closest).norm(dim=-1)
 
 
-def _closest_edge(vpix: Tensor, sdf_at: Tensor, outline: Tensor, edges: Tensor) -> Tensor:
+def vertex_edges(edges: Tensor, n_vertices: int) -> Tensor:
+    """(V,D) long: the edges (indices into ``edges`` (E,2)) that meet at each vertex, padded
+    by repeating its first (D: the largest number meeting at one vertex)."""
+    ends = edges.flatten()
+    ids = torch.arange(len(edges), device=edges.device).repeat_interleave(2)
+    order = torch.argsort(ends, stable=True)
+    ends, ids = ends[order], ids[order]
+    counts = torch.bincount(ends, minlength=n_vertices)
+    starts = torch.cumsum(counts, 0) - counts
+    width = int(counts.max())
+    slot = torch.arange(width, device=edges.device)
+    index = starts[:, None] + torch.minimum(slot[None], (counts[:, None] - 1).clamp_min(0))
+    return ids[index.clamp_max(len(ids) - 1)]
+
+
+def _closest_edge(
+    vpix: Tensor, sdf_at: Tensor, outline: Tensor, edges: Tensor, at_vertex: Tensor, k: int = 8
+) -> Tensor:
     """(N,O) index into ``edges`` (E,2) of the projected mesh edge closest to each of
     ``outline`` (N,O,2); ``vpix`` (N,V,2) the projected vertices, ``sdf_at`` (N,V) the
-    silhouette's distance at them. Only edges with an end near or outside the silhouette
-    (> -2 px) are candidates: the mesh's projected outline is made of them."""
+    silhouette's distance at them, ``at_vertex`` (V,D) :func:`vertex_edges`.
+
+    The candidates for an outline point are the edges that meet at its ``k`` closest
+    vertices near or outside the silhouette (> -2 px; the rest lie inside it, farther
+    from its outline): the mesh's projected outline is made of such edges, and searching
+    them alone keeps the search linear in the outline's length."""
     result = torch.zeros(outline.shape[:2], dtype=torch.long, device=vpix.device)
     with torch.no_grad():
-        near = sdf_at[:, edges].amax(-1) > -2  # (N,E)
         for n in range(len(vpix)):
-            candidates = torch.nonzero(near[n]).squeeze(1)
+            candidates = torch.nonzero(sdf_at[n] > -2).squeeze(1)
             if not len(candidates) or not outline.shape[1]:
                 continue
-            ends = vpix[n][edges[candidates]]  # (C,2,2)
-            d = segment_distance(outline[n][:, None], ends[None, :, 0], ends[None, :, 1])
-            result[n] = candidates[d.argmin(1)]
+            near = torch.cdist(outline[n], vpix[n, candidates])  # (O,C)
+            closest = near.topk(min(k, len(candidates)), dim=1, largest=False).indices
+            options = at_vertex[candidates[closest]].flatten(1)  # (O,k*D)
+            ends = vpix[n][edges[options]]  # (O,k*D,2,2)
+            d = segment_distance(outline[n][:, None], ends[..., 0, :], ends[..., 1, :])
+            result[n] = torch.gather(options, 1, d.argmin(1, keepdim=True))[:, 0]
     return result
 
 
@@ -266,6 +302,7 @@ def fit_silhouette_corrections(
     faces = hand.faces
     edges = mesh_edges(faces).to(device)
     n_vertices = hand.num_vertices
+    at_vertex = vertex_edges(edges, n_vertices)
     size = torch.tensor([targets.width, targets.height], device=device, dtype=torch.float32)
     optimizer = torch.optim.Adam(corrections.parameters(), lr=cfg.lr, eps=1e-15)
     match = torch.zeros(0)  # (N,O) index of each outline point's closest mesh edge
@@ -284,7 +321,7 @@ def fit_silhouette_corrections(
         inside = (inside * in_image).sum(1) / in_image.sum(1).clamp_min(1)
         vpix, vd = pix[:, :n_vertices], d[:, :n_vertices]  # the vertices come first
         if rematch:
-            match = _closest_edge(vpix.detach(), vd.detach(), outline, edges)
+            match = _closest_edge(vpix.detach(), vd.detach(), outline, edges, at_vertex)
         ends = edges[match]  # (N,O,2)
         a = torch.gather(vpix, 1, ends[..., 0, None].expand(-1, -1, 2))
         b = torch.gather(vpix, 1, ends[..., 1, None].expand(-1, -1, 2))
