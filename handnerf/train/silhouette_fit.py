@@ -84,8 +84,6 @@ class SilhouetteFitConfig:
     #: An edge pixel is the hand where it is brighter than half the brightest pixel within
     #: this many px (its coverage): 1, its neighbours.
     edge_window: int = 1
-    #: The images are upsampled (bilinear) by this factor before the silhouette is cut.
-    upsample: int = 1
     #: Only the outline within this many px of the given fit's silhouette is used.
     band: int = 6
     #: Outline points per view at most (a fixed random subset beyond).
@@ -178,28 +176,17 @@ class SilhouetteTargets:
     """
 
     def __init__(self, views: ViewStack, cfg: SilhouetteFitConfig) -> None:
-        s = int(cfg.upsample)
-        images = views.images.cpu()
-        photo = torch.ones(images.shape[:3], dtype=torch.bool)
-        if views.valid is not None:
-            photo = views.valid.cpu()
-        masks = views.masks.cpu()
-        if s > 1:
-            images = F.interpolate(
-                images.permute(0, 3, 1, 2), scale_factor=s, mode="bilinear", align_corners=False
-            ).permute(0, 2, 3, 1)
-            photo = photo.repeat_interleave(s, 1).repeat_interleave(s, 2)
-            masks = masks.repeat_interleave(s, 1).repeat_interleave(s, 2)
-        silhouettes = image_silhouettes(images, cfg.threshold, cfg.edge_window * s)
+        silhouettes = image_silhouettes(views.images, cfg.threshold, cfg.edge_window)
+        photo = torch.ones_like(silhouettes) if views.valid is None else views.valid.cpu()
         unknown_is_hand = silhouettes | ~photo
-        self.sdf = signed_distance(unknown_is_hand) / s
-        keep = silhouette_band(masks, cfg.band * s) & photo
+        self.sdf = signed_distance(unknown_is_hand)
+        keep = silhouette_band(views.masks.cpu(), cfg.band) & photo
         generator = torch.Generator().manual_seed(cfg.seed)
         outlines = []
         for i in range(len(views)):
-            points = outline_points(unknown_is_hand[i], keep[i]) / s
-            if len(points) > cfg.max_outline * s:
-                pick = torch.randperm(len(points), generator=generator)[: cfg.max_outline * s]
+            points = outline_points(unknown_is_hand[i], keep[i])
+            if len(points) > cfg.max_outline:
+                pick = torch.randperm(len(points), generator=generator)[: cfg.max_outline]
                 points = points[pick]
             outlines.append(points)
         longest = max((len(p) for p in outlines), default=0)
