@@ -90,7 +90,7 @@ class SilhouetteFitConfig:
     max_outline: int = 512
     #: Weight of the corrections' prior (per rad^2 / unit^2).
     w_prior: float = 1e-2
-    #: Recompute each outline point's closest projected surface point every N steps.
+    #: Recompute each outline point's closest projected mesh edge every N steps.
     match_every: int = 5
     seed: int = 0
 
