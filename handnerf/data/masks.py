@@ -139,7 +139,7 @@ def view_geometry_digest(view: FrameView) -> str:
     """16 hex digits of what a view's MANO silhouette is drawn from: its hand's (or both
     hands') MANO parameters and its camera."""
     digest = hashlib.sha256()
-    hands = view.two_hands if view.two_hands is not None else {view.hand: view.mano}
+    hands = view.hands_mano
     for side in sorted(hands):
         digest.update(side.encode())
         for name in sorted(hands[side]):

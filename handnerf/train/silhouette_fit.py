@@ -213,18 +213,16 @@ def segment_distance(points: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 def vertex_edges(edges: Tensor, n_vertices: int) -> Tensor:
-    """(V,D) long: the edges (indices into ``edges`` (E,2)) that meet at each vertex, padded
-    by repeating its first (D: the largest number meeting at one vertex)."""
-    ends = edges.flatten()
-    ids = torch.arange(len(edges), device=edges.device).repeat_interleave(2)
-    order = torch.argsort(ends, stable=True)
-    ends, ids = ends[order], ids[order]
-    counts = torch.bincount(ends, minlength=n_vertices)
-    starts = torch.cumsum(counts, 0) - counts
-    width = int(counts.max())
-    slot = torch.arange(width, device=edges.device)
-    index = starts[:, None] + torch.minimum(slot[None], (counts[:, None] - 1).clamp_min(0))
-    return ids[index.clamp_max(len(ids) - 1)]
+    """(V,D) long: the edges (indices into ``edges`` (E,2)) that meet at each vertex, each
+    row padded by repeating its first (D: the most that meet at one vertex; a vertex on no
+    edge gets edge 0, a harmless extra candidate)."""
+    meeting: list[list[int]] = [[] for _ in range(n_vertices)]
+    for index, (a, b) in enumerate(edges.tolist()):
+        meeting[a].append(index)
+        meeting[b].append(index)
+    width = max((len(m) for m in meeting), default=1)
+    rows = [(m or [0]) + [(m or [0])[0]] * (width - len(m or [0])) for m in meeting]
+    return torch.tensor(rows, dtype=torch.long, device=edges.device)
 
 
 def _closest_edge(
