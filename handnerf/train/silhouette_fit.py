@@ -22,8 +22,9 @@ in the image does not pull the pose; points of the mesh that project outside the
 
 - *inside*: the signed distance (px, positive outside) of the image's silhouette at each
   projected surface point, where positive: a mesh point outside the hand is wrong;
-- *outline*: for each outline point of the silhouette (the midpoints of the pixel edges
-  between hand and background), the distance to the closest projected mesh edge. The
+- *outline*: for each outline point of the silhouette (on each pixel edge between hand
+  and background, placed by the two pixels' coverage; below), the distance to the
+  closest projected mesh edge. The
   outline of a projected triangle mesh is made of projected edges, so this distance is
   zero where the pose is right; a distance to the closest of a set of points on the mesh
   is not (it is the points' spacing, a fraction of a pixel, and it pulled the demo's
@@ -38,6 +39,16 @@ is the hand where it is brighter than half its brightest neighbour. The brightes
 farther inside is no reference: the hand darkens towards its outline (the surface turns
 away from the light), and against a pixel two further in the demo's silhouettes came out
 0.2 px too small on average; against the neighbours, 0.04 px.
+
+**Outline points between pixel centres.** A binary silhouette puts every outline point
+on a pixel edge, up to half a pixel from the hand's: a quantisation that does not average
+out along a finger lying along the pixel grid. The edge's two pixels say where it lies:
+if the hand's outline crosses the line through their centres at ``s`` px from the hand
+pixel's centre, the hand covers ``s + 1/2`` of it and ``s - 1/2`` of the background one
+(each clamped to [0, 1]), so ``s = c_hand + c_background - 1/2`` from their coverages
+(brightness over the brightest neighbour's, as for the edge pixels). On the demo capture
+(``tools/bench_silhouette_fit.py``): training frames 0.36 -> 0.26 mm from the given fits,
+an exact fit moved 0.26 -> 0.15 mm.
 """
 
 from __future__ import annotations
@@ -84,6 +95,9 @@ class SilhouetteFitConfig:
     #: An edge pixel is the hand where it is brighter than half the brightest pixel within
     #: this many px (its coverage): 1, its neighbours.
     edge_window: int = 1
+    #: Place each outline point along its pixel edge's normal by the coverage of the
+    #: edge's two pixels (``outline_points``' ``brightness``), not at the pixel edge.
+    subpixel_outline: bool = True
     #: Only the outline within this many px of the given fit's silhouette is used.
     band: int = 6
     #: Outline points per view at most (a fixed random subset beyond).
@@ -127,13 +141,31 @@ def signed_distance(silhouettes: Tensor) -> Tensor:
     return torch.from_numpy(np.stack(out).astype(np.float32)) if out else torch.zeros(0)
 
 
-def outline_points(silhouette: Tensor, keep: Tensor) -> Tensor:
-    """(P,2) float (x, y) pixel coordinates of the midpoints of the edges between the
-    silhouette's pixels (H,W bool) and background pixels, for the hand pixels where
-    ``keep`` (H,W bool) holds; edges on the image's border are not outlines."""
+def outline_points(
+    silhouette: Tensor, keep: Tensor, brightness: Tensor | None = None, window: int = 1
+) -> Tensor:
+    """(P,2) float (x, y) pixel coordinates of the outline of the silhouette (H,W bool):
+    one point on each edge between a hand pixel where ``keep`` (H,W bool) holds and a
+    background pixel; edges on the image's border are not outlines.
+
+    Without ``brightness`` a point is its pixel edge's midpoint. With ``brightness`` (H,W)
+    (the image's brightest channel) it moves along the line through the two pixels'
+    centres to where the hand's outline crosses it, ``c_hand + c_background - 1/2`` px from
+    the hand pixel's centre (clamped to the two pixels' centres), where a coverage is the
+    pixel's brightness over the brightest within ``window`` px of the hand pixel.
+    """
     s = silhouette
     points = []
     h, w = s.shape
+    if brightness is not None:
+        if brightness.shape != s.shape:
+            raise ParameterError(
+                f"outline_points: brightness {tuple(brightness.shape)} and silhouette "
+                f"{tuple(s.shape)} must have one size"
+            )
+        size = 2 * window + 1
+        local = F.max_pool2d(brightness[None, None].float(), size, stride=1, padding=window)
+        reference = local[0, 0].clamp_min(1e-6)
     # (dy, dx): the neighbour that is background; the edge lies half a pixel that way.
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
         neighbour = torch.zeros_like(s)
@@ -143,8 +175,14 @@ def outline_points(silhouette: Tensor, keep: Tensor) -> Tensor:
         xd = slice(max(-dx, 0), w + min(-dx, 0))
         neighbour[yd, xd] = ~s[ys, xs]
         rows, cols = torch.nonzero(s & neighbour & keep, as_tuple=True)
-        x = cols.float() + 0.5 + 0.5 * dx
-        y = rows.float() + 0.5 + 0.5 * dy
+        offset = torch.full(rows.shape, 0.5)  # from the hand pixel's centre, in px
+        if brightness is not None:
+            ref = reference[rows, cols]
+            hand = (brightness[rows, cols] / ref).clamp(0, 1)
+            background = (brightness[rows + dy, cols + dx] / ref).clamp(0, 1)
+            offset = (hand + background - 0.5).clamp(0, 1)
+        x = cols.float() + 0.5 + offset * dx
+        y = rows.float() + 0.5 + offset * dy
         points.append(torch.stack([x, y], dim=-1))
     return torch.cat(points) if points else torch.zeros(0, 2)
 
@@ -181,10 +219,16 @@ class SilhouetteTargets:
         unknown_is_hand = silhouettes | ~photo
         self.sdf = signed_distance(unknown_is_hand)
         keep = silhouette_band(views.masks.cpu(), cfg.band) & photo
+        brightness = views.images.amax(dim=-1).float().cpu() if cfg.subpixel_outline else None
         generator = torch.Generator().manual_seed(cfg.seed)
         outlines = []
         for i in range(len(views)):
-            points = outline_points(unknown_is_hand[i], keep[i])
+            points = outline_points(
+                unknown_is_hand[i],
+                keep[i],
+                None if brightness is None else brightness[i],
+                cfg.edge_window,
+            )
             if len(points) > cfg.max_outline:
                 pick = torch.randperm(len(points), generator=generator)[: cfg.max_outline]
                 points = points[pick]
