@@ -120,9 +120,15 @@ class TrainConfig:
     pose_refresh_every: int = 10
     #: With MANO masks (data.mask_source=mano), pixels within this many px of the given
     #: fit's silhouette, where its mask is wrong by the fit's error, are not held to it
-    #: while refining: composited over black against the raw image, no mask loss (0: they
-    #: are; the refined pose then stays at the given one).
+    #: while refining (0: they are; the refined pose then stays at the given one).
     pose_mask_band: int = 6
+    #: What those pixels' rays are held to instead. "image": the image's own silhouette
+    #: (the hand brighter than the dark background, by each pixel's coverage, as the
+    #: silhouette fit reads it), over the random background like every other ray. "none":
+    #: no mask; the raw image over black, the capture's background. "none" lets the field
+    #: put dark density around the hand there, which shows at other poses: the demo's
+    #: novel poses scored 27.6 dB against 29.1 with "image" (docs/benchmarks.md).
+    pose_band_masks: str = choice("image", ("image", "none"))
     #: Width (m) of the soft shell edge whose gradient pulls the refined mesh towards
     #: density the image wants beyond it (pose_refinement.soft_shell_with_pose_grad; 0: off).
     pose_shell_softness: float = 0.0
@@ -177,6 +183,9 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     # Pose refinement trusted the MANO masks everywhere before the uncertain band.
     (("train", "pose_mask_band"), 0),
     (("train", "pose_shell_softness"), 0.0),
+    # The band was held to the raw image over black, without a mask, before its rays took
+    # the image's own silhouette.
+    (("train", "pose_band_masks"), "none"),
     # Pose refinement started from the given fits before the silhouette fit.
     (("train", "pose_silhouette_steps"), 0),
     # Every run trained on train_seq alone before extra training sequences.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from handnerf.errors import ParameterError
 from handnerf.model.rays import RayBundle, fields_to, pixel_rays
 from handnerf.model.renderer import CameraTensors
 
@@ -107,7 +108,11 @@ class RaySampler:
     batch one process would draw, and the generator stays the same on every rank.
 
     ``uncertain`` (N,H,W) bool, or None: pixels whose mask is not trusted; each batch
-    then carries the flag of its rays' pixels (:attr:`RayBatch.uncertain`).
+    then carries the flag of its rays' pixels (:attr:`RayBatch.uncertain`). With
+    ``band_coverage`` (N,H,W) float in [0,1] as well (how much of each pixel the hand
+    covers, read from the image), a ray there is instead held to the image's silhouette:
+    its mask is whether the coverage at its point (interpolated) exceeds 1/2, and the
+    batches carry no flags.
     """
 
     def __init__(
@@ -121,9 +126,16 @@ class RaySampler:
         rank: int = 0,
         world_size: int = 1,
         uncertain: Tensor | None = None,
+        band_coverage: Tensor | None = None,
     ):
+        if band_coverage is not None and band_coverage.shape != views.masks.shape:
+            raise ParameterError(
+                f"RaySampler: band_coverage {tuple(band_coverage.shape)} must match the "
+                f"views' masks {tuple(views.masks.shape)}"
+            )
         self.views = views
         self.uncertain = uncertain
+        self.band_coverage = band_coverage
         self.rank = rank
         self.world_size = world_size
         self.fg_fraction = fg_fraction
@@ -180,12 +192,16 @@ class RaySampler:
         if offset is None:
             origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v)
             rgb, mask = views.images[view, v, u], views.masks[view, v, u]
+            coverage = None if self.band_coverage is None else self.band_coverage[view, v, u]
         else:
             origins, dirs = pixel_rays(views.K[view], views.R[view], views.t[view], u, v, offset)
             # Pixel centres sit at +0.5: the sample point relative to the centre grid.
             x = u.to(offset.dtype) + offset[:, 0] - 0.5
             y = v.to(offset.dtype) + offset[:, 1] - 0.5
             rgb = _bilinear(views.images, view, x, y)
+            coverage = None
+            if self.band_coverage is not None:
+                coverage = _bilinear(self.band_coverage.unsqueeze(-1), view, x, y)[:, 0]
             if self.silhouette is not None:
                 mask = self.silhouette(origins, dirs, views.frame_ids[view]).to(torch.bool)
             else:
@@ -197,6 +213,9 @@ class RaySampler:
             camera_ids=views.camera_ids[view],
         )
         uncertain = None if self.uncertain is None else self.uncertain[view, v, u]
+        if uncertain is not None and coverage is not None:
+            mask = torch.where(uncertain, coverage > 0.5, mask)
+            uncertain = None
         return RayBatch(rays=rays, rgb=rgb, mask=mask, uncertain=uncertain)
 
     def sample_patches(self, n_patches: int, size: int) -> tuple[RayBatch, int]:

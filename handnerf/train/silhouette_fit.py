@@ -109,6 +109,32 @@ class SilhouetteFitConfig:
     seed: int = 0
 
 
+def image_coverage(images: Tensor, threshold: float, window: int = 1) -> Tensor:
+    """(N,H,W) float in [0,1]: how much of each pixel of ``images`` (N,H,W,3) in [0,1] the
+    hand covers, against the capture's dark background.
+
+    An edge pixel that the hand covers in part is as bright as the part covered: its
+    coverage is its brightest channel over the brightest pixel's within ``window`` px
+    (clamped to 1), and 0 where it is not above ``threshold`` (the dark background's
+    noise). Pixels inside the hand's silhouette (coverage above 1/2, holes filled) darker
+    than that, a crease or a shadow, count as covered.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ParameterError(
+            f"image_silhouettes: images (N,H,W,3) expected, got {tuple(images.shape)}"
+        )
+    bright = images.amax(dim=-1).float()
+    size = 2 * window + 1
+    local = F.max_pool2d(bright[:, None], size, stride=1, padding=window)[:, 0]
+    coverage = (bright / local.clamp_min(1e-6)).clamp(0, 1)
+    coverage = torch.where(bright > threshold, coverage, torch.zeros_like(coverage))
+    hand = (coverage > 0.5).cpu().numpy()
+    filled = torch.from_numpy(
+        np.stack([ndimage.binary_fill_holes(h) for h in hand]).astype(bool) if len(hand) else hand
+    ).to(coverage.device)
+    return torch.where(filled & (coverage <= 0.5), torch.ones_like(coverage), coverage)
+
+
 def image_silhouettes(images: Tensor, threshold: float, window: int = 1) -> Tensor:
     """(N,H,W) bool: the hand in ``images`` (N,H,W,3) in [0,1], with each silhouette's holes
     filled.
@@ -116,18 +142,10 @@ def image_silhouettes(images: Tensor, threshold: float, window: int = 1) -> Tens
     A pixel is the hand where its brightest channel exceeds ``threshold`` (the dark
     background's noise) and half the brightest pixel within ``window`` px: an edge pixel
     that the hand covers in part is as bright as the part covered, so the half-maximum
-    puts the silhouette's edge where the hand's is, not up to a pixel outside it.
+    puts the silhouette's edge where the hand's is, not up to a pixel outside it
+    (:func:`image_coverage` above 1/2).
     """
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ParameterError(
-            f"image_silhouettes: images (N,H,W,3) expected, got {tuple(images.shape)}"
-        )
-    bright = images.amax(dim=-1)
-    size = 2 * window + 1
-    local = F.max_pool2d(bright[:, None], size, stride=1, padding=window)[:, 0]
-    hand = ((bright > threshold) & (bright > 0.5 * local)).cpu().numpy()
-    filled = [ndimage.binary_fill_holes(h) for h in hand]
-    return torch.from_numpy(np.stack(filled).astype(bool) if filled else hand)
+    return (image_coverage(images, threshold, window) > 0.5).cpu()
 
 
 def signed_distance(silhouettes: Tensor) -> Tensor:

@@ -48,7 +48,11 @@ from handnerf.train.pose_refinement import (
 )
 from handnerf.train.rays import RaySampler, ViewStack
 from handnerf.train.silhouette import MeshSilhouette
-from handnerf.train.silhouette_fit import SilhouetteFitConfig, fit_silhouette_corrections
+from handnerf.train.silhouette_fit import (
+    SilhouetteFitConfig,
+    fit_silhouette_corrections,
+    image_coverage,
+)
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -114,6 +118,7 @@ class Trainer:
             else self.avatar.pose_frames(mano_to(data.train_mano, self.device))
         )
         silhouette = self._silhouette()
+        band = self._uncertain_band()
         self.rays = RaySampler(
             data.train_views,
             fg_fraction=cfg.train.fg_fraction,
@@ -122,7 +127,8 @@ class Trainer:
             silhouette=silhouette,
             rank=self.parallel.rank,
             world_size=self.parallel.world_size,
-            uncertain=self._uncertain_band(),
+            uncertain=band,
+            band_coverage=self._band_coverage(band),
         )
         groups = self.avatar.param_groups()
         o = cfg.optim
@@ -176,6 +182,14 @@ class Trainer:
         if self.pose is None or self.cfg.data.mask_source != "mano" or width <= 0:
             return None
         return silhouette_band(self.data.train_views.masks, width)
+
+    def _band_coverage(self, band: Tensor | None) -> Tensor | None:
+        """With an uncertain ``band`` and ``train.pose_band_masks=image``: how much of each
+        training pixel the hand covers, read from the image (what the band is held to)."""
+        if self.cfg.train.pose_band_masks != "image" or band is None:
+            return None
+        fit = SilhouetteFitConfig()
+        return image_coverage(self.data.train_views.images, fit.threshold, fit.edge_window)
 
     def _repose(self, snapshot: bool = False) -> None:
         """Posed frames and silhouettes of the refined pose (pose refinement only)."""

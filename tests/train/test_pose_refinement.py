@@ -157,6 +157,32 @@ def test_refinement_recovers_the_exact_fit(
     assert after <= bound * before, (before, after)
 
 
+@pytest.mark.parametrize("band_masks", ["image", "none"])
+def test_the_band_is_held_to_the_images_silhouette(
+    noisy_capture: Path, tmp_path: Path, band_masks: str
+) -> None:
+    from handnerf.train.silhouette_fit import image_silhouettes
+
+    cfg = load_config(FitConfig, None, [*REFINE_FIT, f"train.pose_band_masks={band_masks}"])
+    data = load_fit_data(noisy_capture, cfg.data, progress=False)
+    trainer = Trainer(cfg, data, tmp_path / "run")
+    views = data.train_views
+    band = trainer.rays.uncertain
+    assert band is not None and bool(band.any())
+    # The given (4 deg / 4 mm off) masks disagree with the image in the band.
+    image = image_silhouettes(views.images, 10 / 255)
+    assert int((views.masks != image)[band].sum()) > 0.05 * int(band.sum())
+    flat = torch.nonzero(band.reshape(-1)).squeeze(1)
+    batch = trainer.rays.gather(flat)  # pixel centres
+    if band_masks == "image":
+        # Each ray in the band is held to the image's silhouette, like any other ray.
+        assert batch.uncertain is None
+        assert torch.equal(batch.mask, image.reshape(-1)[flat])
+    else:
+        assert batch.uncertain is not None and bool(batch.uncertain.all())
+        assert torch.equal(batch.mask, views.masks.reshape(-1)[flat])
+
+
 def test_refinement_leaves_an_exact_fit_alone(tiny_capture: Path, tmp_path: Path) -> None:
     trainer, data = _fit(tiny_capture, tmp_path / "run", REFINE_FIT)
     assert trainer.pose is not None

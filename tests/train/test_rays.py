@@ -137,3 +137,35 @@ def test_rays_are_never_drawn_from_a_crops_padding() -> None:
     a = RaySampler(plain, seed=5).sample(64)
     b = RaySampler(all_valid, seed=5).sample(64)
     assert torch.equal(a.rgb, b.rgb)
+
+
+def test_band_rays_take_the_images_coverage_as_their_mask() -> None:
+    # The given mask says "hand" everywhere; the image's coverage ramps across column 3.5
+    # (x, pixel centres at +0.5): 0 left of it, 1 right of it, linear in between.
+    views = ramp_views()
+    coverage = ((torch.arange(8.0) - 3.0).clamp(0, 1)).expand(2, 6, 8).clone()
+    uncertain = torch.zeros(2, 6, 8, dtype=torch.bool)
+    uncertain[:, :, 2:6] = True  # the band: columns 2-5
+    sampler = RaySampler(views, seed=0, uncertain=uncertain, band_coverage=coverage)
+    flat = torch.arange(2 * 6 * 8)
+    centre = sampler.gather(flat)
+    col = flat % 8
+    # In the band, the coverage; outside it, the given mask (all hand); no flags left.
+    expected = torch.where((col >= 2) & (col <= 5), coverage.reshape(-1) > 0.5, True)
+    assert torch.equal(centre.mask, expected)
+    assert centre.uncertain is None
+    # Jittered rays read the coverage where they pass: hand exactly right of x = 4.0
+    # (the point between column 3's centre, 0, and column 4's, 1, where it is 1/2).
+    jittered = sampler.gather(flat.repeat(4), jitter=True)
+    cam = jittered.rays.origins + jittered.rays.directions
+    view = flat.repeat(4) // 48
+    x_cam = torch.einsum("nij,nj->ni", views.R[view], cam) + views.t[view]
+    px = (x_cam[:, 0] * 10 / x_cam[:, 2]) + 4  # K: fx 10, cx 4
+    in_band = (flat.repeat(4) % 8 >= 2) & (flat.repeat(4) % 8 <= 5)
+    assert torch.equal(jittered.mask[in_band], px[in_band] > 4.0 + 1e-6)
+    # Without coverage the band is flagged, masks untouched.
+    flagged = RaySampler(views, seed=0, uncertain=uncertain).gather(flat)
+    assert torch.equal(flagged.uncertain, uncertain.reshape(-1))
+    assert bool(flagged.mask.all())
+    with pytest.raises(ParameterError, match="band_coverage"):
+        RaySampler(views, uncertain=uncertain, band_coverage=coverage[:, :, :4])

@@ -19,6 +19,7 @@ from handnerf.train.silhouette_fit import (
     SilhouetteFitConfig,
     SilhouetteTargets,
     fit_silhouette_corrections,
+    image_coverage,
     image_silhouettes,
     mesh_edges,
     outline_points,
@@ -53,6 +54,20 @@ def test_image_silhouettes_cut_at_half_coverage_and_fill_holes() -> None:
     assert torch.equal(hand, expected)
     with pytest.raises(ParameterError, match="images"):
         image_silhouettes(image[..., :2], 10 / 255)
+
+
+def test_image_coverage_is_the_share_of_each_pixel_the_hand_covers() -> None:
+    image = torch.full((1, 10, 10, 3), 4 / 255)  # the dark background's noise
+    image[0, 2:8, 2:6] = torch.tensor([0.8, 0.5, 0.4])  # the hand
+    image[0, 2:8, 6] = 0.6 * image[0, 2:8, 5]  # an edge column 60 % covered
+    image[0, 2:8, 7] = 0.3 * image[0, 2:8, 5]  # and one 30 % covered
+    image[0, 4:6, 3:5] = 0.02  # a dark crease inside the hand
+    coverage = image_coverage(image, 10 / 255)[0]
+    assert coverage[3:7, 6].tolist() == pytest.approx([0.6] * 4)
+    assert coverage[3:7, 7].tolist() == pytest.approx([0.5] * 4)  # against column 6's 0.48
+    assert bool((coverage[2:8, 2:6] == 1).all())  # the crease is inside: covered
+    assert float(coverage[0].max()) == 0.0  # the background's noise: none
+    assert torch.equal(image_silhouettes(image, 10 / 255)[0], coverage > 0.5)
 
 
 def test_signed_distance_is_zero_on_the_edge_between_pixels() -> None:
