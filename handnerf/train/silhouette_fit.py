@@ -121,7 +121,7 @@ def image_coverage(images: Tensor, threshold: float, window: int = 1) -> Tensor:
     """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ParameterError(
-            f"image_silhouettes: images (N,H,W,3) expected, got {tuple(images.shape)}"
+            f"image_coverage: images (N,H,W,3) expected, got {tuple(images.shape)}"
         )
     bright = images.amax(dim=-1).float()
     size = 2 * window + 1
