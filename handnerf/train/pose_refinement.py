@@ -253,8 +253,10 @@ def silhouette_band(masks: Tensor, width: int) -> Tensor:
 
     A mask drawn from a MANO fit that is off by a few millimetres is wrong exactly there:
     inside it, pixels of background; outside it, pixels of hand. Trusting it would pin the
-    refined pose to the given one (measured: no recovery at all); the trainer instead
-    compares those rays with the raw image over the capture's black background.
+    refined pose to the given one (measured: no recovery at all). The trainer holds those
+    rays to the image's own silhouette instead (``train.pose_band_masks=image``,
+    :class:`handnerf.train.rays.RaySampler`'s ``band_coverage``), or, with ``none``, to the
+    raw image over the capture's black background with no mask (:func:`held_targets`).
     """
     if width <= 0:
         return torch.zeros_like(masks, dtype=torch.bool)
