@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from handnerf.config import load_config, overrides_from_yaml
 from handnerf.errors import ParameterError
@@ -42,12 +43,19 @@ TINY_MANO = [
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_image_silhouettes_cut_at_half_coverage_and_fill_holes() -> None:
+def _hand_image() -> Tensor:
+    """(1,10,10,3): a hand with partly covered edge columns and a crease, on the dark
+    background's noise."""
     image = torch.full((1, 10, 10, 3), 4 / 255)  # the dark background's noise
     image[0, 2:8, 2:6] = torch.tensor([0.8, 0.5, 0.4])  # the hand
     image[0, 2:8, 6] = 0.6 * image[0, 2:8, 5]  # an edge column 60 % covered
     image[0, 2:8, 7] = 0.3 * image[0, 2:8, 5]  # and one 30 % covered
     image[0, 4:6, 3:5] = 0.02  # a dark crease inside the hand
+    return image
+
+
+def test_image_silhouettes_cut_at_half_coverage_and_fill_holes() -> None:
+    image = _hand_image()
     hand = image_silhouettes(image, 10 / 255)[0]
     expected = torch.zeros(10, 10, dtype=torch.bool)
     expected[2:8, 2:7] = True
@@ -57,11 +65,7 @@ def test_image_silhouettes_cut_at_half_coverage_and_fill_holes() -> None:
 
 
 def test_image_coverage_is_the_share_of_each_pixel_the_hand_covers() -> None:
-    image = torch.full((1, 10, 10, 3), 4 / 255)  # the dark background's noise
-    image[0, 2:8, 2:6] = torch.tensor([0.8, 0.5, 0.4])  # the hand
-    image[0, 2:8, 6] = 0.6 * image[0, 2:8, 5]  # an edge column 60 % covered
-    image[0, 2:8, 7] = 0.3 * image[0, 2:8, 5]  # and one 30 % covered
-    image[0, 4:6, 3:5] = 0.02  # a dark crease inside the hand
+    image = _hand_image()
     coverage = image_coverage(image, 10 / 255)[0]
     assert coverage[3:7, 6].tolist() == pytest.approx([0.6] * 4)
     assert coverage[3:7, 7].tolist() == pytest.approx([0.5] * 4)  # against column 6's 0.48
