@@ -127,7 +127,7 @@ class TrainConfig:
     #: silhouette fit reads it), over the random background like every other ray. "none":
     #: no mask; the raw image over black, the capture's background. "none" lets the field
     #: put dark density around the hand there, which shows at other poses: the demo's
-    #: novel poses scored 27.6 dB against 29.1 with "image" (docs/benchmarks.md).
+    #: novel poses scored 27.6 dB against 29.2 with "image" (docs/benchmarks.md).
     pose_band_masks: str = choice("image", ("image", "none"))
     #: Width (m) of the soft shell edge whose gradient pulls the refined mesh towards
     #: density the image wants beyond it (pose_refinement.soft_shell_with_pose_grad; 0: off).
