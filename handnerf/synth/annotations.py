@@ -83,12 +83,24 @@ class CapturePaths:
         return (self.root / "gt_masks" / self.split / name).with_suffix(".png")
 
 
+#: Decimals kept of the computed numbers written to the annotation files. The last bits of
+#: a posed hand's joints differ between CPUs and thread counts; rounded, the files are
+#: byte-identical wherever a capture is synthesised (a fit fingerprints them by size).
+BBOX_DECIMALS = 3  # px
+JOINT_DECIMALS = 4  # mm
+
+
+def rounded(values: np.ndarray, decimals: int) -> list[Any]:
+    """``values`` rounded to ``decimals``, as (nested) lists of floats for JSON."""
+    return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
+
+
 def image_bbox(camera: RigCamera, points: np.ndarray) -> list[float]:
     """``[x, y, w, h]`` (px) of world points (N, 3) projected by ``camera``, clipped to the image."""
     uv, _ = camera.project(points)
     x0, y0 = np.clip(uv.min(axis=0), 0.0, [camera.width, camera.height])
     x1, y1 = np.clip(uv.max(axis=0), 0.0, [camera.width, camera.height])
-    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+    return rounded(np.array([x0, y0, x1 - x0, y1 - y0]), BBOX_DECIMALS)
 
 
 def camera_json(cameras: Sequence[RigCamera], capture: int) -> dict[str, Any]:

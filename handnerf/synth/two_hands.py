@@ -33,10 +33,12 @@ import numpy as np
 from handnerf.errors import DataError
 from handnerf.hand.sides import mirror_points, mirror_pose
 from handnerf.synth.annotations import (
+    JOINT_DECIMALS,
     NUM_KEYPOINTS,
     CapturePaths,
     FramePlan,
     add_image_records,
+    rounded,
     write_annotation_files,
 )
 from handnerf.synth.frames import Scene, render_frames
@@ -316,7 +318,7 @@ def _write_two_hand_annotations(
     for i, plan in enumerate(frames.plans):
         world = np.concatenate([frames.keypoints["right"][i], frames.keypoints["left"][i]])
         joints[str(plan.frame_idx)] = {
-            "world_coord": (world * 1000.0).tolist(),
+            "world_coord": rounded(world * 1000.0, JOINT_DECIMALS),
             "joint_valid": joint_valid,
             "hand_type": "interacting",
             "hand_type_valid": 1,

@@ -34,11 +34,13 @@ import numpy as np
 from handnerf.data.interhand import SYNTH_MARKER
 from handnerf.errors import DataError
 from handnerf.synth.annotations import (
+    JOINT_DECIMALS,
     NUM_KEYPOINTS,
     CapturePaths,
     FramePlan,
     add_image_records,
     atomic_write_json,
+    rounded,
     write_annotation_files,
 )
 from handnerf.synth.frames import Scene, render_frames
@@ -188,7 +190,7 @@ def _joint_rows(keypoints: np.ndarray, side: str) -> tuple[list[list[float]], li
     rows = slice(0, NUM_KEYPOINTS) if side == "right" else slice(NUM_KEYPOINTS, 2 * NUM_KEYPOINTS)
     world[rows] = keypoints * 1000.0
     valid[rows] = 1
-    return world.tolist(), valid.tolist()
+    return rounded(world, JOINT_DECIMALS), valid.tolist()
 
 
 # --------------------------------------------------------------------------- main

@@ -61,7 +61,9 @@ def test_a_single_hand_run_from_before_loads_renders_and_evaluates(
 def test_a_single_hand_run_from_before_keeps_its_data_fingerprint(tiny_capture: Path) -> None:
     """Today's fit computes the fingerprint the old run saved for its data, so ``--resume``
     of runs from before (e.g. before data.extra_train_seqs) finds the same data. It also
-    fails when the tiny capture's annotation files change size (they are fingerprinted)."""
+    fails when the tiny capture's annotation files change size (they are fingerprinted):
+    the fixture's fingerprint was last set when the synthesised joints and boxes were
+    rounded (before that their last bits, and sizes, followed the CPU and thread count)."""
     from handnerf.train.config import saved_fit_config
     from handnerf.train.fit_data import load_fit_data
 

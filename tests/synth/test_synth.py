@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from handnerf.errors import ConfigError
@@ -214,7 +215,14 @@ def test_same_seed_same_capture(tmp_path: Path) -> None:
     small = get_preset("tiny").with_overrides(n_cameras=2, train_frames=2, novel_frames=1)
     first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
     synthesize_capture(first, small, seed=3, workers=1)
-    synthesize_capture(again, small, seed=3, workers=1)
+    # With another thread count, whose float sums end in other last bits: the annotation
+    # files are rounded, so byte-identical still (a fit fingerprints them by size).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        synthesize_capture(again, small, seed=3, workers=1)
+    finally:
+        torch.set_num_threads(threads)
     synthesize_capture(other, small, seed=4, workers=1)
     for what in ("data", "camera", "joint_3d", "MANO_NeuralAnnot"):
         name = ANNOT / f"InterHand2.6M_{SPLIT}_{what}.json"
