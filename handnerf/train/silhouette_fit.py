@@ -24,11 +24,10 @@ in the image does not pull the pose; points of the mesh that project outside the
   projected surface point, where positive: a mesh point outside the hand is wrong;
 - *outline*: for each outline point of the silhouette (on each pixel edge between hand
   and background, placed by the two pixels' coverage; below), the distance to the
-  closest projected mesh edge. The
-  outline of a projected triangle mesh is made of projected edges, so this distance is
-  zero where the pose is right; a distance to the closest of a set of points on the mesh
-  is not (it is the points' spacing, a fraction of a pixel, and it pulled the demo's
-  poses 0.76 mm off on average instead of 0.36 mm).
+  closest projected mesh edge. The outline of a projected triangle mesh is made of
+  projected edges, so this distance is zero where the pose is right; a distance to the
+  closest of a set of points on the mesh is not (it is the points' spacing, a fraction
+  of a pixel, and it pulled the demo's poses 0.76 mm off on average instead of 0.36 mm).
 
 Both are Huber (1 px), averaged over the views, plus the corrections' prior. The inside
 term's surface points are the vertices and fixed barycentric points of every triangle
