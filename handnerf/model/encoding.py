@@ -265,6 +265,28 @@ class _GridTables:
         if hashed and (len(sizes) != 1 or self.hash_mask & (self.hash_mask + 1)):
             raise ConfigError("hash grid: hashed levels must share a power-of-two table size")
         self.n_corners = 1 << n_input_dims
+        self._levels = levels
+        self._kernel_arrays: tuple[Any, ...] | None = None
+
+    def kernel_arrays(self) -> tuple[Any, ...]:
+        """The per-level constants as :func:`handnerf.model.grid_kernel.grid_lookup` takes
+        them (scales, offsets, entries, dense, strides, primes, hash mask)."""
+        if self._kernel_arrays is None:
+            levels, n_dims = self._levels, self.n_input_dims
+            strides = np.zeros((len(levels), n_dims), dtype=np.int64)
+            for i, level in enumerate(levels):
+                if level.dense:
+                    strides[i] = [level.resolution**d for d in range(n_dims)]
+            self._kernel_arrays = (
+                np.array([lv.scale for lv in levels], dtype=np.float64),
+                np.array([lv.offset for lv in levels], dtype=np.int64),
+                np.array([lv.n_entries for lv in levels], dtype=np.int64),
+                np.array([lv.dense for lv in levels], dtype=np.bool_),
+                strides,
+                np.array(COHERENT_PRIMES[:n_dims], dtype=np.int64),
+                int(self.hash_mask),
+            )
+        return self._kernel_arrays
 
     def _axis_view(self, pair: torch.Tensor, dim: int) -> torch.Tensor:
         """(L, 2, N) -> (L, 1, .., 2, .., 1, N) with the 2 on dimension ``dim``'s bit axis.
@@ -499,7 +521,28 @@ class HashGridEncoding(nn.Module):
         if x.shape[0] == 0:
             return x.new_zeros((0, self.n_output_dims), dtype=self.params.dtype)
         tables = self._grid_tables(x.device)
+        if self._compiled_lookup(x):
+            from handnerf.model import grid_kernel  # numba: imported on first use only
+
+            return grid_kernel.grid_lookup(x, self.params, *tables.kernel_arrays())
         return _GridFunction.apply(x.to(self.params.dtype), self.params, tables)
+
+    def _compiled_lookup(self, x: torch.Tensor) -> bool:
+        """Whether :mod:`handnerf.model.grid_kernel` encodes ``x``: inference (nothing to
+        differentiate) of a 3-D grid on the CPU with float32 parameters, where numba
+        imports."""
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or self.params.requires_grad)
+        if (
+            wants_grad
+            or self.n_input_dims != 3
+            or x.device.type != "cpu"
+            or self.params.device.type != "cpu"
+            or self.params.dtype != torch.float32
+        ):
+            return False
+        from handnerf.model import grid_kernel
+
+        return grid_kernel.available()
 
 
 def make_hash_grid(

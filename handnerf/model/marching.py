@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from handnerf.errors import ParameterError
+from handnerf.model import march_kernel
 from handnerf.model.avatar import HandAvatar, PosedFrames
 from handnerf.model.frame_deformation import fp32_geometry
 from handnerf.model.rays import RayBundle
@@ -120,25 +121,35 @@ def march_rays(
     # take (its limits only ever move forward), so each round works on fewer rows.
     active = torch.arange(len(live), device=device)
     active_shell, active_mid = shell, mid
+    compiled = march_kernel.available(device)
+    cursor = torch.zeros(len(live), dtype=torch.int64)  # the compiled pick's, per ray
     while active.numel():
-        eligible = active_shell & (active_mid > after[active, None])
-        eligible &= active_mid >= skip_to[active, None]
-        eligible &= (optical[active] < max_optical)[:, None]
-        count = eligible.cumsum(dim=1)
-        take = eligible & (count <= round_samples)
-        local, cols = torch.nonzero(take, as_tuple=True)  # sorted by ray, then depth
-        if local.numel() == 0:
-            break
-        # Rays with more than this round's samples stay for the next round.
-        stay = torch.nonzero(count[:, -1] > round_samples).squeeze(1)
-        rows = active[local]
-        t = active_mid[local, cols]
-        active, active_shell, active_mid = active[stay], active_shell[stay], active_mid[stay]
+        if compiled:
+            rows, cols, active = march_kernel.take_round(
+                active, shell, mid, cursor, skip_to, optical, max_optical, round_samples
+            )
+            if rows.numel() == 0:
+                break
+            t = mid[rows, cols]
+        else:
+            eligible = active_shell & (active_mid > after[active, None])
+            eligible &= active_mid >= skip_to[active, None]
+            eligible &= (optical[active] < max_optical)[:, None]
+            count = eligible.cumsum(dim=1)
+            take = eligible & (count <= round_samples)
+            local, cols = torch.nonzero(take, as_tuple=True)  # sorted by ray, then depth
+            if local.numel() == 0:
+                break
+            # Rays with more than this round's samples stay for the next round.
+            stay = torch.nonzero(count[:, -1] > round_samples).squeeze(1)
+            rows = active[local]
+            t = active_mid[local, cols]
+            active, active_shell, active_mid = active[stay], active_shell[stay], active_mid[stay]
+            after.scatter_reduce_(0, rows, t, reduce="amax")
         rays_of = live[rows]
         points = origins[rays_of] + dirs[rays_of] * t[:, None]
         n_deformed += int(rows.numel())
         occupied, result = avatar.deform_occupied(frames, points, frame_ids[rays_of], orient=False)
-        after.scatter_reduce_(0, rows, t, reduce="amax")
         if skip_by_distance:
             reach = t + result.distance.to(t.dtype) - max_distance - SKIP_SLACK
             skip_to.scatter_reduce_(0, rows, reach, reduce="amax")
@@ -200,6 +211,8 @@ def shell_mask(
     scale = res / (box[:, 3:] - box[:, :3])
     start = (origins - box[:, :3]) * scale  # (R,3) grid units
     step = dirs * scale
+    if march_kernel.available(origins.device):
+        return march_kernel.shell_mask(start, step, frame_ids, mid, mask, frames.shell)
     # Only rays that cross their box (H of them) have samples to test; indices in int32
     # (half the memory traffic of int64; a frame's grid has far fewer than 2^31 cells).
     hit = torch.nonzero(mask.any(dim=1)).squeeze(1)

@@ -44,7 +44,8 @@ class ViewFrame:
 
 
 #: ``(pose, camera, size, cancelled) -> image``, or None when ``cancelled()`` stopped it.
-RenderFn = Callable[[ManoParams, ViewCamera, int, Callable[[], bool]], np.ndarray | None]
+#: ``cancelled`` is None for a preview: previews always finish, in one piece.
+RenderFn = Callable[[ManoParams, ViewCamera, int, Callable[[], bool] | None], np.ndarray | None]
 ShowFn = Callable[[ViewFrame], None]
 
 
@@ -166,10 +167,11 @@ class ProgressiveRenderer:
                     return self._version, self._pose, self._camera, True
                 self._cond.wait()
 
-    def _moved_on(self, version: int, full: bool) -> Callable[[], bool]:
-        """Whether a render of ``version`` has become stale (only full renders may stop)."""
+    def _moved_on(self, version: int, full: bool) -> Callable[[], bool] | None:
+        """Whether a render of ``version`` has become stale; None for a preview, which
+        always finishes (so it is drawn whole: bands, for cancelling, cost time)."""
         if not full:
-            return lambda: False
+            return None
         return lambda: self._stopping or self._version != version
 
     def _work(self) -> None:
