@@ -229,24 +229,30 @@ class FrameDeformation:
         return self._assemble(points, global_ids, bary, dist2.sqrt(), orient)
 
     def _deform_reached(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
-        """``_deform_closest`` without orientation, blended only within reach."""
+        """``_deform_closest`` without orientation, blended only within reach; the
+        distances of the other samples may be lower bounds (see
+        :meth:`TriangleTrees.closest_within`): they are empty either way."""
         assert self.triangle_trees is not None
-        tri_ids, bary, dist2 = self.triangle_trees.closest(points, frame_ids)
-        global_ids = frame_ids[:, None] * self.num_vertices + tri_ids  # (N, 3)
-        distance = dist2.sqrt()
-        near = torch.nonzero(distance <= self.config.max_distance).squeeze(1)
-        part = self._assemble(points[near], global_ids[near], bary[near], distance[near], False)
+        near, tri_ids, bary, distance = self.triangle_trees.closest_within(
+            points, frame_ids, self.config.max_distance
+        )
+        global_ids = frame_ids[near, None] * self.num_vertices + tri_ids  # (K, 3)
+        part = self._assemble(points[near], global_ids, bary, distance[near], False)
         canonical = points.clone()
         canonical[near] = part.canonical
         valid = torch.zeros_like(distance, dtype=torch.bool)
         valid[near] = part.valid
+        neighbor_ids = torch.zeros(len(points), 3, dtype=torch.long, device=points.device)
+        neighbor_ids[near] = global_ids
+        neighbor_weights = torch.zeros(len(points), 3, dtype=bary.dtype, device=points.device)
+        neighbor_weights[near] = bary
         return DeformResult(
             canonical=canonical,
             valid=valid,
             rotation=None,
             distance=distance,
-            neighbor_ids=global_ids,
-            neighbor_weights=bary,
+            neighbor_ids=neighbor_ids,
+            neighbor_weights=neighbor_weights,
         )
 
     def _mesh_weights(

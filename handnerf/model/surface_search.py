@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -328,6 +329,12 @@ class TriangleScan:
         bary, dist2 = _closest_point(self.tables, points, frame_ids, tri_ids)
         return tri_ids, bary, dist2
 
+    def closest_within(
+        self, points: torch.Tensor, frame_ids: torch.Tensor, reach: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`TriangleTrees.closest_within` (distances exact everywhere)."""
+        return within_reach(*self.closest(points, frame_ids), reach)
+
     def _scan(self, points: torch.Tensor, frame: int) -> torch.Tensor:
         """(n,) id of the closest triangle of ``frame`` to each (n, 3) point."""
         # Direct form on the CPU: the matmul form rounds differently run to run (see
@@ -393,6 +400,7 @@ class TriangleTrees:
         self.tables = tables
         self._faces = tables.faces.cpu().numpy().astype(np.int64)
         self._vertices = [v.double().numpy() for v in tables.posed_vertices.detach().cpu()]
+        self._reach_grids: dict[float, Any] = {}  # ReachGrid per reach, built on first use
         self._trees = []
         for vertices in self._vertices:
             tree = igl.AABB()
@@ -424,6 +432,44 @@ class TriangleTrees:
         tri_ids = self.tables.faces[face.to(points.device)]
         bary, dist2 = _closest_point(self.tables, points, frame_ids, tri_ids)
         return tri_ids, bary, dist2
+
+    def closest_within(
+        self, points: torch.Tensor, frame_ids: torch.Tensor, reach: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The closest point of the (N, 3) points that lie within ``reach`` of their (N,)
+        frame's mesh: their indices (K,), vertex ids (K, 3) and barycentrics (K, 3); and
+        every point's distance (N,), exact up to a little beyond ``reach`` and a lower
+        bound farther out (:class:`handnerf.model.reach_grid.ReachGrid`, built on first
+        use, where numba imports; else :meth:`closest`, exact everywhere).
+        """
+        from handnerf.model import reach_grid  # numba: imported on first use only
+
+        if not reach_grid.available() or points.device.type != "cpu":
+            return within_reach(*self.closest(points, frame_ids), reach)
+        grid = self._reach_grids.get(reach)
+        if grid is None:
+            grid = reach_grid.ReachGrid(self.tables.posed_vertices, self.tables.faces, reach)
+            self._reach_grids[reach] = grid
+        face, bound = grid.closest_within(points, frame_ids)
+        found = torch.nonzero(face >= 0).squeeze(1)
+        tri_ids = self.tables.faces[face[found]]
+        # The barycentrics and distance as :meth:`closest` measures them.
+        bary, dist2 = _closest_point(self.tables, points[found], frame_ids[found], tri_ids)
+        distance = bound.to(points.dtype)
+        distance[found] = dist2.sqrt()
+        near = torch.nonzero(distance[found] <= reach).squeeze(1)
+        return found[near], tri_ids[near], bary[near], distance
+
+
+def within_reach(
+    tri_ids: torch.Tensor, bary: torch.Tensor, dist2: torch.Tensor, reach: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``closest_within``'s answer from a whole-mesh :meth:`closest`'s: the indices (K,) of
+    the points within ``reach``, their vertex ids (K, 3) and barycentrics (K, 3), and every
+    point's distance (N,)."""
+    distance = dist2.sqrt()
+    near = torch.nonzero(distance <= reach).squeeze(1)
+    return near, tri_ids[near], bary[near], distance
 
 
 def _take_nearest_vertex(

@@ -66,7 +66,7 @@ def test_each_change_is_previewed_then_drawn_full_when_nothing_else_arrives() ->
         assert first.image.shape == (64, 64, 3) and first.image[0, 0, 0] == 10
         # Full images may be dropped when the view moves on; previews are drawn in one
         # piece (a cancellable render is drawn in bands, which costs a preview time).
-        assert list(zip(rec.calls, rec.cancellable)) == [(16, False), (64, True)]
+        assert list(zip(rec.calls, rec.cancellable, strict=True)) == [(16, False), (64, True)]
         version = r.update(pose=_pose(0.2))
         still = r.wait_still(WAIT)
         assert still.version == version and still.image[0, 0, 0] == 20
