@@ -93,9 +93,26 @@ class PosedFrames:
     #: ``(points (N,3), result) -> (N,)``: a factor of the density, 1 in value, whose
     #: gradient w.r.t. the pose is that of a soft shell edge (pose refinement); None: none.
     shell_gradient: Callable[[Tensor, DeformResult], Tensor] | None = None
+    #: Inference's per-vertex light mix of the visibility, and the logits' version it is of.
+    _lights: tuple[tuple[int, int], Tensor] | None = dataclasses.field(
+        default=None, init=False, repr=False
+    )
 
     def __len__(self) -> int:
         return int(self.aabbs.shape[0])
+
+    def vertex_lights(self, field: HashGridField) -> Tensor | None:
+        """(T * V, lights) ``field.mix_lights`` of every posed vertex's visibility (None
+        without visibility), computed once per version of the field's light logits."""
+        visibility = self.deformation.vertex_attributes
+        if visibility is None:
+            return None
+        logits = field.light_logits
+        key = (0, 0) if logits is None else (id(logits), logits._version)
+        if self._lights is None or self._lights[0] != key:
+            with torch.no_grad():
+                self._lights = (key, field.mix_lights(visibility))
+        return self._lights[1]
 
 
 class _DeformCache:
@@ -477,10 +494,16 @@ class HandAvatar(nn.Module):
         left them out (``orient=False``), and so is the self-shadow visibility: the costly
         inputs of the colour, needed only where a sample is seen. The geometry runs in
         float32 whatever the autocast."""
+        mixed = not torch.is_grad_enabled() and frames.deformation.vertex_attributes is not None
         with fp32_geometry(geo.device):
             result = frames.deformation.orient(result)
-            visibility = frames.deformation.blend_attributes(result)
-        return self.field.color(geo, result.rotation, view_dirs, result.normal, visibility)
+            # Inference: the lights are a linear mix of the directions, and so is the blend,
+            # so each vertex's mix is blended (lights wide) instead of its directions.
+            lights = frames.vertex_lights(self.field) if mixed else None
+            visibility = frames.deformation.blend_attributes(result, lights)
+        return self.field.color(
+            geo, result.rotation, view_dirs, result.normal, visibility, lights_mixed=mixed
+        )
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:

@@ -236,6 +236,8 @@ class HashGridField(nn.Module):
                 0.01 * torch.randn(n_visibility, cfg.visibility_lights, device=device)
             )
             n_vis_in = cfg.visibility_lights
+        #: Visibility numbers the colour MLP takes: the lights, else every direction.
+        self.n_light_inputs = n_vis_in
         n_shading_in = (3 if cfg.use_world_normal else 0) + n_vis_in
         if cfg.color_model == "shaded" and (cfg.geo_feat_dim < 1 or n_shading_in == 0):
             raise ConfigError(
@@ -356,12 +358,14 @@ class HashGridField(nn.Module):
         view_dir: Tensor,
         normal: Tensor | None = None,
         visibility: Tensor | None = None,
+        lights_mixed: bool = False,
     ) -> Tensor:
         """rgb (N,3) in [0,1] from the geometry features ``geo`` of
         :meth:`density_and_features` (with ``separate_color_grid``, the coordinates the colour
         grid's features are looked up at) and the other inputs of :meth:`forward` (the second
         half of it: inference computes colour only where a sample is visible). ``rot`` may
-        be None unless ``use_pose_rotation``."""
+        be None unless ``use_pose_rotation``. ``lights_mixed``: ``visibility`` is already
+        :meth:`mix_lights`' (N, lights), not (N, n_visibility) directions."""
         if self.color_encoding is not None and self.color_feature_mlp is not None:
             geo = self.color_feature_mlp(self.color_encoding(geo).float())
         n = geo.shape[0]
@@ -383,14 +387,11 @@ class HashGridField(nn.Module):
                 )
             inputs.append(rot.reshape(n, 9).float())
         if self.n_visibility > 0:
-            if visibility is None or visibility.shape != (n, self.n_visibility):
+            width = self.n_light_inputs if lights_mixed else self.n_visibility
+            if visibility is None or visibility.shape != (n, width):
                 got = None if visibility is None else tuple(visibility.shape)
-                raise ParameterError(
-                    f"field: visibility must have shape ({n},{self.n_visibility}), got {got}"
-                )
-            seen = visibility.float()
-            if self.light_logits is not None:
-                seen = seen @ torch.softmax(self.light_logits.float(), dim=0)  # (n, lights)
+                raise ParameterError(f"field: visibility must have shape ({n},{width}), got {got}")
+            seen = visibility.float() if lights_mixed else self.mix_lights(visibility)
             # Centred: an unshadowed sample and a shadowed one differ in sign, not scale.
             inputs.append(seen * 2.0 - 1.0)
             shading_inputs.append(inputs[-1])
@@ -410,6 +411,15 @@ class HashGridField(nn.Module):
         shading = torch.sigmoid(self.shading_mlp(torch.cat(shading_inputs, dim=-1)))
         base = (albedo * shading).clamp(1e-6, 1.0 - 1e-6)
         return torch.sigmoid(torch.logit(base) + logits)
+
+    def mix_lights(self, visibility: Tensor) -> Tensor:
+        """(..., n_visibility) per-direction visibility -> (..., n_light_inputs): each
+        learnt light's mix of the directions (the visibility itself without lights).
+        Linear, so it commutes with blending: inference mixes each vertex's once."""
+        seen = visibility.float()
+        if self.light_logits is not None:
+            seen = seen @ torch.softmax(self.light_logits.float(), dim=0)  # (..., lights)
+        return seen
 
     def apply_camera_affine(
         self, rgb: Tensor, opacity: Tensor, camera_ids: Tensor | None

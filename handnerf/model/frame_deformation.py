@@ -393,16 +393,20 @@ class FrameDeformation:
             out.normal[changed] = part.normal
         return out
 
-    def blend_attributes(self, result: DeformResult) -> torch.Tensor | None:
+    def blend_attributes(
+        self, result: DeformResult, attributes: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """(N, C) ``vertex_attributes`` blended with ``result``'s neighbour weights, or None.
 
         Separate from :meth:`deform` so that callers blend only the samples they keep (the
-        gather is (N, k, C) values: the costly part for wide attributes).
+        gather is (N, k, C) values: the costly part for wide attributes). ``attributes``:
+        other (F * V, C') per-vertex values to blend instead (e.g. a linear map of them).
         """
-        if self.vertex_attributes is None or result.neighbor_ids is None:
+        values = self.vertex_attributes if attributes is None else attributes
+        if values is None or result.neighbor_ids is None:
             return None
         assert result.neighbor_weights is not None
-        gathered = self.vertex_attributes[result.neighbor_ids]  # (N, k, C)
+        gathered = values[result.neighbor_ids]  # (N, k, C)
         with fp32_geometry(self.device):
             return torch.einsum("nk,nkc->nc", result.neighbor_weights, gathered)
 

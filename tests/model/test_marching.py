@@ -115,3 +115,40 @@ def test_fewer_samples_per_ray_give_a_coarser_cheaper_preview(tiny_run: Path) ->
     assert int(half["n_deformed"]) < int(fine["n_deformed"])
     with pytest.raises(ConfigError, match="applies to the fast path only"):
         render_camera(run.avatar, frames, cam, 0, None, marching=False, n_samples=8)
+
+
+def test_inference_blends_each_vertexs_light_mix_as_training_blends_the_directions(
+    tiny_run: Path,
+) -> None:
+    """The lights are a linear mix of the visibility directions, so inference mixes each
+    vertex's once and blends the lights: the colour training computes, and the mix is
+    recomputed when the lights change."""
+    run, frames, _ = scene(tiny_run)
+    avatar = run.avatar
+    assert avatar.field.light_logits is not None
+    assert frames.deformation.vertex_attributes is not None
+    gen = torch.Generator().manual_seed(0)
+    verts = frames.vertices[0]
+    points = verts[torch.randint(0, len(verts), (300,), generator=gen)]
+    points = points + 0.002 * torch.randn(300, 3, generator=gen)
+    ids = torch.zeros(300, dtype=torch.long)
+    dirs = torch.nn.functional.normalize(torch.randn(300, 3, generator=gen), dim=-1)
+
+    def colour() -> torch.Tensor:
+        result = frames.deformation.deform(points, ids)
+        _, geo = avatar.sample_density(frames, points, result)
+        return avatar.sample_color(frames, result, geo, dirs)
+
+    with torch.no_grad():
+        avatar.field.light_logits.copy_(torch.randn(avatar.field.light_logits.shape, generator=gen))
+        mixed = colour()
+    with torch.enable_grad():
+        directions = colour()
+    assert directions.requires_grad  # the training path: per-sample directions, mixed
+    torch.testing.assert_close(mixed, directions.detach(), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        avatar.field.light_logits.mul_(-3.0)
+        changed = colour()
+    with torch.enable_grad():
+        torch.testing.assert_close(changed, colour().detach(), atol=1e-5, rtol=0)
+    assert float((changed - mixed).abs().max()) > 1e-3  # the new lights took effect
