@@ -65,10 +65,11 @@ def test_closest_triangles_within_reach_are_libigls(posed) -> None:  # type: ign
 def test_points_far_from_the_mesh_get_no_triangle(posed) -> None:  # type: ignore[no-untyped-def]
     _, frames = posed
     tables = frames.deformation.triangle_trees.tables
-    grid = ReachGrid(tables.posed_vertices[:1], tables.faces, REACH)
-    far = tables.posed_vertices[0].mean(0) + torch.tensor([[1.0, 0, 0], [0, -2.0, 0], [0, 0, 0.5]])
-    face, distance = grid.closest_within(far, torch.zeros(3, dtype=torch.long))
+    grid = ReachGrid(tables.posed_vertices, tables.faces, REACH)
+    far = tables.posed_vertices[1].mean(0) + torch.tensor([[1.0, 0, 0], [0, -2.0, 0], [0, 0, 0.5]])
+    face, distance = grid.closest_within(far, torch.ones(3, dtype=torch.long))
     assert face.tolist() == [-1, -1, -1] and bool((distance == grid.limit).all())
+    assert grid.built_frames == [1]  # a frame's grid is built when it is first asked
     empty_face, empty_distance = grid.closest_within(torch.zeros(0, 3), torch.zeros(0).long())
     assert empty_face.shape == empty_distance.shape == (0,)
 
