@@ -16,7 +16,12 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from handnerf.errors import ParameterError
-from handnerf.model.blend_math import blend_quaternions, inverse_3x3, quaternion_to_matrix
+from handnerf.model.blend_math import (
+    MIN_DETERMINANT,
+    blend_quaternions,
+    inverse_3x3,
+    quaternion_to_matrix,
+)
 from handnerf.model.deformer_config import DeformerConfig
 from handnerf.model.neighbour_search import GridField, knn, neighbour_weights, sample_grid
 from handnerf.model.surface_search import MeshTables, TriangleScan, TriangleTrees, closest_triangles
@@ -233,6 +238,26 @@ class FrameDeformation:
         distances of the other samples may be lower bounds (see
         :meth:`TriangleTrees.closest_within`): they are empty either way."""
         assert self.triangle_trees is not None
+        grid = self.triangle_trees.reach_grid(self.config.max_distance)
+        if grid is not None and points.device.type == "cpu":
+            # The search and the blend fused (numba); the same arithmetic as below.
+            canonical, valid, distance, ids, weights = grid.deform_within(
+                points,
+                frame_ids,
+                self.vertex_affine,
+                self.posed_vertices,
+                self.canonical_vertices,
+                self.config.max_distance,
+                MIN_DETERMINANT,
+            )
+            return DeformResult(
+                canonical=canonical,
+                valid=valid,
+                rotation=None,
+                distance=distance,
+                neighbor_ids=ids,
+                neighbor_weights=weights,
+            )
         near, tri_ids, bary, distance = self.triangle_trees.closest_within(
             points, frame_ids, self.config.max_distance
         )

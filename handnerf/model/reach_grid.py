@@ -23,8 +23,14 @@ of the demo avatar it was about half of the time.
 
 ``limit`` is ``max_distance`` plus a margin (:data:`SKIP_MARGIN`): samples up to the margin
 beyond reach still learn their exact distance, which the fast path uses to skip ahead.
-The distances are float64, as libigl's; tests/model/test_reach_grid.py checks the
-triangles against libigl's.
+The distances are float64, as libigl's.
+
+:meth:`ReachGrid.deform_within` fuses the query with what the deformer does next for a
+sample in reach (``FrameDeformation._assemble`` in torch: the closest point's barycentrics
+blend its corners' transforms, inverted in closed form, anchored at the blended canonical
+point with correctives): one pass per sample instead of a dozen tensor operations, each a
+pass over the round's samples. tests/model/test_reach_grid.py checks the triangles against
+libigl's and the deformation against the torch path's.
 """
 
 from __future__ import annotations
@@ -126,6 +132,76 @@ class ReachGrid:
                 face[rows], distance[rows] = f_out, d_out
         return torch.from_numpy(face), torch.from_numpy(distance)
 
+    def deform_within(
+        self,
+        points: torch.Tensor,
+        frame_ids: torch.Tensor,
+        vertex_affine: torch.Tensor,
+        posed_vertices: torch.Tensor,
+        canonical_vertices: torch.Tensor | None,
+        max_distance: float,
+        min_determinant: float,
+    ) -> tuple[torch.Tensor, ...]:
+        """The inverse-LBS deformation of (N, 3) CPU ``points`` (frames ``frame_ids`` (N,))
+        within ``max_distance`` of the mesh, fused with the closest-triangle search: the
+        closest point's barycentrics blend its corners' (F * V, 12) ``vertex_affine`` (row-
+        major 3x4, canonical -> posed), inverted in closed form (adjugate; invertible when
+        the determinant exceeds ``min_determinant``); with (F * V, 3) ``canonical_vertices``
+        the canonical point is the blended canonical anchor plus the inverse applied to the
+        offset from the blended posed anchor (``posed_vertices`` (F, V, 3)), else the
+        inverse applied to the point minus the blended translation, as
+        ``FrameDeformation._assemble`` does in torch.
+
+        Returns canonical (N, 3) (the point itself where not valid), valid (N,) bool (within
+        ``max_distance`` and invertible), distance (N,) (exact up to ``limit``, else
+        ``limit``), neighbour ids (N, 3) int64 (``frame * V + vertex``; 0 beyond reach) and
+        weights (N, 3) (0 beyond reach), float32 as the torch path's.
+        """
+        n = len(points)
+        query = points.detach().double().contiguous().numpy()
+        frames = frame_ids.cpu().numpy()
+        n_vertices = posed_vertices.shape[1]
+        affine = vertex_affine.detach().float().contiguous().numpy()
+        posed = posed_vertices.detach().reshape(-1, 3).float().contiguous().numpy()
+        has_anchor = canonical_vertices is not None
+        canonical_table = (
+            canonical_vertices.detach().float().contiguous().numpy()
+            if canonical_vertices is not None
+            else np.zeros((1, 3), dtype=np.float32)
+        )
+        outputs = (
+            np.empty((n, 3), dtype=np.float32),
+            np.empty(n, dtype=np.bool_),
+            np.empty(n, dtype=np.float32),
+            np.empty((n, 3), dtype=np.int64),
+            np.empty((n, 3), dtype=np.float32),
+        )
+        present = np.unique(frames)
+        for frame in present.tolist():
+            rows = None if len(present) == 1 else np.nonzero(frames == frame)[0]
+            part = query if rows is None else np.ascontiguousarray(query[rows])
+            parts = tuple(np.empty_like(out[: len(part)]) for out in outputs)
+            _deform(
+                part,
+                *self._grid(frame),
+                self.limit,
+                self._faces,
+                frame * n_vertices,
+                affine,
+                posed,
+                canonical_table,
+                has_anchor,
+                float(max_distance),
+                float(min_determinant),
+                *parts,
+            )
+            if rows is None:
+                outputs = parts
+            else:
+                for out, part_out in zip(outputs, parts, strict=True):
+                    out[rows] = part_out
+        return tuple(torch.from_numpy(out) for out in outputs)
+
 
 def _build(
     corners: np.ndarray, box: np.ndarray, cell_size: float, limit: float
@@ -170,10 +246,10 @@ def _build(
 if numba is not None:
 
     @numba.njit(cache=True, nogil=True, inline="always")
-    def _distance2(px, py, pz, corners, t):
-        """Squared distance from (px, py, pz) to triangle ``t`` of ``corners`` (T,3,3)
-        (the closest point by Voronoi regions, as in Ericson's Real-Time Collision
-        Detection, 5.1.5)."""
+    def _closest(px, py, pz, corners, t):
+        """Squared distance from (px, py, pz) to triangle ``t`` of ``corners`` (T,3,3) and
+        the barycentrics of its closest point (by Voronoi regions, as in Ericson's
+        Real-Time Collision Detection, 5.1.5)."""
         ax, ay, az = corners[t, 0, 0], corners[t, 0, 1], corners[t, 0, 2]
         bx, by, bz = corners[t, 1, 0], corners[t, 1, 1], corners[t, 1, 2]
         cx, cy, cz = corners[t, 2, 0], corners[t, 2, 1], corners[t, 2, 2]
@@ -182,9 +258,8 @@ if numba is not None:
         apx, apy, apz = px - ax, py - ay, pz - az
         d1 = abx * apx + aby * apy + abz * apz
         d2 = acx * apx + acy * apy + acz * apz
-        if d1 <= 0.0 and d2 <= 0.0:
-            qx, qy, qz = ax, ay, az
-        else:
+        u, v, w = 1.0, 0.0, 0.0  # corner a
+        if d1 > 0.0 or d2 > 0.0:
             bpx, bpy, bpz = px - bx, py - by, pz - bz
             d3 = abx * bpx + aby * bpy + abz * bpz
             d4 = acx * bpx + acy * bpy + acz * bpz
@@ -195,30 +270,55 @@ if numba is not None:
             vb = d5 * d2 - d1 * d6
             va = d3 * d6 - d5 * d4
             if d3 >= 0.0 and d4 <= d3:
-                qx, qy, qz = bx, by, bz
+                u, v, w = 0.0, 1.0, 0.0  # corner b
             elif d6 >= 0.0 and d5 <= d6:
-                qx, qy, qz = cx, cy, cz
+                u, v, w = 0.0, 0.0, 1.0  # corner c
             elif vc <= 0.0 and d1 >= 0.0 and d3 <= 0.0:
-                v = d1 / (d1 - d3)
-                qx, qy, qz = ax + v * abx, ay + v * aby, az + v * abz
+                v = d1 / (d1 - d3)  # edge ab
+                u, w = 1.0 - v, 0.0
             elif vb <= 0.0 and d2 >= 0.0 and d6 <= 0.0:
-                w = d2 / (d2 - d6)
-                qx, qy, qz = ax + w * acx, ay + w * acy, az + w * acz
+                w = d2 / (d2 - d6)  # edge ac
+                u, v = 1.0 - w, 0.0
             elif va <= 0.0 and (d4 - d3) >= 0.0 and (d5 - d6) >= 0.0:
-                w = (d4 - d3) / ((d4 - d3) + (d5 - d6))
-                qx, qy, qz = bx + w * (cx - bx), by + w * (cy - by), bz + w * (cz - bz)
+                w = (d4 - d3) / ((d4 - d3) + (d5 - d6))  # edge bc
+                u, v = 0.0, 1.0 - w
             else:
                 total = va + vb + vc
-                if total <= 0.0:  # degenerate (collinear corners): its edges decided above
-                    qx, qy, qz = ax, ay, az
-                else:
+                if total > 0.0:  # inside (a degenerate triangle: its edges decided above)
                     v = vb / total
                     w = vc / total
-                    qx = ax + abx * v + acx * w
-                    qy = ay + aby * v + acy * w
-                    qz = az + abz * v + acz * w
+                    u = 1.0 - v - w
+        qx = u * ax + v * bx + w * cx
+        qy = u * ay + v * by + w * cy
+        qz = u * az + v * bz + w * cz
         dx, dy, dz = px - qx, py - qy, pz - qz
-        return dx * dx + dy * dy + dz * dz
+        return dx * dx + dy * dy + dz * dz, u, v, w
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _nearest(
+        px, py, pz, origin, cell, dims, half_diagonal, starts, triangles, distances, corners, limit
+    ):
+        """(squared distance, triangle) of the closest triangle within ``limit`` of the
+        point, or (limit^2, -1)."""
+        fi = math.floor((px - origin[0]) / cell[0])
+        fj = math.floor((py - origin[1]) / cell[1])
+        fk = math.floor((pz - origin[2]) / cell[2])
+        best = limit * limit
+        best_triangle = -1
+        if fi < 0 or fj < 0 or fk < 0 or fi >= dims[0] or fj >= dims[1] or fk >= dims[2]:
+            return best, best_triangle
+        c = (int(fi) * dims[1] + int(fj)) * dims[2] + int(fk)
+        bound = limit
+        for k in range(starts[c], starts[c + 1]):
+            if distances[k] - half_diagonal > bound:
+                break  # this and every later triangle is farther than the best
+            t = triangles[k]
+            d2 = _closest(px, py, pz, corners, t)[0]
+            if d2 < best:
+                best = d2
+                best_triangle = t
+                bound = math.sqrt(d2)
+        return best, best_triangle
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _pair(corners, origin, cell, dims, lo, hi, offsets, radius, pair_cell, pair_distance):
@@ -231,7 +331,7 @@ if numba is not None:
                     y = origin[1] + (j + 0.5) * cell[1]
                     for m in range(lo[t, 2], hi[t, 2] + 1):
                         z = origin[2] + (m + 0.5) * cell[2]
-                        d2 = _distance2(x, y, z, corners, t)
+                        d2 = _closest(x, y, z, corners, t)[0]
                         if d2 <= radius2:
                             pair_cell[k] = (i * dims[1] + j) * dims[2] + m
                             pair_distance[k] = math.sqrt(d2)
@@ -276,27 +376,125 @@ if numba is not None:
         distance_out,
     ):
         for n in numba.prange(points.shape[0]):
+            best, best_triangle = _nearest(
+                points[n, 0],
+                points[n, 1],
+                points[n, 2],
+                origin,
+                cell,
+                dims,
+                half_diagonal,
+                starts,
+                triangles,
+                distances,
+                corners,
+                limit,
+            )
+            face_out[n] = best_triangle
+            distance_out[n] = math.sqrt(best) if best_triangle >= 0 else limit
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _mix(table, g0, g1, g2, u, v, w, k):
+        """Column ``k`` of rows g0, g1, g2 of ``table`` blended with weights u, v, w."""
+        return u * table[g0, k] + v * table[g1, k] + w * table[g2, k]
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _deform(
+        points,
+        origin,
+        cell,
+        dims,
+        half_diagonal,
+        starts,
+        triangles,
+        distances,
+        corners,
+        limit,
+        faces,
+        base,
+        affine,
+        posed,
+        canonical_table,
+        has_anchor,
+        max_distance,
+        min_determinant,
+        canonical_out,
+        valid_out,
+        distance_out,
+        ids_out,
+        weights_out,
+    ):
+        for n in numba.prange(points.shape[0]):
             px, py, pz = points[n, 0], points[n, 1], points[n, 2]
-            fi = math.floor((px - origin[0]) / cell[0])
-            fj = math.floor((py - origin[1]) / cell[1])
-            fk = math.floor((pz - origin[2]) / cell[2])
-            face_out[n] = -1
-            distance_out[n] = limit
-            if fi < 0 or fj < 0 or fk < 0 or fi >= dims[0] or fj >= dims[1] or fk >= dims[2]:
+            canonical_out[n, 0], canonical_out[n, 1], canonical_out[n, 2] = px, py, pz
+            valid_out[n] = False
+            for k in range(3):
+                ids_out[n, k] = 0
+                weights_out[n, k] = 0.0
+            _, t = _nearest(
+                px,
+                py,
+                pz,
+                origin,
+                cell,
+                dims,
+                half_diagonal,
+                starts,
+                triangles,
+                distances,
+                corners,
+                limit,
+            )
+            if t < 0:
+                distance_out[n] = limit
                 continue
-            c = (int(fi) * dims[1] + int(fj)) * dims[2] + int(fk)
-            best = limit * limit
-            best_triangle = -1
-            bound = limit
-            for k in range(starts[c], starts[c + 1]):
-                if distances[k] - half_diagonal > bound:
-                    break  # this and every later triangle is farther than the best
-                t = triangles[k]
-                d2 = _distance2(px, py, pz, corners, t)
-                if d2 < best:
-                    best = d2
-                    best_triangle = t
-                    bound = math.sqrt(d2)
-            if best_triangle >= 0:
-                face_out[n] = best_triangle
-                distance_out[n] = math.sqrt(best)
+            d2, u, v, w = _closest(px, py, pz, corners, t)
+            distance = math.sqrt(d2)
+            distance_out[n] = distance
+            if distance > max_distance:
+                continue
+            g0, g1, g2 = base + faces[t, 0], base + faces[t, 1], base + faces[t, 2]
+            ids_out[n, 0], ids_out[n, 1], ids_out[n, 2] = g0, g1, g2
+            weights_out[n, 0], weights_out[n, 1], weights_out[n, 2] = u, v, w
+            # The blended 3x4 transform, row-major.
+            m0 = _mix(affine, g0, g1, g2, u, v, w, 0)
+            m1 = _mix(affine, g0, g1, g2, u, v, w, 1)
+            m2 = _mix(affine, g0, g1, g2, u, v, w, 2)
+            m3 = _mix(affine, g0, g1, g2, u, v, w, 3)
+            m4 = _mix(affine, g0, g1, g2, u, v, w, 4)
+            m5 = _mix(affine, g0, g1, g2, u, v, w, 5)
+            m6 = _mix(affine, g0, g1, g2, u, v, w, 6)
+            m7 = _mix(affine, g0, g1, g2, u, v, w, 7)
+            m8 = _mix(affine, g0, g1, g2, u, v, w, 8)
+            m9 = _mix(affine, g0, g1, g2, u, v, w, 9)
+            m10 = _mix(affine, g0, g1, g2, u, v, w, 10)
+            m11 = _mix(affine, g0, g1, g2, u, v, w, 11)
+            # Inverse by the adjugate: columns c0 = r1 x r2, c1 = r2 x r0, c2 = r0 x r1.
+            c00 = m5 * m10 - m6 * m9
+            c01 = m6 * m8 - m4 * m10
+            c02 = m4 * m9 - m5 * m8
+            c10 = m9 * m2 - m10 * m1
+            c11 = m10 * m0 - m8 * m2
+            c12 = m8 * m1 - m9 * m0
+            c20 = m1 * m6 - m2 * m5
+            c21 = m2 * m4 - m0 * m6
+            c22 = m0 * m5 - m1 * m4
+            determinant = m0 * c00 + m1 * c01 + m2 * c02
+            if abs(determinant) <= min_determinant:
+                continue
+            if has_anchor:
+                ax = _mix(posed, g0, g1, g2, u, v, w, 0)
+                ay = _mix(posed, g0, g1, g2, u, v, w, 1)
+                az = _mix(posed, g0, g1, g2, u, v, w, 2)
+                ox = _mix(canonical_table, g0, g1, g2, u, v, w, 0)
+                oy = _mix(canonical_table, g0, g1, g2, u, v, w, 1)
+                oz = _mix(canonical_table, g0, g1, g2, u, v, w, 2)
+            else:
+                ax, ay, az = m3, m7, m11
+                ox, oy, oz = 0.0, 0.0, 0.0
+            qx, qy, qz = px - ax, py - ay, pz - az
+            # inverse[i][j] = c_j[i] / det
+            canonical_out[n, 0] = ox + (c00 * qx + c10 * qy + c20 * qz) / determinant
+            canonical_out[n, 1] = oy + (c01 * qx + c11 * qy + c21 * qz) / determinant
+            canonical_out[n, 2] = oz + (c02 * qx + c12 * qy + c22 * qz) / determinant
+            valid_out[n] = True

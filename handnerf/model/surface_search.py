@@ -332,8 +332,12 @@ class TriangleScan:
     def closest_within(
         self, points: torch.Tensor, frame_ids: torch.Tensor, reach: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As :meth:`TriangleTrees.closest_within` (distances exact everywhere)."""
+        """As :meth:`TriangleTrees.closest_within`."""
         return within_reach(*self.closest(points, frame_ids), reach)
+
+    def reach_grid(self, reach: float) -> None:
+        """None: the scan serves any device (the reach grid is the CPU trees' helper)."""
+        return None
 
     def _scan(self, points: torch.Tensor, frame: int) -> torch.Tensor:
         """(n,) id of the closest triangle of ``frame`` to each (n, 3) point."""
@@ -438,27 +442,22 @@ class TriangleTrees:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The closest point of the (N, 3) points that lie within ``reach`` of their (N,)
         frame's mesh: their indices (K,), vertex ids (K, 3) and barycentrics (K, 3); and
-        every point's distance (N,), exact up to a little beyond ``reach`` and a lower
-        bound farther out (:class:`handnerf.model.reach_grid.ReachGrid`, built on first
-        use, where numba imports; else :meth:`closest`, exact everywhere).
-        """
+        every point's distance (N,)."""
+        return within_reach(*self.closest(points, frame_ids), reach)
+
+    def reach_grid(self, reach: float) -> Any:
+        """The frames' :class:`handnerf.model.reach_grid.ReachGrid` for ``reach`` (built on
+        first use; its frames' grids on their first query), or None where numba does not
+        import (or ``HANDNERF_REACH_GRID=0``)."""
         from handnerf.model import reach_grid  # numba: imported on first use only
 
-        if not reach_grid.available() or points.device.type != "cpu":
-            return within_reach(*self.closest(points, frame_ids), reach)
+        if not reach_grid.available():
+            return None
         grid = self._reach_grids.get(reach)
         if grid is None:
             grid = reach_grid.ReachGrid(self.tables.posed_vertices, self.tables.faces, reach)
             self._reach_grids[reach] = grid
-        face, bound = grid.closest_within(points, frame_ids)
-        found = torch.nonzero(face >= 0).squeeze(1)
-        tri_ids = self.tables.faces[face[found]]
-        # The barycentrics and distance as :meth:`closest` measures them.
-        bary, dist2 = _closest_point(self.tables, points[found], frame_ids[found], tri_ids)
-        distance = bound.to(points.dtype)
-        distance[found] = dist2.sqrt()
-        near = torch.nonzero(distance[found] <= reach).squeeze(1)
-        return found[near], tri_ids[near], bary[near], distance
+        return grid
 
 
 def within_reach(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from handnerf.model.marching import march_rays
 from handnerf.model.rays import RayBundle
 from handnerf.model.reach_grid import ReachGrid
 from handnerf.model.renderer import CameraTensors, camera_rays
-from handnerf.model.surface_search import TriangleTrees, within_reach
+from handnerf.model.surface_search import TriangleTrees
 from handnerf.render.jobs import framing_camera, hand_sphere
 from handnerf.runs.loader import load_run
 from handnerf.train.fit_data import sequence_mano
@@ -74,32 +75,42 @@ def test_points_far_from_the_mesh_get_no_triangle(posed) -> None:  # type: ignor
     assert empty_face.shape == empty_distance.shape == (0,)
 
 
-def test_tree_closest_within_matches_the_whole_mesh_search(
+@pytest.mark.parametrize("anchored", [True, False], ids=["correctives", "plain"])
+def test_fused_deformation_equals_the_torch_one(
     posed,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
+    anchored: bool,
 ) -> None:
+    """The fast path's deformation (``orient=False, reach_only=True``) from the grid's
+    fused kernel and from libigl + torch: the same samples in reach, canonical points,
+    blend and distances (exact within reach, a lower bound beyond)."""
     _, frames = posed
-    trees = frames.deformation.triangle_trees
+    deformation = frames.deformation
+    if anchored:
+        assert deformation.canonical_vertices is not None
+    else:
+        deformation = dataclasses.replace(deformation, canonical_vertices=None)
+    vertices = deformation.posed_vertices
     frame_ids = torch.tensor([1, 0]).repeat_interleave(2000)
-    points = torch.cat([near_mesh(trees.tables.posed_vertices[f], 2000, 0.01, 3) for f in (1, 0)])
-    near, tri_ids, bary, distance = trees.closest_within(points, frame_ids, REACH)
-    ref_near, ref_tri, ref_bary, ref_distance = within_reach(
-        *trees.closest(points, frame_ids), REACH
-    )
-    assert torch.equal(near, ref_near) and len(near) > 1000
-    # The closest point itself: the same, whichever of the triangles sharing it was taken.
-    corners = trees.tables.posed_vertices[frame_ids[near, None], tri_ids]
-    ref_corners = trees.tables.posed_vertices[frame_ids[near, None], ref_tri]
-    point = (bary[..., None] * corners).sum(1)
-    ref_point = (ref_bary[..., None] * ref_corners).sum(1)
-    torch.testing.assert_close(point, ref_point, atol=1e-6, rtol=0)
-    torch.testing.assert_close(distance[near], ref_distance[near], atol=1e-6, rtol=0)
-    assert bool((distance <= ref_distance + 1e-6).all())
-    # Switched off: libigl's answer itself.
+    points = torch.cat([near_mesh(vertices[f], 2000, 0.01, 3) for f in (1, 0)])
+    fused = deformation.deform(points, frame_ids, orient=False, reach_only=True)
     monkeypatch.setenv(reach_grid.ENV_SWITCH, "0")
-    off = trees.closest_within(points, frame_ids, REACH)
-    for got, want in zip(off, (ref_near, ref_tri, ref_bary, ref_distance), strict=True):
-        assert torch.equal(got, want)
+    plain = deformation.deform(points, frame_ids, orient=False, reach_only=True)
+    assert int(plain.valid.sum()) > 1000 and int((~plain.valid).sum()) > 500
+    assert torch.equal(fused.valid, plain.valid)
+    valid = plain.valid
+    torch.testing.assert_close(fused.canonical[valid], plain.canonical[valid], atol=2e-6, rtol=0)
+    torch.testing.assert_close(fused.canonical[~valid], points[~valid])
+    torch.testing.assert_close(fused.distance[valid], plain.distance[valid], atol=1e-6, rtol=0)
+    assert bool((fused.distance <= plain.distance + 1e-6).all())
+    # The blend: the same closest point, whichever triangle sharing it was taken.
+    flat = vertices.reshape(-1, 3)
+    assert fused.neighbor_ids is not None and fused.neighbor_weights is not None
+    assert plain.neighbor_ids is not None and plain.neighbor_weights is not None
+    point = (fused.neighbor_weights[valid, :, None] * flat[fused.neighbor_ids[valid]]).sum(1)
+    ref = (plain.neighbor_weights[valid, :, None] * flat[plain.neighbor_ids[valid]]).sum(1)
+    torch.testing.assert_close(point, ref, atol=1e-6, rtol=0)
+    assert bool((fused.neighbor_weights[~valid] == 0).all())
 
 
 def test_march_renders_the_same_with_libigl_or_the_grid(
