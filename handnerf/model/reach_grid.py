@@ -119,8 +119,8 @@ class ReachGrid:
         frames = frame_ids.cpu().numpy()
         face = np.empty(len(query), dtype=np.int64)
         distance = np.empty(len(query), dtype=np.float64)
-        present = np.unique(frames)
-        for frame in present.tolist():
+        present = _frames_present(frames)
+        for frame in present:
             rows = None if len(present) == 1 else np.nonzero(frames == frame)[0]
             part = query if rows is None else np.ascontiguousarray(query[rows])
             f_out = np.empty(len(part), dtype=np.int64)
@@ -176,8 +176,8 @@ class ReachGrid:
             np.empty((n, 3), dtype=np.int64),
             np.empty((n, 3), dtype=np.float32),
         )
-        present = np.unique(frames)
-        for frame in present.tolist():
+        present = _frames_present(frames)
+        for frame in present:
             rows = None if len(present) == 1 else np.nonzero(frames == frame)[0]
             part = query if rows is None else np.ascontiguousarray(query[rows])
             parts = tuple(np.empty_like(out[: len(part)]) for out in outputs)
@@ -201,6 +201,15 @@ class ReachGrid:
                 for out, part_out in zip(outputs, parts, strict=True):
                     out[rows] = part_out
         return tuple(torch.from_numpy(out) for out in outputs)
+
+
+def _frames_present(frames: np.ndarray) -> list[int]:
+    """The distinct frame ids of (N,) ``frames``, sorted (one frame, the usual case, costs
+    a min and a max, not a sort)."""
+    if len(frames) == 0:
+        return []
+    low, high = int(frames.min()), int(frames.max())
+    return [low] if low == high else np.unique(frames).tolist()
 
 
 def _build(
