@@ -108,6 +108,7 @@ class PosedFrames:
         if visibility is None:
             return None
         logits = field.light_logits
+        # torch's in-place version counter: an optimiser step or a load changes it.
         key = (0, 0) if logits is None else (id(logits), logits._version)
         if self._lights is None or self._lights[0] != key:
             with torch.no_grad():

@@ -234,9 +234,10 @@ class FrameDeformation:
         return self._assemble(points, global_ids, bary, dist2.sqrt(), orient)
 
     def _deform_reached(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
-        """``_deform_closest`` without orientation, blended only within reach; the
-        distances of the other samples may be lower bounds (see
-        :meth:`TriangleTrees.closest_within`): they are empty either way."""
+        """``_deform_closest`` without orientation, blended only within reach (neighbour
+        ids and weights 0 beyond it). With the reach grid (:meth:`ReachGrid.deform_within
+        <handnerf.model.reach_grid.ReachGrid.deform_within>`) the distances of samples
+        farther than its ``limit`` are lower bounds: they are empty either way."""
         assert self.triangle_trees is not None
         grid = self.triangle_trees.reach_grid(self.config.max_distance)
         if grid is not None and points.device.type == "cpu":

@@ -19,7 +19,7 @@ of the demo avatar it was about half of the time.
   one can be nearer) or ``limit``. A point whose nearest listed triangle is within
   ``limit`` gets it, exactly the closest triangle of the whole mesh (ties between
   triangles at the same distance aside: they share the closest point); any other point
-  gets no triangle (-1) and the lower bound ``limit`` of its distance.
+  gets none, and the lower bound ``limit`` of its distance.
 
 ``limit`` is ``max_distance`` plus a margin (:data:`SKIP_MARGIN`): samples up to the margin
 beyond reach still learn their exact distance, which the fast path uses to skip ahead.
@@ -62,7 +62,7 @@ def available() -> bool:
 
 
 class ReachGrid:
-    """Candidate grids of one or more posed frames' meshes for :meth:`closest_within`.
+    """Candidate grids of one or more posed frames' meshes for :meth:`deform_within`.
 
     Args:
         vertices: (F, V, 3) posed vertices (metres), float.
@@ -108,29 +108,6 @@ class ReachGrid:
             grid = _build(corners, box, self.cell_size, self.limit)
             self._frames[frame] = grid
         return grid
-
-    def closest_within(
-        self, points: torch.Tensor, frame_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """For (N, 3) CPU ``points`` of frames ``frame_ids`` (N,): the closest triangle's
-        index (N,) int64 where it lies within ``limit``, else -1, and the distance (N,)
-        float64: exact for the former, ``limit`` (a lower bound) for the latter."""
-        query = points.detach().double().contiguous().numpy()
-        frames = frame_ids.cpu().numpy()
-        face = np.empty(len(query), dtype=np.int64)
-        distance = np.empty(len(query), dtype=np.float64)
-        present = _frames_present(frames)
-        for frame in present:
-            rows = None if len(present) == 1 else np.nonzero(frames == frame)[0]
-            part = query if rows is None else np.ascontiguousarray(query[rows])
-            f_out = np.empty(len(part), dtype=np.int64)
-            d_out = np.empty(len(part), dtype=np.float64)
-            _query(part, *self._grid(frame), self.limit, f_out, d_out)
-            if rows is None:
-                face, distance = f_out, d_out
-            else:
-                face[rows], distance[rows] = f_out, d_out
-        return torch.from_numpy(face), torch.from_numpy(distance)
 
     def deform_within(
         self,
@@ -216,7 +193,7 @@ def _build(
     corners: np.ndarray, box: np.ndarray, cell_size: float, limit: float
 ) -> tuple[np.ndarray, ...]:
     """One frame's grid: (origin, cell, dims, half diagonal, list starts, triangles,
-    centre distances, corners) as :func:`_query` takes them."""
+    centre distances, corners) as :func:`_nearest` takes them."""
     origin = box[:3].copy()
     dims = np.maximum(np.ceil((box[3:] - box[:3]) / cell_size), 1).astype(np.int64)
     cell = (box[3:] - box[:3]) / dims  # exactly covers the box
@@ -368,39 +345,6 @@ if numba is not None:
                     distances[j + 1], triangles[j + 1] = distances[j], triangles[j]
                     j -= 1
                 distances[j + 1], triangles[j + 1] = d, t
-
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _query(
-        points,
-        origin,
-        cell,
-        dims,
-        half_diagonal,
-        starts,
-        triangles,
-        distances,
-        corners,
-        limit,
-        face_out,
-        distance_out,
-    ):
-        for n in numba.prange(points.shape[0]):
-            best, best_triangle = _nearest(
-                points[n, 0],
-                points[n, 1],
-                points[n, 2],
-                origin,
-                cell,
-                dims,
-                half_diagonal,
-                starts,
-                triangles,
-                distances,
-                corners,
-                limit,
-            )
-            face_out[n] = best_triangle
-            distance_out[n] = math.sqrt(best) if best_triangle >= 0 else limit
 
     @numba.njit(cache=True, nogil=True, inline="always")
     def _mix(table, g0, g1, g2, u, v, w, k):

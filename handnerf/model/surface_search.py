@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from handnerf.errors import ConfigError, ParameterError
+
+if TYPE_CHECKING:
+    from handnerf.model.reach_grid import ReachGrid
 
 # Points per chunk of the closest-triangle search (bounds its (N, C, 16) gathers).
 SURFACE_CHUNK = 1 << 16
@@ -404,7 +407,7 @@ class TriangleTrees:
         self.tables = tables
         self._faces = tables.faces.cpu().numpy().astype(np.int64)
         self._vertices = [v.double().numpy() for v in tables.posed_vertices.detach().cpu()]
-        self._reach_grids: dict[float, Any] = {}  # ReachGrid per reach, built on first use
+        self._reach_grids: dict[float, ReachGrid] = {}  # per reach, built on first use
         self._trees = []
         for vertices in self._vertices:
             tree = igl.AABB()
@@ -445,7 +448,7 @@ class TriangleTrees:
         every point's distance (N,)."""
         return within_reach(*self.closest(points, frame_ids), reach)
 
-    def reach_grid(self, reach: float) -> Any:
+    def reach_grid(self, reach: float) -> ReachGrid | None:
         """The frames' :class:`handnerf.model.reach_grid.ReachGrid` for ``reach`` (built on
         first use; its frames' grids on their first query), or None where numba does not
         import (or ``HANDNERF_REACH_GRID=0``)."""

@@ -39,6 +39,19 @@ def near_mesh(vertices: torch.Tensor, n: int, spread: float, seed: int = 0) -> t
     return vertices[picks] + torch.randn(n, 3, generator=gen) * spread
 
 
+def deform(grid: ReachGrid, deformation, points, frame_ids):  # type: ignore[no-untyped-def]
+    """``grid.deform_within`` with the posed frames' tables."""
+    return grid.deform_within(
+        points,
+        frame_ids,
+        deformation.vertex_affine,
+        deformation.posed_vertices,
+        deformation.canonical_vertices,
+        REACH,
+        1e-6,
+    )
+
+
 def test_closest_triangles_within_reach_are_libigls(posed) -> None:  # type: ignore[no-untyped-def]
     _, frames = posed
     trees = frames.deformation.triangle_trees
@@ -47,32 +60,41 @@ def test_closest_triangles_within_reach_are_libigls(posed) -> None:  # type: ign
     grid = ReachGrid(vertices, faces, REACH)
     frame_ids = torch.tensor([0, 1]).repeat_interleave(3000)
     points = torch.cat([near_mesh(vertices[f], 3000, 0.008, seed=f) for f in (0, 1)])
-    face, distance = grid.closest_within(points, frame_ids)
-    tri_ids, _, dist2 = trees.closest(points, frame_ids)
+    _, valid, distance, ids, weights = deform(grid, frames.deformation, points, frame_ids)
+    tri_ids, bary, dist2 = trees.closest(points, frame_ids)
     exact = dist2.double().sqrt()
-    found = face >= 0
-    # Within the limit: a triangle at libigl's distance (the same one, or one sharing
-    # its closest point); beyond it: none, and a lower bound.
-    within = exact < grid.limit - 1e-6
-    assert int(within.sum()) > 2000 and int((~within).sum()) > 200
-    assert bool(found[within].all()) and not bool(found[exact > grid.limit + 1e-6].any())
-    torch.testing.assert_close(distance[within], exact[within], atol=1e-6, rtol=0)
-    same = (faces[face[within]] == tri_ids[within]).all(dim=1)
+    # Up to the limit (reach + margin) the distance is libigl's; beyond it, the limit: a
+    # lower bound.
+    below = exact < grid.limit - 1e-6
+    assert int((exact <= REACH).sum()) > 2000 and int((~below).sum()) > 200
+    torch.testing.assert_close(distance[below].double(), exact[below], atol=1e-6, rtol=0)
+    assert bool((distance[exact > grid.limit + 1e-6] == grid.limit).all())
+    assert bool((distance.double() <= exact + 1e-6).all())
+    # Within reach: the closest point of libigl's triangle (or of one sharing it).
+    near = exact < REACH - 1e-6
+    assert bool(valid[near].all()) and not bool(valid[exact > REACH + 1e-6].any())
+    flat = vertices.reshape(-1, 3)
+    point = (weights[near, :, None] * flat[ids[near]]).sum(1)
+    ref_ids = frame_ids[near, None] * vertices.shape[1] + tri_ids[near]
+    ref = (bary[near, :, None] * flat[ref_ids]).sum(1)
+    torch.testing.assert_close(point, ref, atol=1e-6, rtol=0)
+    same = (ids[near] == ref_ids).all(dim=1)
     assert float(same.float().mean()) > 0.7
-    assert bool((distance[~found] == grid.limit).all())
-    assert bool((distance <= exact + 1e-6).all())
 
 
-def test_points_far_from_the_mesh_get_no_triangle(posed) -> None:  # type: ignore[no-untyped-def]
+def test_points_far_from_the_mesh_get_nothing(posed) -> None:  # type: ignore[no-untyped-def]
     _, frames = posed
     tables = frames.deformation.triangle_trees.tables
     grid = ReachGrid(tables.posed_vertices, tables.faces, REACH)
     far = tables.posed_vertices[1].mean(0) + torch.tensor([[1.0, 0, 0], [0, -2.0, 0], [0, 0, 0.5]])
-    face, distance = grid.closest_within(far, torch.ones(3, dtype=torch.long))
-    assert face.tolist() == [-1, -1, -1] and bool((distance == grid.limit).all())
+    canonical, valid, distance, _, weights = deform(
+        grid, frames.deformation, far, torch.ones(3, dtype=torch.long)
+    )
+    assert not bool(valid.any()) and bool((distance == grid.limit).all())
+    assert torch.equal(canonical, far) and bool((weights == 0).all())
     assert grid.built_frames == [1]  # a frame's grid is built when it is first asked
-    empty_face, empty_distance = grid.closest_within(torch.zeros(0, 3), torch.zeros(0).long())
-    assert empty_face.shape == empty_distance.shape == (0,)
+    empty = deform(grid, frames.deformation, torch.zeros(0, 3), torch.zeros(0).long())
+    assert [tuple(t.shape) for t in empty] == [(0, 3), (0,), (0,), (0, 3), (0, 3)]
 
 
 @pytest.mark.parametrize("anchored", [True, False], ids=["correctives", "plain"])
