@@ -160,7 +160,7 @@ class ReachGrid:
             parts = tuple(np.empty_like(out[: len(part)]) for out in outputs)
             _deform(
                 part,
-                *self._grid(frame),
+                self._grid(frame),
                 self.limit,
                 self._faces,
                 frame * n_vertices,
@@ -281,11 +281,10 @@ if numba is not None:
         return dx * dx + dy * dy + dz * dz, u, v, w
 
     @numba.njit(cache=True, nogil=True, inline="always")
-    def _nearest(
-        px, py, pz, origin, cell, dims, half_diagonal, starts, triangles, distances, corners, limit
-    ):
+    def _nearest(px, py, pz, grid, limit):
         """(squared distance, triangle) of the closest triangle within ``limit`` of the
-        point, or (limit^2, -1)."""
+        point, or (limit^2, -1); ``grid``: one frame's :func:`_build` tuple."""
+        origin, cell, dims, half_diagonal, starts, triangles, distances, corners = grid
         fi = math.floor((px - origin[0]) / cell[0])
         fj = math.floor((py - origin[1]) / cell[1])
         fk = math.floor((pz - origin[2]) / cell[2])
@@ -354,14 +353,7 @@ if numba is not None:
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _deform(
         points,
-        origin,
-        cell,
-        dims,
-        half_diagonal,
-        starts,
-        triangles,
-        distances,
-        corners,
+        grid,
         limit,
         faces,
         base,
@@ -377,6 +369,7 @@ if numba is not None:
         ids_out,
         weights_out,
     ):
+        corners = grid[7]
         for n in numba.prange(points.shape[0]):
             px, py, pz = points[n, 0], points[n, 1], points[n, 2]
             canonical_out[n, 0], canonical_out[n, 1], canonical_out[n, 2] = px, py, pz
@@ -384,20 +377,7 @@ if numba is not None:
             for k in range(3):
                 ids_out[n, k] = 0
                 weights_out[n, k] = 0.0
-            _, t = _nearest(
-                px,
-                py,
-                pz,
-                origin,
-                cell,
-                dims,
-                half_diagonal,
-                starts,
-                triangles,
-                distances,
-                corners,
-                limit,
-            )
+            _, t = _nearest(px, py, pz, grid, limit)
             if t < 0:
                 distance_out[n] = limit
                 continue
