@@ -29,7 +29,7 @@ On the CPU, where numba imports, the per-sample work runs in compiled kernels: t
 test and each round's pick (:mod:`handnerf.model.march_kernel`), the closest triangle and
 the deformation within reach (:mod:`handnerf.model.reach_grid`), and the hash grids'
 lookups (:mod:`handnerf.model.grid_kernel`); each has a torch twin, which tests compare it
-with (docs/benchmarks.md: 1.02 s -> 0.39 s a 256x256 crop of the demo avatar).
+with (docs/benchmarks.md: 1.02 s -> 0.38 s a 256x256 crop of the demo avatar).
 """
 
 from __future__ import annotations
