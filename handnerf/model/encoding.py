@@ -11,6 +11,9 @@ trained with one loads into the other:
   ``index_add_``. It runs on CPU and GPU.
 * ``"tcnn"``: ``tinycudann.Encoding`` (CUDA only, imported lazily, never required).
 
+On the CPU, inference (nothing to differentiate) of the torch backend runs the same lookup
+compiled with numba (:mod:`handnerf.model.grid_kernel`, equal to a few float32 ulp).
+
 ``"auto"`` picks ``tcnn`` when the encoding is made for a CUDA device and ``tinycudann``
 imports there, else ``torch``: the choice follows the device the model will run on, not
 whether the machine has a GPU (a CPU fit on a GPU machine must not get a CUDA-only grid).
