@@ -234,10 +234,11 @@ class FrameDeformation:
         return self._assemble(points, global_ids, bary, dist2.sqrt(), orient)
 
     def _deform_reached(self, points: torch.Tensor, frame_ids: torch.Tensor) -> DeformResult:
-        """``_deform_closest`` without orientation, blended only within reach (neighbour
-        ids and weights 0 beyond it). With the reach grid (:meth:`ReachGrid.deform_within
-        <handnerf.model.reach_grid.ReachGrid.deform_within>`) the distances of samples
-        farther than its ``limit`` are lower bounds: they are empty either way."""
+        """``_deform_closest`` without orientation, blended only within reach. With the
+        reach grid (:meth:`ReachGrid.deform_within
+        <handnerf.model.reach_grid.ReachGrid.deform_within>`) samples beyond reach get
+        neighbour weights 0, and beyond its ``limit`` a lower bound of their distance:
+        they are empty either way."""
         assert self.triangle_trees is not None
         grid = self.triangle_trees.reach_grid(self.config.max_distance)
         if grid is not None and points.device.type == "cpu":
@@ -259,26 +260,22 @@ class FrameDeformation:
                 neighbor_ids=ids,
                 neighbor_weights=weights,
             )
-        near, tri_ids, bary, distance = self.triangle_trees.closest_within(
-            points, frame_ids, self.config.max_distance
-        )
-        global_ids = frame_ids[near, None] * self.num_vertices + tri_ids  # (K, 3)
-        part = self._assemble(points[near], global_ids, bary, distance[near], False)
+        tri_ids, bary, dist2 = self.triangle_trees.closest(points, frame_ids)
+        global_ids = frame_ids[:, None] * self.num_vertices + tri_ids  # (N, 3)
+        distance = dist2.sqrt()
+        near = torch.nonzero(distance <= self.config.max_distance).squeeze(1)
+        part = self._assemble(points[near], global_ids[near], bary[near], distance[near], False)
         canonical = points.clone()
         canonical[near] = part.canonical
         valid = torch.zeros_like(distance, dtype=torch.bool)
         valid[near] = part.valid
-        neighbor_ids = torch.zeros(len(points), 3, dtype=torch.long, device=points.device)
-        neighbor_ids[near] = global_ids
-        neighbor_weights = torch.zeros(len(points), 3, dtype=bary.dtype, device=points.device)
-        neighbor_weights[near] = bary
         return DeformResult(
             canonical=canonical,
             valid=valid,
             rotation=None,
             distance=distance,
-            neighbor_ids=neighbor_ids,
-            neighbor_weights=neighbor_weights,
+            neighbor_ids=global_ids,
+            neighbor_weights=bary,
         )
 
     def _mesh_weights(

@@ -118,8 +118,10 @@ def march_rays(
     rgb = origins.new_zeros(len(live), 3)
     opacity = origins.new_zeros(len(live))
     depth_sum = origins.new_zeros(len(live))
-    after = torch.full((len(live),), -math.inf, device=device)  # strictly beyond
-    skip_to = torch.full((len(live),), -math.inf, device=device)  # at or beyond
+    # Where each ray's next sample lies: strictly beyond ``after`` (the torch pick's) or
+    # from column ``cursor`` on (the compiled pick's), and at or beyond ``skip_to``.
+    after = torch.full((len(live),), -math.inf, device=device)
+    skip_to = torch.full((len(live),), -math.inf, device=device)
     max_optical = math.inf if min_transmittance == 0 else -math.log(min_transmittance)
     n_deformed = n_evaluated = n_colored = 0
     # The rays still marching (A of them, indices into the live rays) and their shell
@@ -128,7 +130,7 @@ def march_rays(
     active = torch.arange(len(live), device=device)
     active_shell, active_mid = shell, mid
     compiled = march_kernel.available(device)
-    cursor = torch.zeros(len(live), dtype=torch.int64)  # the compiled pick's, per ray
+    cursor = torch.zeros(len(live), dtype=torch.int64)
     while active.numel():
         if compiled:
             rows, cols, active = march_kernel.take_round(

@@ -332,12 +332,6 @@ class TriangleScan:
         bary, dist2 = _closest_point(self.tables, points, frame_ids, tri_ids)
         return tri_ids, bary, dist2
 
-    def closest_within(
-        self, points: torch.Tensor, frame_ids: torch.Tensor, reach: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As :meth:`TriangleTrees.closest_within`."""
-        return within_reach(*self.closest(points, frame_ids), reach)
-
     def reach_grid(self, reach: float) -> None:
         """None: the scan serves any device (the reach grid is the CPU trees' helper)."""
         return None
@@ -440,14 +434,6 @@ class TriangleTrees:
         bary, dist2 = _closest_point(self.tables, points, frame_ids, tri_ids)
         return tri_ids, bary, dist2
 
-    def closest_within(
-        self, points: torch.Tensor, frame_ids: torch.Tensor, reach: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The closest point of the (N, 3) points that lie within ``reach`` of their (N,)
-        frame's mesh: their indices (K,), vertex ids (K, 3) and barycentrics (K, 3); and
-        every point's distance (N,)."""
-        return within_reach(*self.closest(points, frame_ids), reach)
-
     def reach_grid(self, reach: float) -> ReachGrid | None:
         """The frames' :class:`handnerf.model.reach_grid.ReachGrid` for ``reach`` (built on
         first use; its frames' grids on their first query), or None where numba does not
@@ -461,17 +447,6 @@ class TriangleTrees:
             grid = reach_grid.ReachGrid(self.tables.posed_vertices, self.tables.faces, reach)
             self._reach_grids[reach] = grid
         return grid
-
-
-def within_reach(
-    tri_ids: torch.Tensor, bary: torch.Tensor, dist2: torch.Tensor, reach: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``closest_within``'s answer from a whole-mesh :meth:`closest`'s: the indices (K,) of
-    the points within ``reach``, their vertex ids (K, 3) and barycentrics (K, 3), and every
-    point's distance (N,)."""
-    distance = dist2.sqrt()
-    near = torch.nonzero(distance <= reach).squeeze(1)
-    return near, tri_ids[near], bary[near], distance
 
 
 def _take_nearest_vertex(
