@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Training: one batch's evaluated samples, field cost with and without early stop.
     avatar.train()
-    batch = trainer.rays.sample(cfg.train.batch_rays)
+    # The ray sampler hands out host batches; the trainer moves each one to its device.
+    batch = trainer.rays.sample(cfg.train.batch_rays).to(trainer.device)
     rays = batch.rays
     samples = avatar.sampler.sample(
         rays.origins,

@@ -6,16 +6,21 @@ novel-view split, and the same crops at 128x128), renders each view with
 the default fast path (:mod:`handnerf.model.marching`), interleaved (reference, fast,
 reference, fast, ...) so that both meet the same machine load, and reports per size:
 median seconds of each, the speed-up, PSNR of each against the ground truth (black
-background, the hand mask) and their difference, and the largest pixel difference.
+background, the hand mask) and their difference, and the largest pixel difference. The
+same for the view's whole camera frame (``frame``, height x width: 512x334 on the synthetic rig).
 Then the interactive preview: :class:`PreviewRenderer` at 128x128 on an orbit around the
 first view's pose (pose cached, as while the user drags the camera), frames per second,
 with the avatar's samples per ray and with half as many.
 
     OMP_NUM_THREADS=2 python tools/bench_render.py --run demo_out/run --views 4 --repeats 3
+    python tools/bench_render.py --run demo_out/run --device cuda --sampler torch
     python tools/bench.py --render-run demo_out/run   # the same, through bench.py
 
 Posing a frame (``pose_frames``) is not part of a render's time: evaluation poses each
-view once, the preview once per pose.
+view once, the preview once per pose. ``--device cuda`` renders on the GPU (the field under
+fp16 autocast, as ``render_camera`` does there); ``--sampler`` picks the sampler (default:
+the run's, where ``auto`` means nerfacc's marching on CUDA, the torch sampler's fast path
+on the CPU). A render's time includes its one copy back to the host.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from handnerf.evaluation.evaluate import ViewSource, select_views
 from handnerf.evaluation.protocols import get_protocol
 from handnerf.files import machine_info
 from handnerf.hand.hand_model import ManoParams
+from handnerf.model.marching import can_march
 from handnerf.model.preview import PreviewRenderer
 from handnerf.model.renderer import CameraTensors, render_camera, resized_camera
 from handnerf.render.jobs import hand_sphere, orbit_cameras
@@ -57,21 +63,34 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def _timed(fn: Any) -> tuple[float, torch.Tensor]:
+    if torch.cuda.is_available():
+        # Work queued before the call is not the call's; its result is a host tensor, so
+        # the end needs no synchronisation.
+        torch.cuda.synchronize()
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
 
 
-def bench_views(run_dir: Path, n_views: int, repeats: int, chunk: int | None) -> dict[str, Any]:
-    run = load_run(run_dir, device="cpu")
+def bench_views(
+    run_dir: Path,
+    n_views: int,
+    repeats: int,
+    chunk: int | None,
+    device: str = "cpu",
+    sampler: str | None = None,
+) -> dict[str, Any]:
+    run = load_run(run_dir, device=device)
+    if sampler is not None:
+        run.avatar.use_sampler(sampler)
     protocol = get_protocol("handavatar")
     views = select_views(run, ("novel_view",), n_views)
     if not views:
         raise ConfigError(f"{run_dir}: no novel-view (held-out camera) views to render")
     source = ViewSource(run, protocol)
-    sizes: dict[int, dict[str, list[float]]] = {
-        s: {"reference_s": [], "fast_s": [], "psnr_reference": [], "psnr_fast": [], "maxabs": []}
-        for s in SIZES
+    sizes: dict[str, dict[str, list[float]]] = {
+        name: {"reference_s": [], "fast_s": [], "psnr_reference": [], "psnr_fast": [], "maxabs": []}
+        for name in [*(f"{s}x{s}" for s in SIZES), "frame"]
     }
     first_pose: ManoParams | None = None
     for item in views:
@@ -89,29 +108,36 @@ def bench_views(run_dir: Path, n_views: int, repeats: int, chunk: int | None) ->
         gt_full = torch.from_numpy(
             crop.image.astype(np.float32) / 255.0 * crop.mask.astype(bool)[..., None]
         )
+        gt_frame = torch.from_numpy(image.astype(np.float32) / 255.0 * mask.astype(bool)[..., None])
+        jobs = []
         for size in SIZES:
-            cam = resized_camera(CameraTensors.of(crop.camera), size, size)
             factor = gt_full.shape[0] // size
             # The ground truth at this size: the mean of each factor x factor block.
             gt = gt_full.reshape(size, factor, size, factor, 3).mean(dim=(1, 3))
-
+            jobs.append(
+                (f"{size}x{size}", resized_camera(CameraTensors.of(crop.camera), size, size), gt)
+            )
+        jobs.append(("frame", CameraTensors.of(view.camera), gt_frame))
+        for name, cam, gt in jobs:
             render = functools.partial(
-                render_camera, run.avatar, posed, cam, 0, cam_id, "cpu", chunk=chunk
+                render_camera, run.avatar, posed, cam, 0, cam_id, run.device, chunk=chunk
             )
             render(marching=None)  # warm-up
             for _ in range(repeats):
                 t_ref, ref = _timed(functools.partial(render, marching=False))
                 t_fast, fast = _timed(render)
-                sizes[size]["reference_s"].append(t_ref)
-                sizes[size]["fast_s"].append(t_fast)
-            sizes[size]["psnr_reference"].append(psnr(ref, gt))
-            sizes[size]["psnr_fast"].append(psnr(fast, gt))
-            sizes[size]["maxabs"].append(float((fast - ref).abs().max()))
+                sizes[name]["reference_s"].append(t_ref)
+                sizes[name]["fast_s"].append(t_fast)
+            sizes[name]["psnr_reference"].append(psnr(ref, gt))
+            sizes[name]["psnr_fast"].append(psnr(fast, gt))
+            sizes[name]["maxabs"].append(float((fast - ref).abs().max()))
     results = {}
-    for size, r in sizes.items():
+    for name, r in sizes.items():
         ref_s, fast_s = statistics.median(r["reference_s"]), statistics.median(r["fast_s"])
         p_ref, p_fast = statistics.mean(r["psnr_reference"]), statistics.mean(r["psnr_fast"])
-        results[f"{size}x{size}"] = {
+        if name == "frame":
+            name = f"frame {gt_frame.shape[0]}x{gt_frame.shape[1]}"
+        results[name] = {
             "reference_median_s": ref_s,
             "fast_median_s": fast_s,
             "speedup": ref_s / fast_s,
@@ -123,37 +149,49 @@ def bench_views(run_dir: Path, n_views: int, repeats: int, chunk: int | None) ->
             "renders_each": len(r["fast_s"]),
         }
     assert first_pose is not None
-    return {"views": len(views), "sizes": results, "preview": bench_preview(run, first_pose)}
+    return {
+        "views": len(views),
+        "device": str(run.device),
+        "backends": run.avatar.backends(),
+        "sizes": results,
+        "preview": bench_preview(run, first_pose),
+    }
 
 
 def bench_preview(run: Any, mano: ManoParams, n_frames: int = 12) -> dict[str, Any]:
     """FPS of the preview orbiting one pose (posed once, then only the camera moves), with
-    the avatar's samples per ray and with half as many (the viewer's "moving" quality)."""
+    the avatar's samples per ray and with half as many (the viewer's "moving" quality; only
+    where the avatar marches with the torch sampler, as in the viewer: nerfacc's marching
+    steps by distance, not by a sample count)."""
     preview = PreviewRenderer(run.avatar)
     pose_s, frames = _timed(lambda: preview.posed(mano))
     center, radius = hand_sphere(frames.vertices[0])
     cams = orbit_cameras(center, radius, n_frames, PREVIEW_SIZE)
-    half = max(1, run.avatar.sampler.n_samples // 2)
+    half = max(1, run.avatar.sampler.n_samples // 2) if can_march(run.avatar) else None
     preview.render(mano, cams[0])  # warm-up
     times, times_half, psnrs = [], [], []
     for cam in cams:
         t_full, full = _timed(functools.partial(preview.render, mano, cam))
-        t_half, coarse = _timed(functools.partial(preview.render, mano, cam, n_samples=half))
         times.append(t_full)
-        times_half.append(t_half)
-        psnrs.append(psnr(coarse, full))
-    median, median_half = statistics.median(times), statistics.median(times_half)
-    return {
+        if half is not None:
+            t_half, coarse = _timed(functools.partial(preview.render, mano, cam, n_samples=half))
+            times_half.append(t_half)
+            psnrs.append(psnr(coarse, full))
+    median = statistics.median(times)
+    report: dict[str, Any] = {
         "size": f"{PREVIEW_SIZE}x{PREVIEW_SIZE}",
         "frames": n_frames,
         "median_s": median,
         "fps": 1.0 / median,
         "half_samples": half,
-        "half_samples_median_s": median_half,
-        "half_samples_fps": 1.0 / median_half,
-        "half_samples_psnr_vs_full_db": statistics.mean(psnrs),
         "pose_s": pose_s,
     }
+    if half is not None:
+        median_half = statistics.median(times_half)
+        report["half_samples_median_s"] = median_half
+        report["half_samples_fps"] = 1.0 / median_half
+        report["half_samples_psnr_vs_full_db"] = statistics.mean(psnrs)
+    return report
 
 
 def run_render_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
@@ -165,7 +203,9 @@ def run_render_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str,
         torch.set_num_threads(args.threads)
     load_avg = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
-    report = bench_views(args.run, args.views, args.repeats, args.chunk)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA device here")
+    report = bench_views(args.run, args.views, args.repeats, args.chunk, args.device, args.sampler)
     return {
         "command": shlex.join(["python", "tools/bench_render.py", *argv]),
         "date": started.isoformat(timespec="seconds"),
@@ -185,7 +225,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"handnerf render bench, {report['date']}: {m['processor']}, {m['cpu_count']} cores, "
         f"{m['torch_threads']} torch threads, torch {m['torch']}, run {report['run']}, "
-        f"{report['views']} held-out views, load average {m['load_average_start'][0]:.1f} "
+        f"{report['views']} held-out views, on {report['device']} "
+        f"(sampler {report['backends']['sampler']}), "
+        f"load average {m['load_average_start'][0]:.1f} "
         f"at start, {m['load_average_end'][0]:.1f} at end",
         "",
         "| size | reference (s) | fast (s) | speed-up | fast FPS | PSNR reference (dB) | "
@@ -200,13 +242,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['max_abs_pixel_difference']:.1e} |"
         )
     p = report["preview"]
+    moving = (
+        f"with {p['half_samples']} samples per ray (the moving quality): "
+        f"{p['half_samples_median_s']:.3f} s, **{p['half_samples_fps']:.1f} FPS** "
+        f"({p['half_samples_psnr_vs_full_db']:.1f} dB against the full-quality frame); "
+        if p["half_samples"] is not None
+        else "no moving quality (nerfacc's marching has no sample count); "
+    )
     lines += [
         "",
         f"Preview (PreviewRenderer, {p['size']}, orbit of {p['frames']} cameras around one "
-        f"cached pose): {p['median_s']:.3f} s a frame, **{p['fps']:.1f} FPS**; with "
-        f"{p['half_samples']} samples per ray (the moving quality): "
-        f"{p['half_samples_median_s']:.3f} s, **{p['half_samples_fps']:.1f} FPS** "
-        f"({p['half_samples_psnr_vs_full_db']:.1f} dB against the full-quality frame); "
+        f"cached pose): {p['median_s']:.3f} s a frame, **{p['fps']:.1f} FPS**; {moving}"
         f"posing the frame once: {p['pose_s']:.2f} s.",
     ]
     return "\n".join(lines) + "\n"
@@ -219,6 +265,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed renders per view/path")
     parser.add_argument("--chunk", type=int, default=None, help="rays per render call")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--sampler",
+        choices=("auto", "torch", "nerfacc"),
+        default=None,
+        help="sampler to render with (default: the run's)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (.md beside it)")
     return parser.parse_args(list(argv))
 

@@ -199,6 +199,15 @@ class HandAvatar(nn.Module):
             self._sampler = make_sampler(self.cfg.sampler, self.betas.device)
         return self._sampler
 
+    def use_sampler(self, kind: str) -> None:
+        """Sample with ``kind`` ("auto", "torch" or "nerfacc") from now on, e.g. to compare
+        nerfacc's marching with the torch sampler on one fitted avatar. A kind that cannot
+        run on the avatar's device raises :class:`ConfigError` here, not at the next render."""
+        sampler_cfg = dataclasses.replace(self.cfg.sampler, kind=kind)
+        sampler = make_sampler(sampler_cfg, self.betas.device)
+        self.cfg = dataclasses.replace(self.cfg, sampler=sampler_cfg)
+        self._sampler = sampler
+
     def backends(self) -> dict[str, str]:
         return {
             "encoding": str(self.field.encoding.backend_name),

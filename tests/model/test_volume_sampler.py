@@ -295,6 +295,29 @@ def test_sampler_input_validation_and_selection() -> None:
         NerfaccSampler().sample(origins, dirs, frame_ids, frame_aabbs())
 
 
+def test_avatar_switches_its_sampler(request: pytest.FixtureRequest) -> None:
+    """``HandAvatar.use_sampler``: a kind the device cannot run is refused at once and
+    leaves the avatar as it was; one it can run serves from then on. The config the
+    avatar was built from is not modified."""
+    from handnerf.hand.hand_model import HandModel
+    from handnerf.model.avatar import HandAvatar
+    from handnerf.train.config import FitConfig
+
+    cfg = FitConfig().model
+    avatar = HandAvatar(cfg, HandModel.from_folder(None, "right"), torch.zeros(10), 2)
+    assert isinstance(avatar.sampler, TorchSampler)
+    with pytest.raises(ConfigError, match=r"sampler\.kind=nerfacc"):
+        avatar.use_sampler("nerfacc")
+    assert isinstance(avatar.sampler, TorchSampler) and avatar.cfg.sampler.kind == "auto"
+    request.getfixturevalue("nerfacc_standin")
+    avatar.use_sampler("nerfacc")
+    assert isinstance(avatar.sampler, NerfaccSampler) and avatar.cfg.sampler.kind == "nerfacc"
+    assert avatar.backends()["sampler"] == "nerfacc"
+    avatar.use_sampler("torch")
+    assert isinstance(avatar.sampler, TorchSampler) and avatar.cfg.sampler.kind == "torch"
+    assert cfg.sampler.kind == "auto"
+
+
 # -- nerfacc sampler and packed rendering: CUDA, and on the CPU through the stand-in ------
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's kernels need CUDA")
 #: "cpu": nerfacc's kernels stood in for by tests/nerfacc_standin.py; "cuda": the real ones.

@@ -32,7 +32,12 @@ def test_render_bench_reports_both_paths_and_the_preview(
     report = json.loads(out.read_text())
     assert report["run"] == str(tiny_run) and report["views"] == 1
     assert report["command"].startswith("python tools/bench_render.py --run ")
-    assert set(report["sizes"]) == {"256x256", "128x128"}
+    crops = {"256x256", "128x128"}
+    frame = [name for name in report["sizes"] if name not in crops]
+    assert set(report["sizes"]) >= crops and len(frame) == 1
+    # The view's whole camera frame, named height x width (the tiny rig's cameras).
+    assert frame[0].startswith("frame ") and frame[0] != "frame 256x256"
+    assert report["device"] == "cpu" and report["backends"]["sampler"] == "torch"
     for r in report["sizes"].values():
         assert r["renders_each"] == 1
         assert r["speedup"] == pytest.approx(r["reference_median_s"] / r["fast_median_s"])
@@ -58,3 +63,31 @@ def test_render_bench_refuses_a_folder_that_is_no_run(
     assert bench_render.main(["--run", str(tmp_path), "--views", "0"]) == 2
     assert "--repeats and --views must be >= 1" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_render_bench_with_nerfacc_marching_has_no_moving_quality(
+    tiny_run: Path, tmp_path: Path, nerfacc_standin: object
+) -> None:
+    """``--sampler nerfacc`` (its kernels stood in for on the CPU): nerfacc's marching is
+    both paths (there is no separate fast path), and it has no sample count to halve."""
+    bench_render = load("bench_render")
+    out = tmp_path / "render.json"
+    argv = ["--run", str(tiny_run), "--views", "1", "--repeats", "1", "--sampler", "nerfacc"]
+    assert bench_render.main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["backends"]["sampler"] == "nerfacc"
+    for r in report["sizes"].values():
+        assert r["max_abs_pixel_difference"] == 0.0
+    assert report["preview"]["half_samples"] is None
+    assert "half_samples_fps" not in report["preview"]
+    assert "no moving quality" in out.with_suffix(".md").read_text()
+
+
+def test_render_bench_refuses_cuda_without_a_gpu(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert load("bench_render").main(["--run", str(tiny_run), "--device", "cuda"]) == 2
+    assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
