@@ -32,8 +32,14 @@ FACE_COLUMNS = 16
 # Plane distance (metres) of every point from the padding row of MeshTables.face_frames:
 # farther than any candidate triangle, never chosen.
 PADDING_DISTANCE = 1e9
-# (Point, triangle) pairs per chunk of TriangleScan's bounding-sphere distances.
+# (Point, triangle) pairs per chunk of TriangleScan's bounding-sphere distances: on the
+# CPU (without libigl) chunks that stay in cache. On CUDA the scan is the GPU path, and
+# there each chunk is some 120 small kernel launches whatever its size: on an H200
+# (2026-12-04, docs/benchmarks.md) a 256x256 render took 0.7-0.9 s, launch-bound, and
+# chunks of 2^22 pairs (2.7k points of MANO) made 47k of its 68k operations. 2^26 pairs
+# (43k points, about 0.6 GB of temporaries) cut them to 7k.
 SCAN_CHUNK_PAIRS = 1 << 22
+SCAN_CHUNK_PAIRS_CUDA = 1 << 26
 # Candidates whose lower bound is within this (metres) of the chosen triangle's distance
 # are not searched: the closest point could only be that much nearer.
 TIE_TOLERANCE = 1e-7
@@ -311,8 +317,17 @@ class TriangleScan:
     triangle, e.g. under fingers curled onto the palm, whose vertices are nearer.
     """
 
-    def __init__(self, tables: MeshTables) -> None:
+    def __init__(self, tables: MeshTables, chunk_pairs: int | None = None) -> None:
+        """``chunk_pairs``: (point, triangle) pairs per chunk of the bounding-sphere scan
+        (None: :data:`SCAN_CHUNK_PAIRS_CUDA` for tables on CUDA, else
+        :data:`SCAN_CHUNK_PAIRS`). The result does not depend on it."""
         self.tables = tables
+        if chunk_pairs is None:
+            on_cuda = tables.posed_vertices.device.type == "cuda"
+            chunk_pairs = SCAN_CHUNK_PAIRS_CUDA if on_cuda else SCAN_CHUNK_PAIRS
+        if chunk_pairs < 1:
+            raise ParameterError(f"TriangleScan: chunk_pairs must be >= 1, got {chunk_pairs}")
+        self.chunk_pairs = chunk_pairs
         corners = tables.posed_vertices[:, tables.faces]  # (F, T, 3, 3)
         self.centres = corners.mean(dim=2)  # (F, T, 3)
         self.radii = (corners - self.centres[:, :, None]).norm(dim=-1).amax(dim=-1)  # (F, T)
@@ -323,7 +338,7 @@ class TriangleScan:
         """As :meth:`TriangleTrees.closest`."""
         n_triangles = self.tables.faces.shape[0]
         face = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
-        chunk = max(1, SCAN_CHUNK_PAIRS // max(n_triangles, 1))
+        chunk = max(1, self.chunk_pairs // max(n_triangles, 1))
         for frame, rows in rows_by_frame(frame_ids):
             for start in range(0, len(rows), chunk):
                 part = rows[start : start + chunk]

@@ -487,6 +487,63 @@ def test_cpu_trees_and_torch_twin_agree(
     torch.testing.assert_close(trees.normal[both], twin.normal[both], atol=1e-3, rtol=0)
 
 
+def test_triangle_scan_chunks_change_the_launches_not_the_result(
+    hand: CoarseHand, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan's chunk size (large on CUDA, where each chunk costs ~120 kernel launches)
+    only splits the work: the closest triangles are the same for any size."""
+    from handnerf.errors import ParameterError
+    from handnerf.model import surface_search
+
+    frames = prepare(hand, backend="cdist", **MESH_MODE)
+    assert isinstance(frames.triangle_trees, TriangleScan) and frames.mesh is not None
+    default = frames.triangle_trees
+    assert default.chunk_pairs == surface_search.SCAN_CHUNK_PAIRS  # CPU tables
+    generator = torch.Generator().manual_seed(3)
+    points = hand.posed[torch.randint(len(hand.posed), (500,), generator=generator)]
+    points = points + 0.01 * torch.randn(500, 3, generator=generator)
+    frame_ids = torch.zeros(500, dtype=torch.long)
+    n_triangles = len(hand.faces)
+    calls: list[int] = []
+    scan = TriangleScan._scan
+
+    def counted(self: TriangleScan, pts: torch.Tensor, frame: int) -> torch.Tensor:
+        calls.append(len(pts))
+        return scan(self, pts, frame)
+
+    monkeypatch.setattr(TriangleScan, "_scan", counted)
+    results = {}
+    for points_per_chunk in (7, 64, 500):
+        calls.clear()
+        search = TriangleScan(frames.mesh, chunk_pairs=points_per_chunk * n_triangles)
+        results[points_per_chunk] = search.closest(points, frame_ids)
+        assert calls == [min(points_per_chunk, 500 - s) for s in range(0, 500, points_per_chunk)]
+    for result in (results[7], results[64]):
+        for got, want in zip(result, results[500], strict=True):
+            assert torch.equal(got, want)
+    with pytest.raises(ParameterError, match="chunk_pairs"):
+        TriangleScan(frames.mesh, chunk_pairs=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triangle_scan_on_cuda_takes_large_chunks_and_agrees_with_the_cpu(
+    hand: CoarseHand,
+) -> None:
+    from handnerf.model import surface_search
+
+    generator = torch.Generator().manual_seed(4)
+    points = hand.posed + 0.01 * torch.randn(len(hand.posed), 3, generator=generator)
+    on_cpu = prepare(hand, backend="cdist", **MESH_MODE)
+    gpu_hand = CoarseHand(**{k: v.cuda() for k, v in vars(hand).items()})
+    on_gpu = prepare(gpu_hand, backend="cdist", **MESH_MODE)
+    assert isinstance(on_gpu.triangle_trees, TriangleScan)
+    assert on_gpu.triangle_trees.chunk_pairs == surface_search.SCAN_CHUNK_PAIRS_CUDA
+    cpu, gpu = on_cpu.deform(points), on_gpu.deform(points.cuda())
+    assert float((cpu.distance - gpu.distance.cpu()).abs().max()) < 1e-6
+    torch.testing.assert_close(cpu.valid, gpu.valid.cpu())
+
+
 def _procedural_mano_resolution_fist() -> CoarseHand:
     """The package's MANO-resolution procedural hand (the default), posed in a fist by
     :class:`HandModel` (its pose correctives included), as a :class:`CoarseHand`."""
