@@ -19,7 +19,7 @@ from handnerf.hand.hand_model import ManoParams
 from handnerf.model.avatar import HandAvatar
 from handnerf.train.checkpoint import LATEST, load_checkpoint
 from handnerf.train.config import FitConfig, saved_fit_config
-from handnerf.train.fit_hands import FitHands
+from handnerf.train.fit_hands import FitHands, same_hand
 from handnerf.train.pose_refinement import refined_mano_of
 
 
@@ -78,7 +78,7 @@ def load_run(run_dir: Path, device: str = "auto", checkpoint: Path | None = None
     dev = pick_device(device)
     mano_dir = Path(cfg.data.mano_dir) if cfg.data.mano_dir else None
     hands = FitHands.load(cfg.data.hand, cfg.data.mano_dir, cfg.data.procedural_hand)
-    if hands.identity() != state.get("hand_identity"):
+    if not same_hand(state.get("hand_identity"), hands.identity()):
         raise CheckpointError(
             f"{path}: trained with hand model {state.get('hand_identity')}, but "
             f"{mano_dir or 'the procedural hand'} gives {hands.identity()}"

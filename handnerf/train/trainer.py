@@ -37,7 +37,7 @@ from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.distributed import DataParallel
 from handnerf.train.fit_data import FitData
-from handnerf.train.fit_hands import mano_to
+from handnerf.train.fit_hands import mano_to, same_hand
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
 from handnerf.train.pose_refinement import (
     PoseRefiner,
@@ -258,7 +258,7 @@ class Trainer:
                 f"Differences: {diff}. To continue this run, add the saved values: {keep}; "
                 f"to fit with the new settings, give another --out folder or delete {self.out}"
             )
-        if state.get("hand_identity") != self.data.hand_identity:
+        if not same_hand(state.get("hand_identity"), self.data.hand_identity):
             raise CheckpointError(
                 f"{path}: trained with another hand model ({state.get('hand_identity')})"
             )
