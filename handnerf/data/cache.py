@@ -235,6 +235,12 @@ class PreparedCache:
         return str(self.index["hand"]["sha256"])
 
     @property
+    def hand_record(self) -> object:
+        """The hand model(s) the masks were made with, as recorded (see
+        :mod:`handnerf.hand.identity`)."""
+        return self.index["hand"]
+
+    @property
     def selection_report(self) -> str:
         return str(self.index["selection_report"])
 

@@ -43,6 +43,7 @@ from handnerf.data.masks import DEFAULT_SUPERSAMPLE, mesh_silhouette, to_numpy
 from handnerf.data.stream import StreamedSelection, select_views
 from handnerf.errors import ConfigError, DataError, SelectionError
 from handnerf.files import remove_temp_files_under
+from handnerf.hand.identity import hands_identity
 
 # --------------------------------------------------------------------------- spec
 
@@ -511,7 +512,7 @@ def _build_index(
         "version": cache_format.VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **job,
-        "hand": _hand_identity(hand_models, spec.hand),
+        "hand": hands_identity(hand_models, spec.hand),
         "fingerprint": digest.hexdigest()[:16],
         "selection_report": str(report),
         "selection_steps": report.steps,
@@ -533,24 +534,4 @@ def _two_hands_entry(view: FrameView) -> dict[str, Any]:
             side: {k: v.tolist() for k, v in params.items()}
             for side, params in view.two_hands.items()
         }
-    }
-
-
-def _hand_identity(hand_models: dict[str, Any], hand: str) -> dict[str, str]:
-    """The hand model(s) the masks were made with; for ``both`` the sides' sha256 joined
-    right,left (as a two-hand fit's checkpoint records them)."""
-    ids = {
-        side: {
-            "side": str(getattr(model.data, "side", side)),
-            "sha256": str(getattr(model.data, "sha256", "")),
-            "kind": "procedural" if getattr(model.data, "procedural", False) else "mano",
-        }
-        for side, model in hand_models.items()
-    }
-    if hand != "both":
-        return ids[hand]
-    return {
-        "side": "both",
-        "sha256": ",".join(ids[side]["sha256"] for side in HANDS),
-        "kind": ids["right"]["kind"],
     }

@@ -16,10 +16,11 @@ import torch
 from handnerf.errors import CheckpointError
 from handnerf.files import pick_device
 from handnerf.hand.hand_model import ManoParams
+from handnerf.hand.identity import same_hand
 from handnerf.model.avatar import HandAvatar
 from handnerf.train.checkpoint import LATEST, load_checkpoint
 from handnerf.train.config import FitConfig, saved_fit_config
-from handnerf.train.fit_hands import FitHands, same_hand
+from handnerf.train.fit_hands import FitHands
 from handnerf.train.pose_refinement import refined_mano_of
 
 

@@ -30,6 +30,7 @@ from handnerf.data.interhand import (
 )
 from handnerf.errors import ConfigError, DataError, SelectionError
 from handnerf.hand.hand_model import HandModel, ManoParams
+from handnerf.hand.identity import same_hand
 from handnerf.model.two_hands import SIDES
 from handnerf.train.config import DataConfig
 from handnerf.train.fit_hands import FitHands, FitMano, frame_mano
@@ -404,7 +405,7 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
             )
     hands = FitHands.load(cfg.hand, cfg.mano_dir, cfg.procedural_hand)
     fit_sha = hands.identity()["sha256"]
-    if fit_sha != cache.hand_sha:
+    if not same_hand(cache.hand_record, hands.identity()):
         raise DataError(
             f"{root}: its masks were made with another hand model (sha256 {cache.hand_sha[:12]}) "
             f"than this fit's ({fit_sha[:12]}); pass the same --mano-dir to prepare and fit"

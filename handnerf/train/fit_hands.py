@@ -20,6 +20,7 @@ from torch import Tensor
 
 from handnerf.data.interhand import FrameView
 from handnerf.hand.hand_model import HandModel, ManoParams
+from handnerf.hand.identity import hands_identity
 from handnerf.model.avatar import AvatarConfig, HandAvatar
 from handnerf.model.two_hands import SIDES, TwoHandAvatar
 
@@ -101,18 +102,8 @@ class FitHands:
         return mano.betas.mean(0).clone()
 
     def identity(self) -> dict[str, str]:
-        """What a checkpoint records of the hand model(s); a one-hand fit's is unchanged."""
-        ids = {side: hand_identity(model) for side, model in self.models.items()}
-        if not self.both:
-            return ids[next(iter(ids))]
-        both = {
-            "side": "both",
-            "sha256": ",".join(ids[side]["sha256"] for side in SIDES),
-            "kind": ids["right"]["kind"],
-        }
-        if all("generator" in ids[side] for side in SIDES):
-            both["generator"] = ",".join(ids[side]["generator"] for side in SIDES)
-        return both
+        """What a checkpoint records of the hand model(s) (:func:`hands_identity`)."""
+        return hands_identity(self.models, "both" if self.both else next(iter(self.models)))
 
     def faces(self) -> Tensor:
         """(F, 3) triangles of the posed vertices :meth:`posed_vertices` gives."""
@@ -154,40 +145,3 @@ def frame_mano(views: Sequence[FrameView], keys: Sequence[tuple[str, int]], hand
         )
         for side in SIDES
     }
-
-
-def hand_identity(hand_model: HandModel) -> dict[str, str]:
-    """What a checkpoint records of one hand model: side, kind, the file's sha256 and, for
-    the procedural hand, its generator (name, version, seed, resolution)."""
-    data = hand_model.data
-    identity = {
-        "side": str(data.side),
-        "sha256": str(data.sha256),
-        "kind": "procedural" if data.procedural else "mano",
-    }
-    if data.procedural:
-        marker = data.procedural
-        identity["generator"] = (
-            f"{marker.get('generator')} v{marker.get('version')} seed {marker.get('seed')} "
-            f"{marker.get('resolution', 'dense')}"
-        )
-    return identity
-
-
-def same_hand(saved: object, current: dict[str, str]) -> bool:
-    """Whether a checkpoint's recorded hand (``saved``) is the hand model ``current``.
-
-    A MANO file is the same when its bytes are (sha256). The procedural hand is generated
-    on each machine, and its files' bytes are not the same everywhere: numpy/LAPACK builds
-    round its rig differently (1e-14) and pick other bases for the unused pose-PCA
-    components (measured: the same commit on this VM and on a lent H200 gave different
-    sha256). So a procedural hand is the same when its generator is. Checkpoints written
-    before the generator was recorded compare by sha256, as they always did.
-    """
-    if not isinstance(saved, dict):
-        return False
-    if saved.get("kind") == current.get("kind") == "procedural" and "generator" in saved:
-        return saved.get("side") == current.get("side") and saved["generator"] == current.get(
-            "generator"
-        )
-    return all(saved.get(key) == current.get(key) for key in ("side", "sha256", "kind"))

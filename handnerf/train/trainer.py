@@ -31,13 +31,14 @@ from handnerf.errors import (
     TrainingDivergedError,
 )
 from handnerf.files import atomic_write_bytes, pick_device
+from handnerf.hand.identity import same_hand
 from handnerf.model.avatar import HandAvatar, PosedFrames
 from handnerf.model.renderer import is_out_of_memory, render_camera
 from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from handnerf.train.config import FitConfig, upgrade_saved_config
 from handnerf.train.distributed import DataParallel
 from handnerf.train.fit_data import FitData
-from handnerf.train.fit_hands import mano_to, same_hand
+from handnerf.train.fit_hands import mano_to
 from handnerf.train.losses import mask_loss, photometric_loss, sharpen_loss
 from handnerf.train.pose_refinement import (
     PoseRefiner,

@@ -359,3 +359,31 @@ def test_stored_crops_mark_their_padding(interhand_root: Path, tmp_path: Path) -
             black += int(np.count_nonzero(beyond))
             assert crop.valid.any()
     assert padded > 0 and black > 0
+
+
+@pytest.mark.parametrize("generator_changed", [False, True])
+def test_a_cache_prepared_on_another_machine_serves_the_same_procedural_hand(
+    tiny_cache: Path, tmp_path: Path, generator_changed: bool
+) -> None:
+    """Prepared there, the procedural hand had other bytes (another sha256) but the same
+    generator: its masks serve this fit. Another generator's masks do not."""
+    import shutil
+
+    from handnerf.errors import DataError
+    from handnerf.train.config import DataConfig
+    from handnerf.train.fit_data import load_fit_data
+
+    copy = tmp_path / "cache"
+    shutil.copytree(tiny_cache, copy)
+    index = json.loads((copy / "index.json").read_text())
+    assert "generator" in index["hand"]
+    index["hand"]["sha256"] = "0" * 64
+    if generator_changed:
+        index["hand"]["generator"] += " (another)"
+    (copy / "index.json").write_text(json.dumps(index))
+    cfg = DataConfig(crop_size=48, crop_scale=1.3, holdout_every=3)
+    if generator_changed:
+        with pytest.raises(DataError, match="made with another hand model"):
+            load_fit_data(copy, cfg, progress=False)
+    else:
+        assert load_fit_data(copy, cfg, progress=False).train.views

@@ -1,17 +1,11 @@
-"""The hand model a checkpoint records (``hand_identity``) and how a run is matched to it."""
+"""What a checkpoint or prepared cache records of its hand model, and how it is matched."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
-from handnerf.errors import CheckpointError
 from handnerf.hand.hand_model import HandModel
-from handnerf.runs.loader import load_run
-from handnerf.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
-from handnerf.train.fit_hands import hand_identity, same_hand
+from handnerf.hand.identity import hand_identity, hands_identity, same_hand
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +41,14 @@ def test_mano_files_are_matched_by_their_bytes(procedural: dict[str, str]) -> No
     assert not same_hand(procedural, mano) and not same_hand(mano, procedural)
 
 
-def _with_hand(run: Path, tmp_path: Path, **changes: str) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    path = copy / "checkpoints" / LATEST
-    state = load_checkpoint(path)
-    state["hand_identity"] = {**state["hand_identity"], **changes}
-    save_checkpoint(path, state)
-    return copy
-
-
-def test_a_run_fitted_on_another_machine_loads(tiny_run: Path, tmp_path: Path) -> None:
-    """The procedural hand generated there had other bytes (another sha256) but the same
-    generator: the run loads here."""
-    run = load_run(_with_hand(tiny_run, tmp_path, sha256="0" * 64), device="cpu")
-    assert run.avatar is not None
-
-
-def test_a_run_of_another_procedural_hand_is_refused(tiny_run: Path, tmp_path: Path) -> None:
-    changed = _with_hand(tiny_run, tmp_path, generator="handnerf-procedural v0 seed 7 mano")
-    with pytest.raises(CheckpointError, match="trained with hand model"):
-        load_run(changed, device="cpu")
+def test_two_hands_are_recorded_right_then_left() -> None:
+    models = {
+        side: HandModel.from_folder(None, side, procedural="mano") for side in ("right", "left")
+    }
+    both = hands_identity(models, "both")
+    right, left = hand_identity(models["right"]), hand_identity(models["left"])
+    assert both["side"] == "both" and both["kind"] == "procedural"
+    assert both["sha256"] == f"{right['sha256']},{left['sha256']}"
+    assert both["generator"] == f"{right['generator']},{left['generator']}"
+    assert hands_identity(models, "left") == left
+    assert same_hand({**both, "sha256": "x,y"}, both)
