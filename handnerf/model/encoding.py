@@ -172,6 +172,18 @@ def grid_levels(
     return levels
 
 
+def gather_levels_at_once(device: torch.device) -> bool:
+    """Whether the torch grid gathers (and scatters) all levels in one operation.
+
+    On CUDA, yes: there each operation is a kernel launch, and launches, not arithmetic,
+    bound the torch path (docs/benchmarks.md, "First run on a GPU"); one level at a time
+    was 60 launches a lookup, all at once is 5. On the CPU, one level at a time: its
+    (C, N, F) temporaries are recycled by the allocator, where an (L, C, N, F) block
+    faults in fresh pages.
+    """
+    return device.type == "cuda"
+
+
 class _GridFunction(torch.autograd.Function):
     """Multilinear lookup in the flat grid table; backward scatters with ``index_add_``.
 
@@ -189,13 +201,16 @@ class _GridFunction(torch.autograd.Function):
         table = params.view(-1, n_features)
         rows, weights, factors = grid.corners(x, params.dtype)  # (L, C, N) each
         n_levels, n_corners, n_points = rows.shape
-        out = torch.empty(n_points, n_levels, n_features, dtype=params.dtype, device=x.device)
-        # One level at a time keeps the (C, N, F) temporaries small enough to be recycled
-        # by the allocator instead of faulting in fresh pages for an (L, C, N, F) block.
-        for level in range(n_levels):
-            values = table.index_select(0, rows[level].view(-1)).view(n_corners, n_points, -1)
-            out[:, level] = (weights[level].unsqueeze(-1) * values).sum(0)
-        out = out.view(n_points, n_levels * n_features)
+        if gather_levels_at_once(x.device):
+            values = table.index_select(0, rows.view(-1)).view(n_levels, n_corners, n_points, -1)
+            out = (weights.unsqueeze(-1) * values).sum(1).permute(1, 0, 2)
+            out = out.reshape(n_points, n_levels * n_features)
+        else:
+            out = torch.empty(n_points, n_levels, n_features, dtype=params.dtype, device=x.device)
+            for level in range(n_levels):
+                values = table.index_select(0, rows[level].view(-1)).view(n_corners, n_points, -1)
+                out[:, level] = (weights[level].unsqueeze(-1) * values).sum(0)
+            out = out.view(n_points, n_levels * n_features)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(rows, weights, params, *factors)
         else:
@@ -219,9 +234,13 @@ class _GridFunction(torch.autograd.Function):
             grad_table = torch.zeros(
                 ctx.n_params // n_features, n_features, dtype=weights.dtype, device=rows.device
             )
-            for level in range(n_levels):
-                contrib = weights[level].unsqueeze(-1) * grad_levels[level]  # (C, N, F)
-                grad_table.index_add_(0, rows[level].view(-1), contrib.view(-1, n_features))
+            if gather_levels_at_once(rows.device):
+                contrib = weights.unsqueeze(-1) * grad_levels  # (L, C, N, F)
+                grad_table.index_add_(0, rows.view(-1), contrib.reshape(-1, n_features))
+            else:
+                for level in range(n_levels):
+                    contrib = weights[level].unsqueeze(-1) * grad_levels[level]  # (C, N, F)
+                    grad_table.index_add_(0, rows[level].view(-1), contrib.view(-1, n_features))
             grad_params = grad_table.view(-1)
         grad_x = None
         if ctx.needs_input_grad[0]:

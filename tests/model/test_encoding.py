@@ -232,6 +232,29 @@ def test_float32_gradients_match_reference() -> None:
         assert got == pytest.approx(expected, rel=1e-4)
 
 
+def test_all_levels_at_once_equals_one_level_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA layout of the torch grid (one gather and one scatter for all levels, as
+    launches bound the GPU) computes what the CPU's level-at-a-time loop does."""
+    from handnerf.model import encoding
+
+    cfg = Config(backend="torch")  # the project default: dense and hashed levels
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(2000, 3, generator=gen)
+    upstream = torch.randn(2000, cfg.n_levels * cfg.n_features_per_level, generator=gen)
+    results = {}
+    for at_once in (False, True):
+        monkeypatch.setattr(encoding, "gather_levels_at_once", lambda device, v=at_once: v)
+        enc = random_encoding(cfg)
+        out = enc(x)
+        (out * upstream).sum().backward()
+        assert enc.params.grad is not None
+        results[at_once] = (out.detach(), enc.params.grad.clone())
+    assert torch.equal(results[True][0], results[False][0])
+    assert torch.equal(results[True][1], results[False][1])
+    monkeypatch.undo()
+    assert not encoding.gather_levels_at_once(torch.device("cpu"))
+
+
 def test_state_dict_round_trip() -> None:
     cfg = Config(n_levels=4, log2_hashmap_size=10, base_resolution=4, backend="torch")
     trained = random_encoding(cfg, seed=5)
