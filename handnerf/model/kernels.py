@@ -9,14 +9,20 @@ choice between the two asks :func:`nerfacc_kernels`, never ``tensor.is_cuda``.
 Tests stand a pure-PyTorch module in for the compiled one (``tests/nerfacc_standin.py``)
 and declare it with :func:`kernels_stood_in`, so the packed path runs, and is checked,
 on a machine without a GPU.
+
+:func:`mesh_search_kernel` is the like switch for the closest point on the posed mesh:
+the fused Triton kernel of :mod:`handnerf.model.closest_kernel` on CUDA, else the torch
+scan.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from types import ModuleType
 
 import torch
 
@@ -71,3 +77,46 @@ def kernels_stood_in(device_type: str = "cpu") -> Iterator[None]:
     finally:
         if added:
             _stood_in.discard(device_type)
+
+
+#: Set to 0 to search the posed mesh with the torch scan on CUDA too.
+MESH_KERNEL_ENV = "HANDNERF_MESH_KERNEL"
+
+
+def mesh_search_kernel(device: torch.device | str) -> ModuleType | None:
+    """:mod:`handnerf.model.closest_kernel` where it serves tensors on ``device``: CUDA,
+    Triton importable, and a first call that gives the right answer; else None (the torch
+    scan serves, with a warning saying why when CUDA is there but the kernel is not)."""
+    device = torch.device(device)
+    if device.type != "cuda" or os.environ.get(MESH_KERNEL_ENV, "1") == "0":
+        return None
+    if not torch.cuda.is_available():
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _mesh_kernel_works(index)
+
+
+@lru_cache(maxsize=8)
+def _mesh_kernel_works(device_index: int) -> ModuleType | None:
+    try:
+        from handnerf.model import closest_kernel
+
+        device = torch.device("cuda", device_index)
+        # One triangle in z = 0; the point above its interior is 0.5 away, at (0.25, 0.25).
+        corners = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], device=device)
+        points = torch.tensor([[0.25, 0.25, 0.5]], device=device)
+        face, bary, dist2 = closest_kernel.closest_on_mesh(points, corners)
+        expected = torch.tensor([[0.5, 0.25, 0.25]])
+        if int(face[0]) != 0 or not torch.allclose(bary.cpu(), expected, atol=1e-6):
+            raise RuntimeError(f"wrong answer: face {int(face[0])}, barycentrics {bary.tolist()}")
+        if abs(float(dist2[0]) - 0.25) > 1e-6:
+            raise RuntimeError(f"wrong answer: squared distance {float(dist2[0])}")
+    except Exception as exc:  # ImportError, Triton's compile errors, a wrong result...
+        warnings.warn(
+            f"the fused closest-point kernel is unusable ({type(exc).__name__}: {exc}); "
+            "the posed mesh is searched by the torch scan",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return closest_kernel

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from handnerf.errors import ConfigError, ParameterError
+from handnerf.model.kernels import mesh_search_kernel
 
 if TYPE_CHECKING:
     from handnerf.model.reach_grid import ReachGrid
@@ -317,11 +318,18 @@ class TriangleScan:
     triangle, e.g. under fingers curled onto the palm, whose vertices are nearer.
     """
 
-    def __init__(self, tables: MeshTables, chunk_pairs: int | None = None) -> None:
+    def __init__(
+        self, tables: MeshTables, chunk_pairs: int | None = None, kernel: Any = "auto"
+    ) -> None:
         """``chunk_pairs``: (point, triangle) pairs per chunk of the bounding-sphere scan
         (None: :data:`SCAN_CHUNK_PAIRS_CUDA` for tables on CUDA, else
-        :data:`SCAN_CHUNK_PAIRS`). The result does not depend on it."""
+        :data:`SCAN_CHUNK_PAIRS`). The result does not depend on it.
+        ``kernel``: a module with ``closest_on_mesh`` (:mod:`handnerf.model.closest_kernel`)
+        that searches instead of the scan; "auto": :func:`mesh_search_kernel` of the tables'
+        device (the fused kernel on CUDA); None: the scan."""
         self.tables = tables
+        device = tables.posed_vertices.device
+        self.kernel = mesh_search_kernel(device) if kernel == "auto" else kernel
         if chunk_pairs is None:
             on_cuda = tables.posed_vertices.device.type == "cuda"
             chunk_pairs = SCAN_CHUNK_PAIRS_CUDA if on_cuda else SCAN_CHUNK_PAIRS
@@ -329,6 +337,7 @@ class TriangleScan:
             raise ParameterError(f"TriangleScan: chunk_pairs must be >= 1, got {chunk_pairs}")
         self.chunk_pairs = chunk_pairs
         corners = tables.posed_vertices[:, tables.faces]  # (F, T, 3, 3)
+        self.corners = corners if self.kernel is not None else None
         self.centres = corners.mean(dim=2)  # (F, T, 3)
         self.radii = (corners - self.centres[:, :, None]).norm(dim=-1).amax(dim=-1)  # (F, T)
 
@@ -336,6 +345,8 @@ class TriangleScan:
         self, points: torch.Tensor, frame_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`TriangleTrees.closest`."""
+        if self.kernel is not None and self.corners is not None and points.dtype == torch.float32:
+            return self._closest_by_kernel(points, frame_ids, self.corners)
         n_triangles = self.tables.faces.shape[0]
         face = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
         chunk = max(1, self.chunk_pairs // max(n_triangles, 1))
@@ -346,6 +357,19 @@ class TriangleScan:
         tri_ids = self.tables.faces[face]
         bary, dist2 = _closest_point(self.tables, points, frame_ids, tri_ids)
         return tri_ids, bary, dist2
+
+    def _closest_by_kernel(
+        self, points: torch.Tensor, frame_ids: torch.Tensor, corners: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`closest` by the fused kernel: one launch per frame."""
+        n = points.shape[0]
+        face = torch.zeros(n, dtype=torch.long, device=points.device)
+        bary = torch.zeros(n, 3, dtype=torch.float32, device=points.device)
+        dist2 = torch.zeros(n, dtype=torch.float32, device=points.device)
+        for frame, rows in rows_by_frame(frame_ids):
+            found = self.kernel.closest_on_mesh(points[rows], corners[frame])
+            face[rows], bary[rows], dist2[rows] = found
+        return self.tables.faces[face], bary.to(points.dtype), dist2.to(points.dtype)
 
     def reach_grid(self, reach: float) -> None:
         """None: the scan serves any device (the reach grid is the CPU trees' helper)."""
