@@ -96,6 +96,7 @@ from torch import nn
 
 from handnerf.config import choice
 from handnerf.errors import ConfigError, ParameterError
+from handnerf.model import kernels
 
 BACKENDS = ("auto", "torch", "tcnn")
 
@@ -289,6 +290,8 @@ class _GridTables:
         self.n_corners = 1 << n_input_dims
         self._levels = levels
         self._kernel_arrays: tuple[Any, ...] | None = None
+        #: kernel_arrays() on the device, for the fused CUDA lookup (made on its first use).
+        self.device_constants: tuple[Any, ...] | None = None
 
     def kernel_arrays(self) -> tuple[Any, ...]:
         """The per-level constants as :func:`handnerf.model.grid_kernel.grid_lookup` takes
@@ -463,6 +466,9 @@ class HashGridEncoding(nn.Module):
         device = torch.device(device)
         self.backend_name = select_backend(cfg.backend, device)
         self._tables: _GridTables | None = None
+        #: The fused CUDA lookup's first call agreed with the torch backend / did not.
+        self._fused_checked = False
+        self._fused_failed = False
         # Kept out of nn.Module's registry so the state dict key is "params" for both
         # backends; forward hands it our Parameter.
         self._tcnn_module: list[Any] = []
@@ -547,7 +553,38 @@ class HashGridEncoding(nn.Module):
             from handnerf.model import grid_kernel  # numba: imported on first use only
 
             return grid_kernel.grid_lookup(x, self.params, *tables.kernel_arrays())
+        if self._fused_lookup(x):
+            from handnerf.model import grid_triton  # Triton: imported on first use only
+
+            if tables.device_constants is None:
+                tables.device_constants = grid_triton.device_constants(
+                    tables.kernel_arrays(), x.device
+                )
+            if self._fused_checked:
+                return grid_triton.grid_lookup(x, self.params, *tables.device_constants)
+            out = grid_triton.checked_lookup(
+                x,
+                self.params,
+                tables.device_constants,
+                lambda head: _GridFunction.apply(head, self.params, tables),
+            )
+            self._fused_checked, self._fused_failed = out is not None, out is None
+            if out is not None:
+                return out
         return _GridFunction.apply(x.to(self.params.dtype), self.params, tables)
+
+    def _fused_lookup(self, x: torch.Tensor) -> bool:
+        """Whether :mod:`handnerf.model.grid_triton` encodes ``x``: inference of a 3-D grid
+        with float32 parameters where :func:`kernels.grid_triton_enabled` (CUDA), unless
+        its first lookup disagreed with the torch backend."""
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or self.params.requires_grad)
+        return (
+            not wants_grad
+            and not self._fused_failed
+            and self.n_input_dims == 3
+            and self.params.dtype == torch.float32
+            and kernels.grid_triton_enabled(x.device)
+        )
 
     def _compiled_lookup(self, x: torch.Tensor) -> bool:
         """Whether :mod:`handnerf.model.grid_kernel` encodes ``x``: inference (nothing to

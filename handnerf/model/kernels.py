@@ -17,6 +17,7 @@ scan.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from collections.abc import Iterator
@@ -120,3 +121,21 @@ def _mesh_kernel_works(device_index: int) -> ModuleType | None:
         )
         return None
     return closest_kernel
+
+
+#: Set to 0 to keep the hash grid's torch backend (numba on the CPU, Triton on CUDA: off).
+GRID_KERNEL_ENV = "HANDNERF_GRID_KERNEL"
+
+
+def grid_triton_enabled(device: torch.device | str) -> bool:
+    """Whether inference's hash-grid lookup on ``device`` may take the fused Triton kernel
+    (:mod:`handnerf.model.grid_triton`): CUDA, Triton importable, not switched off. Its
+    first lookup is checked against the torch backend (``grid_triton.checked_lookup``)."""
+    if torch.device(device).type != "cuda" or os.environ.get(GRID_KERNEL_ENV, "1") == "0":
+        return False
+    return _triton_importable()
+
+
+@lru_cache(maxsize=1)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
