@@ -366,10 +366,20 @@ class TriangleScan:
         face = torch.zeros(n, dtype=torch.long, device=points.device)
         bary = torch.zeros(n, 3, dtype=torch.float32, device=points.device)
         dist2 = torch.zeros(n, dtype=torch.float32, device=points.device)
-        for frame, rows in rows_by_frame(frame_ids):
-            found = self.kernel.closest_on_mesh(points[rows], corners[frame])
-            face[rows], bary[rows], dist2[rows] = found
-        return self.tables.faces[face], bary.to(points.dtype), dist2.to(points.dtype)
+        with torch.no_grad():
+            for frame, rows in rows_by_frame(frame_ids):
+                found = self.kernel.closest_on_mesh(points[rows], corners[frame])
+                face[rows], bary[rows], dist2[rows] = found
+        tri_ids = self.tables.faces[face]
+        wants_grad = torch.is_grad_enabled() and (
+            points.requires_grad or self.tables.posed_vertices.requires_grad
+        )
+        if wants_grad:
+            # The kernel's outputs carry no gradient: a fit differentiates the closest point
+            # (w.r.t. the samples, and the posed mesh when poses are refined) as the scan does.
+            bary, dist2 = _closest_point(self.tables, points, frame_ids, tri_ids)
+            return tri_ids, bary, dist2
+        return tri_ids, bary.to(points.dtype), dist2.to(points.dtype)
 
     def reach_grid(self, reach: float) -> None:
         """None: the scan serves any device (the reach grid is the CPU trees' helper)."""

@@ -115,6 +115,29 @@ def test_triangle_scan_with_the_kernel_agrees_with_the_torch_scan(
     assert float((d2_64.sqrt() - d2_s.double().sqrt()).abs().max()) < 1e-6
 
 
+def test_with_the_kernel_the_closest_point_keeps_its_gradients(
+    hand: CoarseHand, interpreted: ModuleType
+) -> None:
+    """A fit differentiates the closest point w.r.t. the samples and, when poses are
+    refined, the posed mesh: with the kernel, as with the scan."""
+    points = near_surface_points(hand, 64, seed=5)
+    frame_ids = torch.zeros(64, dtype=torch.long)
+    grads = []
+    for kernel in (interpreted, None):
+        posed = hand.posed[None].clone().requires_grad_()
+        queries = points.clone().requires_grad_()
+        tables = MeshTables.build(posed, hand.faces)
+        tri, bary, dist2 = TriangleScan(tables, kernel=kernel).closest(queries, frame_ids)
+        # The closest point and its distance: the same whichever of two triangles that
+        # share it is named (the kernel and the scan may name different ones in a tie).
+        closest = (bary[:, :, None] * posed[0][tri]).sum(1)
+        (dist2.sum() + closest.sum()).backward()
+        assert queries.grad is not None and posed.grad is not None
+        grads.append((queries.grad, posed.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-4)
+
+
 def test_the_kernel_is_chosen_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert mesh_search_kernel("cpu") is None
     monkeypatch.setenv(MESH_KERNEL_ENV, "0")
