@@ -319,7 +319,8 @@ def _gt_mask(root: Path, view: FrameView) -> np.ndarray:
 
 
 def _fingerprint(root: Path, cfg: DataConfig, views: list[FrameView]) -> str:
-    """Identifies the training data: selection, annotation files (size, mtime), views."""
+    """Identifies the training data: selection, annotation files (path and size: not the
+    mtime, so that a copied or re-downloaded capture keeps it), views."""
     digest = hashlib.sha256()
     selection: list[Any] = [cfg.split, cfg.capture, cfg.train_seq, cfg.hand, cfg.stride]
     # Only when set: runs trained on one sequence keep their fingerprint (and resume).
