@@ -12,29 +12,21 @@ import pytest
 import torch
 
 from handnerf.model import grid_kernel, kernels
-from handnerf.model.encoding import EncodingConfig, HashGridEncoding, make_hash_grid
+from handnerf.model.encoding import EncodingConfig, HashGridEncoding
+from tests.model.test_encoding import random_encoding
 
 pytest.importorskip("triton")
 
+#: The project default (dense then hashed levels, 2 features), and a grid of 4 features.
 CONFIGS = {
-    "default": EncodingConfig(backend="torch"),  # dense then hashed levels, 2 features
-    "four features": EncodingConfig(
-        n_levels=5,
-        n_features_per_level=4,
-        log2_hashmap_size=10,
-        base_resolution=6,
-        per_level_scale=1.7,
-        backend="torch",
-    ),
+    "default": EncodingConfig(backend="torch"),
+    "four features": EncodingConfig(n_levels=5, n_features_per_level=4, backend="torch"),
 }
 
 
 def random_grid(cfg: EncodingConfig) -> HashGridEncoding:
-    torch.manual_seed(0)
-    enc = make_hash_grid(cfg)
-    with torch.no_grad():  # O(1) values make index mistakes visible above float noise
-        enc.params.uniform_(-1.0, 1.0)
-    return enc
+    """O(1) table values, which make index mistakes visible above float noise."""
+    return random_encoding(cfg)
 
 
 @pytest.fixture
