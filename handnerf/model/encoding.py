@@ -290,8 +290,7 @@ class _GridTables:
         self.n_corners = 1 << n_input_dims
         self._levels = levels
         self._kernel_arrays: tuple[Any, ...] | None = None
-        #: kernel_arrays() on the device, for the fused CUDA lookup (made on its first use).
-        self.device_constants: tuple[Any, ...] | None = None
+        self._triton_constants: tuple[Any, ...] | None = None
 
     def kernel_arrays(self) -> tuple[Any, ...]:
         """The per-level constants as :func:`handnerf.model.grid_kernel.grid_lookup` takes
@@ -312,6 +311,15 @@ class _GridTables:
                 int(self.hash_mask),
             )
         return self._kernel_arrays
+
+    def triton_constants(self) -> tuple[Any, ...]:
+        """:meth:`kernel_arrays` on this device, as :func:`handnerf.model.grid_triton.grid_lookup`
+        takes them (made once)."""
+        if self._triton_constants is None:
+            from handnerf.model import grid_triton  # Triton: imported on first use only
+
+            self._triton_constants = grid_triton.device_constants(self.kernel_arrays(), self.device)
+        return self._triton_constants
 
     def _axis_view(self, pair: torch.Tensor, dim: int) -> torch.Tensor:
         """(L, 2, N) -> (L, 1, .., 2, .., 1, N) with the 2 on dimension ``dim``'s bit axis.
@@ -466,9 +474,9 @@ class HashGridEncoding(nn.Module):
         device = torch.device(device)
         self.backend_name = select_backend(cfg.backend, device)
         self._tables: _GridTables | None = None
-        #: The fused CUDA lookup's first call agreed with the torch backend / did not.
-        self._fused_checked = False
-        self._fused_failed = False
+        #: Whether the fused CUDA lookup's first call agreed with the torch backend (None:
+        #: not tried yet).
+        self._fused_agrees: bool | None = None
         # Kept out of nn.Module's registry so the state dict key is "params" for both
         # backends; forward hands it our Parameter.
         self._tcnn_module: list[Any] = []
@@ -556,19 +564,15 @@ class HashGridEncoding(nn.Module):
         if self._fused_lookup(x):
             from handnerf.model import grid_triton  # Triton: imported on first use only
 
-            if tables.device_constants is None:
-                tables.device_constants = grid_triton.device_constants(
-                    tables.kernel_arrays(), x.device
-                )
-            if self._fused_checked:
-                return grid_triton.grid_lookup(x, self.params, *tables.device_constants)
+            if self._fused_agrees:
+                return grid_triton.grid_lookup(x, self.params, *tables.triton_constants())
             out = grid_triton.checked_lookup(
                 x,
                 self.params,
-                tables.device_constants,
+                tables.triton_constants(),
                 lambda head: _GridFunction.apply(head, self.params, tables),
             )
-            self._fused_checked, self._fused_failed = out is not None, out is None
+            self._fused_agrees = out is not None
             if out is not None:
                 return out
         return _GridFunction.apply(x.to(self.params.dtype), self.params, tables)
@@ -580,7 +584,7 @@ class HashGridEncoding(nn.Module):
         wants_grad = torch.is_grad_enabled() and (x.requires_grad or self.params.requires_grad)
         return (
             not wants_grad
-            and not self._fused_failed
+            and self._fused_agrees is not False
             and self.n_input_dims == 3
             and self.params.dtype == torch.float32
             and kernels.grid_triton_enabled(x.device)

@@ -22,10 +22,10 @@ is writable, so a process compiles it once (a few seconds) and later ones load i
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
+
+from handnerf.model.kernels import GRID_KERNEL_ENV, switched_on
 
 try:
     import numba
@@ -33,13 +33,13 @@ except ImportError:  # the torch backend serves alone
     numba = None
 
 #: Set to "0" to keep the torch backend everywhere (e.g. to compare the two).
-ENV_SWITCH = "HANDNERF_GRID_KERNEL"
+ENV_SWITCH = GRID_KERNEL_ENV
 
 
 def available() -> bool:
     """Whether the compiled lookup can run here: numba imports, and it is not switched
     off by ``HANDNERF_GRID_KERNEL=0``."""
-    return numba is not None and os.environ.get(ENV_SWITCH, "1") != "0"
+    return numba is not None and switched_on(ENV_SWITCH)
 
 
 def grid_lookup(

@@ -82,6 +82,13 @@ def kernels_stood_in(device_type: str = "cpu") -> Iterator[None]:
 
 #: Set to 0 to search the posed mesh with the torch scan on CUDA too.
 MESH_KERNEL_ENV = "HANDNERF_MESH_KERNEL"
+#: Set to 0 to keep the hash grid's torch backend (numba on the CPU, Triton on CUDA: off).
+GRID_KERNEL_ENV = "HANDNERF_GRID_KERNEL"
+
+
+def switched_on(env: str) -> bool:
+    """Each compiled kernel's off switch: False when the variable ``env`` is "0"."""
+    return os.environ.get(env, "1") != "0"
 
 
 def mesh_search_kernel(device: torch.device | str) -> ModuleType | None:
@@ -89,7 +96,7 @@ def mesh_search_kernel(device: torch.device | str) -> ModuleType | None:
     Triton importable, and a first call that gives the right answer; else None (the torch
     scan serves, with a warning saying why when CUDA is there but the kernel is not)."""
     device = torch.device(device)
-    if device.type != "cuda" or os.environ.get(MESH_KERNEL_ENV, "1") == "0":
+    if device.type != "cuda" or not switched_on(MESH_KERNEL_ENV):
         return None
     if not torch.cuda.is_available():
         return None
@@ -123,15 +130,11 @@ def _mesh_kernel_works(device_index: int) -> ModuleType | None:
     return closest_kernel
 
 
-#: Set to 0 to keep the hash grid's torch backend (numba on the CPU, Triton on CUDA: off).
-GRID_KERNEL_ENV = "HANDNERF_GRID_KERNEL"
-
-
 def grid_triton_enabled(device: torch.device | str) -> bool:
     """Whether inference's hash-grid lookup on ``device`` may take the fused Triton kernel
     (:mod:`handnerf.model.grid_triton`): CUDA, Triton importable, not switched off. Its
     first lookup is checked against the torch backend (``grid_triton.checked_lookup``)."""
-    if torch.device(device).type != "cuda" or os.environ.get(GRID_KERNEL_ENV, "1") == "0":
+    if torch.device(device).type != "cuda" or not switched_on(GRID_KERNEL_ENV):
         return False
     return _triton_importable()
 

@@ -17,11 +17,11 @@ They run where :func:`available` says (numba imports; CPU tensors); the torch ve
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch import Tensor
+
+from handnerf.model.kernels import switched_on
 
 try:
     import numba
@@ -36,7 +36,7 @@ def available(device: torch.device | None = None) -> bool:
     """Whether the compiled versions serve tensors on ``device`` (None: the CPU): numba
     imports, the device is the CPU, and ``HANDNERF_MARCH_KERNEL`` is not "0"."""
     cpu = device is None or torch.device(device).type == "cpu"
-    return cpu and numba is not None and os.environ.get(ENV_SWITCH, "1") != "0"
+    return cpu and numba is not None and switched_on(ENV_SWITCH)
 
 
 def shell_mask(

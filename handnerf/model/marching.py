@@ -118,10 +118,14 @@ def march_rays(
     rgb = origins.new_zeros(len(live), 3)
     opacity = origins.new_zeros(len(live))
     depth_sum = origins.new_zeros(len(live))
-    # Where each ray's next sample lies: strictly beyond ``after`` (the torch pick's) or
-    # from column ``cursor`` on (the compiled pick's), and at or beyond ``skip_to``.
-    after = torch.full((len(live),), -math.inf, device=device)
+    # Where each ray's next sample lies: at or beyond ``skip_to``, and from column
+    # ``cursor`` on (the compiled pick) or strictly beyond depth ``after`` (the torch pick).
     skip_to = torch.full((len(live),), -math.inf, device=device)
+    compiled = march_kernel.available(device)
+    if compiled:
+        cursor = torch.zeros(len(live), dtype=torch.int64)
+    else:
+        after = torch.full((len(live),), -math.inf, device=device)
     max_optical = math.inf if min_transmittance == 0 else -math.log(min_transmittance)
     n_deformed = n_evaluated = n_colored = 0
     # The rays still marching (A of them, indices into the live rays) and their shell
@@ -129,8 +133,6 @@ def march_rays(
     # take (its limits only ever move forward), so each round works on fewer rows.
     active = torch.arange(len(live), device=device)
     active_shell, active_mid = shell, mid
-    compiled = march_kernel.available(device)
-    cursor = torch.zeros(len(live), dtype=torch.int64)
     while active.numel():
         if compiled:
             rows, cols, active = march_kernel.take_round(

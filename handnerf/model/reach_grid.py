@@ -36,10 +36,11 @@ libigl's and the deformation against the torch path's.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
+
+from handnerf.model.kernels import switched_on
 
 try:
     import numba
@@ -58,7 +59,7 @@ CELL_SIZE = 0.004
 def available() -> bool:
     """Whether the grid can serve: numba imports and ``HANDNERF_REACH_GRID`` is not "0"
     (else the fast path asks libigl)."""
-    return numba is not None and os.environ.get(ENV_SWITCH, "1") != "0"
+    return numba is not None and switched_on(ENV_SWITCH)
 
 
 class ReachGrid:

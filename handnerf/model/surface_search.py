@@ -331,22 +331,20 @@ class TriangleScan:
         device = tables.posed_vertices.device
         self.kernel = mesh_search_kernel(device) if kernel == "auto" else kernel
         if chunk_pairs is None:
-            on_cuda = tables.posed_vertices.device.type == "cuda"
-            chunk_pairs = SCAN_CHUNK_PAIRS_CUDA if on_cuda else SCAN_CHUNK_PAIRS
+            chunk_pairs = SCAN_CHUNK_PAIRS_CUDA if device.type == "cuda" else SCAN_CHUNK_PAIRS
         if chunk_pairs < 1:
             raise ParameterError(f"TriangleScan: chunk_pairs must be >= 1, got {chunk_pairs}")
         self.chunk_pairs = chunk_pairs
-        corners = tables.posed_vertices[:, tables.faces]  # (F, T, 3, 3)
-        self.corners = corners if self.kernel is not None else None
-        self.centres = corners.mean(dim=2)  # (F, T, 3)
-        self.radii = (corners - self.centres[:, :, None]).norm(dim=-1).amax(dim=-1)  # (F, T)
+        self.corners = tables.posed_vertices[:, tables.faces]  # (F, T, 3, 3)
+        self.centres = self.corners.mean(dim=2)  # (F, T, 3)
+        self.radii = (self.corners - self.centres[:, :, None]).norm(dim=-1).amax(dim=-1)  # (F, T)
 
     def closest(
         self, points: torch.Tensor, frame_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`TriangleTrees.closest`."""
-        if self.kernel is not None and self.corners is not None and points.dtype == torch.float32:
-            return self._closest_by_kernel(points, frame_ids, self.corners)
+        if self.kernel is not None and points.dtype == torch.float32:
+            return self._closest_by_kernel(points, frame_ids)
         n_triangles = self.tables.faces.shape[0]
         face = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
         chunk = max(1, self.chunk_pairs // max(n_triangles, 1))
@@ -359,7 +357,7 @@ class TriangleScan:
         return tri_ids, bary, dist2
 
     def _closest_by_kernel(
-        self, points: torch.Tensor, frame_ids: torch.Tensor, corners: torch.Tensor
+        self, points: torch.Tensor, frame_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`closest` by the fused kernel: one launch per frame."""
         n = points.shape[0]
@@ -368,7 +366,7 @@ class TriangleScan:
         dist2 = torch.zeros(n, dtype=torch.float32, device=points.device)
         with torch.no_grad():
             for frame, rows in rows_by_frame(frame_ids):
-                found = self.kernel.closest_on_mesh(points[rows], corners[frame])
+                found = self.kernel.closest_on_mesh(points[rows], self.corners[frame])
                 face[rows], bary[rows], dist2[rows] = found
         tri_ids = self.tables.faces[face]
         wants_grad = torch.is_grad_enabled() and (

@@ -405,11 +405,12 @@ def _load_fit_data_from_cache(root: Path, cfg: DataConfig, progress: bool) -> Fi
                 f"data.{name}={wanted!r} but the prepared cache {root} holds {name} {cached!r}"
             )
     hands = FitHands.load(cfg.hand, cfg.mano_dir, cfg.procedural_hand)
-    fit_sha = hands.identity()["sha256"]
-    if not same_hand(cache.hand_record, hands.identity()):
+    identity = hands.identity()
+    if not same_hand(cache.hand_record, identity):
         raise DataError(
             f"{root}: its masks were made with another hand model (sha256 {cache.hand_sha[:12]}) "
-            f"than this fit's ({fit_sha[:12]}); pass the same --mano-dir to prepare and fit"
+            f"than this fit's ({identity['sha256'][:12]}); pass the same --mano-dir to prepare "
+            "and fit"
         )
 
     def entries(seq: str, stride: int) -> list[CachedView]:
