@@ -16,13 +16,14 @@ wanted. Tests run it on the CPU with ``TRITON_INTERPRET=1``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+
+from handnerf.model.kernels import warn_unusable
 
 #: Points per program.
 BLOCK_POINTS = 128
@@ -174,11 +175,6 @@ def checked_lookup(
         if not error <= CHECK_TOLERANCE:
             raise RuntimeError(f"features differ from the torch backend's by {error:.3g}")
     except Exception as exc:  # Triton's compile errors, a wrong result...
-        warnings.warn(
-            f"the fused hash-grid kernel is unusable ({type(exc).__name__}: {exc}); "
-            "the torch backend encodes",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warn_unusable("the fused hash-grid kernel", exc, "the torch backend")
         return None
     return out

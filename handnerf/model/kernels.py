@@ -42,11 +42,8 @@ def _cuda_kernels_work(device_index: int) -> bool:
         box = torch.tensor([[-1.0, -1.0, 1.0, 1.0, 1.0, 2.0]], device=o.device)
         nerfacc.ray_aabb_intersect(o, d, box)
     except Exception as exc:  # build errors come as OSError, RuntimeError, ImportError...
-        warnings.warn(
-            f"nerfacc's CUDA kernels are unusable ({type(exc).__name__}: {exc}); "
-            "falling back to the pure-PyTorch sampler and batched rendering",
-            RuntimeWarning,
-            stacklevel=3,
+        warn_unusable(
+            "nerfacc's CUDA kernels", exc, "the pure-PyTorch sampler and batched rendering"
         )
         return False
     return True
@@ -86,6 +83,16 @@ MESH_KERNEL_ENV = "HANDNERF_MESH_KERNEL"
 GRID_KERNEL_ENV = "HANDNERF_GRID_KERNEL"
 
 
+def warn_unusable(what: str, exc: BaseException, fallback: str) -> None:
+    """The one warning of a compiled path that does not build or run right: what, why, and
+    what serves instead."""
+    warnings.warn(
+        f"{what} is unusable ({type(exc).__name__}: {exc}); {fallback} serves instead",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def switched_on(env: str) -> bool:
     """Each compiled kernel's off switch: False when the variable ``env`` is "0"."""
     return os.environ.get(env, "1") != "0"
@@ -120,12 +127,7 @@ def _mesh_kernel_works(device_index: int) -> ModuleType | None:
         if abs(float(dist2[0]) - 0.25) > 1e-6:
             raise RuntimeError(f"wrong answer: squared distance {float(dist2[0])}")
     except Exception as exc:  # ImportError, Triton's compile errors, a wrong result...
-        warnings.warn(
-            f"the fused closest-point kernel is unusable ({type(exc).__name__}: {exc}); "
-            "the posed mesh is searched by the torch scan",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warn_unusable("the fused closest-point kernel", exc, "the torch scan")
         return None
     return closest_kernel
 
