@@ -126,7 +126,12 @@ if numba is not None:
                         weight = weight * (frac2 if bit2 else rest2)
                         if is_dense:
                             index = (cell0 + bit0) * stride0 + (cell1 + bit1) * stride1
-                            index = ((index + (cell2 + bit2) * stride2) & 0xFFFFFFFF) % entries
+                            index = (index + (cell2 + bit2) * stride2) & 0xFFFFFFFF
+                            # The same as always taking the remainder, without a 64-bit
+                            # division per corner (most of these levels' cost) where the
+                            # index already lies in the table.
+                            if index >= entries:
+                                index %= entries
                         else:
                             index = ((cell0 + bit0) & hash_mask) ^ (
                                 ((cell1 + bit1) * prime1) & hash_mask
