@@ -15,7 +15,7 @@ of the demo avatar it was about half of the time.
   that distance. A point of the cell is within ``h`` of the centre, so every triangle
   within ``limit`` of the point is listed (the distance is 1-Lipschitz).
 - **Query.** Scan the point's cell's list in order, keeping the nearest triangle; stop once
-  a listed triangle's centre distance minus ``h`` reaches the best distance found (no later
+  a listed triangle's centre distance minus the point's own (at most ``h``) exceeds the best distance found (no later
   one can be nearer) or ``limit``. A point whose nearest listed triangle is within
   ``limit`` gets it, exactly the closest triangle of the whole mesh (ties between
   triangles at the same distance aside: they share the closest point); any other point
@@ -193,8 +193,8 @@ def _frames_present(frames: np.ndarray) -> list[int]:
 def _build(
     corners: np.ndarray, box: np.ndarray, cell_size: float, limit: float
 ) -> tuple[np.ndarray, ...]:
-    """One frame's grid: (origin, cell, dims, half diagonal, list starts, triangles,
-    centre distances, corners) as :func:`_nearest` takes them."""
+    """One frame's grid: (origin, cell, dims, list starts, triangles, centre distances,
+    corners) as :func:`_nearest` takes them."""
     origin = box[:3].copy()
     dims = np.maximum(np.ceil((box[3:] - box[:3]) / cell_size), 1).astype(np.int64)
     cell = (box[3:] - box[:3]) / dims  # exactly covers the box
@@ -222,7 +222,6 @@ def _build(
         origin,
         cell,
         dims,
-        half_diagonal,
         starts,
         triangles,
         distances,
@@ -285,7 +284,7 @@ if numba is not None:
     def _nearest(px, py, pz, grid, limit):
         """(squared distance, triangle) of the closest triangle within ``limit`` of the
         point, or (limit^2, -1); ``grid``: one frame's :func:`_build` tuple."""
-        origin, cell, dims, half_diagonal, starts, triangles, distances, corners = grid
+        origin, cell, dims, starts, triangles, distances, corners = grid
         fi = math.floor((px - origin[0]) / cell[0])
         fj = math.floor((py - origin[1]) / cell[1])
         fk = math.floor((pz - origin[2]) / cell[2])
@@ -377,7 +376,7 @@ if numba is not None:
         ids_out,
         weights_out,
     ):
-        corners = grid[7]
+        corners = grid[6]
         for n in numba.prange(points.shape[0]):
             px, py, pz = points[n, 0], points[n, 1], points[n, 2]
             canonical_out[n, 0], canonical_out[n, 1], canonical_out[n, 2] = px, py, pz
