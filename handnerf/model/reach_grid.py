@@ -15,8 +15,8 @@ of the demo avatar it was about half of the time.
   that distance. A point of the cell is within ``h`` of the centre, so every triangle
   within ``limit`` of the point is listed (the distance is 1-Lipschitz).
 - **Query.** Scan the point's cell's list in order, keeping the nearest triangle; stop once
-  a listed triangle's centre distance minus the point's own (at most ``h``) exceeds the best distance found (no later
-  one can be nearer) or ``limit``. A point whose nearest listed triangle is within
+  a listed triangle's centre distance minus the point's own (at most ``h``) exceeds the
+  best distance found (no later one can be nearer) or ``limit``. A point whose nearest listed triangle is within
   ``limit`` gets it, exactly the closest triangle of the whole mesh (ties between
   triangles at the same distance aside: they share the closest point); any other point
   gets none, and the lower bound ``limit`` of its distance.
