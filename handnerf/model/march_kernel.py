@@ -6,10 +6,15 @@ ray's next few shell samples. In torch that pick is a pass over a (rays, samples
 sample of every ray: on a 256x256 crop of the demo avatar about a fifth of the render.
 Here both are loops over rays that touch only what they use:
 
-- :func:`shell_mask`: the samples of each ray that lie in its frame's shell grid, with
-  the torch version's float32 arithmetic (the ray carried into grid units once).
+- :func:`live_samples`: each ray's evaluation bins (the torch sampler's, with its float32
+  arithmetic), which of them lie in its frame's shell grid (the ray carried into grid
+  units once), and the bins of only the rays with a shell sample: no (rays, samples)
+  float blocks for the rays that have none, and no pass over them.
 - :func:`take_round`: per still-marching ray, a cursor over its samples: from it, the next
   ``quota`` shell samples at or beyond the ray's skip depth, unless the ray is opaque.
+
+- :func:`take_round` also gives each taken sample's depth and posed point (origin plus
+  depth times direction, float32 as torch).
 
 They run where :func:`available` says (numba imports; CPU tensors); the torch versions in
 :mod:`handnerf.model.marching` serve elsewhere, and tests compare the two.
@@ -39,24 +44,53 @@ def available(device: torch.device | None = None) -> bool:
     return cpu and numba is not None and switched_on(ENV_SWITCH)
 
 
-def shell_mask(
-    start: Tensor, step: Tensor, frame_ids: Tensor, mid: Tensor, mask: Tensor, shell: Tensor
-) -> Tensor:
-    """(R,S) bool: which samples at depths ``mid`` (R,S) (only where ``mask`` (R,S)) of rays
-    starting at ``start`` (R,3) grid units with ``step`` (R,3) grid units per metre lie in
-    the shell grid ``shell`` (T,G,G,G) of their frame ``frame_ids`` (R,)."""
-    out = np.zeros(tuple(mask.shape), dtype=np.bool_)
-    if mask.numel():
-        _shell_mask(
+def live_samples(
+    near: Tensor,
+    far: Tensor,
+    hit: Tensor,
+    fractions: Tensor,
+    start: Tensor,
+    step: Tensor,
+    frame_ids: Tensor,
+    shell: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The R rays' evaluation bins and which lie in the shell grid, for the rays with any.
+
+    Per ray (R,): box entry ``near``, exit ``far`` and ``hit``; ``fractions`` (S+1,) the bin
+    edges' fractions of [near, far]; ``start`` (R,3) the ray's origin in grid units and
+    ``step`` (R,3) grid units per metre; ``frame_ids`` (R,) its frame in ``shell``
+    (T,G,G,G) bool. Returns ``live`` (L,) int64, the rays with a shell sample, in order,
+    and for them (L,S): shell (bool), bin centres ``mid`` and widths (float32), each as
+    the torch sampler's bins and :func:`handnerf.model.marching.shell_mask` give them.
+    """
+    n_rays, n_samples = near.shape[0], fractions.shape[0] - 1
+    flags = np.zeros((n_rays, n_samples), dtype=np.bool_)
+    args = (
+        near.float().contiguous().numpy(),
+        far.float().contiguous().numpy(),
+        fractions.float().contiguous().numpy(),
+    )
+    if n_rays:
+        _shell_flags(
+            *args,
+            hit.contiguous().numpy(),
             start.float().contiguous().numpy(),
             step.float().contiguous().numpy(),
             frame_ids.to(torch.int64).contiguous().numpy(),
-            mid.float().contiguous().numpy(),
-            mask.contiguous().numpy(),
             shell.contiguous().view(torch.uint8).numpy(),
-            out,
+            flags,
         )
-    return torch.from_numpy(out)
+    live = np.flatnonzero(flags.any(axis=1))
+    mid = np.empty((len(live), n_samples), dtype=np.float32)
+    widths = np.empty_like(mid)
+    if len(live):
+        _live_bins(live, *args, mid, widths)
+    return (
+        torch.from_numpy(live),
+        torch.from_numpy(flags[live]),
+        torch.from_numpy(mid),
+        torch.from_numpy(widths),
+    )
 
 
 def take_round(
@@ -68,9 +102,13 @@ def take_round(
     optical: Tensor,
     max_optical: float,
     quota: int,
-) -> tuple[Tensor, Tensor, Tensor]:
+    origins: Tensor,
+    dirs: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One round's samples: rows (n,) and columns (n,) of the shell samples taken, sorted
-    by row then depth, and the rays that stay active (a subset of ``active``, in order).
+    by row then depth, their depths (n,) and posed points (n,3) (``origins`` + depth *
+    ``dirs``, both (L,3) float32 per ray), and the rays that stay active (a subset of
+    ``active``, in order).
 
     ``active`` (A,) int64 rays still marching, in increasing order; ``shell``/``mid`` (L,S)
     their shell samples and depths; per ray (L,): ``cursor`` int64 first column not yet
@@ -95,25 +133,48 @@ def take_round(
         rows,
         cols,
     )
+    rows, cols = rows[:n_taken], cols[:n_taken]
+    depths = np.empty(n_taken, dtype=np.float32)
+    points = np.empty((n_taken, 3), dtype=np.float32)
+    _points(
+        rows,
+        cols,
+        mid.numpy(),
+        origins.float().contiguous().numpy(),
+        dirs.float().contiguous().numpy(),
+        depths,
+        points,
+    )
     return (
-        torch.from_numpy(rows[:n_taken]),
-        torch.from_numpy(cols[:n_taken]),
+        torch.from_numpy(rows),
+        torch.from_numpy(cols),
+        torch.from_numpy(depths),
+        torch.from_numpy(points),
         torch.from_numpy(stay[:n_stay]),
     )
 
 
 if numba is not None:
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _bin(near, span, fractions, s):
+        """Bin ``s``'s centre and width, as the torch sampler's float32 ops give them:
+        edges near + span * fraction, centre 0.5 * (start + end), width end - start."""
+        start = near + span * fractions[s]
+        end = near + span * fractions[s + 1]
+        return (start + end) * np.float32(0.5), end - start
+
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _shell_mask(start, step, frame_ids, mid, mask, shell, out):
-        n_rays, n_samples = mask.shape
+    def _shell_flags(near, far, fractions, hit, start, step, frame_ids, shell, out):
+        n_rays, n_samples = out.shape
         res = shell.shape[1]
         for ray in numba.prange(n_rays):
+            if not hit[ray]:
+                continue
             frame = frame_ids[ray]
+            span = far[ray] - near[ray]
             for s in range(n_samples):
-                if not mask[ray, s]:
-                    continue
-                depth = mid[ray, s]
+                depth = _bin(near[ray], span, fractions, s)[0]
                 # addcmul in float32, as the torch version: start + depth * step, floored.
                 x = np.floor(start[ray, 0] + depth * step[ray, 0])
                 y = np.floor(start[ray, 1] + depth * step[ray, 1])
@@ -121,6 +182,23 @@ if numba is not None:
                 if x < 0 or y < 0 or z < 0 or x >= res or y >= res or z >= res:
                     continue
                 out[ray, s] = shell[frame, int(x), int(y), int(z)] != 0
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _live_bins(live, near, far, fractions, mid, widths):
+        for i in numba.prange(live.shape[0]):
+            ray = live[i]
+            span = far[ray] - near[ray]
+            for s in range(mid.shape[1]):
+                mid[i, s], widths[i, s] = _bin(near[ray], span, fractions, s)
+
+    @numba.njit(cache=True, nogil=True)
+    def _points(rows, cols, mid, origins, dirs, depths, points):
+        for n in range(rows.shape[0]):
+            row = rows[n]
+            depth = mid[row, cols[n]]
+            depths[n] = depth
+            for k in range(3):
+                points[n, k] = origins[row, k] + dirs[row, k] * depth
 
     @numba.njit(cache=True, nogil=True)
     def _take_round(active, shell, mid, cursor, skip_to, optical, max_optical, quota, rows, cols):

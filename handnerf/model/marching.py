@@ -44,7 +44,7 @@ from handnerf.model import march_kernel
 from handnerf.model.avatar import HandAvatar, PosedFrames
 from handnerf.model.frame_deformation import fp32_geometry
 from handnerf.model.rays import RayBundle
-from handnerf.model.sampler import TorchSampler
+from handnerf.model.sampler import TorchSampler, ray_aabb_intersect
 
 #: Default transmittance below which a ray stops: the skipped rest changes a pixel by at
 #: most this much per channel (an 8-bit step is 4e-3).
@@ -99,16 +99,10 @@ def march_rays(
     device = origins.device
     # The reference's samples: bin centres between the ray's entry and exit of its box.
     sampler = avatar.sampler if n_samples is None else TorchSampler(n_samples)
-    samples = sampler.sample(
-        origins, dirs, frame_ids, frames.aabbs, occupied_fn=None, stratified=False
-    )
-    assert samples.mask is not None
-    mid = 0.5 * (samples.t_starts + samples.t_ends)  # (R,S), as SampleBatch.eval_points
-    shell = shell_mask(avatar, frames, origins, dirs, frame_ids, mid, samples.mask)
+    assert isinstance(sampler, TorchSampler)
     # Only rays with a shell sample do any work: carry those (L of them) through the rounds.
-    live = torch.nonzero(shell.any(dim=1)).squeeze(1)
-    shell, mid = shell[live], mid[live]
-    widths = (samples.t_ends - samples.t_starts)[live]
+    live, shell, mid, widths = live_samples(avatar, sampler, frames, origins, dirs, frame_ids)
+    live_origins, live_dirs = origins[live], dirs[live]
     skip_by_distance = frames.deformation.triangle_trees is not None
     max_distance = avatar.cfg.deformer.max_distance
 
@@ -135,12 +129,20 @@ def march_rays(
     active_shell, active_mid = shell, mid
     while active.numel():
         if compiled:
-            rows, cols, active = march_kernel.take_round(
-                active, shell, mid, cursor, skip_to, optical, max_optical, round_samples
+            rows, cols, t, points, active = march_kernel.take_round(
+                active,
+                shell,
+                mid,
+                cursor,
+                skip_to,
+                optical,
+                max_optical,
+                round_samples,
+                live_origins,
+                live_dirs,
             )
             if rows.numel() == 0:
                 break
-            t = mid[rows, cols]
         else:
             eligible = active_shell & (active_mid > after[active, None])
             eligible &= active_mid >= skip_to[active, None]
@@ -156,10 +158,11 @@ def march_rays(
             t = active_mid[local, cols]
             active, active_shell, active_mid = active[stay], active_shell[stay], active_mid[stay]
             after.scatter_reduce_(0, rows, t, reduce="amax")
-        rays_of = live[rows]
-        points = origins[rays_of] + dirs[rays_of] * t[:, None]
+            points = live_origins[rows] + live_dirs[rows] * t[:, None]
         n_deformed += int(rows.numel())
-        occupied, result = avatar.deform_occupied(frames, points, frame_ids[rays_of], orient=False)
+        occupied, result = avatar.deform_occupied(
+            frames, points, frame_ids[live[rows]], orient=False
+        )
         if skip_by_distance:
             reach = t + result.distance.to(t.dtype) - max_distance - SKIP_SLACK
             skip_to.scatter_reduce_(0, rows, reach, reduce="amax")
@@ -178,7 +181,7 @@ def march_rays(
         seen = torch.nonzero(weights > min_weight).squeeze(1)
         if seen.numel():
             color = avatar.sample_color(
-                frames, result.subset(seen), geo[seen], dirs[live[rows[seen]]]
+                frames, result.subset(seen), geo[seen], live_dirs[rows[seen]]
             )
             rgb.index_add_(0, rows[seen], weights[seen, None] * color.float())
         n_colored += int(seen.numel())
@@ -200,6 +203,45 @@ def march_rays(
     }
 
 
+def live_samples(
+    avatar: HandAvatar,
+    sampler: TorchSampler,
+    frames: PosedFrames,
+    origins: Tensor,
+    dirs: Tensor,
+    frame_ids: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rays (R of them: ``origins``, ``dirs`` (R,3), ``frame_ids`` (R,)) with a sample
+    in their frame's shell grid, ``live`` (L,) in order, and their ``sampler``'s
+    evaluation bins (L,S): which lie in the shell, their centres and their widths."""
+    if march_kernel.available(origins.device):
+        near, far, hit = ray_aabb_intersect(origins, dirs, frames.aabbs[frame_ids])
+        start, step = _grid_units(avatar, frames, origins, dirs, frame_ids)
+        fractions = sampler.edge_fractions(origins.device, origins.dtype)
+        return march_kernel.live_samples(
+            near, far, hit, fractions, start, step, frame_ids, frames.shell
+        )
+    samples = sampler.sample(
+        origins, dirs, frame_ids, frames.aabbs, occupied_fn=None, stratified=False
+    )
+    assert samples.mask is not None
+    mid = 0.5 * (samples.t_starts + samples.t_ends)  # (R,S), as SampleBatch.eval_points
+    shell = shell_mask(avatar, frames, origins, dirs, frame_ids, mid, samples.mask)
+    live = torch.nonzero(shell.any(dim=1)).squeeze(1)
+    return live, shell[live], mid[live], (samples.t_ends - samples.t_starts)[live]
+
+
+def _grid_units(
+    avatar: HandAvatar, frames: PosedFrames, origins: Tensor, dirs: Tensor, frame_ids: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The rays' origins in their frame's shell grid units and their directions in grid
+    units per metre (R,3) each: a sample at depth t lies in cell floor(start + t * step)."""
+    res = avatar.cfg.shell_resolution
+    box = frames.aabbs[frame_ids]  # (R,6)
+    scale = res / (box[:, 3:] - box[:, :3])
+    return (origins - box[:, :3]) * scale, dirs * scale
+
+
 def shell_mask(
     avatar: HandAvatar,
     frames: PosedFrames,
@@ -217,12 +259,7 @@ def shell_mask(
     costs a multiply-add per axis and one lookup in the flattened grid.
     """
     res = avatar.cfg.shell_resolution
-    box = frames.aabbs[frame_ids]  # (R,6)
-    scale = res / (box[:, 3:] - box[:, :3])
-    start = (origins - box[:, :3]) * scale  # (R,3) grid units
-    step = dirs * scale
-    if march_kernel.available(origins.device):
-        return march_kernel.shell_mask(start, step, frame_ids, mid, mask, frames.shell)
+    start, step = _grid_units(avatar, frames, origins, dirs, frame_ids)
     # Only rays that cross their box (H of them) have samples to test; indices in int32
     # (half the memory traffic of int64; a frame's grid has far fewer than 2^31 cells).
     hit = torch.nonzero(mask.any(dim=1)).squeeze(1)

@@ -191,6 +191,11 @@ class TorchSampler(Sampler):
             raise ConfigError(f"sampler.n_samples must be >= 1, got {n_samples}")
         self.n_samples = n_samples
 
+    def edge_fractions(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(S+1,) the evaluation bins' edges as fractions of [near, far]: bin ``s`` spans
+        ``near + (far - near) * f[s]`` to ``... * f[s + 1]``."""
+        return torch.linspace(0.0, 1.0, self.n_samples + 1, device=device, dtype=dtype)
+
     def place(self, query: RayQuery) -> SampleBatch:
         """Training (``stratified``): each interior bin edge jitters within half a bin, so
         the samples cover [near, far] without gaps; evaluation: bin centres. Rays missing
@@ -200,8 +205,7 @@ class TorchSampler(Sampler):
         near, far, hit = ray_aabb_intersect(
             origins, dirs, query.frame_aabbs[query.frame_ids.long()]
         )
-        u = torch.linspace(0.0, 1.0, n_samples + 1, device=origins.device, dtype=origins.dtype)
-        u = u.expand(n_rays, n_samples + 1)
+        u = self.edge_fractions(origins.device, origins.dtype).expand(n_rays, n_samples + 1)
         if query.stratified and n_samples > 1:
             jitter = (
                 torch.rand(n_rays, n_samples - 1, device=u.device, dtype=u.dtype) - 0.5

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handnerf.model import march_kernel
-from handnerf.model.marching import march_rays, shell_mask
+from handnerf.model.marching import live_samples, march_rays
 from handnerf.model.rays import RayBundle
 from handnerf.model.renderer import CameraTensors, camera_rays
 from handnerf.render.jobs import framing_camera, hand_sphere
@@ -36,14 +36,25 @@ def test_take_round_picks_each_rays_next_samples() -> None:
     skip_to = torch.tensor([-math.inf, -math.inf, -math.inf, 0.35, -math.inf])
     optical = torch.tensor([0.0, 0.0, 20.0, 0.0, 0.0], dtype=torch.float64)
     active = torch.arange(5)
-    rows, cols, stay = march_kernel.take_round(active, shell, mid, cursor, skip_to, optical, 9.0, 3)
+    origins = torch.randn(5, 3)
+    dirs = torch.nn.functional.normalize(torch.randn(5, 3), dim=1)
+    rays = (origins, dirs)
+    rows, cols, t, points, stay = march_kernel.take_round(
+        active, shell, mid, cursor, skip_to, optical, 9.0, 3, *rays
+    )
     assert rows.tolist() == [0, 0, 0, 1, 3, 4, 4, 4]
     assert cols.tolist() == [0, 1, 3, 2, 4, 0, 1, 2]
     assert stay.tolist() == [0]
     assert cursor[0] == 4 and cursor[3] == 8  # ray 3 looked at all its samples
+    # Each sample's depth and point, as torch computes them.
+    assert torch.equal(t, mid[rows, cols])
+    assert torch.equal(points, origins[rows] + dirs[rows] * t[:, None])
     # The next round goes on from the cursor.
-    rows, cols, stay = march_kernel.take_round(stay, shell, mid, cursor, skip_to, optical, 9.0, 3)
+    rows, cols, t, points, stay = march_kernel.take_round(
+        stay, shell, mid, cursor, skip_to, optical, 9.0, 3, *rays
+    )
     assert rows.tolist() == [0, 0] and cols.tolist() == [4, 5] and stay.tolist() == []
+    assert torch.equal(points, origins[0] + dirs[0] * mid[0, 4:6, None])
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +72,22 @@ def scene(tiny_run: Path):  # type: ignore[no-untyped-def]
     return run, frames, rays
 
 
-def test_shell_mask_equals_the_torch_version(scene, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_live_samples_equal_the_torch_versions(scene, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     run, frames, rays = scene
-    samples = run.avatar.sampler.sample(
-        rays.origins, rays.directions, rays.frame_ids, frames.aabbs, None, stratified=False
-    )
-    mid = 0.5 * (samples.t_starts + samples.t_ends)
-    args = (run.avatar, frames, rays.origins, rays.directions, rays.frame_ids, mid, samples.mask)
-    compiled = shell_mask(*args)
+    sampler = run.avatar.sampler
+    args = (run.avatar, sampler, frames, rays.origins, rays.directions, rays.frame_ids)
+    compiled = live_samples(*args)
     monkeypatch.setenv(march_kernel.ENV_SWITCH, "0")
-    reference = shell_mask(*args)
-    assert int(reference.sum()) > 100 and int((~reference & samples.mask).sum()) > 100
-    assert torch.equal(compiled, reference)
+    reference = live_samples(*args)  # the sampler's bins, then the torch shell test
+    live, shell = reference[0], reference[1]
+    # Some rays have shell samples, some do not; the live ones have samples outside it too.
+    assert 0 < len(live) < len(rays.origins)
+    assert int(shell.sum()) > 100 and int((~shell).sum()) > 100
+    for name, got, want in zip(
+        ("live", "shell", "mid", "widths"), compiled, reference, strict=True
+    ):
+        assert got.dtype == want.dtype, name
+        assert torch.equal(got, want), name
 
 
 @pytest.mark.parametrize("min_transmittance", [1e-4, 0.0])
