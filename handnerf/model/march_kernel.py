@@ -13,6 +13,9 @@ Here both are loops over rays that touch only what they use:
 - :func:`take_round`: per still-marching ray, a cursor over its samples: from it, the next
   ``quota`` shell samples at or beyond the ray's skip depth, unless the ray is opaque.
 
+- :func:`cells_occupied`: the canonical occupancy grid's test of each deformed sample
+  (:meth:`CanonicalOccupancyGrid.query
+  <handnerf.model.occupancy.CanonicalOccupancyGrid.query>`) in one pass, not six.
 - :func:`take_round` also gives each taken sample's depth and posed point (origin plus
   depth times direction, float32 as torch).
 
@@ -91,6 +94,22 @@ def live_samples(
         torch.from_numpy(mid),
         torch.from_numpy(widths),
     )
+
+
+def cells_occupied(points: Tensor, low: Tensor, cell: Tensor, grid: Tensor) -> Tensor:
+    """(N,) bool: which (N,3) ``points`` lie in a true cell of ``grid`` (X,Y,Z) bool, whose
+    cells are ``cell`` (3,) wide from the corner ``low`` (3,): the float32 arithmetic of
+    the torch version, ``floor((point - low) / cell)`` (a NaN lies in no cell)."""
+    out = np.zeros(points.shape[0], dtype=np.bool_)
+    if points.shape[0]:
+        _cells_occupied(
+            points.float().contiguous().numpy(),
+            low.float().contiguous().numpy(),
+            cell.float().contiguous().numpy(),
+            grid.contiguous().view(torch.uint8).numpy(),
+            out,
+        )
+    return torch.from_numpy(out)
 
 
 def take_round(
@@ -190,6 +209,17 @@ if numba is not None:
             span = far[ray] - near[ray]
             for s in range(mid.shape[1]):
                 mid[i, s], widths[i, s] = _bin(near[ray], span, fractions, s)
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _cells_occupied(points, low, cell, grid, out):
+        size0, size1, size2 = grid.shape
+        for n in numba.prange(points.shape[0]):
+            i = np.floor((points[n, 0] - low[0]) / cell[0])
+            j = np.floor((points[n, 1] - low[1]) / cell[1])
+            k = np.floor((points[n, 2] - low[2]) / cell[2])
+            # Written so that a NaN (all comparisons false) lies outside.
+            if i >= 0 and j >= 0 and k >= 0 and i < size0 and j < size1 and k < size2:
+                out[n] = grid[int(i), int(j), int(k)] != 0
 
     @numba.njit(cache=True, nogil=True)
     def _points(rows, cols, mid, origins, dirs, depths, points):

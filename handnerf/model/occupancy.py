@@ -24,6 +24,7 @@ from nerfacc import OccGridEstimator
 from torch import Tensor, nn
 
 from handnerf.errors import ConfigError, ParameterError
+from handnerf.model import march_kernel
 
 
 @dataclass
@@ -115,6 +116,12 @@ class CanonicalOccupancyGrid(nn.Module):
         if x_canon.ndim != 2 or x_canon.shape[-1] != 3:
             raise ParameterError(
                 f"occupancy query: points must have shape (N,3), got {tuple(x_canon.shape)}"
+            )
+        if march_kernel.available(x_canon.device):
+            # One compiled pass (the same float32 arithmetic): the fast render path asks
+            # this of every sample it deforms.
+            return march_kernel.cells_occupied(
+                x_canon, self.aabb[:3], self.cell_size, self.binaries
             )
         res = self.cfg.resolution
         rel = (x_canon.to(self.aabb.dtype) - self.aabb[:3]) / self.cell_size

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from handnerf.errors import ConfigError, ParameterError
+from handnerf.model import march_kernel
 from handnerf.model.occupancy import CanonicalOccupancyGrid, OccupancyConfig
 
 AABB = [-0.1, -0.1, -0.1, 0.1, 0.1, 0.1]
@@ -104,6 +105,27 @@ def test_query_matches_cells_and_rejects_points_outside() -> None:
     assert grid.query(pts).tolist() == [True, False, False, False]
     with pytest.raises(ParameterError):
         grid.query(torch.zeros(3))
+
+
+@pytest.mark.skipif(not march_kernel.available(), reason="numba is not installed")
+def test_compiled_query_equals_the_torch_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = make_grid(resolution=16)
+    grid.update(0, ball_density, warmup_steps=1, n=1)
+    generator = torch.Generator().manual_seed(0)
+    # Inside and beyond the box, points on cell faces, and NaNs.
+    points = torch.rand(10000, 3, generator=generator) * 0.3 - 0.15
+    ball = BALL_CENTRE + 0.03 * torch.randn(10000, 3, generator=generator)
+    # Cell corners around the ball, where float rounding decides between neighbours.
+    low, cell = grid.aabb[:3], grid.cell_size
+    faces = low + torch.round((ball - low) / cell) * cell
+    away = torch.where(torch.rand(faces.shape, generator=generator) < 0.5, -1.0, 1.0)
+    faces = torch.nextafter(faces, faces + away)  # a float step to either side
+    points = torch.cat([points, ball, faces, torch.tensor([[float("nan"), 0.0, 0.0]])])
+    compiled = grid.query(points)
+    monkeypatch.setenv(march_kernel.ENV_SWITCH, "0")
+    reference = grid.query(points)
+    assert 1000 < int(reference.sum()) < len(points) - 1000
+    assert torch.equal(compiled, reference)
 
 
 def test_state_dict_round_trip() -> None:
