@@ -500,13 +500,14 @@ class HandAvatar(nn.Module):
     ) -> Tensor:
         """The second half of :meth:`radiance`: colour (M,3) of samples with deformation
         ``result`` and features ``geo`` (M,G) from :meth:`sample_density`, seen along
-        ``view_dirs`` (M,3). The rotation and normal are blended here if the deformation
-        left them out (``orient=False``), and so is the self-shadow visibility: the costly
-        inputs of the colour, needed only where a sample is seen. The geometry runs in
-        float32 whatever the autocast."""
+        ``view_dirs`` (M,3). The normal (and the rotation, if the field takes it) are
+        blended here if the deformation left them out (``orient=False``), and so is the
+        self-shadow visibility: the costly inputs of the colour, needed only where a sample
+        is seen. The geometry runs in float32 whatever the autocast."""
         mixed = not torch.is_grad_enabled() and frames.deformation.vertex_attributes is not None
         with fp32_geometry(geo.device):
-            result = frames.deformation.orient(result)
+            rotation = self.field.cfg.use_pose_rotation
+            result = frames.deformation.orient(result, rotation=rotation)
             # Inference: the lights are a linear mix of the directions, and so is the blend,
             # so each vertex's mix is blended (lights wide) instead of its directions.
             lights = frames.vertex_lights(self.field) if mixed else None

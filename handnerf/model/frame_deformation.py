@@ -56,7 +56,8 @@ class DeformResult:
         valid: (N,) bool, the sample lies within ``max_distance`` of the posed surface and
             its blended transform is invertible.
         rotation: (N, 3, 3) blended bone rotation, canonical → posed (orthonormal); None
-            only from ``deform(..., orient=False)`` (see :meth:`FrameDeformation.orient`).
+            only from ``deform(..., orient=False)`` (see :meth:`FrameDeformation.orient`,
+            which may add the normal alone).
         distance: (N,) distance in metres to the nearest posed vertex, or with
             ``near="mesh"`` to the closest point of the posed mesh (``inf`` or any value
             above ``max_distance`` beyond the kd-tree's search bound, or outside the grid
@@ -326,17 +327,19 @@ class FrameDeformation:
         result.neighbor_ids, result.neighbor_weights = global_ids, weights
         return self.orient(result) if orient else result
 
-    def orient(self, result: DeformResult) -> DeformResult:
+    def orient(self, result: DeformResult, rotation: bool = True) -> DeformResult:
         """``result`` (from ``deform(..., orient=False)``, kNN backends) with its blended
         rotation and normal added, in place; computed only for the samples that need
-        them (the field's colour, not the occupancy test)."""
-        if result.rotation is not None or result.neighbor_ids is None:
+        them (the field's colour, not the occupancy test). ``rotation=False`` adds the
+        normal alone, for a field that does not take the rotation (most of the cost)."""
+        if result.neighbor_ids is None:
             return result
         assert result.neighbor_weights is not None
         global_ids, weights = result.neighbor_ids, result.neighbor_weights
-        quaternion = blend_quaternions(self.vertex_quaternion[global_ids], weights)
-        result.rotation = _rotation(quaternion)
-        if self.vertex_normals is not None:
+        if rotation and result.rotation is None:
+            quaternion = blend_quaternions(self.vertex_quaternion[global_ids], weights)
+            result.rotation = _rotation(quaternion)
+        if self.vertex_normals is not None and result.normal is None:
             normal = (weights[..., None] * self.vertex_normals[global_ids]).sum(dim=1)
             result.normal = torch.nn.functional.normalize(normal, dim=-1)
         return result
@@ -397,7 +400,8 @@ class FrameDeformation:
                 global_ids[changed],
                 weights[changed],
                 result.distance[changed],
-                orient=result.rotation is not None,
+                # Re-orient what was oriented (a normal may come without the rotation).
+                orient=result.rotation is not None or result.normal is not None,
             )
         out = DeformResult(
             canonical=result.canonical.clone(),

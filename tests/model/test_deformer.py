@@ -401,6 +401,14 @@ def test_blended_normals_follow_the_posed_surface() -> None:
         .normal
         is None
     )
+    # Oriented later (the fast path's order), the same: the normal alone when asked.
+    points = posed[0, ::7] + 0.002 * normals[0, ::7]
+    late = frames.deform(points, orient=False)
+    assert late.rotation is None and late.normal is None
+    frames.orient(late, rotation=False)
+    assert late.rotation is None and torch.equal(late.normal, outside.normal)
+    frames.orient(late)
+    assert torch.equal(late.rotation, outside.rotation)
 
 
 def test_vertex_attributes_are_blended_like_the_skinning(finger: Finger) -> None:
