@@ -81,9 +81,15 @@ class DeformResult:
 
     def subset(self, rows: torch.Tensor) -> DeformResult:
         """The result of the samples ``rows`` ((M,) indices or (N,) bool) only."""
+        if rows.dtype == torch.bool:
+            rows = torch.nonzero(rows).squeeze(1)
+        # index_select, not advanced indexing: the same rows, several times faster on
+        # the CPU (the fast render path takes a subset of every round's samples).
         return DeformResult(
             **{
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                f.name: None
+                if getattr(self, f.name) is None
+                else getattr(self, f.name).index_select(0, rows)
                 for f in fields(self)
             }
         )

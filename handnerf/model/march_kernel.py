@@ -16,8 +16,8 @@ Here both are loops over rays that touch only what they use:
 - :func:`cells_occupied`: the canonical occupancy grid's test of each deformed sample
   (:meth:`CanonicalOccupancyGrid.query
   <handnerf.model.occupancy.CanonicalOccupancyGrid.query>`) in one pass, not six.
-- :func:`take_round` also gives each taken sample's depth and posed point (origin plus
-  depth times direction, float32 as torch).
+- :func:`take_round` also gives each taken sample's depth, bin width and posed point (origin
+  plus depth times direction, float32 as torch).
 
 They run where :func:`available` says (numba imports; CPU tensors); the torch versions in
 :mod:`handnerf.model.marching` serve elsewhere, and tests compare the two.
@@ -116,6 +116,7 @@ def take_round(
     active: Tensor,
     shell: Tensor,
     mid: Tensor,
+    widths: Tensor,
     cursor: Tensor,
     skip_to: Tensor,
     optical: Tensor,
@@ -124,13 +125,13 @@ def take_round(
     origins: Tensor,
     dirs: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One round's samples: rows (n,) and columns (n,) of the shell samples taken, sorted
-    by row then depth, their depths (n,) and posed points (n,3) (``origins`` + depth *
-    ``dirs``, both (L,3) float32 per ray), and the rays that stay active (a subset of
-    ``active``, in order).
+    """One round's samples: the rows (n,) of the shell samples taken, sorted by row then
+    depth, their depths and bin widths (n,) (``mid``, ``widths`` (L,S) there), their posed
+    points (n,3) (``origins`` + depth * ``dirs``, both (L,3) float32 per ray), and the
+    rays that stay active (a subset of ``active``, in order).
 
-    ``active`` (A,) int64 rays still marching, in increasing order; ``shell``/``mid`` (L,S)
-    their shell samples and depths; per ray (L,): ``cursor`` int64 first column not yet
+    ``active`` (A,) int64 rays still marching, in increasing order; ``shell`` (L,S) their
+    shell samples; per ray (L,): ``cursor`` int64 first column not yet
     visited (advanced in place), ``skip_to`` depth before which samples are skipped,
     ``optical`` float64 optical depth so far (a ray at ``max_optical`` or beyond takes
     nothing); ``quota`` samples to take per ray. A ray stays when it took its quota and has
@@ -154,20 +155,23 @@ def take_round(
     )
     rows, cols = rows[:n_taken], cols[:n_taken]
     depths = np.empty(n_taken, dtype=np.float32)
+    bins = np.empty(n_taken, dtype=np.float32)
     points = np.empty((n_taken, 3), dtype=np.float32)
     _points(
         rows,
         cols,
         mid.numpy(),
+        widths.numpy(),
         origins.float().contiguous().numpy(),
         dirs.float().contiguous().numpy(),
         depths,
+        bins,
         points,
     )
     return (
         torch.from_numpy(rows),
-        torch.from_numpy(cols),
         torch.from_numpy(depths),
+        torch.from_numpy(bins),
         torch.from_numpy(points),
         torch.from_numpy(stay[:n_stay]),
     )
@@ -222,11 +226,12 @@ if numba is not None:
                 out[n] = grid[int(i), int(j), int(k)] != 0
 
     @numba.njit(cache=True, nogil=True)
-    def _points(rows, cols, mid, origins, dirs, depths, points):
+    def _points(rows, cols, mid, widths, origins, dirs, depths, bins, points):
         for n in range(rows.shape[0]):
             row = rows[n]
             depth = mid[row, cols[n]]
             depths[n] = depth
+            bins[n] = widths[row, cols[n]]
             for k in range(3):
                 points[n, k] = origins[row, k] + dirs[row, k] * depth
 

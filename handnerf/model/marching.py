@@ -102,7 +102,7 @@ def march_rays(
     assert isinstance(sampler, TorchSampler)
     # Only rays with a shell sample do any work: carry those (L of them) through the rounds.
     live, shell, mid, widths = live_samples(avatar, sampler, frames, origins, dirs, frame_ids)
-    live_origins, live_dirs = origins[live], dirs[live]
+    live_origins, live_dirs, live_frames = origins[live], dirs[live], frame_ids[live]
     skip_by_distance = frames.deformation.triangle_trees is not None
     max_distance = avatar.cfg.deformer.max_distance
 
@@ -129,10 +129,11 @@ def march_rays(
     active_shell, active_mid = shell, mid
     while active.numel():
         if compiled:
-            rows, cols, t, points, active = march_kernel.take_round(
+            rows, t, dt, points, active = march_kernel.take_round(
                 active,
                 shell,
                 mid,
+                widths,
                 cursor,
                 skip_to,
                 optical,
@@ -156,12 +157,13 @@ def march_rays(
             stay = torch.nonzero(count[:, -1] > round_samples).squeeze(1)
             rows = active[local]
             t = active_mid[local, cols]
+            dt = widths[rows, cols]
             active, active_shell, active_mid = active[stay], active_shell[stay], active_mid[stay]
             after.scatter_reduce_(0, rows, t, reduce="amax")
             points = live_origins[rows] + live_dirs[rows] * t[:, None]
         n_deformed += int(rows.numel())
         occupied, result = avatar.deform_occupied(
-            frames, points, frame_ids[live[rows]], orient=False
+            frames, points, live_frames.index_select(0, rows), orient=False
         )
         if skip_by_distance:
             reach = t + result.distance.to(t.dtype) - max_distance - SKIP_SLACK
@@ -169,21 +171,26 @@ def march_rays(
         kept = torch.nonzero(occupied).squeeze(1)
         if kept.numel() == 0:
             continue
-        points, rows, cols, t = points[kept], rows[kept], cols[kept], t[kept]
+        # index_select: the same rows as indexing, several times faster on the CPU.
+        points, rows, t, dt = (x.index_select(0, kept) for x in (points, rows, t, dt))
         with fp32_geometry(device):
             result = frames.deformation.refine_to_surface(points, result.subset(kept))
         sigma, geo = avatar.sample_density(frames, points, result)
         n_evaluated += int(kept.numel())
-        sigma_dt = sigma.float() * widths[rows, cols]
+        sigma_dt = sigma.float() * dt
         before = optical[rows] + _exclusive_segment_sum(sigma_dt.double(), rows)
         weights = torch.exp(-before).to(sigma_dt.dtype) * (1.0 - torch.exp(-sigma_dt))
         # Colour only where it shows: the rest adds at most min_weight each.
         seen = torch.nonzero(weights > min_weight).squeeze(1)
         if seen.numel():
+            seen_rows = rows.index_select(0, seen)
             color = avatar.sample_color(
-                frames, result.subset(seen), geo[seen], live_dirs[rows[seen]]
+                frames,
+                result.subset(seen),
+                geo.index_select(0, seen),
+                live_dirs.index_select(0, seen_rows),
             )
-            rgb.index_add_(0, rows[seen], weights[seen, None] * color.float())
+            rgb.index_add_(0, seen_rows, weights.index_select(0, seen)[:, None] * color.float())
         n_colored += int(seen.numel())
         opacity.index_add_(0, rows, weights)
         depth_sum.index_add_(0, rows, weights * t)

@@ -36,24 +36,26 @@ def test_take_round_picks_each_rays_next_samples() -> None:
     skip_to = torch.tensor([-math.inf, -math.inf, -math.inf, 0.35, -math.inf])
     optical = torch.tensor([0.0, 0.0, 20.0, 0.0, 0.0], dtype=torch.float64)
     active = torch.arange(5)
+    widths = torch.rand(5, 8)
     origins = torch.randn(5, 3)
     dirs = torch.nn.functional.normalize(torch.randn(5, 3), dim=1)
     rays = (origins, dirs)
-    rows, cols, t, points, stay = march_kernel.take_round(
-        active, shell, mid, cursor, skip_to, optical, 9.0, 3, *rays
+    rows, t, dt, points, stay = march_kernel.take_round(
+        active, shell, mid, widths, cursor, skip_to, optical, 9.0, 3, *rays
     )
     assert rows.tolist() == [0, 0, 0, 1, 3, 4, 4, 4]
-    assert cols.tolist() == [0, 1, 3, 2, 4, 0, 1, 2]
+    cols = torch.tensor([0, 1, 3, 2, 4, 0, 1, 2])
+    assert torch.equal(t, mid[rows, cols]) and torch.equal(dt, widths[rows, cols])
     assert stay.tolist() == [0]
     assert cursor[0] == 4 and cursor[3] == 8  # ray 3 looked at all its samples
-    # Each sample's depth and point, as torch computes them.
-    assert torch.equal(t, mid[rows, cols])
+    # Each sample's point, as torch computes it.
     assert torch.equal(points, origins[rows] + dirs[rows] * t[:, None])
     # The next round goes on from the cursor.
-    rows, cols, t, points, stay = march_kernel.take_round(
-        stay, shell, mid, cursor, skip_to, optical, 9.0, 3, *rays
+    rows, t, dt, points, stay = march_kernel.take_round(
+        stay, shell, mid, widths, cursor, skip_to, optical, 9.0, 3, *rays
     )
-    assert rows.tolist() == [0, 0] and cols.tolist() == [4, 5] and stay.tolist() == []
+    assert rows.tolist() == [0, 0] and stay.tolist() == []
+    assert torch.equal(t, mid[0, 4:6]) and torch.equal(dt, widths[0, 4:6])
     assert torch.equal(points, origins[0] + dirs[0] * mid[0, 4:6, None])
 
 
