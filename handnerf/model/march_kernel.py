@@ -16,6 +16,8 @@ Here both are loops over rays that touch only what they use:
 - :func:`cells_occupied`: the canonical occupancy grid's test of each deformed sample
   (:meth:`CanonicalOccupancyGrid.query
   <handnerf.model.occupancy.CanonicalOccupancyGrid.query>`) in one pass, not six.
+- :func:`composite_round`: a round's weights and their sums into each ray (optical depth,
+  opacity, depth), in one pass instead of a dozen tensor operations.
 - :func:`take_round` also gives each taken sample's depth, bin width and posed point (origin
   plus depth times direction, float32 as torch).
 
@@ -24,6 +26,8 @@ They run where :func:`available` says (numba imports; CPU tensors); the torch ve
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -110,6 +114,36 @@ def cells_occupied(points: Tensor, low: Tensor, cell: Tensor, grid: Tensor) -> T
             out,
         )
     return torch.from_numpy(out)
+
+
+def composite_round(
+    rows: Tensor,
+    sigma_dt: Tensor,
+    depths: Tensor,
+    optical: Tensor,
+    opacity: Tensor,
+    depth_sum: Tensor,
+    min_weight: float,
+) -> tuple[Tensor, Tensor]:
+    """:func:`handnerf.model.marching.composite_round` compiled: the same arguments and
+    results, and the same float64 sums in the same order (each sample's optical depth
+    before it: the round's running sum less its value at the ray's first sample); only
+    ``exp`` may round differently (by a float ulp)."""
+    n = rows.shape[0]
+    weights = np.empty(n, dtype=np.float32)
+    seen = np.empty(n, dtype=np.int64)
+    n_seen = _composite(
+        rows.contiguous().numpy(),
+        sigma_dt.float().contiguous().numpy(),
+        depths.float().contiguous().numpy(),
+        optical.numpy(),
+        opacity.numpy(),
+        depth_sum.numpy(),
+        float(min_weight),
+        weights,
+        seen,
+    )
+    return torch.from_numpy(weights), torch.from_numpy(seen[:n_seen])
 
 
 def take_round(
@@ -224,6 +258,33 @@ if numba is not None:
             # Written so that a NaN (all comparisons false) lies outside.
             if i >= 0 and j >= 0 and k >= 0 and i < size0 and j < size1 and k < size2:
                 out[n] = grid[int(i), int(j), int(k)] != 0
+
+    @numba.njit(cache=True, nogil=True)
+    def _composite(rows, sigma_dt, depths, optical, opacity, depth_sum, min_weight, weights, seen):
+        n = rows.shape[0]
+        running = 0.0  # float64: the round's inclusive sum before sample i (a cumsum)
+        start = 0.0  # its value at the first sample of the current ray
+        n_seen = 0
+        for i in range(n):
+            row = rows[i]
+            if i == 0 or row != rows[i - 1]:
+                start = running
+            before = optical[row] + (running - start)
+            value = np.float32(sigma_dt[i])
+            weight = np.float32(math.exp(-before)) * (np.float32(1.0) - np.exp(-value))
+            weights[i] = weight
+            if weight > min_weight:
+                seen[n_seen] = i
+                n_seen += 1
+            running += np.float64(value)
+        # The rays' sums after every sample's weight: each sample's optical depth came
+        # from the ray's total before the round.
+        for i in range(n):
+            row = rows[i]
+            opacity[row] += weights[i]
+            depth_sum[row] += weights[i] * depths[i]
+            optical[row] += np.float64(sigma_dt[i])
+        return n_seen
 
     @numba.njit(cache=True, nogil=True)
     def _points(rows, cols, mid, widths, origins, dirs, depths, bins, points):

@@ -177,11 +177,10 @@ def march_rays(
             result = frames.deformation.refine_to_surface(points, result.subset(kept))
         sigma, geo = avatar.sample_density(frames, points, result)
         n_evaluated += int(kept.numel())
-        sigma_dt = sigma.float() * dt
-        before = optical[rows] + _exclusive_segment_sum(sigma_dt.double(), rows)
-        weights = torch.exp(-before).to(sigma_dt.dtype) * (1.0 - torch.exp(-sigma_dt))
-        # Colour only where it shows: the rest adds at most min_weight each.
-        seen = torch.nonzero(weights > min_weight).squeeze(1)
+        composite = march_kernel.composite_round if compiled else composite_round
+        weights, seen = composite(
+            rows, sigma.float() * dt, t, optical, opacity, depth_sum, min_weight
+        )
         if seen.numel():
             seen_rows = rows.index_select(0, seen)
             color = avatar.sample_color(
@@ -192,9 +191,6 @@ def march_rays(
             )
             rgb.index_add_(0, seen_rows, weights.index_select(0, seen)[:, None] * color.float())
         n_colored += int(seen.numel())
-        opacity.index_add_(0, rows, weights)
-        depth_sum.index_add_(0, rows, weights * t)
-        optical.index_add_(0, rows, sigma_dt.double())
     out_rgb = origins.new_zeros(n_rays, 3).index_copy_(0, live, rgb)
     out_opacity = origins.new_zeros(n_rays).index_copy_(0, live, opacity)
     out_depth = origins.new_zeros(n_rays).index_copy_(0, live, depth_sum)
@@ -278,6 +274,32 @@ def shell_mask(
     shell = torch.zeros_like(mask)
     shell[hit] = inside & frames.shell.reshape(-1)[flat]
     return shell
+
+
+def composite_round(
+    rows: Tensor,
+    sigma_dt: Tensor,
+    depths: Tensor,
+    optical: Tensor,
+    opacity: Tensor,
+    depth_sum: Tensor,
+    min_weight: float,
+) -> tuple[Tensor, Tensor]:
+    """Composite one round's n evaluated samples into their rays, in place.
+
+    ``rows`` (n,) their rays (sorted: each ray's samples contiguous, front to back),
+    ``sigma_dt`` (n,) float32 optical thickness and ``depths`` (n,); per ray: ``optical``
+    float64 optical depth so far, ``opacity`` and ``depth_sum`` float32, all three updated.
+    Returns the samples' weights ``T_i (1 - exp(-sigma_i dt_i))`` (n,) float32 and which of
+    them exceed ``min_weight`` (k,) int64: those that get a colour.
+    """
+    before = optical[rows] + _exclusive_segment_sum(sigma_dt.double(), rows)
+    weights = torch.exp(-before).to(sigma_dt.dtype) * (1.0 - torch.exp(-sigma_dt))
+    opacity.index_add_(0, rows, weights)
+    depth_sum.index_add_(0, rows, weights * depths)
+    optical.index_add_(0, rows, sigma_dt.double())
+    # Colour only where it shows: the rest adds at most min_weight each.
+    return weights, torch.nonzero(weights > min_weight).squeeze(1)
 
 
 def _exclusive_segment_sum(values: Tensor, segments: Tensor) -> Tensor:

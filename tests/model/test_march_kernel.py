@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handnerf.model import march_kernel
-from handnerf.model.marching import live_samples, march_rays
+from handnerf.model.marching import composite_round, live_samples, march_rays
 from handnerf.model.rays import RayBundle
 from handnerf.model.renderer import CameraTensors, camera_rays
 from handnerf.render.jobs import framing_camera, hand_sphere
@@ -57,6 +57,35 @@ def test_take_round_picks_each_rays_next_samples() -> None:
     assert rows.tolist() == [0, 0] and stay.tolist() == []
     assert torch.equal(t, mid[0, 4:6]) and torch.equal(dt, widths[0, 4:6])
     assert torch.equal(points, origins[0] + dirs[0] * mid[0, 4:6, None])
+
+
+def test_composite_round_equals_the_torch_version() -> None:
+    generator = torch.Generator().manual_seed(3)
+    n_rays = 50
+    counts = torch.randint(0, 9, (n_rays,), generator=generator)
+    rows = torch.repeat_interleave(torch.arange(n_rays), counts)  # sorted, some rays empty
+    n = len(rows)
+    # Thin and thick samples: weights from ~0 to ~1, many near the threshold's scale.
+    sigma_dt = torch.rand(n, generator=generator) ** 4 * 3.0
+    depths = torch.rand(n, generator=generator)
+    before = torch.rand(n_rays, generator=generator, dtype=torch.float64) * 12.0
+    state = (
+        before,
+        torch.rand(n_rays, generator=generator),
+        torch.rand(n_rays, generator=generator),
+    )
+    results = {}
+    for name, composite in (("compiled", march_kernel.composite_round), ("torch", composite_round)):
+        ray_state = tuple(x.clone() for x in state)
+        weights, seen = composite(rows, sigma_dt, depths, *ray_state, 1e-5)
+        results[name] = (weights, seen, *ray_state)
+    assert 0 < len(results["torch"][1]) < n
+    for got, want in zip(results["compiled"], results["torch"], strict=True):
+        assert got.dtype == want.dtype
+        if got.dtype == torch.int64:
+            assert torch.equal(got, want)  # the same samples get a colour
+        else:  # exp may round differently by an ulp
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
 
 
 @pytest.fixture(scope="module")
