@@ -286,9 +286,9 @@ if numba is not None:
             optical[row] += np.float64(sigma_dt[i])
         return n_seen
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(parallel=True, cache=True, nogil=True)
     def _points(rows, cols, mid, widths, origins, dirs, depths, bins, points):
-        for n in range(rows.shape[0]):
+        for n in numba.prange(rows.shape[0]):
             row = rows[n]
             depth = mid[row, cols[n]]
             depths[n] = depth
