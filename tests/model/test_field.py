@@ -9,9 +9,11 @@ import torch
 
 from handnerf.errors import ConfigError, ParameterError
 from handnerf.model.field import (
+    INFERENCE_ROWS,
     CameraColorAffine,
     FieldConfig,
     HashGridField,
+    ReluMLP,
     spherical_harmonics,
     trunc_exp,
 )
@@ -437,3 +439,17 @@ def test_bad_inputs_raise_handnerf_errors() -> None:
         field.set_aabb([0, 0, 0, -1, 1, 1])
     with pytest.raises(ConfigError, match="view_sh_degree"):
         HashGridField(small_config(view_sh_degree=7))
+
+
+def test_mlp_runs_inference_in_chunks_with_the_same_result() -> None:
+    torch.manual_seed(0)
+    mlp = ReluMLP(24, 64, 2, 3)
+    x = torch.randn(2 * INFERENCE_ROWS + 5, 24)  # two whole chunks and a short one
+    with torch.no_grad():
+        chunked = mlp(x)
+        whole = torch.nn.Sequential.forward(mlp, x)  # one call, as training runs it
+    assert chunked.shape == (len(x), 3)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    # With gradients: one call, differentiable; checkpoints keep nn.Sequential's keys.
+    assert mlp(x).requires_grad
+    assert list(mlp.state_dict()) == [f"{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
