@@ -25,11 +25,12 @@ is the reference's (``w_i = T_i (1 - exp(-sigma_i dt_i))``, ``T_i = exp(-sum_{j<
 dt_j)``), the optical depth carried in float64 between rounds, and the per-camera colour
 affine acts on the premultiplied colour as in :mod:`handnerf.model.volume`.
 
-On the CPU, where numba imports, the per-sample work runs in compiled kernels: the shell
-test and each round's pick (:mod:`handnerf.model.march_kernel`), the closest triangle and
-the deformation within reach (:mod:`handnerf.model.reach_grid`), and the hash grids'
-lookups (:mod:`handnerf.model.grid_kernel`); each has a torch twin, which tests compare it
-with (docs/benchmarks.md: 1.02 s -> 0.38 s a 256x256 crop of the demo avatar).
+On the CPU, where numba imports, the per-sample work runs in compiled kernels: the bins
+and shell test, each round's pick and compositing (:mod:`handnerf.model.march_kernel`),
+the closest triangle and the deformation within reach (:mod:`handnerf.model.reach_grid`),
+and the hash grids' lookups (:mod:`handnerf.model.grid_kernel`); each has a torch twin,
+which tests compare it with (docs/benchmarks.md: 1.02 s -> 0.38 s -> 0.23 s a 256x256
+crop of the demo avatar).
 """
 
 from __future__ import annotations
