@@ -4,22 +4,21 @@
 ray's next few shell samples. In torch that pick is a pass over a (rays, samples) block
 (eligibility, cumulative count, nonzero) every round, and the shell test one over every
 sample of every ray: on a 256x256 crop of the demo avatar about a fifth of the render.
-Here both are loops over rays that touch only what they use:
+Here they are loops that touch only what they use, each a pass where torch takes several:
 
 - :func:`live_samples`: each ray's evaluation bins (the torch sampler's, with its float32
   arithmetic), which of them lie in its frame's shell grid (the ray carried into grid
   units once), and the bins of only the rays with a shell sample: no (rays, samples)
   float blocks for the rays that have none, and no pass over them.
 - :func:`take_round`: per still-marching ray, a cursor over its samples: from it, the next
-  ``quota`` shell samples at or beyond the ray's skip depth, unless the ray is opaque.
-
+  ``quota`` shell samples at or beyond the ray's skip depth, unless the ray is opaque; and
+  each taken sample's depth, bin width and posed point (origin plus depth times
+  direction, float32 as torch).
 - :func:`cells_occupied`: the canonical occupancy grid's test of each deformed sample
   (:meth:`CanonicalOccupancyGrid.query
-  <handnerf.model.occupancy.CanonicalOccupancyGrid.query>`) in one pass, not six.
+  <handnerf.model.occupancy.CanonicalOccupancyGrid.query>`).
 - :func:`composite_round`: a round's weights and their sums into each ray (optical depth,
-  opacity, depth), in one pass instead of a dozen tensor operations.
-- :func:`take_round` also gives each taken sample's depth, bin width and posed point (origin
-  plus depth times direction, float32 as torch).
+  opacity, depth), instead of a dozen tensor operations.
 
 They run where :func:`available` says (numba imports; CPU tensors); the torch versions in
 :mod:`handnerf.model.marching` serve elsewhere, and tests compare the two.

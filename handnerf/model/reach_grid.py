@@ -16,10 +16,10 @@ of the demo avatar it was about half of the time.
   within ``limit`` of the point is listed (the distance is 1-Lipschitz).
 - **Query.** Scan the point's cell's list in order, keeping the nearest triangle; stop once
   a listed triangle's centre distance minus the point's own (at most ``h``) exceeds the
-  best distance found (no later one can be nearer) or ``limit``. A point whose nearest listed triangle is within
-  ``limit`` gets it, exactly the closest triangle of the whole mesh (ties between
-  triangles at the same distance aside: they share the closest point); any other point
-  gets none, and the lower bound ``limit`` of its distance.
+  best distance found (no later one can be nearer) or ``limit``. A point whose nearest
+  listed triangle is within ``limit`` gets it, exactly the closest triangle of the whole
+  mesh (ties between triangles at the same distance aside: they share the closest point);
+  any other point gets none, and the lower bound ``limit`` of its distance.
 
 ``limit`` is ``max_distance`` plus a margin (:data:`SKIP_MARGIN`): samples up to the margin
 beyond reach still learn their exact distance, which the fast path uses to skip ahead.
