@@ -282,16 +282,18 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True, inline="always")
     def _nearest(px, py, pz, grid, limit):
-        """(squared distance, triangle) of the closest triangle within ``limit`` of the
-        point, or (limit^2, -1); ``grid``: one frame's :func:`_build` tuple."""
+        """(squared distance, triangle, its closest point's barycentrics u, v, w) of the
+        closest triangle within ``limit`` of the point, or (limit^2, -1, 1, 0, 0); ``grid``:
+        one frame's :func:`_build` tuple."""
         origin, cell, dims, starts, triangles, distances, corners = grid
         fi = math.floor((px - origin[0]) / cell[0])
         fj = math.floor((py - origin[1]) / cell[1])
         fk = math.floor((pz - origin[2]) / cell[2])
         best = limit * limit
         best_triangle = -1
+        best_u, best_v, best_w = 1.0, 0.0, 0.0
         if fi < 0 or fj < 0 or fk < 0 or fi >= dims[0] or fj >= dims[1] or fk >= dims[2]:
-            return best, best_triangle
+            return best, best_triangle, best_u, best_v, best_w
         c = (int(fi) * dims[1] + int(fj)) * dims[2] + int(fk)
         # Listed triangles are at least their centre distance less the point's own
         # distance to the centre away (1-Lipschitz; plus 1 nm for rounding): tighter than
@@ -305,12 +307,12 @@ if numba is not None:
             if distances[k] - offset > bound:
                 break  # this and every later triangle is farther than the best
             t = triangles[k]
-            d2 = _closest(px, py, pz, corners, t)[0]
+            d2, u, v, w = _closest(px, py, pz, corners, t)
             if d2 < best:
-                best = d2
-                best_triangle = t
+                best, best_triangle = d2, t
+                best_u, best_v, best_w = u, v, w
                 bound = math.sqrt(d2)
-        return best, best_triangle
+        return best, best_triangle, best_u, best_v, best_w
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _pair(corners, origin, cell, dims, lo, hi, offsets, radius, pair_cell, pair_distance):
@@ -376,7 +378,6 @@ if numba is not None:
         ids_out,
         weights_out,
     ):
-        corners = grid[6]
         for n in numba.prange(points.shape[0]):
             px, py, pz = points[n, 0], points[n, 1], points[n, 2]
             canonical_out[n, 0], canonical_out[n, 1], canonical_out[n, 2] = px, py, pz
@@ -384,11 +385,10 @@ if numba is not None:
             for k in range(3):
                 ids_out[n, k] = 0
                 weights_out[n, k] = 0.0
-            _, t = _nearest(px, py, pz, grid, limit)
+            d2, t, u, v, w = _nearest(px, py, pz, grid, limit)
             if t < 0:
                 distance_out[n] = limit
                 continue
-            d2, u, v, w = _closest(px, py, pz, corners, t)
             distance = math.sqrt(d2)
             distance_out[n] = distance
             if distance > max_distance:
