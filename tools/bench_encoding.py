@@ -21,12 +21,8 @@ from typing import Any
 import torch
 
 from handnerf.files import machine_info
-from handnerf.model.encoding import (
-    COHERENT_PRIMES,
-    EncodingConfig,
-    HashGridEncoding,
-    tcnn_available,
-)
+from handnerf.model.encoding import EncodingConfig, HashGridEncoding, tcnn_available
+from handnerf.model.grid_tables import COHERENT_PRIMES
 
 
 def plain_encode(x: torch.Tensor, params: torch.Tensor, enc: HashGridEncoding) -> torch.Tensor:

@@ -36,7 +36,7 @@ from handnerf.errors import HandnerfError
 from handnerf.evaluation.evaluate import ViewSource, select_views
 from handnerf.evaluation.protocols import get_protocol
 from handnerf.hand.hand_model import ManoParams
-from handnerf.model import encoding, surface_search
+from handnerf.model import grid_tables, surface_search
 from handnerf.model.renderer import CameraTensors, render_camera, resized_camera
 from handnerf.runs.loader import load_run
 
@@ -100,7 +100,7 @@ def count(run_dir: Path, size: int, kernels: bool) -> dict[str, Any]:
         for switch in CPU_KERNEL_SWITCHES:
             patch(os.environ, switch, "0")
         patch(surface_search, "SCAN_CHUNK_PAIRS", surface_search.SCAN_CHUNK_PAIRS_CUDA)
-        patch(encoding, "gather_levels_at_once", lambda device: True)
+        patch(grid_tables, "gather_levels_at_once", lambda device: True)
         if kernels:
             _stand_in_kernels(patch, counter)
         item = select_views(run, ("novel_view",), 1)[0]

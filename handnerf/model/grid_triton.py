@@ -101,7 +101,7 @@ def _lookup_kernel(
 
 def device_constants(arrays: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
     """:func:`grid_lookup`'s per-level constants on ``device``, from the numpy arrays of
-    :meth:`_GridTables.kernel_arrays`, which ``_GridTables.triton_constants`` makes once."""
+    :meth:`GridTables.kernel_arrays`, which ``GridTables.triton_constants`` makes once."""
     scales, offsets, n_entries, dense, strides, primes, hash_mask = arrays
     return (
         torch.as_tensor(scales, dtype=torch.float64, device=device),

@@ -15,12 +15,12 @@ from handnerf.errors import ConfigError, ParameterError
 from handnerf.model.encoding import (
     EncodingConfig,
     HashGridEncoding,
-    grid_levels,
     make_hash_grid,
     select_backend,
     tcnn_available,
 )
 from handnerf.model.field import FieldConfig, HashGridField
+from handnerf.model.grid_tables import grid_levels
 
 Config = EncodingConfig
 
@@ -235,7 +235,7 @@ def test_float32_gradients_match_reference() -> None:
 def test_all_levels_at_once_equals_one_level_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CUDA layout of the torch grid (one gather and one scatter for all levels, as
     launches bound the GPU) computes what the CPU's level-at-a-time loop does."""
-    from handnerf.model import encoding
+    from handnerf.model import grid_tables
 
     cfg = Config(backend="torch")  # the project default: dense and hashed levels
     gen = torch.Generator().manual_seed(6)
@@ -243,7 +243,7 @@ def test_all_levels_at_once_equals_one_level_at_a_time(monkeypatch: pytest.Monke
     upstream = torch.randn(2000, cfg.n_levels * cfg.n_features_per_level, generator=gen)
     results = {}
     for at_once in (False, True):
-        monkeypatch.setattr(encoding, "gather_levels_at_once", lambda device, v=at_once: v)
+        monkeypatch.setattr(grid_tables, "gather_levels_at_once", lambda device, v=at_once: v)
         enc = random_encoding(cfg)
         out = enc(x)
         (out * upstream).sum().backward()
@@ -252,7 +252,7 @@ def test_all_levels_at_once_equals_one_level_at_a_time(monkeypatch: pytest.Monke
     assert torch.equal(results[True][0], results[False][0])
     assert torch.equal(results[True][1], results[False][1])
     monkeypatch.undo()
-    assert not encoding.gather_levels_at_once(torch.device("cpu"))
+    assert not grid_tables.gather_levels_at_once(torch.device("cpu"))
 
 
 def test_state_dict_round_trip() -> None:
