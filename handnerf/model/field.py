@@ -95,27 +95,30 @@ INFERENCE_ROWS = 8192
 
 
 class ReluMLP(nn.Sequential):
-    """Linear-ReLU stack: n_in -> hidden (x n_hidden_layers) -> n_out, no output activation.
+    """A Linear-ReLU stack (made by :func:`relu_mlp`; a plain ``nn.Sequential`` otherwise:
+    its state dict, indexing and slicing).
 
     Without gradients (inference) on the CPU it runs in chunks of :data:`INFERENCE_ROWS`
     rows: each row's result is the same, only faster (a GPU is better served by one large
-    launch). Its state dict is an ``nn.Sequential``'s.
+    launch).
     """
-
-    def __init__(self, n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> None:
-        layers: list[nn.Module] = []
-        width = n_in
-        for _ in range(n_hidden_layers):
-            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
-            width = hidden
-        layers.append(nn.Linear(width, n_out))
-        super().__init__(*layers)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         """x (N, n_in) -> (N, n_out)."""
         if torch.is_grad_enabled() or x.device.type != "cpu" or x.shape[0] <= INFERENCE_ROWS:
             return super().forward(x)
         return torch.cat([super(ReluMLP, self).forward(part) for part in x.split(INFERENCE_ROWS)])
+
+
+def relu_mlp(n_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> ReluMLP:
+    """Linear-ReLU stack: n_in -> hidden (x n_hidden_layers) -> n_out, no output activation."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(n_hidden_layers):
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return ReluMLP(*layers)
 
 
 class CameraColorAffine(nn.Module):
@@ -271,14 +274,14 @@ class HashGridField(nn.Module):
         n_enc = int(self.encoding.n_output_dims)
         # With a colour grid of its own the density MLP outputs the density alone.
         n_density_out = 1 if cfg.separate_color_grid else 1 + cfg.geo_feat_dim
-        self.density_mlp = ReluMLP(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, n_density_out)
+        self.density_mlp = relu_mlp(n_enc, cfg.hidden_dim, cfg.n_hidden_layers, n_density_out)
         self.color_encoding: nn.Module | None = None
         self.color_feature_mlp: nn.Sequential | None = None
         if cfg.separate_color_grid:
             if cfg.geo_feat_dim < 1:
                 raise ConfigError("field.separate_color_grid needs geo_feat_dim >= 1")
             self.color_encoding = make_hash_grid(cfg.encoding, n_input_dims=3, device=device)
-            self.color_feature_mlp = ReluMLP(
+            self.color_feature_mlp = relu_mlp(
                 int(self.color_encoding.n_output_dims),
                 cfg.hidden_dim,
                 cfg.n_hidden_layers,
@@ -298,12 +301,12 @@ class HashGridField(nn.Module):
         )
         if n_color_in == 0:
             raise ConfigError("field: colour has no inputs (geo_feat_dim=0, no pose, no view)")
-        self.color_mlp = ReluMLP(n_color_in, cfg.color_hidden_dim, cfg.n_color_hidden_layers, 3)
+        self.color_mlp = relu_mlp(n_color_in, cfg.color_hidden_dim, cfg.n_color_hidden_layers, 3)
         self.albedo_mlp: nn.Sequential | None = None
         self.shading_mlp: nn.Sequential | None = None
         if cfg.color_model == "shaded":
-            self.albedo_mlp = ReluMLP(cfg.geo_feat_dim, cfg.color_hidden_dim, 1, 3)
-            self.shading_mlp = ReluMLP(n_shading_in, cfg.shading_hidden_dim, 1, 3)
+            self.albedo_mlp = relu_mlp(cfg.geo_feat_dim, cfg.color_hidden_dim, 1, 3)
+            self.shading_mlp = relu_mlp(n_shading_in, cfg.shading_hidden_dim, 1, 3)
             # The residual starts at zero: colour is albedo x shading until the data asks
             # for more (sheen, what the shading inputs cannot explain).
             last = self.color_mlp[-1]

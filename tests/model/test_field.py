@@ -13,7 +13,7 @@ from handnerf.model.field import (
     CameraColorAffine,
     FieldConfig,
     HashGridField,
-    ReluMLP,
+    relu_mlp,
     spherical_harmonics,
     trunc_exp,
 )
@@ -443,7 +443,7 @@ def test_bad_inputs_raise_handnerf_errors() -> None:
 
 def test_mlp_runs_inference_in_chunks_with_the_same_result() -> None:
     torch.manual_seed(0)
-    mlp = ReluMLP(24, 64, 2, 3)
+    mlp = relu_mlp(24, 64, 2, 3)
     x = torch.randn(2 * INFERENCE_ROWS + 5, 24)  # two whole chunks and a short one
     with torch.no_grad():
         chunked = mlp(x)
@@ -453,3 +453,5 @@ def test_mlp_runs_inference_in_chunks_with_the_same_result() -> None:
     # With gradients: one call, differentiable; checkpoints keep nn.Sequential's keys.
     assert mlp(x).requires_grad
     assert list(mlp.state_dict()) == [f"{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+    # Still a Sequential to slice: the hidden layers alone.
+    assert mlp[:-1](x).shape == (len(x), 64)
