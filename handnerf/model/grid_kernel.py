@@ -179,8 +179,8 @@ if numba is not None:
                         xy01 * frac2,
                         xy11 * frac2,
                     )
-                    # The corners summed in order; two features (the usual grid) unrolled,
-                    # in registers: the loop over corners as written costs a sixth more.
+                    # The corners summed in order; two features (the usual grid) in
+                    # registers: the loop over features costs the demo's lookups 6 % more.
                     if n_features == 2:
                         sum0 = sum1 = np.float32(0.0)
                         for corner in numba.literal_unroll((0, 1, 2, 3, 4, 5, 6, 7)):
