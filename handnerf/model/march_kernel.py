@@ -106,7 +106,7 @@ def cells_occupied(points: Tensor, low: Tensor, cell: Tensor, grid: Tensor) -> T
     out = np.zeros(points.shape[0], dtype=np.bool_)
     if points.shape[0]:
         _cells_occupied(
-            points.float().contiguous().numpy(),
+            points.detach().float().contiguous().numpy(),
             low.float().contiguous().numpy(),
             cell.float().contiguous().numpy(),
             grid.contiguous().view(torch.uint8).numpy(),

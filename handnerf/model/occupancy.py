@@ -117,7 +117,7 @@ class CanonicalOccupancyGrid(nn.Module):
             raise ParameterError(
                 f"occupancy query: points must have shape (N,3), got {tuple(x_canon.shape)}"
             )
-        if march_kernel.available(x_canon.device):
+        if self.aabb.dtype == torch.float32 and march_kernel.available(x_canon.device):
             # One compiled pass (the same float32 arithmetic): the fast render path asks
             # this of every sample it deforms.
             return march_kernel.cells_occupied(
